@@ -1,0 +1,5 @@
+"""``python -m dropline``: the same as the ``dropline`` command."""
+
+from .cli import entry
+
+entry()

@@ -1,0 +1,824 @@
+"""Configuration: the YAML file loaded once into frozen, typed objects.
+
+Nothing else in dropline reads YAML.  Every error is a ConfigError naming the
+file, the line, the key, what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import keyword
+import os
+import re
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from dropline.errors import ConfigError
+from dropline.units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
+
+StageKind = Literal["command", "python", "builtin"]
+ArchiveLayout = Literal["flat", "daily"]
+LogFormat = Literal["auto", "console", "json"]
+
+DEFAULT_IGNORE: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.partial", "*~")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of a pipeline, exactly one of command, python or builtin."""
+
+    name: str
+    kind: StageKind
+    command: tuple[str, ...] = ()  # argv; "{path}" etc. substituted per file
+    python: str = ""  # "module:function"
+    builtin: str = ""  # a name from dropline.stages.builtin.BUILTINS
+    options: Mapping[str, Any] = field(default_factory=dict)  # the "with:" mapping
+    timeout: float = 300.0  # seconds
+    retries: int = 3  # attempts after the first
+    backoff_initial: float = 1.0  # seconds before the first retry
+    backoff_max: float = 300.0  # cap on any one delay
+    idempotent: bool = True
+    line: int = 0  # where the stage is declared, for later error messages
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A named pipeline: the globs it matches and its stages in order."""
+
+    name: str
+    match: tuple[str, ...]
+    stages: tuple[StageConfig, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, validated."""
+
+    path: Path  # the file it was read from
+    data_dir: Path
+    state_db: Path
+    pipelines: tuple[PipelineConfig, ...]
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    settle_time: float = 2.0
+    rescan_interval: float = 60.0
+    archive_layout: ArchiveLayout = "daily"
+    max_file_size: int = 4 * 1024**3
+    workers: int = 4
+    max_in_flight: int = 1024
+    batch_size: int = 256
+    stop_timeout: float = 1.5
+    pipelines_dir: Path = Path("/opt/automation/pipelines")
+    log_format: LogFormat = "auto"
+    # Line of each top-level key in the file, so that checks made after loading
+    # (check_paths) can still point the operator at the right line.
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def incoming(self) -> Path:
+        return self.data_dir / "incoming"
+
+    @property
+    def working(self) -> Path:
+        return self.data_dir / "working"
+
+    @property
+    def archive(self) -> Path:
+        return self.data_dir / "archive"
+
+    @property
+    def failed(self) -> Path:
+        return self.data_dir / "failed"
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound=str)
+
+TOP_KEYS: tuple[str, ...] = (
+    "data_dir",
+    "state_db",
+    "pipelines",
+    "ignore",
+    "settle_time",
+    "rescan_interval",
+    "archive_layout",
+    "max_file_size",
+    "workers",
+    "max_in_flight",
+    "batch_size",
+    "stop_timeout",
+    "pipelines_dir",
+    "log_format",
+)
+PIPELINE_KEYS: tuple[str, ...] = ("name", "match", "stages")
+STAGE_KEYS: tuple[str, ...] = (
+    "name",
+    "command",
+    "python",
+    "builtin",
+    "with",
+    "timeout",
+    "retries",
+    "backoff",
+    "idempotent",
+)
+STAGE_KINDS: tuple[StageKind, ...] = ("command", "python", "builtin")
+ARCHIVE_LAYOUTS: tuple[ArchiveLayout, ...] = ("flat", "daily")
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
+BACKOFF_KEYS: tuple[str, ...] = ("initial", "max")
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME_RULE = "1 to 64 characters from letters, digits, '.', '_' and '-', not only dots"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_GLOB_RULE = 'a glob on the file name such as "*.csv" or "report-[0-9]*" (no "/")'
+_ARGV_EXAMPLE = '["sha256sum", "{path}"]'
+
+# Defaults live once, in the dataclasses; these instances only expose them.
+_CONFIG_DEFAULTS = Config(path=Path(), data_dir=Path(), state_db=Path(), pipelines=())
+_STAGE_DEFAULTS = StageConfig(name="", kind="builtin")
+# One read-only empty mapping, so that no stage holds a dict someone could mutate.
+_NO_OPTIONS: Mapping[str, Any] = types.MappingProxyType({})
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, validate and return the configuration in the YAML file `path`.
+
+    Relative paths in the file are taken relative to the file's directory.
+    Every problem, from an unreadable file to a bad glob, raises ConfigError
+    naming the file, the line, the key, what was wrong and what is allowed.
+    """
+    config_path = Path(path).absolute()
+    file = str(config_path)
+    text = _read_text(config_path)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, file, text) from None
+    try:
+        try:
+            root = loader.get_single_node()
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise _yaml_error(exc, file, text) from None
+        if root is None:
+            raise ConfigError(
+                "the file is empty; expected a mapping with at least data_dir, state_db, pipelines",
+                file=file,
+                line=1,
+            )
+        return _Builder(file, config_path.parent, loader).config(root, config_path)
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path) -> str:
+    file = str(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("cannot read the configuration: no such file", file=file) from None
+    except IsADirectoryError:
+        raise ConfigError("cannot read the configuration: it is a directory", file=file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration: {exc.strerror}", file=file) from None
+    try:
+        # utf-8-sig because editors on some systems still write a byte-order mark.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8",
+            file=file,
+            line=line,
+        ) from None
+
+
+def _yaml_error(exc: BaseException, file: str, text: str) -> ConfigError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        context = exc.context
+        # An unclosed "[" or "{" is found lines later; say where it was opened.
+        if context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+            context += f" (started at line {exc.context_mark.line + 1})"
+        what = ", ".join(part for part in (context, exc.problem) if part)
+        if mark is None:
+            return ConfigError(f"invalid YAML: {what}", file=file)
+        return ConfigError(
+            f"invalid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})",
+            file=file,
+            line=mark.line + 1,
+        )
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: exc.position].count("\n") + 1
+        return ConfigError(f"invalid YAML: {exc.reason}", file=file, line=line)
+    if isinstance(exc, RecursionError):
+        return ConfigError("invalid YAML: nested too deeply", file=file)
+    return ConfigError(f"invalid YAML: {exc}", file=file)
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1 if node.start_mark is not None else 0
+
+
+def _keys(names: Sequence[str]) -> str:
+    return ", ".join(names)
+
+
+def _describe(value: object) -> str:
+    """Say what the operator wrote, for "expected X, got Y"."""
+    if value is None:
+        return "an empty value (null)"
+    if isinstance(value, bool):
+        return f"a boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"an integer {value}"
+    if isinstance(value, float):
+        return f"a number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"a string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} {value}"
+
+
+def _describe_node(node: Node) -> str:
+    if isinstance(node, SequenceNode):
+        return "an empty list" if not node.value else "a list"
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    return "a value"
+
+
+def _glob_problem(pattern: str) -> str | None:
+    """Return why `pattern` is not a usable file-name glob, or None if it is."""
+    if not pattern:
+        return "an empty glob matches nothing"
+    if "/" in pattern:
+        return 'a glob matches the file name only, so it cannot contain "/"'
+    if "\0" in pattern:
+        return "a glob cannot contain a NUL character"
+    i = 0
+    while i < len(pattern):
+        if pattern[i] != "[":
+            i += 1
+            continue
+        # fnmatch's rule: a "]" right after "[" or "[!" is a literal member.
+        j = i + 1
+        if j < len(pattern) and pattern[j] == "!":
+            j += 1
+        if j < len(pattern) and pattern[j] == "]":
+            j += 1
+        while j < len(pattern) and pattern[j] != "]":
+            j += 1
+        if j >= len(pattern):
+            # fnmatch would silently match "[" literally, which is never what was meant.
+            return f'the "[" at position {i + 1} has no closing "]"'
+        i = j + 1
+    return None
+
+
+def _python_ref_ok(ref: str) -> bool:
+    module, sep, function = ref.partition(":")
+    if not sep:
+        return False
+    parts = [*module.split("."), *function.split(".")]
+    return all(part.isidentifier() and not keyword.iskeyword(part) for part in parts)
+
+
+class _Builder:
+    """Walks the composed YAML node tree, so that every value has a line."""
+
+    def __init__(self, file: str, base: Path, loader: yaml.SafeLoader) -> None:
+        self.file = file
+        self.base = base
+        self.loader = loader
+
+    def error(self, message: str, node: Node | None, key: str) -> ConfigError:
+        line = _line(node) if node is not None else 0
+        return ConfigError(message, file=self.file, line=line, key=key)
+
+    # -- structure ----------------------------------------------------------
+
+    def construct(self, node: Node, key: str) -> object:
+        try:
+            return cast(object, self.loader.construct_object(node, deep=True))
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # Bad timestamps and unknown tags fail here rather than while parsing.
+            problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
+            raise self.error(f"cannot read this value: {problem}", node, key) from None
+
+    def mapping(
+        self,
+        node: Node,
+        key: str,
+        allowed: Sequence[str] | None,
+        required: Sequence[str],
+        what: str,
+    ) -> dict[str, tuple[Node, Node]]:
+        """Return {key: (key node, value node)} after checking keys.
+
+        `allowed` None means any string key (the free-form `with` options).
+        Unknown, duplicate and missing keys are errors; YAML merge keys ("<<")
+        are applied, with the mapping's own keys taking precedence.
+        """
+        if not isinstance(node, MappingNode):
+            got = _describe_node(node)
+            if isinstance(node, ScalarNode):
+                got = _describe(self.construct(node, key))
+            raise self.error(f"expected {what}, got {got}", node, key)
+        own: dict[str, Node] = {}
+        for key_node, _value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            name = self.key_name(key_node, key)
+            if name in own:
+                raise self.error(
+                    f'duplicate key "{name}" (first at line {_line(own[name])}); '
+                    "give each key once",
+                    key_node,
+                    f"{key}.{name}" if key else name,
+                )
+            own[name] = key_node
+        pairs: dict[str, tuple[Node, Node]] = {}
+        # Checked after the merge too, so that a key merged in from an anchor
+        # elsewhere is held to the same rules as one written here.
+        for key_node, value_node in self.merged_pairs(node, key, set()):
+            name = self.key_name(key_node, key)
+            if allowed is not None and name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else ";"
+                raise self.error(
+                    f'unknown key "{name}"{hint} allowed: {_keys(allowed)}',
+                    key_node,
+                    f"{key}.{name}" if key else name,
+                )
+            pairs[name] = (key_node, value_node)
+        for name in required:
+            if name not in pairs:
+                sub = f"{key}.{name}" if key else name
+                raise self.error(
+                    f'missing required key "{name}"; required here: {_keys(required)}', node, sub
+                )
+        return pairs
+
+    def merged_pairs(self, node: MappingNode, key: str, seen: set[int]) -> list[tuple[Node, Node]]:
+        # Not yaml's flatten_mapping: that rewrites nodes in place, which would
+        # hide the duplicate-key check from a mapping reached again via an alias.
+        if id(node) in seen:
+            raise self.error("a mapping merges itself", node, key)
+        seen = seen | {id(node)}
+        merged: list[tuple[Node, Node]] = []
+        own: list[tuple[Node, Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            # Earlier sources win, so they go last: the dict built from this keeps the last.
+            for source in reversed(sources):
+                if not isinstance(source, MappingNode):
+                    raise self.error('"<<" merges a mapping or a list of mappings', value_node, key)
+                merged.extend(self.merged_pairs(source, key, seen))
+        return merged + own
+
+    def key_name(self, key_node: Node, key: str) -> str:
+        name = self.construct(key_node, key) if isinstance(key_node, ScalarNode) else None
+        if not isinstance(name, str):
+            got = _describe(name) if isinstance(key_node, ScalarNode) else _describe_node(key_node)
+            raise self.error(f"keys must be strings, got {got}", key_node, key)
+        return name
+
+    def sequence(self, node: Node, key: str, what: str) -> list[Node]:
+        if isinstance(node, SequenceNode):
+            return list(node.value)
+        got = _describe(self.scalar(node, key, what))
+        raise self.error(f"expected {what}, got {got}", node, key)
+
+    def scalar(self, node: Node, key: str, expected: str) -> object:
+        if not isinstance(node, ScalarNode):
+            raise self.error(f"expected {expected}, got {_describe_node(node)}", node, key)
+        return self.construct(node, key)
+
+    # -- typed values -------------------------------------------------------
+
+    def integer(self, node: Node, key: str, low: int, high: int) -> int:
+        expected = f"an integer from {low} to {high}"
+        value = self.scalar(node, key, expected)
+        # bool is an int to Python, but "workers: yes" is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"expected {expected}, got {_describe(value)}", node, key)
+        if not low <= value <= high:
+            raise self.error(f"expected {expected}, got {value}", node, key)
+        return value
+
+    def boolean(self, node: Node, key: str) -> bool:
+        value = self.scalar(node, key, "true or false")
+        if not isinstance(value, bool):
+            raise self.error(f"expected true or false, got {_describe(value)}", node, key)
+        return value
+
+    def duration(self, node: Node, key: str, *, positive: bool) -> float:
+        bound = "greater than 0" if positive else "0 or more"
+        expected = f"a duration {bound}: {DURATION_FORMS}"
+        value = self.scalar(node, key, expected)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise self.error(f"{exc}; expected {expected}", node, key) from None
+        if positive and seconds <= 0:
+            raise self.error(f"the duration must be greater than 0; expected {expected}", node, key)
+        return seconds
+
+    def size(self, node: Node, key: str) -> int:
+        expected = f"a size greater than 0: {SIZE_FORMS}"
+        value = self.scalar(node, key, expected)
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise self.error(f"{exc}; expected {expected}", node, key) from None
+        if size <= 0:
+            raise self.error(f"the size must be greater than 0; expected {expected}", node, key)
+        return size
+
+    def choice(self, node: Node, key: str, choices: Sequence[_S]) -> _S:
+        expected = "one of " + ", ".join(f'"{c}"' for c in choices)
+        value = self.scalar(node, key, expected)
+        for choice in choices:
+            if value == choice:
+                return choice
+        raise self.error(f"expected {expected}, got {_describe(value)}", node, key)
+
+    def string(self, node: Node, key: str, expected: str) -> str:
+        value = self.scalar(node, key, expected)
+        if not isinstance(value, str) or not value:
+            raise self.error(f"expected {expected}, got {_describe(value)}", node, key)
+        return value
+
+    def path(self, node: Node, key: str) -> Path:
+        expected = "a path, absolute or relative to the configuration file's directory"
+        value = self.string(node, key, expected)
+        if "\0" in value:
+            raise self.error(
+                f"a path cannot contain a NUL character; expected {expected}", node, key
+            )
+        return self.base / value
+
+    def name(self, node: Node, key: str) -> str:
+        expected = f"a name of {_NAME_RULE}"
+        value = self.scalar(node, key, expected)
+        if not isinstance(value, str):
+            raise self.error(f"expected {expected}, got {_describe(value)}", node, key)
+        # "." and ".." pass the character rule but would name a directory's parent.
+        if not _NAME.fullmatch(value) or set(value) == {"."}:
+            raise self.error(f"expected {expected}, got {_describe(value)}", node, key)
+        return value
+
+    def glob(self, node: Node, key: str) -> str:
+        value = self.scalar(node, key, _GLOB_RULE)
+        if not isinstance(value, str):
+            raise self.error(f"expected {_GLOB_RULE}, got {_describe(value)}", node, key)
+        problem = _glob_problem(value)
+        if problem is not None:
+            shown = json.dumps(value, ensure_ascii=False)
+            raise self.error(f"bad glob {shown}: {problem}; expected {_GLOB_RULE}", node, key)
+        return value
+
+    def globs(self, node: Node, key: str, *, single_ok: bool, empty_ok: bool) -> tuple[str, ...]:
+        if single_ok and isinstance(node, ScalarNode):
+            return (self.glob(node, key),)
+        what = "a glob or a non-empty list of globs" if single_ok else "a list of globs"
+        items = self.sequence(node, key, what)
+        if not items and not empty_ok:
+            raise self.error(f"expected {what}, got an empty list", node, key)
+        return tuple(self.glob(item, f"{key}[{i}]") for i, item in enumerate(items))
+
+    def optional(
+        self,
+        pairs: Mapping[str, tuple[Node, Node]],
+        name: str,
+        key: str,
+        parse: Callable[[Node, str], _T],
+        default: _T,
+    ) -> _T:
+        pair = pairs.get(name)
+        if pair is None:
+            return default
+        return parse(pair[1], f"{key}.{name}" if key else name)
+
+    # -- the three levels ---------------------------------------------------
+
+    def config(self, root: Node, config_path: Path) -> Config:
+        top = self.mapping(
+            root,
+            "",
+            TOP_KEYS,
+            ("data_dir", "state_db", "pipelines"),
+            f"the top level to be a mapping of keys ({_keys(TOP_KEYS)})",
+        )
+        d = _CONFIG_DEFAULTS
+
+        def opt(name: str, parse: Callable[[Node, str], _T], default: _T) -> _T:
+            return self.optional(top, name, "", parse, default)
+
+        def duration(positive: bool) -> Callable[[Node, str], float]:
+            return lambda n, k: self.duration(n, k, positive=positive)
+
+        def integer(low: int, high: int) -> Callable[[Node, str], int]:
+            return lambda n, k: self.integer(n, k, low, high)
+
+        return Config(
+            path=config_path,
+            data_dir=self.path(top["data_dir"][1], "data_dir"),
+            state_db=self.path(top["state_db"][1], "state_db"),
+            pipelines=self.pipelines(top["pipelines"][1]),
+            ignore=opt(
+                "ignore", lambda n, k: self.globs(n, k, single_ok=False, empty_ok=True), d.ignore
+            ),
+            settle_time=opt("settle_time", duration(False), d.settle_time),
+            rescan_interval=opt("rescan_interval", duration(True), d.rescan_interval),
+            archive_layout=opt(
+                "archive_layout", lambda n, k: self.choice(n, k, ARCHIVE_LAYOUTS), d.archive_layout
+            ),
+            max_file_size=opt("max_file_size", self.size, d.max_file_size),
+            workers=opt("workers", integer(1, 256), d.workers),
+            max_in_flight=opt("max_in_flight", integer(1, 100_000), d.max_in_flight),
+            batch_size=opt("batch_size", integer(1, 100_000), d.batch_size),
+            stop_timeout=opt("stop_timeout", duration(False), d.stop_timeout),
+            pipelines_dir=opt("pipelines_dir", self.path, d.pipelines_dir),
+            log_format=opt("log_format", lambda n, k: self.choice(n, k, LOG_FORMATS), d.log_format),
+            lines=types.MappingProxyType({name: _line(pair[0]) for name, pair in top.items()}),
+        )
+
+    def pipelines(self, node: Node) -> tuple[PipelineConfig, ...]:
+        what = "a non-empty list of pipelines"
+        items = self.sequence(node, "pipelines", what)
+        if not items:
+            raise self.error(f"expected {what}, got an empty list", node, "pipelines")
+        result: list[PipelineConfig] = []
+        first_line: dict[str, int] = {}
+        for i, item in enumerate(items):
+            key = f"pipelines[{i}]"
+            pipeline = self.pipeline(item, key)
+            if pipeline.name in first_line:
+                raise self.error(
+                    f'duplicate pipeline name "{pipeline.name}": declared at line '
+                    f"{first_line[pipeline.name]} and again at line {pipeline.line}; "
+                    "each pipeline needs its own name",
+                    item,
+                    f"{key}.name",
+                )
+            first_line[pipeline.name] = pipeline.line
+            result.append(pipeline)
+        return tuple(result)
+
+    def pipeline(self, node: Node, key: str) -> PipelineConfig:
+        pairs = self.mapping(
+            node,
+            key,
+            PIPELINE_KEYS,
+            ("name", "match"),
+            f"a pipeline mapping ({_keys(PIPELINE_KEYS)})",
+        )
+        name = self.name(pairs["name"][1], f"{key}.name")
+        match = self.globs(pairs["match"][1], f"{key}.match", single_ok=True, empty_ok=False)
+        stages: list[StageConfig] = []
+        if "stages" in pairs:
+            stages_node = pairs["stages"][1]
+            first_line: dict[str, int] = {}
+            items = self.sequence(stages_node, f"{key}.stages", "a list of stages")
+            for i, item in enumerate(items):
+                stage_key = f"{key}.stages[{i}]"
+                stage = self.stage(item, stage_key)
+                if stage.name in first_line:
+                    raise self.error(
+                        f'duplicate stage name "{stage.name}" in pipeline "{name}": declared at '
+                        f"line {first_line[stage.name]} and again at line {stage.line}; "
+                        "each stage of a pipeline needs its own name",
+                        item,
+                        f"{stage_key}.name",
+                    )
+                first_line[stage.name] = stage.line
+                stages.append(stage)
+        return PipelineConfig(name=name, match=match, stages=tuple(stages), line=_line(node))
+
+    def stage(self, node: Node, key: str) -> StageConfig:
+        pairs = self.mapping(
+            node,
+            key,
+            STAGE_KEYS,
+            ("name",),
+            "a stage mapping with a name and one of command, python or builtin",
+        )
+        name = self.name(pairs["name"][1], f"{key}.name")
+        kinds = [kind for kind in STAGE_KINDS if kind in pairs]
+        if not kinds:
+            raise self.error(
+                "a stage needs exactly one of command, python or builtin; it has none",
+                node,
+                key,
+            )
+        if len(kinds) > 1:
+            found = " and ".join(f"{kind} (line {_line(pairs[kind][0])})" for kind in kinds)
+            raise self.error(
+                f"a stage needs exactly one of command, python or builtin; it has {found}",
+                pairs[kinds[1]][0],
+                f"{key}.{kinds[1]}",
+            )
+        kind = kinds[0]
+        kind_node = pairs[kind][1]
+        kind_key = f"{key}.{kind}"
+        command: tuple[str, ...] = ()
+        python = builtin = ""
+        if kind == "command":
+            command = self.command(kind_node, kind_key)
+        elif kind == "python":
+            expected = 'a reference "module.path:function" such as "ingest.stages:validate"'
+            python = self.string(kind_node, kind_key, expected)
+            if not _python_ref_ok(python):
+                raise self.error(
+                    f"expected {expected}, got {_describe(python)}", kind_node, kind_key
+                )
+        else:
+            builtin = self.string(kind_node, kind_key, "the name of a builtin stage")
+        options: Mapping[str, Any] = _NO_OPTIONS
+        if "with" in pairs:
+            if kind == "command":
+                raise self.error(
+                    '"with" is only allowed with builtin or python stages; '
+                    "a command takes its arguments in its argv list",
+                    pairs["with"][0],
+                    f"{key}.with",
+                )
+            options = self.options(pairs["with"][1], f"{key}.with")
+        backoff_initial, backoff_max = _STAGE_DEFAULTS.backoff_initial, _STAGE_DEFAULTS.backoff_max
+        if "backoff" in pairs:
+            backoff_initial, backoff_max = self.backoff(pairs["backoff"][1], f"{key}.backoff")
+        return StageConfig(
+            name=name,
+            kind=kind,
+            command=command,
+            python=python,
+            builtin=builtin,
+            options=options,
+            timeout=self.optional(
+                pairs,
+                "timeout",
+                key,
+                lambda n, k: self.duration(n, k, positive=True),
+                _STAGE_DEFAULTS.timeout,
+            ),
+            retries=self.optional(
+                pairs,
+                "retries",
+                key,
+                lambda n, k: self.integer(n, k, 0, 100),
+                _STAGE_DEFAULTS.retries,
+            ),
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            idempotent=self.optional(
+                pairs, "idempotent", key, self.boolean, _STAGE_DEFAULTS.idempotent
+            ),
+            line=_line(node),
+        )
+
+    def command(self, node: Node, key: str) -> tuple[str, ...]:
+        what = f"an argv list, never a shell string, e.g. {_ARGV_EXAMPLE}"
+        if isinstance(node, ScalarNode):
+            value = self.construct(node, key)
+            raise self.error(f"expected {what}, got {_describe(value)}", node, key)
+        items = self.sequence(node, key, what)
+        if not items:
+            raise self.error(f"expected {what}, got an empty list", node, key)
+        argv: list[str] = []
+        for i, item in enumerate(items):
+            arg = self.scalar(item, f"{key}[{i}]", "a string")
+            if not isinstance(arg, str):
+                # YAML reads "-n 10" as the integer 10; a quote says what was meant.
+                raise self.error(
+                    f"expected a string, got {_describe(arg)}; quote it in the argv list",
+                    item,
+                    f"{key}[{i}]",
+                )
+            argv.append(arg)
+        if not argv[0]:
+            raise self.error("expected a program name, got an empty string", items[0], f"{key}[0]")
+        return tuple(argv)
+
+    def options(self, node: Node, key: str) -> Mapping[str, Any]:
+        pairs = self.mapping(node, key, allowed=None, required=(), what="a mapping of options")
+        built: dict[str, Any] = {}
+        for name, (_key_node, value_node) in pairs.items():
+            # deepcopy because YAML aliases hand out one shared object to every use.
+            built[name] = copy.deepcopy(self.construct(value_node, f"{key}.{name}"))
+        return types.MappingProxyType(built)
+
+    def backoff(self, node: Node, key: str) -> tuple[float, float]:
+        pairs = self.mapping(
+            node, key, BACKOFF_KEYS, (), "a mapping with initial and max durations"
+        )
+        initial = self.optional(
+            pairs,
+            "initial",
+            key,
+            lambda n, k: self.duration(n, k, positive=False),
+            _STAGE_DEFAULTS.backoff_initial,
+        )
+        most = self.optional(
+            pairs,
+            "max",
+            key,
+            lambda n, k: self.duration(n, k, positive=True),
+            _STAGE_DEFAULTS.backoff_max,
+        )
+        if initial > most:
+            where = pairs["initial"][1] if "initial" in pairs else node
+            raise self.error(
+                f"initial ({initial:g}s) is longer than max ({most:g}s); "
+                "expected initial no longer than max",
+                where,
+                f"{key}.initial",
+            )
+        return initial, most
+
+
+# ---------------------------------------------------------------------------
+# Checking the host
+
+SPOOL_DIRS: tuple[str, ...] = ("incoming", "working", "archive", "failed")
+
+
+def check_paths(config: Config) -> None:
+    """Check that data_dir and state_db are usable, creating the spool folders.
+
+    data_dir must be an existing directory dropline can write to; its
+    incoming/, working/, archive/ and failed/ are created if missing.  The
+    directory of state_db must exist and be writable (SQLite puts its journal
+    beside the database), and state_db, if it exists, must be a regular file
+    dropline can read and write.  Problems raise ConfigError pointing at the
+    line of the key in the configuration file.
+    """
+    file = str(config.path)
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(message, file=file, line=config.lines.get(key, 0), key=key)
+
+    data_dir = config.data_dir
+    if not data_dir.exists():
+        raise fail("data_dir", f"{data_dir} does not exist; expected an existing directory")
+    if not data_dir.is_dir():
+        raise fail("data_dir", f"{data_dir} is not a directory; expected a directory")
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise fail(
+            "data_dir", f"{data_dir} is not writable; expected a directory dropline can write to"
+        )
+    for sub in SPOOL_DIRS:
+        folder = data_dir / sub
+        try:
+            # No chmod afterwards: group access to incoming/ is the operator's
+            # (or tmpfiles.d's) decision, and the umask is respected.
+            folder.mkdir(mode=0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise fail("data_dir", f"cannot create {folder}: {exc.strerror}") from None
+        if not folder.is_dir():
+            raise fail("data_dir", f"{folder} is not a directory; expected the spool folder {sub}/")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise fail(
+                "data_dir", f"{folder} is not writable; expected a directory dropline can write to"
+            )
+
+    state_db = config.state_db
+    parent = state_db.parent
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise fail(
+            "state_db",
+            f"the directory of {state_db}, {parent}, {problem}; expected an existing directory",
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise fail(
+            "state_db",
+            f"{parent} is not writable; SQLite needs to create files beside {state_db.name}",
+        )
+    if state_db.exists() or state_db.is_symlink():
+        if not state_db.is_file():
+            raise fail(
+                "state_db", f"{state_db} exists but is not a regular file; expected a database file"
+            )
+        if not os.access(state_db, os.R_OK | os.W_OK):
+            raise fail("state_db", f"{state_db} is not readable and writable by dropline")

@@ -1,0 +1,46 @@
+"""Crash injection for the tests of the durability protocol.
+
+The spool, claim, stage, archive and recovery code call ``crashpoint(NAME)``
+at each step where a crash would leave a distinct state on disk.  When the
+environment variable DROPLINE_CRASH_AT names that step (``NAME`` or
+``NAME#N`` for its N-th passage), the process kills itself with SIGKILL there,
+as SQLite's crash-test VFS crashes at sync k.  Unset, a crash point costs one
+comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+# Every step of the protocol, in the order a file meets them.  The tests crash
+# at each in turn.
+POINTS: tuple[str, ...] = (
+    "claim.intent_committed",  # rows say "claiming", nothing renamed yet
+    "claim.renamed",  # first file of the batch is in working/, not yet fsynced
+    "claim.synced",  # renames durable, rows still say "claiming"
+    "claim.committed",  # claim recorded
+    "stage.start_committed",  # stage recorded as started, not yet run
+    "stage.finished",  # stage ran, its outcome not yet recorded
+    "stage.result_committed",  # outcome recorded
+    "finish.intent_committed",  # destination recorded, nothing moved
+    "finish.error_written",  # failed/NAME.error.json in place, file not yet moved
+    "finish.renamed",  # first file of the batch moved, not yet fsynced
+    "finish.synced",  # moves durable, rows still say "finishing"
+    "finish.committed",  # the end recorded
+    "recovery.repaired",  # recovery changed the first item on disk, not yet committed
+)
+
+_ARMED = os.environ.get("DROPLINE_CRASH_AT", "")
+_TARGET, _, _NTH = _ARMED.partition("#")
+_remaining = int(_NTH) if _NTH else 1
+
+
+def crashpoint(name: str) -> None:
+    """Kill this process at once if the tests armed the crash point NAME."""
+    global _remaining
+    if name != _TARGET:
+        return
+    _remaining -= 1
+    if _remaining <= 0:
+        os.kill(os.getpid(), signal.SIGKILL)

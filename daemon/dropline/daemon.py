@@ -1,0 +1,637 @@
+"""The daemon: one loop that owns the database and drives every file.
+
+``run_once(now)`` is one pass: apply stage results, claim a batch, dispatch
+stages, finish a batch.  ``run()`` is a thin loop around it that waits on the
+queue fed by the inotify reader, the worker threads and the signal handlers.
+Signal handlers only set flags; nothing but this loop touches the database.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, check_paths, load_config
+from .crashpoints import crashpoint
+from .errors import ConfigError, DroplineError, FatalIOError
+from .log import get_logger
+from .notify import Notifier
+from .pipeline import Pipeline, Routes
+from .protocol import Claimed, Finish, claim_batch, finish_batch
+from .recovery import describe as describe_recovery
+from .recovery import recover
+from .retry import compute_backoff
+from .spool import Entry, Refusal, Spool
+from .stages import StageContext
+from .state import State, acquire_lock
+from .watch import FileReady, IncomingWatch, Overflow, WatchLost
+from .workers import StageJob, StageResult, WorkerPool
+
+_MAX_REFUSED = 100_000  # refusals remembered, so each is logged once
+_MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan later
+_STATUS_EVERY = 0.25  # seconds between STATUS updates when busy
+_PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
+
+
+@dataclass
+class Item:
+    """A file in working/, as the loop tracks it."""
+
+    id: str
+    name: bytes
+    working_name: bytes
+    pipeline: str | None
+    next_stage: int = 0
+    attempt: int = 0  # failed attempts of next_stage
+    next_at: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass
+class Running:
+    """A stage attempt handed to a worker."""
+
+    token: int
+    attempt_id: int
+    stage_index: int
+    stage: str
+    kind: str
+    started: float
+    deadline: float
+    cancel: threading.Event
+
+
+class Daemon:
+    """The drop-folder supervisor for one configuration."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        exit_when_idle: bool = False,
+    ) -> None:
+        self.config = config
+        self.routes = Routes(config)
+        self.notifier = notifier or Notifier()
+        self.exit_when_idle = exit_when_idle
+        self.log = get_logger()
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.items: dict[str, Item] = {}
+        self.ready: collections.deque[str] = collections.deque()
+        self.retry_heap: list[tuple[float, str]] = []
+        self.running: dict[str, Running] = {}
+        self.to_finish: list[Finish] = []
+        self.results_pending: list[tuple[StageResult, Item, Running]] = []
+        self.candidates: dict[bytes, None] = {}
+        self.settling: dict[bytes, float] = {}
+        self.refused: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
+        self.scan: Any = None
+        self.scan_seen = 0
+        self.rescan_pending = False
+        self.next_rescan = 0.0
+        self.counts = {"archived": 0, "failed": 0}
+        self._token = 0
+        self._stop_requested = False
+        self._reload_requested = False
+        self.stopping_since: float | None = None
+        self._next_status = 0.0
+        self._next_ping = 0.0
+        self._lock_fd = -1
+        self.state: State | None = None
+        self.spool: Spool | None = None
+        self.watch: IncomingWatch | None = None
+        self.pool: WorkerPool | None = None
+
+    # --- start and stop ---------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Lock, recover, watch, start the scan, then READY (before the backlog drains)."""
+        cfg = self.config
+        self._lock_fd = acquire_lock(cfg.state_db)
+        self.state = State(cfg.state_db)
+        self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
+        report = recover(self.state, self.spool, self.routes, now, self.log)
+        if report.changed:
+            self.log.info("recovery.done", **describe_recovery(report))
+        for f in report.finished:
+            self._log_finish(f)
+        counts = self.state.counts()
+        self.counts = {"archived": counts.get("archived", 0), "failed": counts.get("failed", 0)}
+        for row in self.state.unfinished_items():
+            item = Item(
+                row.id,
+                row.name,
+                row.working_name,
+                row.pipeline,
+                row.next_stage,
+                row.attempt,
+                row.next_attempt_at,
+                row.metadata,
+                row.sha256,
+                row.created_at,
+            )
+            self.items[item.id] = item
+            self._schedule(item, now)
+        self.pool = WorkerPool(cfg.workers, self.inbox)
+        # The watch first, then the scan: a file arriving in between is seen by both.
+        self.watch = IncomingWatch(cfg.incoming, self.inbox)
+        self._start_scan(now)
+        self.notifier.ready(self.status_line())
+        self.log.info(
+            "daemon.ready",
+            pid=os.getpid(),
+            data_dir=str(cfg.data_dir),
+            pipelines=[p.name for p in self.routes.pipelines],
+            resumed=len(self.items),
+        )
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        if self.pool is not None:
+            self.pool.close()
+        if self.spool is not None:
+            self.spool.close()
+        if self.state is not None:
+            self.state.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self.inbox.put(None)  # SimpleQueue.put is reentrant: safe in a signal handler
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self.inbox.put(None)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    # --- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Start, then loop until stopped (or idle, with exit_when_idle)."""
+        self.start(time.time())
+        try:
+            while True:
+                timeout = self._wait_time(time.time())
+                with contextlib.suppress(queue.Empty):
+                    self._absorb(self.inbox.get(timeout=timeout) if timeout > 0 else None)
+                while True:
+                    try:
+                        self._absorb(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if self.run_once(time.time()):
+                    break
+        finally:
+            self.close()
+        self.log.info(
+            "daemon.stopped", archived=self.counts["archived"], failed=self.counts["failed"]
+        )
+
+    def _wait_time(self, now: float) -> float:
+        """How long the loop may sleep: zero while there is work it can do now."""
+        stopping = self.stopping_since is not None
+        assert self.pool is not None
+        if self.to_finish or self.results_pending:
+            return 0.0
+        if not stopping and self.ready and len(self.running) < self.pool.size:
+            return 0.0
+        if not stopping and (self.candidates or self.scan is not None) and self._has_capacity():
+            return 0.0
+        deadlines = [self.next_rescan]
+        if self.retry_heap:
+            deadlines.append(self.retry_heap[0][0])
+        if self.settling:
+            deadlines.append(min(self.settling.values()))
+        if self.running:
+            deadlines.append(min(r.deadline for r in self.running.values()) + _PY_TIMEOUT_GRACE)
+        if self.notifier.watchdog_interval:
+            deadlines.append(self._next_ping)
+        if self.stopping_since is not None:
+            deadlines.append(self.stopping_since + self.config.stop_timeout)
+        return max(0.0, min(min(deadlines) - now, 1.0))
+
+    def _absorb(self, message: Any) -> None:
+        if message is None:
+            return
+        if isinstance(message, FileReady):
+            self.candidates[message.name] = None
+        elif isinstance(message, StageResult):
+            self._apply_result(message)
+        elif isinstance(message, Overflow):
+            self.log.warning("scan.overflow", detail="inotify queue overflowed; rescanning")
+            self.rescan_pending = True
+        elif isinstance(message, WatchLost) and self.stopping_since is None:
+            raise FatalIOError(message.reason)
+
+    def run_once(self, now: float) -> bool:
+        """One pass of the loop; True when the daemon should exit."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+        if self._stop_requested and self.stopping_since is None:
+            self.stopping_since = now
+            self.notifier.stopping()
+            self.log.info("daemon.stopping", in_flight=len(self.running))
+        if self.results_pending:
+            self._commit_results(now)
+        self._expire_python_stages(now)
+        while self.retry_heap and self.retry_heap[0][0] <= now:
+            _, item_id = heapq.heappop(self.retry_heap)
+            if item_id in self.items:
+                self.ready.append(item_id)
+        if self.stopping_since is None:
+            self._admit(now)
+        self._dispatch(now)
+        if self.to_finish:
+            self._finish(now)
+        self._housekeeping(now)
+        return self._should_exit(now)
+
+    # --- stage results ------------------------------------------------------
+
+    def _apply_result(self, result: StageResult) -> None:
+        running = self.running.get(result.item_id)
+        if running is None or running.token != result.token:
+            return  # a stage abandoned after its timeout finally returned
+        del self.running[result.item_id]
+        self.results_pending.append((result, self.items[result.item_id], running))
+
+    def _commit_results(self, now: float) -> None:
+        pending, self.results_pending = self.results_pending, []
+        assert self.state is not None
+        with self.state.transaction():
+            for result, item, running in pending:
+                self._record_result(result, item, running, now)
+        crashpoint("stage.result_committed")
+
+    def _record_result(self, result: StageResult, item: Item, running: Running, now: float) -> None:
+        assert self.state is not None
+        pipeline = self.routes.get(item.pipeline)
+        stage_cfg = (
+            pipeline.stages[running.stage_index].config
+            if pipeline and running.stage_index < len(pipeline.stages)
+            else None
+        )
+        log = self.log.bind(
+            item=item.id, file=item.name, pipeline=item.pipeline, stage=running.stage
+        )
+        if result.outcome == "succeeded":
+            self.state.record_stage_end(running.attempt_id, "succeeded", "", now)
+            item.next_stage = running.stage_index + 1
+            item.attempt = 0
+            item.next_at = None
+            item.metadata.update(result.metadata)
+            self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+            log.info("stage.succeeded", seconds=round(result.duration, 3))
+            self.ready.append(item.id)
+            return
+        if self.stopping_since is not None and running.cancel.is_set():
+            # We stopped it: not the stage's failure, it runs again after the restart.
+            self.state.record_stage_end(running.attempt_id, "interrupted", result.error, now)
+            log.info("stage.interrupted", error=result.error)
+            return
+        failures = item.attempt + 1
+        retries = stage_cfg.retries if stage_cfg else 0
+        if result.outcome in ("failed", "timeout") and failures <= retries and stage_cfg:
+            delay = compute_backoff(failures, stage_cfg.backoff_initial, stage_cfg.backoff_max)
+            item.attempt = failures
+            item.next_at = now + delay
+            self.state.record_stage_end(running.attempt_id, "retrying", result.error, now)
+            self.state.set_progress(
+                item.id, item.next_stage, failures, item.next_at, item.metadata, now
+            )
+            heapq.heappush(self.retry_heap, (item.next_at, item.id))
+            log.warning(
+                "stage.retrying",
+                attempt=failures,
+                of=retries + 1,
+                delay=round(delay, 3),
+                error=result.error,
+            )
+            return
+        item.attempt = failures
+        self.state.record_stage_end(running.attempt_id, "failed", result.error, now)
+        kind = (
+            "permanent error"
+            if result.outcome == "permanent"
+            else f"failed after {failures} attempt(s)"
+        )
+        log.error("stage.failed", attempt=failures, error=result.error, kind=kind)
+        self._plan_finish(item, "failed", f"{running.stage}: {kind}: {result.error}", running.stage)
+
+    def _expire_python_stages(self, now: float) -> None:
+        """A Python stage cannot be killed: past its timeout it is abandoned and retried."""
+        assert self.pool is not None
+        for item_id, running in list(self.running.items()):
+            if running.kind != "command" and now > running.deadline + _PY_TIMEOUT_GRACE:
+                running.cancel.set()
+                self.pool.abandon_one()
+                error = f"timed out after {running.deadline - running.started:.1f} s (abandoned)"
+                self._apply_result(StageResult(item_id, running.token, "timeout", error))
+        if self.results_pending:
+            self._commit_results(now)
+
+    # --- claiming -----------------------------------------------------------
+
+    def _has_capacity(self) -> bool:
+        return len(self.items) < self.config.max_in_flight
+
+    def _start_scan(self, now: float) -> None:
+        assert self.spool is not None
+        self.scan = self.spool.scan_incoming()
+        self.scan_seen = 0
+        self.rescan_pending = False
+        self.next_rescan = now + self.config.rescan_interval
+
+    def _next_names(self, now: float, limit: int) -> list[tuple[bytes, bool]]:
+        """Up to LIMIT names to look at: events first, then settled ones, then the scan."""
+        names: list[tuple[bytes, bool]] = []
+        while self.candidates and len(names) < limit:
+            name = next(iter(self.candidates))
+            del self.candidates[name]
+            self.settling.pop(name, None)
+            names.append((name, True))
+        if self.settling and len(names) < limit:
+            for name, due in list(self.settling.items()):
+                if due <= now:
+                    del self.settling[name]
+                    names.append((name, False))
+                    if len(names) >= limit:
+                        break
+        if self.scan is not None:
+            budget = limit * 4  # entries skipped (ignored, refused) also cost time
+            while len(names) < limit and budget > 0:
+                scanned: bytes | None = next(self.scan, None)
+                if scanned is None:
+                    self.log.info("scan.completed", entries=self.scan_seen)
+                    self.scan = None
+                    break
+                budget -= 1
+                self.scan_seen += 1
+                names.append((scanned, False))
+        return names
+
+    def _admit(self, now: float) -> None:
+        assert self.spool is not None and self.state is not None
+        room = min(self.config.max_in_flight - len(self.items), self.config.batch_size)
+        if room <= 0:
+            return
+        entries: list[Entry] = []
+        seen: set[bytes] = set()
+        for name, notified in self._next_names(now, room):
+            if name in seen or self.routes.is_ignored(name):
+                continue
+            seen.add(name)
+            found = self.spool.inspect_incoming(name)
+            if found is None:
+                continue
+            if isinstance(found, Refusal):
+                self._refuse(found)
+                continue
+            age = now - max(found.mtime_ns, found.ctime_ns) / 1e9
+            if not notified and age < self.config.settle_time:
+                # Found by a scan and still changing: its writer may be at work.
+                if len(self.settling) < _MAX_SETTLING:
+                    self.settling[name] = now + self.config.settle_time - age
+                else:
+                    self.rescan_pending = True
+                continue
+            entries.append(found)
+        if not entries:
+            return
+        claimed, refused = claim_batch(self.state, self.spool, self.routes, entries, now)
+        for refusal in refused:
+            self._refuse(refusal)
+        for c in claimed:
+            self._admitted(c, now)
+
+    def _admitted(self, c: Claimed, now: float) -> None:
+        item = Item(
+            c.item_id, c.name, c.working_name, c.pipeline, sha256=c.sha256, created_at=c.created_at
+        )
+        self.items[item.id] = item
+        self.log.info(
+            "file.claimed", item=item.id, file=item.name, pipeline=item.pipeline, size=c.size
+        )
+        self.ready.append(item.id)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        key = (refusal.dev, refusal.ino)
+        if self.refused.get(refusal.name) == key:
+            return
+        self.refused[refusal.name] = key
+        self.refused.move_to_end(refusal.name)
+        if len(self.refused) > _MAX_REFUSED:
+            self.refused.popitem(last=False)
+        self.log.warning("entry.refused", file=refusal.name, reason=refusal.reason)
+
+    # --- dispatching stages -------------------------------------------------
+
+    def _schedule(self, item: Item, now: float) -> None:
+        if item.next_at is not None and item.next_at > now:
+            heapq.heappush(self.retry_heap, (item.next_at, item.id))
+        else:
+            self.ready.append(item.id)
+
+    def _dispatch(self, now: float) -> None:
+        assert self.state is not None and self.pool is not None
+        jobs: list[tuple[Item, Pipeline, int, int]] = []
+        stopping = self.stopping_since is not None
+        deferred: list[str] = []
+        while self.ready:
+            item_id = self.ready.popleft()
+            item = self.items.get(item_id)
+            if item is None or item_id in self.running:
+                continue
+            pipeline = self.routes.get(item.pipeline)
+            if item.pipeline is None:
+                self._plan_finish(item, "failed", "no pipeline matches this name", None)
+                continue
+            if pipeline is None:
+                self._plan_finish(
+                    item, "failed", f'pipeline "{item.pipeline}" is no longer configured', None
+                )
+                continue
+            if item.next_stage >= len(pipeline.stages):
+                self._plan_finish(item, "archived", "", None)
+                continue
+            if stopping or len(self.running) + len(jobs) >= self.pool.size:
+                deferred.append(item_id)
+                continue
+            jobs.append((item, pipeline, item.next_stage, item.attempt + 1))
+        self.ready.extend(deferred)
+        if not jobs:
+            return
+        started: list[tuple[Item, Pipeline, int, int, int]] = []
+        with self.state.transaction():
+            for item, pipeline, index, attempt in jobs:
+                stage = pipeline.stages[index]
+                attempt_id = self.state.record_stage_start(item.id, index, stage.name, attempt, now)
+                started.append((item, pipeline, index, attempt, attempt_id))
+        crashpoint("stage.start_committed")
+        for item, pipeline, index, attempt, attempt_id in started:
+            stage = pipeline.stages[index]
+            self._token += 1
+            cancel = threading.Event()
+            log = self.log.bind(
+                item=item.id, file=item.name, pipeline=pipeline.name, stage=stage.name
+            )
+            ctx = StageContext(
+                item_id=item.id,
+                path=Path(os.fsdecode(self.config.working / os.fsdecode(item.working_name))),
+                name=os.fsdecode(item.name),
+                pipeline=pipeline.name,
+                stage=stage.name,
+                attempt=attempt,
+                metadata=dict(item.metadata),
+                log=log,
+                timeout=stage.config.timeout,
+                cancel=cancel,
+            )
+            self.running[item.id] = Running(
+                self._token,
+                attempt_id,
+                index,
+                stage.name,
+                stage.config.kind,
+                now,
+                now + stage.config.timeout,
+                cancel,
+            )
+            log.info("stage.started", attempt=attempt)
+            self.pool.submit(StageJob(item.id, self._token, stage, ctx))
+
+    # --- finishing ----------------------------------------------------------
+
+    def _plan_finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
+        self.to_finish.append(
+            Finish(
+                item_id=item.id,
+                name=item.name,
+                working_name=item.working_name,
+                outcome=outcome,
+                reason=reason,
+                pipeline=item.pipeline,
+                stage=stage,
+                attempts=item.attempt,
+                sha256=item.sha256,
+                created_at=item.created_at,
+            )
+        )
+
+    def _finish(self, now: float) -> None:
+        assert self.state is not None and self.spool is not None
+        batch, self.to_finish = self.to_finish, []
+        for f in finish_batch(self.state, self.spool, batch, now):
+            self.items.pop(f.item_id, None)
+            self._log_finish(f)
+
+    def _log_finish(self, f: Finish) -> None:
+        where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
+        if f.state == "archived":
+            self.counts["archived"] += 1
+            self.log.info(
+                "file.archived", item=f.item_id, file=f.name, pipeline=f.pipeline, to=where
+            )
+        elif f.state == "failed":
+            self.counts["failed"] += 1
+            self.log.error(
+                "file.failed",
+                item=f.item_id,
+                file=f.name,
+                pipeline=f.pipeline,
+                stage=f.stage,
+                to=where,
+                reason=f.reason,
+            )
+        else:
+            self.log.error("file.vanished", item=f.item_id, file=f.name, pipeline=f.pipeline)
+
+    # --- housekeeping -------------------------------------------------------
+
+    def status_line(self) -> str:
+        waiting = len(self.candidates) + len(self.settling)
+        scanning = ", scanning" if self.scan is not None else ""
+        return (
+            f"in flight {len(self.items)}, running {len(self.running)}, "
+            f"waiting {waiting}{scanning}, archived {self.counts['archived']}, "
+            f"failed {self.counts['failed']}"
+        )
+
+    def _housekeeping(self, now: float) -> None:
+        if self.scan is None and (self.rescan_pending or now >= self.next_rescan):
+            if self.rescan_pending:
+                self.log.info("scan.started", reason="overflow")
+            self._start_scan(now)
+        if now >= self._next_status:
+            self._next_status = now + _STATUS_EVERY
+            self.notifier.status(self.status_line())
+        interval = self.notifier.watchdog_interval
+        if interval and now >= self._next_ping:
+            self._next_ping = now + interval
+            self.notifier.watchdog()
+
+    def idle(self) -> bool:
+        return not (
+            self.items
+            or self.candidates
+            or self.settling
+            or self.scan is not None
+            or self.to_finish
+        )
+
+    def _should_exit(self, now: float) -> bool:
+        if self.stopping_since is not None:
+            if not self.running and not self.to_finish:
+                return True
+            if now >= self.stopping_since + self.config.stop_timeout:
+                # Out of patience: stop the stages still running; they run again after restart.
+                for running in self.running.values():
+                    running.cancel.set()
+                if now >= self.stopping_since + self.config.stop_timeout + 0.4:
+                    self.log.warning("daemon.abandoned", stages=len(self.running))
+                    return True
+            return False
+        return self.exit_when_idle and self.idle()
+
+    # --- reload -------------------------------------------------------------
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        self.log.info("daemon.reloading", config=str(self.config.path))
+        try:
+            new = load_config(self.config.path)
+            for key in ("data_dir", "state_db"):
+                if getattr(new, key) != getattr(self.config, key):
+                    raise ConfigError(
+                        f"{key} cannot change on reload; restart dropline",
+                        file=str(new.path),
+                        key=key,
+                    )
+            check_paths(new)
+            routes = Routes(new)
+        except DroplineError as exc:
+            self.log.error("config.rejected", error=str(exc), kept="the previous configuration")
+        else:
+            self.config, self.routes = new, routes
+            self.log.info("daemon.reloaded", pipelines=[p.name for p in routes.pipelines])
+        self.notifier.ready(self.status_line())

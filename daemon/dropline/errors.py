@@ -1,0 +1,54 @@
+"""The exception tree of dropline: one base, a few kinds, each with a meaning.
+
+Code catches these by kind; nothing else in dropline raises bare Exception.
+"""
+
+from __future__ import annotations
+
+
+class DroplineError(Exception):
+    """Base of every error that dropline raises on purpose."""
+
+
+class ConfigError(DroplineError):
+    """The configuration (or the command line) cannot be used.
+
+    The message names the file, the line, the key, what was wrong and what is
+    allowed.  The command line prints it without a traceback and exits 2.
+    """
+
+    def __init__(self, message: str, *, file: str = "", line: int = 0, key: str = "") -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = file
+        if file and line:
+            where = f"{file}:{line}"
+        prefix = f"{where}: " if where else ""
+        keypart = f"{key}: " if key else ""
+        super().__init__(f"{prefix}{keypart}{message}")
+
+
+class HostError(DroplineError):
+    """The host is not fit to run on: a directory is missing, unwritable or insecure.
+
+    Like ConfigError it exits 2, because restarting will not help.
+    """
+
+
+class PermanentError(DroplineError):
+    """Raised by a stage when the file itself is bad: it fails at once, no retries."""
+
+
+class FatalIOError(DroplineError):
+    """A write or fsync failed on the spool or the state database.
+
+    After such an error the state on disk is unknown (a retried fsync can report
+    success without having written anything), so the daemon exits non-zero and
+    lets systemd restart it; start-up recovery then reconciles the folders.
+    """
+
+
+class StateLockedError(DroplineError):
+    """Another dropline process holds the lock on the state directory."""

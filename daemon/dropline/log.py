@@ -1,0 +1,84 @@
+"""Logging: one structured event per transition, through structlog.
+
+Aligned, human console lines on a terminal; one JSON object per line
+otherwise (what journald and log shippers read).  Every string value passes
+through ``escape_text`` first, so a file name holding a newline, an ANSI
+escape or invalid UTF-8 cannot forge a log line or repaint a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+Logger = structlog.stdlib.BoundLogger | Any
+
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def escape_text(value: str | bytes) -> str:
+    """Return VALUE printable on one line: controls, surrogates and bad bytes escaped.
+
+    Bytes are decoded as UTF-8 with surrogateescape, so an invalid byte shows as
+    ``\\xff`` rather than being lost or crashing the encoder.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if value.isprintable() and "\\" not in value:
+        return value
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
+
+
+def _escape_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str | bytes):
+            event_dict[key] = escape_text(value)
+    return event_dict
+
+
+def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog once for the process; ``auto`` picks console on a terminal."""
+    out = stream or sys.stderr
+    use_console = log_format == "console" or (log_format == "auto" and out.isatty())
+    renderer: Any
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), pad_event_to=22)
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            _escape_values,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**initial: Any) -> Any:
+    """Return a bound logger carrying INITIAL fields."""
+    return structlog.get_logger("dropline").bind(**initial)

@@ -1,0 +1,97 @@
+"""Pipelines: routing a file name to its pipeline, and each pipeline's built stages.
+
+Built once from the configuration (and again on reload); building resolves
+every stage, so an unknown builtin or a Python stage that cannot be imported
+is a configuration error at start-up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+
+from .config import Config, PipelineConfig, StageConfig
+from .stages import StageFunc
+from .stages.builtin import build_builtin
+from .stages.command import build_command_stage
+from .stages.python import load_python_stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage's configuration and the callable that runs it."""
+
+    config: StageConfig
+    func: StageFunc
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline with its stages built."""
+
+    config: PipelineConfig
+    stages: tuple[Stage, ...]
+    pattern: re.Pattern[str]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    # One compiled alternation: matching a name costs one regex call, not one per glob.
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL)
+
+
+def _build_stage(config: Config, pipeline: PipelineConfig, index: int, sc: StageConfig) -> Stage:
+    key = f"pipelines[{pipeline.name}].stages[{index}]"
+    file = str(config.path)
+    if sc.kind == "command":
+        func = build_command_stage(sc.command)
+    elif sc.kind == "builtin":
+        func = build_builtin(sc.builtin, sc.options, file=file, line=sc.line, key=key + ".builtin")
+    else:
+        search = [config.pipelines_dir / pipeline.name, config.pipelines_dir]
+        func = load_python_stage(
+            sc.python, sc.options, search, file=file, line=sc.line, key=key + ".python"
+        )
+    return Stage(sc, func)
+
+
+class Routes:
+    """Which pipeline a name belongs to (first match wins), and which names to ignore."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._ignore = _globs(config.ignore)
+        self.pipelines: tuple[Pipeline, ...] = tuple(
+            Pipeline(
+                pc,
+                tuple(_build_stage(config, pc, i, sc) for i, sc in enumerate(pc.stages)),
+                _globs(pc.match),
+            )
+            for pc in config.pipelines
+        )
+        self._by_name = {p.name: p for p in self.pipelines}
+
+    def is_ignored(self, name: bytes) -> bool:
+        """Hidden and temporary names: never claimed, so write-then-rename works."""
+        return self._ignore.match(os.fsdecode(name)) is not None
+
+    def route(self, name: bytes) -> Pipeline | None:
+        text = os.fsdecode(name)
+        for pipeline in self.pipelines:
+            if pipeline.pattern.match(text):
+                return pipeline
+        return None
+
+    def get(self, name: str | None) -> Pipeline | None:
+        return self._by_name.get(name) if name else None

@@ -1,0 +1,192 @@
+"""The group-commit protocol: how a batch of files is claimed and finished durably.
+
+Each step is made durable before the next depends on it:
+
+claim:   record intent (rows "claiming")  -> commit
+         rename incoming/NAME -> working/  (each file)
+         fsync working/ and incoming/ once
+         hash, verify, route; rows "active" -> commit
+finish:  choose destinations; rows "finishing" -> commit
+         write failed/NAME.error.json (fsynced), rename working/ -> archive/ or failed/
+         fsync the touched folders once
+         rows "archived" / "failed" -> commit
+
+A crash between any two steps leaves a state that recovery completes or
+undoes (``recovery.py``).  One transaction and one fsync per folder per batch,
+never per file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .crashpoints import crashpoint
+from .ids import new_item_id
+from .log import escape_text
+from .pipeline import Routes
+from .spool import Entry, Refusal, Spool
+from .state import State
+
+
+@dataclass
+class Claimed:
+    """A file now in working/, recorded as active."""
+
+    item_id: str
+    name: bytes
+    working_name: bytes
+    pipeline: str | None
+    sha256: str
+    size: int
+    created_at: float
+
+
+@dataclass
+class Finish:
+    """A file to move to its end.  final_name empty: not yet chosen."""
+
+    item_id: str
+    name: bytes
+    working_name: bytes
+    outcome: str  # "archived" or "failed"
+    reason: str = ""
+    pipeline: str | None = None
+    stage: str | None = None
+    attempts: int = 0
+    sha256: str | None = None
+    created_at: float = 0.0
+    final_dir: str = ""
+    final_name: bytes = b""
+    state: str = field(default="", init=False)  # how it ended: archived, failed, vanished
+
+
+def claim_batch(
+    state: State, spool: Spool, routes: Routes, entries: list[Entry], now: float
+) -> tuple[list[Claimed], list[Refusal]]:
+    """Claim ENTRIES (checked regular files in incoming/) into working/."""
+    plans: list[tuple[str, Entry, bytes]] = []
+    taken: set[bytes] = set()
+    for entry in entries:
+        item_id = new_item_id(now)
+        working_name = spool.free_working_name(entry.name, item_id, taken)
+        taken.add(working_name)
+        plans.append((item_id, entry, working_name))
+    with state.transaction():
+        for item_id, entry, working_name in plans:
+            state.insert_claiming(item_id, entry.name, working_name, entry.dev, entry.ino, now)
+    crashpoint("claim.intent_committed")
+
+    moved: list[tuple[str, Entry, bytes]] = []
+    gone: list[str] = []
+    for item_id, entry, working_name in plans:
+        if spool.claim(entry.name, working_name):
+            moved.append((item_id, entry, working_name))
+            crashpoint("claim.renamed")
+        else:
+            gone.append(item_id)
+    spool.sync()
+    crashpoint("claim.synced")
+
+    claimed: list[Claimed] = []
+    refused: list[Refusal] = []
+    for item_id, entry, working_name in moved:
+        try:
+            sha256, size = spool.hash_working(working_name, expect=entry)
+        except (ValueError, OSError) as exc:
+            # The name was swapped between our check and the rename: give the
+            # entry back untouched and refuse it.
+            spool.unclaim(working_name, entry.name)
+            refused.append(Refusal(entry.name, f"changed while being claimed: {exc}", 0, 0))
+            gone.append(item_id)
+            continue
+        pipeline = routes.route(entry.name)
+        claimed.append(
+            Claimed(
+                item_id,
+                entry.name,
+                working_name,
+                pipeline.name if pipeline else None,
+                sha256,
+                size,
+                now,
+            )
+        )
+    if refused:
+        spool.sync()
+    with state.transaction():
+        for item_id in gone:
+            state.delete_item(item_id)
+        for c in claimed:
+            state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, now)
+            state.add_event(c.item_id, "claimed", now, c.pipeline or "")
+    crashpoint("claim.committed")
+    return claimed, refused
+
+
+def error_document(f: Finish, now: float) -> dict[str, Any]:
+    """The content of failed/NAME.error.json."""
+    return {
+        "item_id": f.item_id,
+        "name": escape_text(f.name),
+        "pipeline": f.pipeline,
+        "stage": f.stage,
+        "attempts": f.attempts,
+        "error": f.reason,
+        "sha256": f.sha256,
+        "claimed_at": _iso(f.created_at) if f.created_at else None,
+        "failed_at": _iso(now),
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
+    """Move FINISHES to archive/ or failed/; returns them with ``state`` set."""
+    if not finishes:
+        return []
+    day = time.strftime("%Y-%m-%d", time.localtime(now))
+    fresh = [f for f in finishes if not f.final_name]
+    if fresh:
+        taken: set[tuple[str, bytes]] = set()
+        with state.transaction():
+            for f in fresh:
+                f.final_dir, f.final_name = spool.choose_destination(
+                    f.outcome, f.name, f.item_id, day, taken
+                )
+                taken.add((f.final_dir, f.final_name))
+                state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
+        crashpoint("finish.intent_committed")
+
+    for f in finishes:
+        doc = error_document(f, now) if f.outcome == "failed" else None
+        try:
+            moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
+        except FileExistsError:
+            # Someone put a file under the chosen name: choose again.
+            taken_now = {(f.final_dir, f.final_name)}
+            f.final_dir, f.final_name = spool.choose_destination(
+                f.outcome, f.name, f.item_id, day, taken_now
+            )
+            moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
+        if moved:
+            f.state = f.outcome
+            crashpoint("finish.renamed")
+        elif spool.destination_exists(f.outcome, f.final_dir, f.final_name):
+            f.state = f.outcome  # moved before a crash; recovery is completing it
+        else:
+            f.state = "vanished"
+    spool.sync()
+    crashpoint("finish.synced")
+
+    with state.transaction():
+        for f in finishes:
+            state.mark_finished(f.item_id, f.state, now)
+            where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
+            state.add_event(f.item_id, f.state, now, escape_text(where))
+    crashpoint("finish.committed")
+    return finishes

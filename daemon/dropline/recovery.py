@@ -1,0 +1,173 @@
+"""Start-up recovery: reconcile working/ with the state database after any stop.
+
+The folders are the truth.  For each unfinished row:
+- "claiming": the rename happened if working/ holds the same inode: complete
+  the claim (fsync, hash, route, "active"); otherwise forget the row (the file,
+  if any, is still in incoming/ and will be claimed again);
+- "active": a stage recorded as started but never ended was interrupted: an
+  idempotent stage runs again, a non-idempotent one fails the file as
+  "indeterminate"; a file missing from working/ is recorded as vanished;
+- "finishing": the destination was recorded, so the move is redone or, if it
+  happened, confirmed.
+A file in working/ that no row knows (copied there by hand) is adopted.
+Running recovery twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .crashpoints import crashpoint
+from .ids import new_item_id
+from .pipeline import Routes
+from .protocol import Finish, finish_batch
+from .spool import Entry, Spool
+from .state import ItemRow, State
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery did, for the log."""
+
+    claims_completed: int = 0
+    claims_forgotten: int = 0
+    adopted: int = 0
+    interrupted: int = 0
+    finished: list[Finish] = field(default_factory=list)
+    vanished: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.claims_completed
+            or self.claims_forgotten
+            or self.adopted
+            or self.interrupted
+            or self.finished
+            or self.vanished
+        )
+
+
+def _finish_for(row: ItemRow, outcome: str, reason: str, stage: str | None) -> Finish:
+    return Finish(
+        item_id=row.id,
+        name=row.name,
+        working_name=row.working_name,
+        outcome=outcome,
+        reason=reason,
+        pipeline=row.pipeline,
+        stage=stage,
+        attempts=row.attempt,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        final_dir=row.final_dir or "",
+        final_name=row.final_name or b"",
+    )
+
+
+def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) -> RecoveryReport:
+    """Bring folders and database into agreement; see the module docstring."""
+    report = RecoveryReport()
+    rows = state.unfinished_items()
+    known = {row.working_name for row in rows}
+
+    # Claims: the rename may or may not have happened; working/ says which.
+    claiming = [row for row in rows if row.state == "claiming"]
+    if claiming:
+        spool.sync_all()  # a rename that happened must be durable before it is recorded
+        completed: list[tuple[ItemRow, str, int, str | None]] = []
+        forgotten: list[ItemRow] = []
+        for row in claiming:
+            seen = spool.working_entry(row.working_name)
+            if isinstance(seen, Entry) and (seen.dev, seen.ino) == (row.src_dev, row.src_ino):
+                sha256, size = spool.hash_working(row.working_name)
+                pipeline = routes.route(row.name)
+                completed.append((row, sha256, size, pipeline.name if pipeline else None))
+            else:
+                forgotten.append(row)
+        crashpoint("recovery.repaired")
+        with state.transaction():
+            for row, sha256, size, pipeline_name in completed:
+                state.mark_active(row.id, pipeline_name, sha256, size, now)
+                state.add_event(row.id, "claimed", now, "completed by recovery")
+            for row in forgotten:
+                state.delete_item(row.id)
+        report.claims_completed = len(completed)
+        report.claims_forgotten = len(forgotten)
+
+    # Files in working/ that no row knows.
+    adopted: list[tuple[str, bytes, str, int, str | None]] = []
+    for name in spool.list_working():
+        if name in known:
+            continue
+        seen = spool.working_entry(name)
+        if not isinstance(seen, Entry):
+            log.warning("recovery.skipped", file=name, reason=seen.reason if seen else "gone")
+            continue
+        sha256, size = spool.hash_working(name)
+        pipeline = routes.route(name)
+        adopted.append((new_item_id(now), name, sha256, size, pipeline.name if pipeline else None))
+    if adopted:
+        with state.transaction():
+            for item_id, name, sha256, size, pipeline_name in adopted:
+                state.insert_claiming(item_id, name, name, 0, 0, now)
+                state.mark_active(item_id, pipeline_name, sha256, size, now)
+                state.add_event(item_id, "claimed", now, "adopted from working/ by recovery")
+        report.adopted = len(adopted)
+
+    # Active files: interrupted stages, vanished files.
+    finishes: list[Finish] = []
+    interrupted: list[int] = []
+    vanished: list[ItemRow] = []
+    for row in state.unfinished_items():
+        if row.state == "finishing":
+            finishes.append(_finish_for(row, row.outcome or "failed", row.reason or "", None))
+            continue
+        if row.state != "active":
+            continue
+        if spool.working_entry(row.working_name) is None:
+            vanished.append(row)
+            continue
+        pipeline = routes.get(row.pipeline)
+        for attempt in state.open_attempts(row.id):
+            stage_cfg = None
+            if pipeline and attempt.stage_index < len(pipeline.stages):
+                stage_cfg = pipeline.stages[attempt.stage_index].config
+            if stage_cfg is not None and not stage_cfg.idempotent:
+                reason = (
+                    f'indeterminate: stage "{attempt.stage}" is not idempotent and was '
+                    "interrupted (crash or stop); it is not run again"
+                )
+                with state.transaction():
+                    state.record_stage_end(attempt.id, "indeterminate", reason, now)
+                finishes.append(_finish_for(row, "failed", reason, attempt.stage))
+                break
+            interrupted.append(attempt.id)
+    if interrupted or vanished:
+        with state.transaction():
+            for attempt_id in interrupted:
+                state.record_stage_end(attempt_id, "interrupted", "interrupted by a stop", now)
+            for row in vanished:
+                state.mark_finished(row.id, "vanished", now)
+                state.add_event(row.id, "vanished", now, "missing from working/ at start-up")
+                log.error("file.vanished", item=row.id, file=row.name)
+    report.interrupted = len(interrupted)
+    report.vanished = len(vanished)
+    report.finished = finish_batch(state, spool, finishes, now)
+    return report
+
+
+def describe(report: RecoveryReport) -> dict[str, int]:
+    """The report as log fields."""
+    return {
+        "claims_completed": report.claims_completed,
+        "claims_forgotten": report.claims_forgotten,
+        "adopted": report.adopted,
+        "interrupted": report.interrupted,
+        "finished": len(report.finished),
+        "vanished": report.vanished,
+    }
+
+
+__all__ = ["RecoveryReport", "describe", "recover"]

@@ -1,0 +1,392 @@
+"""The spool: where every file is moved durably, and the only place that moves files.
+
+incoming/ -> working/ -> archive/[DATE/] or failed/ (with NAME.error.json).
+
+Rules kept here (see RELIABILITY.md):
+- every operation is relative to directory descriptors opened once with
+  O_DIRECTORY|O_NOFOLLOW; no path from incoming/ is ever followed;
+- a rename never overwrites (renameat2 with RENAME_NOREPLACE);
+- a rename is durable only once the directories it touched are fsynced;
+  callers batch: many renames, then one ``sync()`` (one fsync per directory);
+- an entry is inspected with lstat and opened only if it is a regular file,
+  with O_NOFOLLOW|O_NONBLOCK, so a FIFO or device is never opened blocking;
+- an fsync or write error raises FatalIOError: the state on disk is unknown.
+
+This module never touches the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .crashpoints import crashpoint
+from .errors import FatalIOError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_RENAME_NOREPLACE = 1
+_NAME_MAX = 255
+_ERROR_SUFFIX = b".error.json"
+SUBDIRS = ("incoming", "working", "archive", "failed")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2: Any = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    _renameat2.argtypes.append(ctypes.c_uint)
+    _renameat2.restype = ctypes.c_int
+
+
+def rename_noreplace(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None:
+    """Rename SRC to DST atomically, failing with FileExistsError if DST exists."""
+    if _renameat2 is not None:
+        if _renameat2(src_dir, src, dst_dir, dst, _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), os.fsdecode(src))
+    # The filesystem cannot refuse for us.  Only dropline writes into the target
+    # directories, so a check right before the rename is not racy there.
+    if _exists(dst_dir, dst):
+        raise FileExistsError(errno.EEXIST, "target exists", os.fsdecode(dst))
+    os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+
+
+def _exists(dir_fd: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What lstat said of a regular file in incoming/ or working/."""
+
+    name: bytes
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An entry dropline will not touch, and why."""
+
+    name: bytes
+    reason: str
+    dev: int
+    ino: int
+
+
+def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
+    """Accept only a regular file with one link and a size under the limit."""
+    mode = st.st_mode
+    reason = ""
+    if stat.S_ISLNK(mode):
+        reason = "symbolic link (never followed)"
+    elif stat.S_ISFIFO(mode):
+        reason = "FIFO (never opened)"
+    elif stat.S_ISSOCK(mode):
+        reason = "socket"
+    elif stat.S_ISDIR(mode):
+        reason = "directory (only files are processed)"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        reason = "device node (never opened)"
+    elif not stat.S_ISREG(mode):
+        reason = "not a regular file"
+    elif st.st_nlink != 1:
+        reason = f"has {st.st_nlink} hard links (only a file with one link is accepted)"
+    elif st.st_size > max_size:
+        reason = f"too large: {st.st_size} bytes, the limit is {max_size}"
+    if reason:
+        return Refusal(name, reason, st.st_dev, st.st_ino)
+    return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def fit_name(name: bytes, tag: str, reserve: int = 0) -> bytes:
+    """NAME with ``.TAG`` before its extension, shortened to fit NAME_MAX - RESERVE."""
+    stem, dot, ext = name.rpartition(b".")
+    if not dot or not stem or len(ext) > 16:
+        stem, ext = name, b""
+    suffix = b"." + tag.encode() + (b"." + ext if ext else b"")
+    room = _NAME_MAX - reserve - len(suffix)
+    return stem[: max(room, 1)] + suffix
+
+
+class Spool:
+    """The four folders of one data directory, opened once."""
+
+    def __init__(self, data_dir: Path, *, max_file_size: int, layout: str = "daily") -> None:
+        self.data_dir = data_dir
+        self.max_file_size = max_file_size
+        self.layout = layout
+        self._fds: dict[str, int] = {}
+        self._dirty: dict[int, str] = {}
+        self._day_fds: dict[str, int] = {}
+        try:
+            data_fd = os.open(data_dir, _DIR_FLAGS)
+        except OSError as exc:
+            raise FatalIOError(f"cannot open data directory {data_dir}: {exc.strerror}") from exc
+        self._fds["data"] = data_fd
+        for sub in SUBDIRS:
+            try:
+                self._fds[sub] = os.open(sub, _DIR_FLAGS, dir_fd=data_fd)
+            except OSError as exc:
+                self.close()
+                raise FatalIOError(
+                    f"cannot open {data_dir / sub}: {exc.strerror} (it must be a real directory)"
+                ) from exc
+        self.incoming_fd = self._fds["incoming"]
+        self.working_fd = self._fds["working"]
+        self.archive_fd = self._fds["archive"]
+        self.failed_fd = self._fds["failed"]
+
+    def close(self) -> None:
+        for fd in list(self._fds.values()) + list(self._day_fds.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._day_fds.clear()
+
+    # --- looking ---------------------------------------------------------
+
+    def inspect_incoming(self, name: bytes) -> Entry | Refusal | None:
+        """lstat NAME in incoming/; None if it is gone."""
+        try:
+            st = os.stat(name, dir_fd=self.incoming_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return classify(name, st, self.max_file_size)
+
+    def scan_incoming(self) -> Iterator[bytes]:
+        """Stream the names in incoming/, never holding the whole listing."""
+        fd = os.dup(self.incoming_fd)
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    yield os.fsencode(entry.name)
+        finally:
+            os.close(fd)
+
+    def list_working(self) -> list[bytes]:
+        """The names in working/ (bounded by max_in_flight, so a list is fine)."""
+        fd = os.dup(self.working_fd)
+        try:
+            with os.scandir(fd) as it:
+                return [os.fsencode(e.name) for e in it]
+        finally:
+            os.close(fd)
+
+    def working_entry(self, name: bytes) -> Entry | Refusal | None:
+        try:
+            st = os.stat(name, dir_fd=self.working_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return classify(name, st, self.max_file_size)
+
+    def working_path(self, name: bytes) -> bytes:
+        return os.fsencode(self.data_dir / "working") + b"/" + name
+
+    def free_working_name(self, name: bytes, item_id: str, taken: set[bytes]) -> bytes:
+        """NAME itself if no file of working/ (nor TAKEN) has it, else NAME.ITEMID."""
+        if name not in taken and not _exists(self.working_fd, name):
+            return name
+        return fit_name(name, item_id)
+
+    def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int]:
+        """SHA-256 and size of working/NAME, opened without following or blocking."""
+        # lstat before open: whatever is there is only opened if it is the regular
+        # file that was checked in incoming/ (a device node is never opened).
+        seen = self.working_entry(name)
+        if not isinstance(seen, Entry):
+            raise ValueError(seen.reason if seen else "gone from working/")
+        if expect is not None and (seen.ino, seen.dev) != (expect.ino, expect.dev):
+            raise ValueError("replaced while being claimed")
+        fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise ValueError("no longer a regular file with one link")
+            if expect is not None and (st.st_ino, st.st_dev) != (expect.ino, expect.dev):
+                raise ValueError("replaced while being claimed")
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+            return digest.hexdigest(), size
+        finally:
+            os.close(fd)
+
+    # --- moving ----------------------------------------------------------
+
+    def claim(self, name: bytes, working_name: bytes) -> bool:
+        """Rename incoming/NAME to working/WORKING_NAME; False if NAME is gone."""
+        try:
+            rename_noreplace(self.incoming_fd, name, self.working_fd, working_name)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            raise FatalIOError(f"claim of {name!r} failed: {exc}") from exc
+        self._mark(self.incoming_fd, "incoming")
+        self._mark(self.working_fd, "working")
+        return True
+
+    def unclaim(self, working_name: bytes, name: bytes) -> bool:
+        """Put a claimed entry back into incoming/ (used for entries swapped in a race)."""
+        try:
+            rename_noreplace(self.working_fd, working_name, self.incoming_fd, name)
+        except OSError:
+            return False
+        self._mark(self.incoming_fd, "incoming")
+        self._mark(self.working_fd, "working")
+        return True
+
+    def choose_destination(
+        self, outcome: str, name: bytes, item_id: str, day: str, taken: set[tuple[str, bytes]]
+    ) -> tuple[str, bytes]:
+        """A free (subdir, name) under archive/ or failed/ for this file; never a taken one."""
+        if outcome == "archived":
+            subdir = day if self.layout == "daily" else ""
+            dir_fd = self._archive_dir(subdir, create=False)
+            reserve = 0
+        else:
+            subdir, dir_fd, reserve = "", self.failed_fd, len(_ERROR_SUFFIX)
+        candidates = [name] if len(name) + reserve <= _NAME_MAX else []
+        candidates.append(fit_name(name, item_id, reserve))
+        candidates += [fit_name(name, f"{item_id}-{n}", reserve) for n in range(1, 100)]
+        for candidate in candidates:
+            if (subdir, candidate) in taken:
+                continue
+            if dir_fd is not None and _exists(dir_fd, candidate):
+                continue
+            if reserve and _exists(self.failed_fd, candidate + _ERROR_SUFFIX):
+                continue
+            return subdir, candidate
+        raise FatalIOError(f"no free name for {name!r} in {outcome}")
+
+    def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
+        dir_fd = self.failed_fd if outcome == "failed" else self._archive_dir(subdir, create=False)
+        return dir_fd is not None and _exists(dir_fd, name)
+
+    def finish(
+        self,
+        working_name: bytes,
+        outcome: str,
+        subdir: str,
+        final_name: bytes,
+        error_doc: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move working/WORKING_NAME to its end; False if it is no longer in working/.
+
+        For a failure the reason is written first (NAME.error.json, fsynced), so a
+        file in failed/ always has its reason beside it.
+        """
+        if not _exists(self.working_fd, working_name):
+            return False
+        if outcome == "failed":
+            dir_fd = self.failed_fd
+            self._write_error(final_name + _ERROR_SUFFIX, error_doc or {})
+            crashpoint("finish.error_written")
+        else:
+            fd = self._archive_dir(subdir, create=True)
+            assert fd is not None
+            dir_fd = fd
+        try:
+            rename_noreplace(self.working_fd, working_name, dir_fd, final_name)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise FatalIOError(f"move of {working_name!r} to {outcome} failed: {exc}") from exc
+        self._mark(self.working_fd, "working")
+        self._mark(dir_fd, f"{outcome}/{subdir}")
+        return True
+
+    def _write_error(self, name: bytes, doc: dict[str, Any]) -> None:
+        """Write failed/NAME durably: a temporary name, fsync, rename into place."""
+        tmp = b".tmp-" + name[: _NAME_MAX - 5]
+        data = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True).encode() + b"\n"
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
+                dir_fd=self.failed_fd,
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if _exists(self.failed_fd, name):  # left by an earlier, interrupted attempt
+                os.unlink(name, dir_fd=self.failed_fd)
+            os.rename(tmp, name, src_dir_fd=self.failed_fd, dst_dir_fd=self.failed_fd)
+        except OSError as exc:
+            raise FatalIOError(f"cannot write {name!r} in failed/: {exc}") from exc
+        self._mark(self.failed_fd, "failed")
+
+    def _archive_dir(self, subdir: str, *, create: bool) -> int | None:
+        if not subdir:
+            return self.archive_fd
+        fd = self._day_fds.get(subdir)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(subdir, _DIR_FLAGS, dir_fd=self.archive_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(subdir, 0o750, dir_fd=self.archive_fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise FatalIOError(f"cannot create archive/{subdir}: {exc}") from exc
+            self._mark(self.archive_fd, "archive")
+            fd = os.open(subdir, _DIR_FLAGS, dir_fd=self.archive_fd)
+        # Keep a few day folders open; old days are closed as new ones come.
+        # A folder still waiting for its fsync stays open.
+        for old in sorted(self._day_fds)[:-3]:
+            if self._day_fds[old] not in self._dirty:
+                os.close(self._day_fds.pop(old))
+        self._day_fds[subdir] = fd
+        return fd
+
+    # --- durability ------------------------------------------------------
+
+    def _mark(self, fd: int, label: str) -> None:
+        self._dirty[fd] = label
+
+    def sync_all(self) -> None:
+        """fsync incoming/ and working/ whatever was marked (recovery's first step)."""
+        self._mark(self.incoming_fd, "incoming")
+        self._mark(self.working_fd, "working")
+        self.sync()
+
+    def sync(self) -> None:
+        """fsync every directory changed since the last sync: one fsync each."""
+        dirty, self._dirty = self._dirty, {}
+        # The day folder before archive/: the folder must be durable before its entry.
+        for fd, label in sorted(dirty.items(), key=lambda kv: kv[1].count("/"), reverse=True):
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise FatalIOError(f"fsync of {label} failed: {exc}") from exc

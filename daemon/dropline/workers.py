@@ -1,0 +1,101 @@
+"""The worker threads that run stages, so a slow stage never stalls the main loop.
+
+A job goes in; a StageResult comes out on the daemon's queue.  Workers never
+touch the database or the spool.  A Python stage cannot be killed, so when one
+hangs past its timeout the main loop abandons it and the pool starts a
+replacement thread; the stuck thread leaves when its stage finally returns.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .crashpoints import crashpoint
+from .errors import PermanentError
+from .pipeline import Stage
+from .stages import StageContext, StageTimeout
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One attempt of one stage on one file."""
+
+    item_id: str
+    token: int  # tells this attempt's result from a stale one
+    stage: Stage
+    ctx: StageContext
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """How an attempt ended: succeeded, failed (retryable), permanent or timeout."""
+
+    item_id: str
+    token: int
+    outcome: str
+    error: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    duration: float = 0.0
+
+
+def run_stage(job: StageJob) -> StageResult:
+    """Run one stage attempt and classify how it ended."""
+    started = time.monotonic()
+    outcome, error, metadata = "succeeded", "", {}
+    try:
+        returned = job.stage.func(job.ctx)
+        if returned is not None:
+            metadata = dict(returned)
+    except PermanentError as exc:
+        outcome, error = "permanent", str(exc) or type(exc).__name__
+    except StageTimeout as exc:
+        outcome, error = "timeout", str(exc)
+    except BaseException as exc:  # noqa: BLE001 - a stage must never kill its worker
+        outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+    crashpoint("stage.finished")
+    return StageResult(job.item_id, job.token, outcome, error, metadata, time.monotonic() - started)
+
+
+class WorkerPool:
+    """A fixed number of daemon threads taking jobs from one queue."""
+
+    def __init__(self, size: int, out: queue.SimpleQueue[Any]) -> None:
+        self.size = size
+        self._out = out
+        self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._excess = 0  # threads that should leave after their current job
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        threading.Thread(target=self._work, name="dropline-worker", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._out.put(run_stage(job))
+            with self._lock:
+                if self._excess > 0:
+                    self._excess -= 1
+                    return
+
+    def submit(self, job: StageJob) -> None:
+        self._jobs.put(job)
+
+    def abandon_one(self) -> None:
+        """A thread is stuck in a stage past its timeout: replace it."""
+        with self._lock:
+            self._excess += 1
+        self._spawn()
+
+    def close(self) -> None:
+        for _ in range(self.size):
+            self._jobs.put(None)
