@@ -51,8 +51,10 @@ def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL)
 
 
-def _build_stage(config: Config, pipeline: PipelineConfig, index: int, sc: StageConfig) -> Stage:
-    key = f"pipelines[{pipeline.name}].stages[{index}]"
+def _build_stage(
+    config: Config, p_index: int, pipeline: PipelineConfig, index: int, sc: StageConfig
+) -> Stage:
+    key = f"pipelines[{p_index}].stages[{index}]"
     file = str(config.path)
     if sc.kind == "command":
         func = build_command_stage(sc.command)
@@ -75,10 +77,10 @@ class Routes:
         self.pipelines: tuple[Pipeline, ...] = tuple(
             Pipeline(
                 pc,
-                tuple(_build_stage(config, pc, i, sc) for i, sc in enumerate(pc.stages)),
+                tuple(_build_stage(config, n, pc, i, sc) for i, sc in enumerate(pc.stages)),
                 _globs(pc.match),
             )
-            for pc in config.pipelines
+            for n, pc in enumerate(config.pipelines)
         )
         self._by_name = {p.name: p for p in self.pipelines}
 

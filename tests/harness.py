@@ -1,0 +1,240 @@
+"""Test helpers: a real data tree in tmp_path, a real daemon subprocess, waiting with deadlines.
+
+No mocks: the daemon under test is ``python -m dropline run`` with real inotify,
+a real SQLite file and real subprocess stages.  Waiting is always on a
+condition with a deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> Any:
+    """Poll PREDICATE until it returns something truthy; fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class Tree:
+    """A data directory, a state directory and a configuration file in tmp_path."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def incoming(self) -> Path:
+        return self.data / "incoming"
+
+    @property
+    def working(self) -> Path:
+        return self.data / "working"
+
+    @property
+    def archive(self) -> Path:
+        return self.data / "archive"
+
+    @property
+    def failed(self) -> Path:
+        return self.data / "failed"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state" / "state.db"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "dropline.yaml"
+
+    def write_config(self, pipelines: str, **settings: Any) -> Path:
+        """Write dropline.yaml with PIPELINES (YAML text of the list) and SETTINGS."""
+        lines = [f"data_dir: {self.data}", f"state_db: {self.state_db}"]
+        settings.setdefault("settle_time", "0.2s")
+        settings.setdefault("archive_layout", "flat")
+        settings.setdefault("log_format", "json")
+        for key, value in settings.items():
+            lines.append(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+        lines.append("pipelines:")
+        lines.extend("  " + line for line in pipelines.strip("\n").splitlines())
+        self.config.write_text("\n".join(lines) + "\n")
+        return self.config
+
+    def archived(self) -> dict[str, Path]:
+        """Files under archive/ (flat or one level of date folders), by file name."""
+        found: dict[str, Path] = {}
+        for path in self.archive.rglob("*"):
+            if path.is_file():
+                found.setdefault(path.name, path)
+        return found
+
+    def failed_files(self) -> dict[str, Path]:
+        return {
+            p.name: p
+            for p in self.failed.iterdir()
+            if p.is_file() and not p.name.endswith(".error.json")
+        }
+
+    def all_final(self) -> list[Path]:
+        """Every file that ended: archive/ and failed/ (without the .error.json)."""
+        files = [p for p in self.archive.rglob("*") if p.is_file()]
+        files += [p for p in self.failed.iterdir() if not p.name.endswith(".error.json")]
+        return files
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(self.state_db, timeout=10)
+        try:
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
+
+
+def make_tree(root: Path) -> Tree:
+    tree = Tree(root)
+    for sub in ("incoming", "working", "archive", "failed"):
+        (tree.data / sub).mkdir(parents=True, exist_ok=True)
+    tree.state_db.parent.mkdir(parents=True, exist_ok=True)
+    return tree
+
+
+class DaemonProcess:
+    """``python -m dropline run`` as a subprocess, its log (JSON lines) in a file."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        log_name: str = "daemon.log",
+    ) -> None:
+        self.tree = tree
+        self.log_path = tree.root / log_name
+        full_env = dict(os.environ)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.pop("WATCHDOG_USEC", None)
+        full_env.pop("DROPLINE_CRASH_AT", None)
+        full_env["PYTHONPATH"] = str(REPO / "daemon")
+        full_env.update(env or {})
+        self._log_file = self.log_path.open("ab")
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dropline", "run", "--config", str(tree.config), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=tree.root,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON events this process has logged so far."""
+        out = []
+        with self.log_path.open("rb") as f:
+            f.seek(self._offset)
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    out.append({"event": "<raw>", "text": line.decode("utf-8", "replace")})
+        return out
+
+    def text(self) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(self._offset)
+            return f.read().decode("utf-8", "replace")
+
+    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events()
+            if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_event(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        found = wait_until(
+            lambda: self.find(event, **fields) or self._dead(),
+            timeout,
+            what=f"event {event} {fields}",
+        )
+        if found is True:
+            raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.text()[-4000:]}")
+        return found[0]  # type: ignore[no-any-return]
+
+    def _dead(self) -> bool:
+        return self.proc.poll() is not None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+
+
+def run_until_idle(tree: Tree, env: dict[str, str] | None = None, timeout: float = 60.0) -> int:
+    """Run the daemon with --exit-when-idle and return its exit status."""
+    proc = DaemonProcess(tree, args=("--exit-when-idle",), env=env)
+    try:
+        return proc.wait(timeout)
+    finally:
+        proc.kill()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dropline ARGS`` and capture its output."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO / "daemon")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "dropline", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            yield path
