@@ -187,8 +187,8 @@ class Daemon:
 
     def run(self) -> None:
         """Start, then loop until stopped (or idle, with exit_when_idle)."""
-        self.start(time.time())
         try:
+            self.start(time.time())
             while True:
                 timeout = self._wait_time(time.time())
                 with contextlib.suppress(queue.Empty):
@@ -200,6 +200,9 @@ class Daemon:
                         break
                 if self.run_once(time.time()):
                     break
+        except DroplineError as exc:
+            self.log.critical("daemon.failed", error=str(exc))
+            raise
         finally:
             self.close()
         self.log.info(
@@ -279,20 +282,27 @@ class Daemon:
         pending, self.results_pending = self.results_pending, []
         assert self.state is not None
         with self.state.transaction():
-            for result, item, running in pending:
-                self._record_result(result, item, running, now)
+            logs = [
+                self._record_result(result, item, running, now) for result, item, running in pending
+            ]
         crashpoint("stage.result_committed")
+        # Logged once committed: the journal never reports a step the database lacks.
+        for item, running, level, event, fields in logs:
+            log = self.log.bind(
+                item=item.id, file=item.name, pipeline=item.pipeline, stage=running.stage
+            )
+            getattr(log, level)(event, **fields)
 
-    def _record_result(self, result: StageResult, item: Item, running: Running, now: float) -> None:
+    def _record_result(
+        self, result: StageResult, item: Item, running: Running, now: float
+    ) -> tuple[Item, Running, str, str, dict[str, Any]]:
+        """Record how an attempt ended and decide what comes next; returns the log event."""
         assert self.state is not None
         pipeline = self.routes.get(item.pipeline)
         stage_cfg = (
             pipeline.stages[running.stage_index].config
             if pipeline and running.stage_index < len(pipeline.stages)
             else None
-        )
-        log = self.log.bind(
-            item=item.id, file=item.name, pipeline=item.pipeline, stage=running.stage
         )
         if result.outcome == "succeeded":
             self.state.record_stage_end(running.attempt_id, "succeeded", "", now)
@@ -301,14 +311,22 @@ class Daemon:
             item.next_at = None
             item.metadata.update(result.metadata)
             self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
-            log.info("stage.succeeded", seconds=round(result.duration, 3))
             self.ready.append(item.id)
-            return
+            return item, running, "info", "stage.succeeded", {"seconds": round(result.duration, 3)}
         if self.stopping_since is not None and running.cancel.is_set():
-            # We stopped it: not the stage's failure, it runs again after the restart.
+            if stage_cfg is not None and not stage_cfg.idempotent:
+                # Stopped half-way, a non-idempotent stage may have done part of its work.
+                reason = (
+                    f'indeterminate: stage "{running.stage}" is not idempotent and was '
+                    "interrupted (crash or stop); it is not run again"
+                )
+                self.state.record_stage_end(running.attempt_id, "indeterminate", reason, now)
+                item.attempt += 1
+                self._plan_finish(item, "failed", reason, running.stage)
+                return item, running, "error", "stage.failed", {"error": reason}
+            # We stopped it: not the stage's failure; it runs again after the restart.
             self.state.record_stage_end(running.attempt_id, "interrupted", result.error, now)
-            log.info("stage.interrupted", error=result.error)
-            return
+            return item, running, "info", "stage.interrupted", {"error": result.error}
         failures = item.attempt + 1
         retries = stage_cfg.retries if stage_cfg else 0
         if result.outcome in ("failed", "timeout") and failures <= retries and stage_cfg:
@@ -320,14 +338,13 @@ class Daemon:
                 item.id, item.next_stage, failures, item.next_at, item.metadata, now
             )
             heapq.heappush(self.retry_heap, (item.next_at, item.id))
-            log.warning(
-                "stage.retrying",
-                attempt=failures,
-                of=retries + 1,
-                delay=round(delay, 3),
-                error=result.error,
-            )
-            return
+            fields = {
+                "attempt": failures,
+                "of": retries + 1,
+                "delay": round(delay, 3),
+                "error": result.error,
+            }
+            return item, running, "warning", "stage.retrying", fields
         item.attempt = failures
         self.state.record_stage_end(running.attempt_id, "failed", result.error, now)
         kind = (
@@ -335,8 +352,9 @@ class Daemon:
             if result.outcome == "permanent"
             else f"failed after {failures} attempt(s)"
         )
-        log.error("stage.failed", attempt=failures, error=result.error, kind=kind)
         self._plan_finish(item, "failed", f"{running.stage}: {kind}: {result.error}", running.stage)
+        fields = {"attempt": failures, "error": result.error, "kind": kind}
+        return item, running, "error", "stage.failed", fields
 
     def _expire_python_stages(self, now: float) -> None:
         """A Python stage cannot be killed: past its timeout it is abandoned and retried."""
@@ -604,7 +622,8 @@ class Daemon:
             if not self.running and not self.to_finish:
                 return True
             if now >= self.stopping_since + self.config.stop_timeout:
-                # Out of patience: stop the stages still running; they run again after restart.
+                # Out of patience: stop the stages still running; idempotent ones run again
+                # after the restart, non-idempotent ones fail as indeterminate.
                 for running in self.running.values():
                     running.cancel.set()
                 if now >= self.stopping_since + self.config.stop_timeout + 0.4:

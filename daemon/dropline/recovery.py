@@ -141,7 +141,9 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 )
                 with state.transaction():
                     state.record_stage_end(attempt.id, "indeterminate", reason, now)
-                finishes.append(_finish_for(row, "failed", reason, attempt.stage))
+                finish = _finish_for(row, "failed", reason, attempt.stage)
+                finish.attempts = attempt.attempt  # the interrupted attempt counts
+                finishes.append(finish)
                 break
             interrupted.append(attempt.id)
     if interrupted or vanished:
