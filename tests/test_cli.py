@@ -122,3 +122,16 @@ def test_usage_error_exits_2(tree: Tree) -> None:
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_prune_is_a_documented_no_op(tree: Tree) -> None:
+    """Until retention lands, prune validates its input, deletes nothing and exits 0."""
+    tree.write_config(GOOD)
+    (tree.archive / "keep.txt").write_bytes(b"x")
+    result = run_cli("prune", "--config", str(tree.config), "--older-than", "30d")
+    assert result.returncode == 0, result.stderr
+    assert "nothing was deleted" in result.stdout
+    assert (tree.archive / "keep.txt").exists()
+    bad = run_cli("prune", "--config", str(tree.config), "--older-than", "soon")
+    assert bad.returncode == 2
+    assert "--older-than" in bad.stderr

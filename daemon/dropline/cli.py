@@ -63,7 +63,31 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate the configuration, the folders, their permissions and the "
         "state database. Exit 0 when all is well, 2 otherwise.",
     )
+    prune = sub.add_parser(
+        "prune",
+        parents=[common],
+        help="retention: delete archived files and their state beyond an age",
+        description="Retention for archive/ and the state database. In this version it "
+        "validates its arguments and the configuration, deletes nothing and exits 0 "
+        "(the retention timer can already be enabled).",
+    )
+    prune.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    prune.add_argument("--failed", action="store_true", help="prune failed/ too")
     return parser
+
+
+def _prune(config_path: str, older_than: str) -> int:
+    from .config import load_config
+    from .units import parse_duration
+
+    load_config(config_path)
+    try:
+        parse_duration(older_than)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    print("dropline: prune: retention is not implemented in this version; nothing was deleted")
+    return EXIT_OK
 
 
 def _check(config_path: str) -> int:
@@ -101,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.config)
+        if args.command == "prune":
+            return _prune(args.config, args.older_than)
         return _run(args.config, args.exit_when_idle)
     except (ConfigError, HostError) as exc:
         print(f"dropline: error: {exc}", file=sys.stderr)

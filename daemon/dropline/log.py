@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from .journal import JournalSender, stderr_is_journal
+
 Logger = structlog.stdlib.BoundLogger | Any
 
 _CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
@@ -55,12 +57,35 @@ def _escape_values(
     return event_dict
 
 
+class _JournalRenderer:
+    """Sends the event to journald with its fields; prints nothing itself."""
+
+    def __init__(self, sender: JournalSender) -> None:
+        self._sender = sender
+        self._console = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=22)
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        fields = dict(event_dict)
+        fields.pop("timestamp", None)  # the journal stamps every entry itself
+        level = str(fields.pop("level", method))
+        message = self._console(logger, method, dict(fields))
+        fields["EVENT"] = fields.pop("event", "")
+        self._sender.send(str(message), level, fields)
+        raise structlog.DropEvent
+
+
 def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog once for the process; ``auto`` picks console on a terminal."""
+    """Set up structlog once for the process.
+
+    ``auto``: the journal's native protocol when stderr is the journal,
+    aligned console lines on a terminal, JSON lines otherwise.
+    """
     out = stream or sys.stderr
     use_console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: Any
-    if use_console:
+    if log_format == "auto" and stderr_is_journal(out):
+        renderer = _JournalRenderer(JournalSender(fallback=out))
+    elif use_console:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), pad_event_to=22)
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
