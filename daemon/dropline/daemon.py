@@ -4,6 +4,10 @@
 stages, finish a batch.  ``run()`` is a thin loop around it that waits on the
 queue fed by the inotify reader, the worker threads and the signal handlers.
 Signal handlers only set flags; nothing but this loop touches the database.
+
+Two clocks: ``now`` (wall time) for what is recorded and survives a restart,
+``self.mono`` (monotonic) for every timer of the loop, so a step of the wall
+clock never stalls the watchdog, STATUS, settle times or retries.
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class Daemon:
         self._next_status = 0.0
         self._next_ping = 0.0
         self._lock_fd = -1
+        self.mono = time.monotonic()
         self.state: State | None = None
         self.spool: Spool | None = None
         self.watch: IncomingWatch | None = None
@@ -119,6 +124,7 @@ class Daemon:
     def start(self, now: float) -> None:
         """Lock, recover, watch, start the scan, then READY (before the backlog drains)."""
         cfg = self.config
+        self.mono = time.monotonic()
         self._lock_fd = acquire_lock(cfg.state_db)
         self.state = State(cfg.state_db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
@@ -147,7 +153,7 @@ class Daemon:
         self.pool = WorkerPool(cfg.workers, self.inbox)
         # The watch first, then the scan: a file arriving in between is seen by both.
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
-        self._start_scan(now)
+        self._start_scan()
         self.notifier.ready(self.status_line())
         self.log.info(
             "daemon.ready",
@@ -190,7 +196,7 @@ class Daemon:
         try:
             self.start(time.time())
             while True:
-                timeout = self._wait_time(time.time())
+                timeout = self._wait_time()
                 with contextlib.suppress(queue.Empty):
                     self._absorb(self.inbox.get(timeout=timeout) if timeout > 0 else None)
                 while True:
@@ -209,7 +215,7 @@ class Daemon:
             "daemon.stopped", archived=self.counts["archived"], failed=self.counts["failed"]
         )
 
-    def _wait_time(self, now: float) -> float:
+    def _wait_time(self) -> float:
         """How long the loop may sleep: zero while there is work it can do now."""
         stopping = self.stopping_since is not None
         assert self.pool is not None
@@ -230,7 +236,7 @@ class Daemon:
             deadlines.append(self._next_ping)
         if self.stopping_since is not None:
             deadlines.append(self.stopping_since + self.config.stop_timeout)
-        return max(0.0, min(min(deadlines) - now, 1.0))
+        return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
 
     def _absorb(self, message: Any) -> None:
         if message is None:
@@ -247,17 +253,18 @@ class Daemon:
 
     def run_once(self, now: float) -> bool:
         """One pass of the loop; True when the daemon should exit."""
+        self.mono = time.monotonic()
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
         if self._stop_requested and self.stopping_since is None:
-            self.stopping_since = now
+            self.stopping_since = self.mono
             self.notifier.stopping()
             self.log.info("daemon.stopping", in_flight=len(self.running))
         if self.results_pending:
             self._commit_results(now)
         self._expire_python_stages(now)
-        while self.retry_heap and self.retry_heap[0][0] <= now:
+        while self.retry_heap and self.retry_heap[0][0] <= self.mono:
             _, item_id = heapq.heappop(self.retry_heap)
             if item_id in self.items:
                 self.ready.append(item_id)
@@ -266,8 +273,8 @@ class Daemon:
         self._dispatch(now)
         if self.to_finish:
             self._finish(now)
-        self._housekeeping(now)
-        return self._should_exit(now)
+        self._housekeeping()
+        return self._should_exit()
 
     # --- stage results ------------------------------------------------------
 
@@ -337,7 +344,7 @@ class Daemon:
             self.state.set_progress(
                 item.id, item.next_stage, failures, item.next_at, item.metadata, now
             )
-            heapq.heappush(self.retry_heap, (item.next_at, item.id))
+            heapq.heappush(self.retry_heap, (self.mono + delay, item.id))
             fields = {
                 "attempt": failures,
                 "of": retries + 1,
@@ -360,7 +367,7 @@ class Daemon:
         """A Python stage cannot be killed: past its timeout it is abandoned and retried."""
         assert self.pool is not None
         for item_id, running in list(self.running.items()):
-            if running.kind != "command" and now > running.deadline + _PY_TIMEOUT_GRACE:
+            if running.kind != "command" and self.mono > running.deadline + _PY_TIMEOUT_GRACE:
                 running.cancel.set()
                 self.pool.abandon_one()
                 error = f"timed out after {running.deadline - running.started:.1f} s (abandoned)"
@@ -373,12 +380,12 @@ class Daemon:
     def _has_capacity(self) -> bool:
         return len(self.items) < self.config.max_in_flight
 
-    def _start_scan(self, now: float) -> None:
+    def _start_scan(self) -> None:
         assert self.spool is not None
         self.scan = self.spool.scan_incoming()
         self.scan_seen = 0
         self.rescan_pending = False
-        self.next_rescan = now + self.config.rescan_interval
+        self.next_rescan = self.mono + self.config.rescan_interval
 
     def _next_names(self, now: float, limit: int) -> list[tuple[bytes, bool]]:
         """Up to LIMIT names to look at: events first, then settled ones, then the scan."""
@@ -390,7 +397,7 @@ class Daemon:
             names.append((name, True))
         if self.settling and len(names) < limit:
             for name, due in list(self.settling.items()):
-                if due <= now:
+                if due <= self.mono:
                     del self.settling[name]
                     names.append((name, False))
                     if len(names) >= limit:
@@ -429,7 +436,7 @@ class Daemon:
             if not notified and age < self.config.settle_time:
                 # Found by a scan and still changing: its writer may be at work.
                 if len(self.settling) < _MAX_SETTLING:
-                    self.settling[name] = now + self.config.settle_time - age
+                    self.settling[name] = self.mono + self.config.settle_time - age
                 else:
                     self.rescan_pending = True
                 continue
@@ -466,7 +473,8 @@ class Daemon:
 
     def _schedule(self, item: Item, now: float) -> None:
         if item.next_at is not None and item.next_at > now:
-            heapq.heappush(self.retry_heap, (item.next_at, item.id))
+            # The due time is recorded in wall time; the loop waits in monotonic time.
+            heapq.heappush(self.retry_heap, (self.mono + item.next_at - now, item.id))
         else:
             self.ready.append(item.id)
 
@@ -531,8 +539,8 @@ class Daemon:
                 index,
                 stage.name,
                 stage.config.kind,
-                now,
-                now + stage.config.timeout,
+                self.mono,
+                self.mono + stage.config.timeout,
                 cancel,
             )
             log.info("stage.started", attempt=attempt)
@@ -595,17 +603,18 @@ class Daemon:
             f"failed {self.counts['failed']}"
         )
 
-    def _housekeeping(self, now: float) -> None:
-        if self.scan is None and (self.rescan_pending or now >= self.next_rescan):
+    def _housekeeping(self) -> None:
+        mono = self.mono
+        if self.scan is None and (self.rescan_pending or mono >= self.next_rescan):
             if self.rescan_pending:
                 self.log.info("scan.started", reason="overflow")
-            self._start_scan(now)
-        if now >= self._next_status:
-            self._next_status = now + _STATUS_EVERY
+            self._start_scan()
+        if mono >= self._next_status:
+            self._next_status = mono + _STATUS_EVERY
             self.notifier.status(self.status_line())
         interval = self.notifier.watchdog_interval
-        if interval and now >= self._next_ping:
-            self._next_ping = now + interval
+        if interval and mono >= self._next_ping:
+            self._next_ping = mono + interval
             self.notifier.watchdog()
 
     def idle(self) -> bool:
@@ -617,16 +626,16 @@ class Daemon:
             or self.to_finish
         )
 
-    def _should_exit(self, now: float) -> bool:
+    def _should_exit(self) -> bool:
         if self.stopping_since is not None:
             if not self.running and not self.to_finish:
                 return True
-            if now >= self.stopping_since + self.config.stop_timeout:
+            if self.mono >= self.stopping_since + self.config.stop_timeout:
                 # Out of patience: stop the stages still running; idempotent ones run again
                 # after the restart, non-idempotent ones fail as indeterminate.
                 for running in self.running.values():
                     running.cancel.set()
-                if now >= self.stopping_since + self.config.stop_timeout + 0.4:
+                if self.mono >= self.stopping_since + self.config.stop_timeout + 0.4:
                     self.log.warning("daemon.abandoned", stages=len(self.running))
                     return True
             return False
