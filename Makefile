@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUNDIR ?= var
 
-.PHONY: run test lint typecheck unit venv clean
+.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse
 
 # The environment is rebuilt when pyproject.toml changes; the stamp records that.
 $(VENV)/.installed: pyproject.toml
@@ -45,3 +45,63 @@ test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) .mypy_cache .pytest_cache .ruff_cache
+
+# --- Installing as a service (root) ----------------------------------------
+# sudo make install: dropline into its own virtual environment under PREFIX,
+# the units, sysusers.d and tmpfiles.d files, an example configuration (never
+# overwriting one that exists).  WHEELHOUSE=DIR installs from wheels built
+# beforehand (make wheelhouse) instead of the package index.
+PREFIX          ?= /opt/automation/dropline
+CONFDIR         ?= /etc/dropline
+UNITDIR         ?= /etc/systemd/system
+SYSUSERSDIR     ?= /etc/sysusers.d
+TMPFILESDIR     ?= /etc/tmpfiles.d
+INSTALL_PYTHON  ?= /usr/bin/python3
+WHEELHOUSE      ?=
+# From a wheelhouse, --force-reinstall: a rebuilt wheel of an unchanged version would
+# otherwise be "already satisfied" and the old code would stay installed.
+PIP_SOURCE       = $(if $(WHEELHOUSE),--force-reinstall --no-index --find-links $(WHEELHOUSE) dropline,.)
+UNITS            = dropline.service dropline-prune.service dropline-prune.timer
+
+# rm -rf build: setuptools keeps modules deleted from daemon/ in build/lib and packs them.
+wheelhouse: venv
+	rm -rf build
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse .
+
+install:
+	@test "$$(id -u)" = 0 || { echo "make install must run as root (sudo make install)" >&2; exit 1; }
+	@test -x $(INSTALL_PYTHON) || { echo "$(INSTALL_PYTHON) not found: apt install python3 python3-venv" >&2; exit 1; }
+	$(INSTALL_PYTHON) -m venv $(PREFIX)
+	$(if $(WHEELHOUSE),,rm -rf build)
+	$(PREFIX)/bin/python -m pip install --quiet --upgrade $(PIP_SOURCE)
+	install -m 0644 README.md $(PREFIX)/README.md
+	install -d -m 0755 $(UNITDIR) $(SYSUSERSDIR) $(TMPFILESDIR)
+	for u in $(UNITS); do install -m 0644 units/$$u $(UNITDIR)/$$u; done
+	install -m 0644 units/dropline.sysusers $(SYSUSERSDIR)/dropline.conf
+	install -m 0644 units/dropline.tmpfiles $(TMPFILESDIR)/dropline.conf
+	systemd-sysusers $(SYSUSERSDIR)/dropline.conf
+	systemd-tmpfiles --create $(TMPFILESDIR)/dropline.conf
+	install -d -m 0755 $(CONFDIR)
+	@if [ -e $(CONFDIR)/dropline.yaml ]; then \
+	  echo "kept the existing $(CONFDIR)/dropline.yaml"; \
+	else \
+	  install -m 0640 -g automation config/dropline.yaml $(CONFDIR)/dropline.yaml; \
+	  echo "installed an example $(CONFDIR)/dropline.yaml"; \
+	fi
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+	else echo "systemd is not running: skipped systemctl daemon-reload"; fi
+	@echo "dropline installed in $(PREFIX); start it with: systemctl enable --now dropline"
+
+# sudo make uninstall: the program and the units go; data, state and
+# configuration stay.  PURGE=1 removes those too.
+uninstall:
+	@test "$$(id -u)" = 0 || { echo "make uninstall must run as root" >&2; exit 1; }
+	-@if [ -d /run/systemd/system ]; then \
+	  systemctl disable --now dropline.service dropline-prune.timer 2>/dev/null; fi
+	for u in $(UNITS); do rm -f $(UNITDIR)/$$u; done
+	rm -f $(SYSUSERSDIR)/dropline.conf $(TMPFILESDIR)/dropline.conf
+	rm -rf $(PREFIX)
+	@if [ "$(PURGE)" = 1 ]; then \
+	  rm -rf /opt/automation/data /var/lib/dropline $(CONFDIR); echo "removed data, state and configuration"; \
+	else echo "kept /opt/automation/data, /var/lib/dropline and $(CONFDIR) (PURGE=1 removes them)"; fi
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -170,7 +170,19 @@ class Spool:
             st = os.stat(name, dir_fd=self.incoming_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return classify(name, st, self.max_file_size)
+        found = classify(name, st, self.max_file_size)
+        if isinstance(found, Entry) and not os.access(
+            name, os.R_OK, dir_fd=self.incoming_fd, follow_symlinks=False
+        ):
+            # Claiming it would strand it in working/: nothing could read it there.
+            return Refusal(
+                name,
+                f"not readable by the dropline user (mode {stat.S_IMODE(st.st_mode):04o}): "
+                "droppers must leave files readable by their group (umask 027)",
+                st.st_dev,
+                st.st_ino,
+            )
+        return found
 
     def scan_incoming(self) -> Iterator[bytes]:
         """Stream the names in incoming/, never holding the whole listing."""

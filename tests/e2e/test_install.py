@@ -1,0 +1,53 @@
+"""What `make install` leaves: units that verify, a host `dropline check` accepts, the timer."""
+
+from __future__ import annotations
+
+from .container import CONFIG, Container
+
+UNITS = ("dropline.service", "dropline-prune.service", "dropline-prune.timer")
+PRUNE = "dropline-prune.service"
+TIMER = "dropline-prune.timer"
+
+
+def test_installed_units_verify_clean(dropline: Container) -> None:
+    """`systemd-analyze verify` on the installed units, the real program in place, is clean."""
+    done = dropline.run(
+        "systemd-analyze", "verify", *(f"/etc/systemd/system/{u}" for u in UNITS), check=False
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_installed_host_passes_check(dropline: Container) -> None:
+    """`dropline check`, run as the service user on the installed host, accepts it."""
+    done = dropline.run(
+        "runuser",
+        "-u",
+        "automation",
+        "--",
+        "/opt/automation/dropline/bin/dropline",
+        "check",
+        "--config",
+        CONFIG,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_retention_timer_listed_and_its_service_succeeds(dropline: Container) -> None:
+    """The retention timer is listed by `systemctl list-timers`; its service runs successfully."""
+    dropline.systemctl("enable", "--now", TIMER)
+    props = dropline.show(TIMER, "ActiveState", "UnitFileState")
+    assert props == {"ActiveState": "active", "UnitFileState": "enabled"}
+
+    timers = dropline.systemctl("list-timers", "--all").stdout
+    listed = [line for line in timers.splitlines() if TIMER in line]
+    assert listed and PRUNE in listed[0], timers
+
+    dropline.systemctl("start", PRUNE)  # Type=oneshot: returns once it has run
+    props = dropline.show(PRUNE, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    assert props == {
+        "ActiveState": "inactive",
+        "Result": "success",
+        "ExecMainCode": "1",  # CLD_EXITED
+        "ExecMainStatus": "0",
+    }, props
