@@ -72,6 +72,7 @@ class Config:
     rescan_interval: float = 60.0
     archive_layout: ArchiveLayout = "daily"
     max_file_size: int = 4 * 1024**3
+    min_free_space: int = 64 * 1024**2  # below this on any folder's filesystem, claiming pauses
     workers: int = 4
     max_in_flight: int = 1024
     batch_size: int = 256
@@ -114,6 +115,7 @@ TOP_KEYS: tuple[str, ...] = (
     "rescan_interval",
     "archive_layout",
     "max_file_size",
+    "min_free_space",
     "workers",
     "max_in_flight",
     "batch_size",
@@ -553,6 +555,7 @@ class _Builder:
                 "archive_layout", lambda n, k: self.choice(n, k, ARCHIVE_LAYOUTS), d.archive_layout
             ),
             max_file_size=opt("max_file_size", self.size, d.max_file_size),
+            min_free_space=opt("min_free_space", self.size, d.min_free_space),
             workers=opt("workers", integer(1, 256), d.workers),
             max_in_flight=opt("max_in_flight", integer(1, 100_000), d.max_in_flight),
             batch_size=opt("batch_size", integer(1, 100_000), d.batch_size),

@@ -1,4 +1,4 @@
-"""Crash injection for the tests of the durability protocol.
+"""Crash and fault injection for the tests of the durability protocol.
 
 The spool, claim, stage, archive and recovery code call ``crashpoint(NAME)``
 at each step where a crash would leave a distinct state on disk.  When the
@@ -10,6 +10,7 @@ comparison.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -26,6 +27,8 @@ POINTS: tuple[str, ...] = (
     "finish.intent_committed",  # destination recorded, nothing moved
     "finish.error_written",  # failed/NAME.error.json in place, file not yet moved
     "finish.renamed",  # first file of the batch moved, not yet fsynced
+    "finish.copied",  # across filesystems: the copy written and fsynced under a temporary name
+    "finish.copy_renamed",  # across filesystems: the copy in place, the source not yet removed
     "finish.synced",  # moves durable, rows still say "finishing"
     "finish.committed",  # the end recorded
     "recovery.repaired",  # recovery changed the first item on disk, not yet committed
@@ -44,3 +47,20 @@ def crashpoint(name: str) -> None:
     _remaining -= 1
     if _remaining <= 0:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Faults: DROPLINE_FAULT=NAME (or NAME#N) makes that I/O step fail with EIO, as
+# a failing disk would; the daemon must exit non-zero rather than go on.
+FAULTS: tuple[str, ...] = ("spool.fsync", "spool.write", "state.commit")
+_FAULT, _, _FAULT_NTH = os.environ.get("DROPLINE_FAULT", "").partition("#")
+_fault_remaining = int(_FAULT_NTH) if _FAULT_NTH else 1
+
+
+def fault(name: str) -> None:
+    """Raise OSError(EIO) if the tests armed the fault NAME."""
+    global _fault_remaining
+    if name != _FAULT:
+        return
+    _fault_remaining -= 1
+    if _fault_remaining <= 0:
+        raise OSError(errno.EIO, f"injected fault at {name}")

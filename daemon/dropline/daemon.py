@@ -26,13 +26,14 @@ from typing import Any
 
 from .config import Config, check_paths, load_config
 from .crashpoints import crashpoint
-from .errors import ConfigError, DroplineError, FatalIOError
+from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
+from .hostcheck import free_space_problem
 from .log import get_logger
 from .notify import Notifier
 from .pipeline import Pipeline, Routes
 from .protocol import Claimed, Finish, claim_batch, finish_batch
 from .recovery import describe as describe_recovery
-from .recovery import recover
+from .recovery import finish_for, recover
 from .retry import compute_backoff
 from .spool import Entry, Refusal, Spool
 from .stages import StageContext
@@ -44,6 +45,7 @@ _MAX_REFUSED = 100_000  # refusals remembered, so each is logged once
 _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan later
 _STATUS_EVERY = 0.25  # seconds between STATUS updates when busy
 _PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
+_SPACE_CHECK_EVERY = 1.0  # seconds between free-space checks (and retries after ENOSPC)
 
 
 @dataclass
@@ -113,6 +115,9 @@ class Daemon:
         self._next_status = 0.0
         self._next_ping = 0.0
         self._lock_fd = -1
+        self.disk_problem = ""  # non-empty while claiming is paused for lack of space
+        self._next_space_check = 0.0
+        self._finish_retry_at = 0.0  # after ENOSPC while finishing
         self.mono = time.monotonic()
         self.state: State | None = None
         self.spool: Spool | None = None
@@ -132,7 +137,8 @@ class Daemon:
         if report.changed:
             self.log.info("recovery.done", **describe_recovery(report))
         for f in report.finished:
-            self._log_finish(f)
+            if f.state:  # the others are still "finishing": loaded below, tried again
+                self._log_finish(f)
         counts = self.state.counts()
         self.counts = {"archived": counts.get("archived", 0), "failed": counts.get("failed", 0)}
         for row in self.state.unfinished_items():
@@ -149,7 +155,12 @@ class Daemon:
                 row.created_at,
             )
             self.items[item.id] = item
-            self._schedule(item, now)
+            if row.state == "finishing":
+                self.to_finish.append(
+                    finish_for(row, row.outcome or "failed", row.reason or "", None)
+                )
+            else:
+                self._schedule(item, now)
         self.pool = WorkerPool(cfg.workers, self.inbox)
         # The watch first, then the scan: a file arriving in between is seen by both.
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
@@ -219,13 +230,19 @@ class Daemon:
         """How long the loop may sleep: zero while there is work it can do now."""
         stopping = self.stopping_since is not None
         assert self.pool is not None
-        if self.to_finish or self.results_pending:
+        finish_blocked = self.mono < self._finish_retry_at
+        if (self.to_finish and not finish_blocked) or self.results_pending:
             return 0.0
         if not stopping and self.ready and len(self.running) < self.pool.size:
             return 0.0
-        if not stopping and (self.candidates or self.scan is not None) and self._has_capacity():
+        claiming = not stopping and not self.disk_problem and self._has_capacity()
+        if claiming and (self.candidates or self.scan is not None):
             return 0.0
         deadlines = [self.next_rescan]
+        if self.disk_problem:
+            deadlines.append(self._next_space_check)
+        if self.to_finish:
+            deadlines.append(self._finish_retry_at)
         if self.retry_heap:
             deadlines.append(self.retry_heap[0][0])
         if self.settling:
@@ -268,10 +285,10 @@ class Daemon:
             _, item_id = heapq.heappop(self.retry_heap)
             if item_id in self.items:
                 self.ready.append(item_id)
-        if self.stopping_since is None:
+        if self.stopping_since is None and self._space_ok():
             self._admit(now)
         self._dispatch(now)
-        if self.to_finish:
+        if self.to_finish and self.mono >= self._finish_retry_at:
             self._finish(now)
         self._housekeeping()
         return self._should_exit()
@@ -443,7 +460,9 @@ class Daemon:
             entries.append(found)
         if not entries:
             return
-        claimed, refused = claim_batch(self.state, self.spool, self.routes, entries, now)
+        claimed, refused, full = claim_batch(self.state, self.spool, self.routes, entries, now)
+        if full is not None:
+            self._disk_full(full)
         for refusal in refused:
             self._refuse(refusal)
         for c in claimed:
@@ -568,8 +587,36 @@ class Daemon:
         assert self.state is not None and self.spool is not None
         batch, self.to_finish = self.to_finish, []
         for f in finish_batch(self.state, self.spool, batch, now):
+            if not f.state:  # a full disk stopped it: recorded as finishing, tried again
+                self.to_finish.append(f)
+                continue
             self.items.pop(f.item_id, None)
             self._log_finish(f)
+        if self.to_finish:
+            self._finish_retry_at = self.mono + _SPACE_CHECK_EVERY
+            self._disk_full(DiskFullError("no space left to move files to their end"))
+
+    # --- free space -----------------------------------------------------------
+
+    def _space_ok(self) -> bool:
+        """Whether claiming may go on: every folder's filesystem above min_free_space."""
+        if self.mono < self._next_space_check:
+            return not self.disk_problem
+        self._next_space_check = self.mono + _SPACE_CHECK_EVERY
+        problem = free_space_problem(self.config)
+        if problem and not self.disk_problem:
+            self.log.warning("disk.low", problem=problem, action="claiming paused")
+        elif not problem and self.disk_problem:
+            self.log.info("disk.ok", action="claiming resumed")
+        self.disk_problem = problem
+        return not problem
+
+    def _disk_full(self, exc: DiskFullError) -> None:
+        """ENOSPC: pause claiming until the next check finds space again."""
+        if not self.disk_problem:
+            self.log.warning("disk.full", error=str(exc), action="claiming paused")
+        self.disk_problem = str(exc)
+        self._next_space_check = self.mono + _SPACE_CHECK_EVERY
 
     def _log_finish(self, f: Finish) -> None:
         where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
@@ -595,10 +642,11 @@ class Daemon:
     # --- housekeeping -------------------------------------------------------
 
     def status_line(self) -> str:
+        paused = f"PAUSED, {self.disk_problem}; " if self.disk_problem else ""
         waiting = len(self.candidates) + len(self.settling)
         scanning = ", scanning" if self.scan is not None else ""
         return (
-            f"in flight {len(self.items)}, running {len(self.running)}, "
+            f"{paused}in flight {len(self.items)}, running {len(self.running)}, "
             f"waiting {waiting}{scanning}, archived {self.counts['archived']}, "
             f"failed {self.counts['failed']}"
         )

@@ -50,5 +50,13 @@ class FatalIOError(DroplineError):
     """
 
 
+class DiskFullError(DroplineError):
+    """A folder's filesystem is full (ENOSPC/EDQUOT): pause, lose nothing, resume later.
+
+    Unlike FatalIOError nothing is in doubt: the step that failed did not
+    happen, and it is tried again once space returns.
+    """
+
+
 class StateLockedError(DroplineError):
     """Another dropline process holds the lock on the state directory."""

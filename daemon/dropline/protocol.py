@@ -13,7 +13,8 @@ finish:  choose destinations; rows "finishing" -> commit
 
 A crash between any two steps leaves a state that recovery completes or
 undoes (``recovery.py``).  One transaction and one fsync per folder per batch,
-never per file.
+never per file.  A full filesystem stops a batch where it is: the files not
+yet moved stay where they were, recorded as such, to be tried again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crashpoints import crashpoint
+from .errors import DiskFullError
 from .ids import new_item_id
 from .log import escape_text
 from .pipeline import Routes
@@ -61,12 +63,17 @@ class Finish:
     final_dir: str = ""
     final_name: bytes = b""
     state: str = field(default="", init=False)  # how it ended: archived, failed, vanished
+    # ("" when a full disk stopped it: still "finishing", tried again later)
 
 
 def claim_batch(
     state: State, spool: Spool, routes: Routes, entries: list[Entry], now: float
-) -> tuple[list[Claimed], list[Refusal]]:
-    """Claim ENTRIES (checked regular files in incoming/) into working/."""
+) -> tuple[list[Claimed], list[Refusal], DiskFullError | None]:
+    """Claim ENTRIES (checked regular files in incoming/) into working/.
+
+    Returns what was claimed, what was refused, and the disk-full error that
+    stopped the batch early, if one did.
+    """
     plans: list[tuple[str, Entry, bytes]] = []
     taken: set[bytes] = set()
     for entry in entries:
@@ -81,8 +88,16 @@ def claim_batch(
 
     moved: list[tuple[str, Entry, bytes]] = []
     gone: list[str] = []
+    full: DiskFullError | None = None
     for item_id, entry, working_name in plans:
-        if spool.claim(entry.name, working_name):
+        if full is not None:
+            gone.append(item_id)  # not tried: still in incoming/, claimed later
+            continue
+        try:
+            renamed = spool.claim(entry.name, working_name)
+        except DiskFullError as exc:
+            full, renamed = exc, False
+        if renamed:
             moved.append((item_id, entry, working_name))
             crashpoint("claim.renamed")
         else:
@@ -123,7 +138,7 @@ def claim_batch(
             state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, now)
             state.add_event(c.item_id, "claimed", now, c.pipeline or "")
     crashpoint("claim.committed")
-    return claimed, refused
+    return claimed, refused, full
 
 
 def error_document(f: Finish, now: float) -> dict[str, Any]:
@@ -146,7 +161,11 @@ def _iso(ts: float) -> str:
 
 
 def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
-    """Move FINISHES to archive/ or failed/; returns them with ``state`` set."""
+    """Move FINISHES to archive/ or failed/; returns them with ``state`` set.
+
+    A full disk stops the moves: the files not moved keep ``state`` empty and
+    stay recorded as "finishing" with their destination, for a later try.
+    """
     if not finishes:
         return []
     day = time.strftime("%Y-%m-%d", time.localtime(now))
@@ -162,17 +181,24 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
                 state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
         crashpoint("finish.intent_committed")
 
+    full = False
     for f in finishes:
+        if full:
+            continue
         doc = error_document(f, now) if f.outcome == "failed" else None
         try:
-            moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
-        except FileExistsError:
-            # Someone put a file under the chosen name: choose again.
-            taken_now = {(f.final_dir, f.final_name)}
-            f.final_dir, f.final_name = spool.choose_destination(
-                f.outcome, f.name, f.item_id, day, taken_now
-            )
-            moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
+            try:
+                moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
+            except FileExistsError:
+                # Someone put a file under the chosen name: choose again.
+                taken_now = {(f.final_dir, f.final_name)}
+                f.final_dir, f.final_name = spool.choose_destination(
+                    f.outcome, f.name, f.item_id, day, taken_now
+                )
+                moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
+        except DiskFullError:
+            full = True
+            continue
         if moved:
             f.state = f.outcome
             crashpoint("finish.renamed")
@@ -185,6 +211,8 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
 
     with state.transaction():
         for f in finishes:
+            if not f.state:
+                continue
             state.mark_finished(f.item_id, f.state, now)
             where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
             state.add_event(f.item_id, f.state, now, escape_text(where))

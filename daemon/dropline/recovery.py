@@ -49,7 +49,8 @@ class RecoveryReport:
         )
 
 
-def _finish_for(row: ItemRow, outcome: str, reason: str, stage: str | None) -> Finish:
+def finish_for(row: ItemRow, outcome: str, reason: str, stage: str | None) -> Finish:
+    """The Finish of an item as the database records it (destination kept if chosen)."""
     return Finish(
         item_id=row.id,
         name=row.name,
@@ -122,7 +123,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
     vanished: list[ItemRow] = []
     for row in state.unfinished_items():
         if row.state == "finishing":
-            finishes.append(_finish_for(row, row.outcome or "failed", row.reason or "", None))
+            finishes.append(finish_for(row, row.outcome or "failed", row.reason or "", None))
             continue
         if row.state != "active":
             continue
@@ -141,7 +142,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 )
                 with state.transaction():
                     state.record_stage_end(attempt.id, "indeterminate", reason, now)
-                finish = _finish_for(row, "failed", reason, attempt.stage)
+                finish = finish_for(row, "failed", reason, attempt.stage)
                 finish.attempts = attempt.attempt  # the interrupted attempt counts
                 finishes.append(finish)
                 break

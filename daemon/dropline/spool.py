@@ -10,7 +10,12 @@ Rules kept here (see RELIABILITY.md):
   callers batch: many renames, then one ``sync()`` (one fsync per directory);
 - an entry is inspected with lstat and opened only if it is a regular file,
   with O_NOFOLLOW|O_NONBLOCK, so a FIFO or device is never opened blocking;
-- an fsync or write error raises FatalIOError: the state on disk is unknown.
+- a move to another filesystem (archive/ on its own mount) is a copy under a
+  temporary name, fsync, rename into place, fsync, then unlink of the source:
+  never a half file under the final name;
+- a full filesystem raises DiskFullError (nothing happened; try again later);
+  any other write or fsync error raises FatalIOError: the state on disk is
+  unknown.
 
 This module never touches the database.
 """
@@ -29,14 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .crashpoints import crashpoint
-from .errors import FatalIOError
+from .crashpoints import crashpoint, fault
+from .errors import DiskFullError, FatalIOError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
 _NAME_MAX = 255
 _ERROR_SUFFIX = b".error.json"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 SUBDIRS = ("incoming", "working", "archive", "failed")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -60,6 +66,13 @@ def rename_noreplace(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None
     if _exists(dst_dir, dst):
         raise FileExistsError(errno.EEXIST, "target exists", os.fsdecode(dst))
     os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+
+
+def _io_error(what: str, exc: OSError) -> DiskFullError | FatalIOError:
+    """ENOSPC is a pause; anything else leaves the disk in an unknown state."""
+    if exc.errno in _FULL:
+        return DiskFullError(f"{what}: {exc.strerror}")
+    return FatalIOError(f"{what}: {exc}")
 
 
 def _exists(dir_fd: int, name: bytes) -> bool:
@@ -150,6 +163,7 @@ class Spool:
                 raise FatalIOError(
                     f"cannot open {data_dir / sub}: {exc.strerror} (it must be a real directory)"
                 ) from exc
+        self._devs = {fd: os.fstat(fd).st_dev for fd in self._fds.values()}
         self.incoming_fd = self._fds["incoming"]
         self.working_fd = self._fds["working"]
         self.archive_fd = self._fds["archive"]
@@ -253,9 +267,7 @@ class Spool:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise
-            raise FatalIOError(f"claim of {name!r} failed: {exc}") from exc
+            raise _io_error(f"claim of {name!r}", exc) from exc
         self._mark(self.incoming_fd, "incoming")
         self._mark(self.working_fd, "working")
         return True
@@ -320,15 +332,91 @@ class Spool:
             fd = self._archive_dir(subdir, create=True)
             assert fd is not None
             dir_fd = fd
-        try:
-            rename_noreplace(self.working_fd, working_name, dir_fd, final_name)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            raise FatalIOError(f"move of {working_name!r} to {outcome} failed: {exc}") from exc
+        label = f"{outcome}/{subdir}"
+        if self._devs.get(dir_fd, os.fstat(dir_fd).st_dev) != self._devs[self.working_fd]:
+            self._copy_across(working_name, dir_fd, final_name, label)
+        else:
+            try:
+                rename_noreplace(self.working_fd, working_name, dir_fd, final_name)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                raise _io_error(f"move of {working_name!r} to {outcome}", exc) from exc
         self._mark(self.working_fd, "working")
-        self._mark(dir_fd, f"{outcome}/{subdir}")
+        self._mark(dir_fd, label)
         return True
+
+    def _copy_across(self, working_name: bytes, dir_fd: int, final_name: bytes, label: str) -> None:
+        """Move to another filesystem: copy, fsync, rename into place, fsync, unlink.
+
+        A crash leaves either the source alone (and maybe a hidden temporary
+        copy, replaced on the next try) or both the source and a complete copy
+        under the final name; the next try then sees the identical copy and
+        only removes the source.
+        """
+        if _exists(dir_fd, final_name):
+            if not self._same_content(working_name, dir_fd, final_name):
+                raise FileExistsError(errno.EEXIST, "target exists", os.fsdecode(final_name))
+        else:
+            tmp = b".dropline-copy." + final_name[: _NAME_MAX - 20] + b".tmp"
+            try:
+                src = os.open(working_name, _FILE_FLAGS, dir_fd=self.working_fd)
+                try:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+                    dst = os.open(tmp, flags, 0o640, dir_fd=dir_fd)
+                    try:
+                        size = os.fstat(src).st_size
+                        copied = 0
+                        while copied < size:
+                            sent = os.sendfile(dst, src, copied, min(size - copied, 1 << 30))
+                            if sent == 0:
+                                break
+                            copied += sent
+                        fault("spool.write")
+                        os.fsync(dst)
+                    finally:
+                        os.close(dst)
+                finally:
+                    os.close(src)
+                crashpoint("finish.copied")
+                rename_noreplace(dir_fd, tmp, dir_fd, final_name)
+                fault("spool.fsync")
+                os.fsync(dir_fd)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                raise _io_error(f"copy of {working_name!r} to {label}", exc) from exc
+            crashpoint("finish.copy_renamed")
+        try:
+            os.unlink(working_name, dir_fd=self.working_fd)
+        except OSError as exc:
+            raise _io_error(f"removal of {working_name!r} from working/", exc) from exc
+
+    def _same_content(self, working_name: bytes, dir_fd: int, name: bytes) -> bool:
+        """True when DIR/NAME is a complete copy of working/WORKING_NAME."""
+        try:
+            a = os.open(working_name, _FILE_FLAGS, dir_fd=self.working_fd)
+        except OSError:
+            return False
+        try:
+            b = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            os.close(a)
+            return False
+        try:
+            if os.fstat(a).st_size != os.fstat(b).st_size:
+                return False
+            while True:
+                chunk = os.read(a, 1 << 20)
+                if chunk != os.read(b, len(chunk) or 1):
+                    return False
+                if not chunk:
+                    return True
+        finally:
+            os.close(a)
+            os.close(b)
 
     def _write_error(self, name: bytes, doc: dict[str, Any]) -> None:
         """Write failed/NAME durably: a temporary name, fsync, rename into place."""
@@ -345,6 +433,7 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                fault("spool.write")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -352,7 +441,9 @@ class Spool:
                 os.unlink(name, dir_fd=self.failed_fd)
             os.rename(tmp, name, src_dir_fd=self.failed_fd, dst_dir_fd=self.failed_fd)
         except OSError as exc:
-            raise FatalIOError(f"cannot write {name!r} in failed/: {exc}") from exc
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.failed_fd)
+            raise _io_error(f"writing {name!r} in failed/", exc) from exc
         self._mark(self.failed_fd, "failed")
 
     def _archive_dir(self, subdir: str, *, create: bool) -> int | None:
@@ -371,7 +462,7 @@ class Spool:
             except FileExistsError:
                 pass
             except OSError as exc:
-                raise FatalIOError(f"cannot create archive/{subdir}: {exc}") from exc
+                raise _io_error(f"cannot create archive/{subdir}", exc) from exc
             self._mark(self.archive_fd, "archive")
             fd = os.open(subdir, _DIR_FLAGS, dir_fd=self.archive_fd)
         # Keep a few day folders open; old days are closed as new ones come.
@@ -399,6 +490,8 @@ class Spool:
         # The day folder before archive/: the folder must be durable before its entry.
         for fd, label in sorted(dirty.items(), key=lambda kv: kv[1].count("/"), reverse=True):
             try:
+                fault("spool.fsync")
                 os.fsync(fd)
             except OSError as exc:
+                # Never retried: a failed fsync may have dropped the dirty pages.
                 raise FatalIOError(f"fsync of {label} failed: {exc}") from exc

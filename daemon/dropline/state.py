@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .crashpoints import fault
 from .errors import FatalIOError
 
 # Each entry takes the schema from version N to N+1.  Never edit a shipped
@@ -189,7 +190,12 @@ class State:
             raise
         else:
             try:
+                fault("state.commit")
                 self._db.execute("COMMIT")
+            except OSError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise FatalIOError(f"state database: commit failed: {exc}") from exc
             except sqlite3.Error as exc:
                 raise _fatal(exc) from exc
         finally:
