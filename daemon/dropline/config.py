@@ -46,6 +46,7 @@ class StageConfig:
     backoff_initial: float = 1.0  # seconds before the first retry
     backoff_max: float = 300.0  # cap on any one delay
     idempotent: bool = True
+    modifies: bool = False  # the stage rewrites the working file on purpose
     line: int = 0  # where the stage is declared, for later error messages
 
 
@@ -134,6 +135,7 @@ STAGE_KEYS: tuple[str, ...] = (
     "retries",
     "backoff",
     "idempotent",
+    "modifies",
 )
 STAGE_KINDS: tuple[StageKind, ...] = ("command", "python", "builtin")
 ARCHIVE_LAYOUTS: tuple[ArchiveLayout, ...] = ("flat", "daily")
@@ -692,6 +694,7 @@ class _Builder:
             ),
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
+            modifies=self.optional(pairs, "modifies", key, self.boolean, _STAGE_DEFAULTS.modifies),
             idempotent=self.optional(
                 pairs, "idempotent", key, self.boolean, _STAGE_DEFAULTS.idempotent
             ),

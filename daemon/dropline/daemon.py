@@ -62,6 +62,9 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     created_at: float = 0.0
+    # (size, mtime) as claimed or as the last stage left it: a change in between
+    # means someone still writes to it.
+    fingerprint: tuple[int, int] | None = None
 
 
 @dataclass
@@ -153,6 +156,7 @@ class Daemon:
                 row.metadata,
                 row.sha256,
                 row.created_at,
+                (row.size, row.mtime_ns) if row.size is not None and row.mtime_ns else None,
             )
             self.items[item.id] = item
             if row.state == "finishing":
@@ -335,6 +339,11 @@ class Daemon:
             item.next_at = None
             item.metadata.update(result.metadata)
             self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+            assert self.spool is not None
+            seen = self.spool.fingerprint(item.working_name)
+            if stage_cfg and stage_cfg.modifies and seen is not None and seen != item.fingerprint:
+                item.fingerprint = seen  # the stage rewrote it, as it declares it may
+                self.state.set_fingerprint(item.id, seen[0], seen[1], now)
             self.ready.append(item.id)
             return item, running, "info", "stage.succeeded", {"seconds": round(result.duration, 3)}
         if self.stopping_since is not None and running.cancel.is_set():
@@ -460,17 +469,27 @@ class Daemon:
             entries.append(found)
         if not entries:
             return
-        claimed, refused, full = claim_batch(self.state, self.spool, self.routes, entries, now)
-        if full is not None:
-            self._disk_full(full)
-        for refusal in refused:
+        result = claim_batch(self.state, self.spool, self.routes, entries, now)
+        if result.full is not None:
+            self._disk_full(result.full)
+        for refusal in result.refused:
             self._refuse(refusal)
-        for c in claimed:
+        for name in result.busy:
+            # Put back: claimed once its writer closes it, or once it settles.
+            self.log.info("file.busy", file=name, detail="still being written; put back")
+            self.settling[name] = self.mono + self.config.settle_time
+        for c in result.claimed:
             self._admitted(c, now)
 
     def _admitted(self, c: Claimed, now: float) -> None:
         item = Item(
-            c.item_id, c.name, c.working_name, c.pipeline, sha256=c.sha256, created_at=c.created_at
+            c.item_id,
+            c.name,
+            c.working_name,
+            c.pipeline,
+            sha256=c.sha256,
+            created_at=c.created_at,
+            fingerprint=(c.size, c.mtime_ns),
         )
         self.items[item.id] = item
         self.log.info(
@@ -516,11 +535,14 @@ class Daemon:
                     item, "failed", f'pipeline "{item.pipeline}" is no longer configured', None
                 )
                 continue
-            if item.next_stage >= len(pipeline.stages):
-                self._plan_finish(item, "archived", "", None)
-                continue
-            if stopping or len(self.running) + len(jobs) >= self.pool.size:
+            done = item.next_stage >= len(pipeline.stages)
+            if not done and (stopping or len(self.running) + len(jobs) >= self.pool.size):
                 deferred.append(item_id)
+                continue
+            if self._changed_under_us(item):
+                continue
+            if done:
+                self._plan_finish(item, "archived", "", None)
                 continue
             jobs.append((item, pipeline, item.next_stage, item.attempt + 1))
         self.ready.extend(deferred)
@@ -564,6 +586,26 @@ class Daemon:
             )
             log.info("stage.started", attempt=attempt)
             self.pool.submit(StageJob(item.id, self._token, stage, ctx))
+
+    def _changed_under_us(self, item: Item) -> bool:
+        """Fail the file if its content changed since the claim (or since the last stage).
+
+        The claim moved it out of every dropper's reach, so a change means a
+        writer kept it open and wrote after the claim: what a stage would see, or
+        archive/ would keep, is not what was dropped.
+        """
+        assert self.spool is not None
+        seen = self.spool.fingerprint(item.working_name)
+        if item.fingerprint is None or seen is None or seen == item.fingerprint:
+            return False
+        self._plan_finish(
+            item,
+            "failed",
+            "modified after it was claimed (a writer still held it open): "
+            f"size {item.fingerprint[0]} -> {seen[0]}",
+            None,
+        )
+        return True
 
     # --- finishing ----------------------------------------------------------
 

@@ -29,7 +29,7 @@ from .errors import DiskFullError
 from .ids import new_item_id
 from .log import escape_text
 from .pipeline import Routes
-from .spool import Entry, Refusal, Spool
+from .spool import ChangedError, Entry, Refusal, Spool
 from .state import State
 
 
@@ -43,6 +43,7 @@ class Claimed:
     pipeline: str | None
     sha256: str
     size: int
+    mtime_ns: int
     created_at: float
 
 
@@ -66,14 +67,20 @@ class Finish:
     # ("" when a full disk stopped it: still "finishing", tried again later)
 
 
+@dataclass
+class ClaimResult:
+    """What a claim batch did."""
+
+    claimed: list[Claimed] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    busy: list[bytes] = field(default_factory=list)  # still being written: put back
+    full: DiskFullError | None = None  # the disk-full error that stopped the batch
+
+
 def claim_batch(
     state: State, spool: Spool, routes: Routes, entries: list[Entry], now: float
-) -> tuple[list[Claimed], list[Refusal], DiskFullError | None]:
-    """Claim ENTRIES (checked regular files in incoming/) into working/.
-
-    Returns what was claimed, what was refused, and the disk-full error that
-    stopped the batch early, if one did.
-    """
+) -> ClaimResult:
+    """Claim ENTRIES (checked regular files in incoming/) into working/."""
     plans: list[tuple[str, Entry, bytes]] = []
     taken: set[bytes] = set()
     for entry in entries:
@@ -105,11 +112,17 @@ def claim_batch(
     spool.sync()
     crashpoint("claim.synced")
 
-    claimed: list[Claimed] = []
-    refused: list[Refusal] = []
+    result = ClaimResult(full=full)
+    claimed, refused = result.claimed, result.refused
     for item_id, entry, working_name in moved:
         try:
-            sha256, size = spool.hash_working(working_name, expect=entry)
+            sha256, size, mtime_ns = spool.hash_working(working_name, expect=entry)
+        except ChangedError:
+            # Its writer is still at work: back to incoming/, claimed once it is done.
+            spool.unclaim(working_name, entry.name)
+            result.busy.append(entry.name)
+            gone.append(item_id)
+            continue
         except (ValueError, OSError) as exc:
             # The name was swapped between our check and the rename: give the
             # entry back untouched and refuse it.
@@ -126,19 +139,20 @@ def claim_batch(
                 pipeline.name if pipeline else None,
                 sha256,
                 size,
+                mtime_ns,
                 now,
             )
         )
-    if refused:
+    if refused or result.busy:
         spool.sync()
     with state.transaction():
         for item_id in gone:
             state.delete_item(item_id)
         for c in claimed:
-            state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, now)
+            state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, c.mtime_ns, now)
             state.add_event(c.item_id, "claimed", now, c.pipeline or "")
     crashpoint("claim.committed")
-    return claimed, refused, full
+    return result
 
 
 def error_document(f: Finish, now: float) -> dict[str, Any]:

@@ -77,20 +77,21 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
     claiming = [row for row in rows if row.state == "claiming"]
     if claiming:
         spool.sync_all()  # a rename that happened must be durable before it is recorded
-        completed: list[tuple[ItemRow, str, int, str | None]] = []
+        completed: list[tuple[ItemRow, str, int, int, str | None]] = []
         forgotten: list[ItemRow] = []
         for row in claiming:
             seen = spool.working_entry(row.working_name)
             if isinstance(seen, Entry) and (seen.dev, seen.ino) == (row.src_dev, row.src_ino):
-                sha256, size = spool.hash_working(row.working_name)
+                sha256, size, mtime_ns = spool.hash_working(row.working_name)
                 pipeline = routes.route(row.name)
-                completed.append((row, sha256, size, pipeline.name if pipeline else None))
+                route = pipeline.name if pipeline else None
+                completed.append((row, sha256, size, mtime_ns, route))
             else:
                 forgotten.append(row)
         crashpoint("recovery.repaired")
         with state.transaction():
-            for row, sha256, size, pipeline_name in completed:
-                state.mark_active(row.id, pipeline_name, sha256, size, now)
+            for row, sha256, size, mtime_ns, pipeline_name in completed:
+                state.mark_active(row.id, pipeline_name, sha256, size, mtime_ns, now)
                 state.add_event(row.id, "claimed", now, "completed by recovery")
             for row in forgotten:
                 state.delete_item(row.id)
@@ -98,7 +99,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         report.claims_forgotten = len(forgotten)
 
     # Files in working/ that no row knows.
-    adopted: list[tuple[str, bytes, str, int, str | None]] = []
+    adopted: list[tuple[str, bytes, str, int, int, str | None]] = []
     for name in spool.list_working():
         if name in known:
             continue
@@ -106,14 +107,15 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         if not isinstance(seen, Entry):
             log.warning("recovery.skipped", file=name, reason=seen.reason if seen else "gone")
             continue
-        sha256, size = spool.hash_working(name)
+        sha256, size, mtime_ns = spool.hash_working(name)
         pipeline = routes.route(name)
-        adopted.append((new_item_id(now), name, sha256, size, pipeline.name if pipeline else None))
+        route = pipeline.name if pipeline else None
+        adopted.append((new_item_id(now), name, sha256, size, mtime_ns, route))
     if adopted:
         with state.transaction():
-            for item_id, name, sha256, size, pipeline_name in adopted:
+            for item_id, name, sha256, size, mtime_ns, pipeline_name in adopted:
                 state.insert_claiming(item_id, name, name, 0, 0, now)
-                state.mark_active(item_id, pipeline_name, sha256, size, now)
+                state.mark_active(item_id, pipeline_name, sha256, size, mtime_ns, now)
                 state.add_event(item_id, "claimed", now, "adopted from working/ by recovery")
         report.adopted = len(adopted)
 

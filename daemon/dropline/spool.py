@@ -95,6 +95,10 @@ class Entry:
     ctime_ns: int
 
 
+class ChangedError(ValueError):
+    """The file changed while it was being claimed: a writer is still at work."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """An entry dropline will not touch, and why."""
@@ -224,6 +228,14 @@ class Spool:
             return None
         return classify(name, st, self.max_file_size)
 
+    def fingerprint(self, name: bytes) -> tuple[int, int] | None:
+        """(size, mtime) of working/NAME, to see whether anyone changed it."""
+        try:
+            st = os.stat(name, dir_fd=self.working_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
     def working_path(self, name: bytes) -> bytes:
         return os.fsencode(self.data_dir / "working") + b"/" + name
 
@@ -233,8 +245,12 @@ class Spool:
             return name
         return fit_name(name, item_id)
 
-    def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int]:
-        """SHA-256 and size of working/NAME, opened without following or blocking."""
+    def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int, int]:
+        """SHA-256, size and mtime of working/NAME, opened without following or blocking.
+
+        With EXPECT (what was checked in incoming/), raises ChangedError if the
+        content changed meanwhile: its writer still holds it open.
+        """
         # lstat before open: whatever is there is only opened if it is the regular
         # file that was checked in incoming/ (a device node is never opened).
         seen = self.working_entry(name)
@@ -254,7 +270,14 @@ class Spool:
             while chunk := os.read(fd, 1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-            return digest.hexdigest(), size
+            after = os.fstat(fd)
+            if expect is not None and (size, after.st_size, after.st_mtime_ns) != (
+                expect.size,
+                expect.size,
+                expect.mtime_ns,
+            ):
+                raise ChangedError("still being written")
+            return digest.hexdigest(), size, after.st_mtime_ns
         finally:
             os.close(fd)
 

@@ -71,6 +71,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_item ON events(item_id);
     """,
+    # 2: the mtime recorded with the size, to notice a writer that kept the file open.
+    """
+    ALTER TABLE items ADD COLUMN mtime_ns INTEGER;
+    """,
 )
 
 UNFINISHED = ("claiming", "active", "finishing")
@@ -98,6 +102,7 @@ class ItemRow:
     final_dir: str | None
     final_name: bytes | None
     created_at: float
+    mtime_ns: int | None
 
 
 @dataclass
@@ -112,7 +117,8 @@ class OpenAttempt:
 
 _ITEM_COLUMNS = (
     "id, name, working_name, pipeline, state, size, sha256, src_dev, src_ino, next_stage, "
-    "attempt, next_attempt_at, metadata, outcome, reason, final_dir, final_name, created_at"
+    "attempt, next_attempt_at, metadata, outcome, reason, final_dir, final_name, created_at, "
+    "mtime_ns"
 )
 
 
@@ -221,12 +227,25 @@ class State:
         )
 
     def mark_active(
-        self, item_id: str, pipeline: str | None, sha256: str, size: int, now: float
+        self,
+        item_id: str,
+        pipeline: str | None,
+        sha256: str,
+        size: int,
+        mtime_ns: int,
+        now: float,
     ) -> None:
         self._exec(
             "UPDATE items SET state = 'active', pipeline = ?, sha256 = ?, size = ?, "
-            "updated_at = ? WHERE id = ?",
-            (pipeline, sha256, size, now, item_id),
+            "mtime_ns = ?, updated_at = ? WHERE id = ?",
+            (pipeline, sha256, size, mtime_ns, now, item_id),
+        )
+
+    def set_fingerprint(self, item_id: str, size: int, mtime_ns: int, now: float) -> None:
+        """The working file as a stage left it (a stage may rewrite it on purpose)."""
+        self._exec(
+            "UPDATE items SET size = ?, mtime_ns = ?, updated_at = ? WHERE id = ?",
+            (size, mtime_ns, now, item_id),
         )
 
     def delete_item(self, item_id: str) -> None:

@@ -11,6 +11,7 @@ the file is bad and fails at once; anything else is retried.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,7 +57,9 @@ def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
         result = run_command(
             args,
             env=env,
-            cwd=os.path.dirname(path),
+            # Not working/: a file a stage leaves in its working directory must not
+            # be mistaken for a dropped file at the next start-up.
+            cwd=tempfile.gettempdir(),
             timeout=ctx.timeout,
             output_cap=OUTPUT_CAP,
             cancel=ctx.cancel,
