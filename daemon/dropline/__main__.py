@@ -2,4 +2,6 @@
 
 from .cli import entry
 
-entry()
+# Guarded: a stage's worker process ("spawn") imports this module again.
+if __name__ == "__main__":
+    entry()

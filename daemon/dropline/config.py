@@ -27,6 +27,8 @@ from dropline.units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_siz
 StageKind = Literal["command", "python", "builtin"]
 ArchiveLayout = Literal["flat", "daily"]
 LogFormat = Literal["auto", "console", "json"]
+Isolation = Literal["process", "thread"]
+ISOLATIONS: tuple[Isolation, ...] = ("process", "thread")
 
 DEFAULT_IGNORE: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.partial", "*~")
 
@@ -47,6 +49,8 @@ class StageConfig:
     backoff_max: float = 300.0  # cap on any one delay
     idempotent: bool = True
     modifies: bool = False  # the stage rewrites the working file on purpose
+    isolation: Isolation = "process"  # python stages: in a worker process, or a thread
+    memory_limit: int = 1024**3  # python stages in a process: address-space limit
     line: int = 0  # where the stage is declared, for later error messages
 
 
@@ -136,6 +140,8 @@ STAGE_KEYS: tuple[str, ...] = (
     "backoff",
     "idempotent",
     "modifies",
+    "isolation",
+    "memory_limit",
 )
 STAGE_KINDS: tuple[StageKind, ...] = ("command", "python", "builtin")
 ARCHIVE_LAYOUTS: tuple[ArchiveLayout, ...] = ("flat", "daily")
@@ -668,6 +674,13 @@ class _Builder:
                     f"{key}.with",
                 )
             options = self.options(pairs["with"][1], f"{key}.with")
+        for only_python in ("isolation", "memory_limit"):
+            if only_python in pairs and kind != "python":
+                raise self.error(
+                    f'"{only_python}" applies to python stages only',
+                    pairs[only_python][0],
+                    f"{key}.{only_python}",
+                )
         backoff_initial, backoff_max = _STAGE_DEFAULTS.backoff_initial, _STAGE_DEFAULTS.backoff_max
         if "backoff" in pairs:
             backoff_initial, backoff_max = self.backoff(pairs["backoff"][1], f"{key}.backoff")
@@ -695,6 +708,16 @@ class _Builder:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             modifies=self.optional(pairs, "modifies", key, self.boolean, _STAGE_DEFAULTS.modifies),
+            isolation=self.optional(
+                pairs,
+                "isolation",
+                key,
+                lambda n, k: self.choice(n, k, ISOLATIONS),
+                _STAGE_DEFAULTS.isolation,
+            ),
+            memory_limit=self.optional(
+                pairs, "memory_limit", key, self.size, _STAGE_DEFAULTS.memory_limit
+            ),
             idempotent=self.optional(
                 pairs, "idempotent", key, self.boolean, _STAGE_DEFAULTS.idempotent
             ),

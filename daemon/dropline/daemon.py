@@ -165,7 +165,7 @@ class Daemon:
                 )
             else:
                 self._schedule(item, now)
-        self.pool = WorkerPool(cfg.workers, self.inbox)
+        self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
         # The watch first, then the scan: a file arriving in between is seen by both.
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
         self._start_scan()
@@ -393,7 +393,7 @@ class Daemon:
         """A Python stage cannot be killed: past its timeout it is abandoned and retried."""
         assert self.pool is not None
         for item_id, running in list(self.running.items()):
-            if running.kind != "command" and self.mono > running.deadline + _PY_TIMEOUT_GRACE:
+            if running.kind == "thread" and self.mono > running.deadline + _PY_TIMEOUT_GRACE:
                 running.cancel.set()
                 self.pool.abandon_one()
                 error = f"timed out after {running.deadline - running.started:.1f} s (abandoned)"
@@ -579,7 +579,7 @@ class Daemon:
                 attempt_id,
                 index,
                 stage.name,
-                stage.config.kind,
+                stage.runs_in,
                 self.mono,
                 self.mono + stage.config.timeout,
                 cancel,

@@ -25,10 +25,20 @@ class Stage:
 
     config: StageConfig
     func: StageFunc
+    search: tuple[str, ...] = ()  # where a python stage's module is imported from
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def runs_in(self) -> str:
+        """ "command", "process" (a python stage in a worker process) or "thread"."""
+        if self.config.kind == "command":
+            return "command"
+        if self.config.kind == "python" and self.config.isolation == "process":
+            return "process"
+        return "thread"
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,12 @@ def _build_stage(
         func = build_builtin(sc.builtin, sc.options, file=file, line=sc.line, key=key + ".builtin")
     else:
         search = [config.pipelines_dir / pipeline.name, config.pipelines_dir]
+        # Imported here even when it will run in a worker process: a stage that
+        # cannot be imported is a configuration error at start-up.
         func = load_python_stage(
             sc.python, sc.options, search, file=file, line=sc.line, key=key + ".python"
         )
+        return Stage(sc, func, tuple(str(p) for p in search))
     return Stage(sc, func)
 
 

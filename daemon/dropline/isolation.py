@@ -1,0 +1,170 @@
+"""Python stages in worker processes: killable at their timeout, bounded in memory.
+
+A Python stage run in a thread can neither be killed when it hangs nor kept
+from eating the daemon's memory.  So by default (``isolation: process``)
+each worker thread drives one child process of its own (started with
+"spawn": a fresh interpreter, never a fork of the threaded daemon with its
+open database) that imports the operator's stage and runs it, one file at
+a time.  At the timeout, or when the daemon stops, the child is killed and
+a new one started for the next file; an address-space limit
+(``memory_limit``) turns a runaway allocation into a MemoryError in the
+child, a failed attempt, instead of an OOM kill of the daemon.  What the
+stage prints goes to a temporary file whose tail joins the error: never
+held in memory, never in the journal unbounded.
+
+The child never touches the spool or the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+_POLL = 0.05  # seconds between checks of the timeout and the stop request
+_OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
+
+
+class StageProcess:
+    """One child process running Python stages for one worker thread."""
+
+    def __init__(self, log_format: str) -> None:
+        self._log_format = log_format
+        self._proc: Any = None
+        self._conn: Connection | None = None
+
+    def _start(self) -> Connection:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_child_main, args=(child, self._log_format), name="dropline-stage", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        return parent
+
+    def run(
+        self, spec: dict[str, Any], timeout: float, cancel: threading.Event | None
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Run one stage attempt; returns (outcome, error, metadata)."""
+        conn = self._conn if self._conn is not None and self._alive() else self._start()
+        conn.send(spec)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if conn.poll(_POLL):
+                    result: tuple[str, str, dict[str, Any]] = conn.recv()
+                    return result
+            except (EOFError, OSError):
+                pass
+            if not self._alive():
+                code = self._proc.exitcode
+                self.close()
+                how = f"killed by signal {-code}" if code and code < 0 else f"exit status {code}"
+                return "failed", f"the stage's worker process died ({how})", {}
+            if cancel is not None and cancel.is_set():
+                self.close()
+                return "failed", "cancelled: dropline is stopping", {}
+            if time.monotonic() > deadline:
+                self.close()
+                return "timeout", f"timed out after {timeout:g} s (worker process killed)", {}
+
+    def _alive(self) -> bool:
+        return self._proc is not None and bool(self._proc.is_alive())
+
+    def close(self) -> None:
+        """Kill the child (it may be stuck in the stage) and forget it."""
+        if self._proc is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._proc.kill()
+            self._proc.join(5)
+            self._proc = None
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            self._conn = None
+
+
+def _child_main(conn: Connection, log_format: str) -> None:
+    """The child's loop: receive a stage attempt, run it, send how it ended."""
+    from .errors import ConfigError, PermanentError
+    from .log import configure, get_logger
+    from .stages import StageContext
+    from .stages.python import load_python_stage
+
+    configure(log_format)
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
+    os.dup2(output.fileno(), 1)  # print() and child programs write here, not to the journal
+    loaded: dict[str, Any] = {}
+    while True:
+        try:
+            spec: dict[str, Any] = conn.recv()
+        except (EOFError, OSError):
+            return
+        limit = spec["memory_limit"]
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        sys.stdout.flush()
+        os.ftruncate(1, 0)
+        os.lseek(1, 0, os.SEEK_SET)
+        key = spec["ref"] + json.dumps(spec["options"], sort_keys=True, default=str)
+        outcome, error, metadata = "succeeded", "", {}
+        try:
+            func = loaded.get(key)
+            if func is None:
+                search = [Path(p) for p in spec["search"]]
+                func = load_python_stage(
+                    spec["ref"], spec["options"], search, file="", line=0, key=spec["stage"]
+                )
+                loaded[key] = func
+            ctx = StageContext(
+                item_id=spec["item_id"],
+                path=Path(spec["path"]),
+                name=spec["name"],
+                pipeline=spec["pipeline"],
+                stage=spec["stage"],
+                attempt=spec["attempt"],
+                metadata=spec["metadata"],
+                log=get_logger(
+                    item=spec["item_id"],
+                    file=spec["name"],
+                    pipeline=spec["pipeline"],
+                    stage=spec["stage"],
+                ),
+                timeout=spec["timeout"],
+            )
+            returned = func(ctx)
+            if returned is not None:
+                metadata = dict(returned)
+                json.dumps(metadata)  # it is recorded: refuse what cannot be
+        except PermanentError as exc:
+            outcome, error = "permanent", str(exc) or type(exc).__name__
+        except ConfigError as exc:
+            outcome, error = "failed", exc.detail
+        except MemoryError:
+            outcome, error = "failed", f"MemoryError: over memory_limit ({limit} bytes)"
+        except BaseException as exc:  # noqa: BLE001 - the operator's code may raise anything
+            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        if outcome != "succeeded":
+            sys.stdout.flush()
+            size = os.lseek(1, 0, os.SEEK_END)
+            if size:
+                tail = os.pread(1, _OUTPUT_TAIL, max(0, size - _OUTPUT_TAIL))
+                cut = f"[... {size - len(tail)} bytes omitted ...]" if size > len(tail) else ""
+                error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
+        try:
+            conn.send((outcome, error, metadata))
+        except (OSError, ValueError, TypeError):
+            return
