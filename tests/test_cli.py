@@ -135,3 +135,31 @@ def test_prune_is_a_documented_no_op(tree: Tree) -> None:
     bad = run_cli("prune", "--config", str(tree.config), "--older-than", "soon")
     assert bad.returncode == 2
     assert "--older-than" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "mode"),
+    [("working", 0o757), ("archive", 0o707), ("failed", 0o777), ("state", 0o775)],
+)
+def test_insecure_tree_is_refused_naming_the_path(tree: Tree, target: str, mode: int) -> None:
+    """Writable by others (or the state directory by its group): exit 2, the path named."""
+    tree.write_config(GOOD)
+    path = tree.state_db.parent if target == "state" else tree.data / target
+    os.chmod(path, mode)
+    result = run_cli("run", "--config", str(tree.config))
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+    assert "writable by" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_owned_by_another_user_is_refused(tree: Tree) -> None:
+    """A protected folder owned by someone else (who could chmod it) is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("changing a folder's owner needs root")
+    tree.write_config(GOOD)
+    os.chown(tree.data / "archive", 65534, 65534)
+    result = run_cli("check", "--config", str(tree.config))
+    assert result.returncode == 2
+    assert "owned by uid 65534" in result.stderr
+    assert str(tree.data / "archive") in result.stderr
