@@ -174,6 +174,27 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
+def _move_to_end(state: State, spool: Spool, f: Finish, day: str, now: float) -> bool:
+    """Move one file to its recorded destination; choose (and record) again if taken."""
+    try:
+        return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
+    except FileExistsError:
+        pass
+    # Someone put a file under the chosen name.  The new choice is recorded (and,
+    # for a failure, its reason written and made durable) before the move.
+    if f.outcome == "failed":
+        spool.remove_error(f.final_name)
+    f.final_dir, f.final_name = spool.choose_destination(
+        f.outcome, f.name, f.item_id, day, {(f.final_dir, f.final_name)}
+    )
+    with state.transaction():
+        state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
+    if f.outcome == "failed":
+        spool.write_error(f.final_name, error_document(f, now))
+        spool.sync()
+    return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
+
+
 def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
     """Move FINISHES to archive/ or failed/; returns them with ``state`` set.
 
@@ -195,21 +216,24 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
                 state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
         crashpoint("finish.intent_committed")
 
+    # The reasons first, all durable (one fsync of failed/) before any file joins
+    # its reason: a file in failed/ always has its NAME.error.json beside it.
     full = False
+    for f in finishes:
+        if f.outcome == "failed" and not full and spool.in_working(f.working_name):
+            try:
+                spool.write_error(f.final_name, error_document(f, now))
+            except DiskFullError:
+                full = True
+                continue
+            crashpoint("finish.error_written")
+    spool.sync()
+
     for f in finishes:
         if full:
             continue
-        doc = error_document(f, now) if f.outcome == "failed" else None
         try:
-            try:
-                moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
-            except FileExistsError:
-                # Someone put a file under the chosen name: choose again.
-                taken_now = {(f.final_dir, f.final_name)}
-                f.final_dir, f.final_name = spool.choose_destination(
-                    f.outcome, f.name, f.item_id, day, taken_now
-                )
-                moved = spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name, doc)
+            moved = _move_to_end(state, spool, f, day, now)
         except DiskFullError:
             full = True
             continue

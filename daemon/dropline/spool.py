@@ -332,25 +332,18 @@ class Spool:
         dir_fd = self.failed_fd if outcome == "failed" else self._archive_dir(subdir, create=False)
         return dir_fd is not None and _exists(dir_fd, name)
 
-    def finish(
-        self,
-        working_name: bytes,
-        outcome: str,
-        subdir: str,
-        final_name: bytes,
-        error_doc: dict[str, Any] | None = None,
-    ) -> bool:
+    def in_working(self, working_name: bytes) -> bool:
+        return _exists(self.working_fd, working_name)
+
+    def finish(self, working_name: bytes, outcome: str, subdir: str, final_name: bytes) -> bool:
         """Move working/WORKING_NAME to its end; False if it is no longer in working/.
 
-        For a failure the reason is written first (NAME.error.json, fsynced), so a
-        file in failed/ always has its reason beside it.
+        For a failure, its reason (``write_error``) must already be durable.
         """
         if not _exists(self.working_fd, working_name):
             return False
         if outcome == "failed":
             dir_fd = self.failed_fd
-            self._write_error(final_name + _ERROR_SUFFIX, error_doc or {})
-            crashpoint("finish.error_written")
         else:
             fd = self._archive_dir(subdir, create=True)
             assert fd is not None
@@ -441,8 +434,13 @@ class Spool:
             os.close(a)
             os.close(b)
 
-    def _write_error(self, name: bytes, doc: dict[str, Any]) -> None:
-        """Write failed/NAME durably: a temporary name, fsync, rename into place."""
+    def write_error(self, final_name: bytes, doc: dict[str, Any]) -> None:
+        """Write failed/FINAL_NAME.error.json: a temporary name, fsync, rename into place.
+
+        The rename is durable after the next ``sync()``, which the caller does
+        before the file itself is moved beside it.
+        """
+        name = final_name + _ERROR_SUFFIX
         tmp = b".tmp-" + name[: _NAME_MAX - 5]
         data = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True).encode() + b"\n"
         try:
@@ -460,14 +458,19 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if _exists(self.failed_fd, name):  # left by an earlier, interrupted attempt
-                os.unlink(name, dir_fd=self.failed_fd)
+            # Replaces (atomically) a reason left by an earlier, interrupted attempt.
             os.rename(tmp, name, src_dir_fd=self.failed_fd, dst_dir_fd=self.failed_fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.failed_fd)
             raise _io_error(f"writing {name!r} in failed/", exc) from exc
         self._mark(self.failed_fd, "failed")
+
+    def remove_error(self, final_name: bytes) -> None:
+        """Remove a reason written for a destination that turned out to be taken."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(final_name + _ERROR_SUFFIX, dir_fd=self.failed_fd)
+            self._mark(self.failed_fd, "failed")
 
     def _archive_dir(self, subdir: str, *, create: bool) -> int | None:
         if not subdir:
@@ -486,7 +489,13 @@ class Spool:
                 pass
             except OSError as exc:
                 raise _io_error(f"cannot create archive/{subdir}", exc) from exc
-            self._mark(self.archive_fd, "archive")
+            # Durable at once (once a day): a file copied in from another
+            # filesystem has its source removed before the batch's sync.
+            try:
+                fault("spool.fsync")
+                os.fsync(self.archive_fd)
+            except OSError as exc:
+                raise FatalIOError(f"fsync of archive/ failed: {exc}") from exc
             fd = os.open(subdir, _DIR_FLAGS, dir_fd=self.archive_fd)
         # Keep a few day folders open; old days are closed as new ones come.
         # A folder still waiting for its fsync stays open.
