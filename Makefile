@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUNDIR ?= var
 
-.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse
+.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak
 
 # The environment is rebuilt when pyproject.toml changes; the stamp records that.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,11 @@ unit: venv
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# The long crash soak (10,000 files, dozens of SIGKILLs); make test runs a short one.
+# DROPLINE_SOAK_SEED=N replays a schedule the soak printed.
+soak: venv
+	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_soak.py -q -s
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) .mypy_cache .pytest_cache .ruff_cache
