@@ -62,7 +62,7 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     created_at: float = 0.0
-    # (size, mtime) as claimed or as the last stage left it: a change in between
+    # (size, ctime) as claimed or as the last stage left it: a change in between
     # means someone still writes to it.
     fingerprint: tuple[int, int] | None = None
 
@@ -156,7 +156,7 @@ class Daemon:
                 row.metadata,
                 row.sha256,
                 row.created_at,
-                (row.size, row.mtime_ns) if row.size is not None and row.mtime_ns else None,
+                (row.size, row.ctime_ns) if row.size is not None and row.ctime_ns else None,
             )
             self.items[item.id] = item
             if row.state == "finishing":
@@ -489,7 +489,7 @@ class Daemon:
             c.pipeline,
             sha256=c.sha256,
             created_at=c.created_at,
-            fingerprint=(c.size, c.mtime_ns),
+            fingerprint=(c.size, c.ctime_ns),
         )
         self.items[item.id] = item
         self.log.info(
@@ -751,5 +751,7 @@ class Daemon:
             self.log.error("config.rejected", error=str(exc), kept="the previous configuration")
         else:
             self.config, self.routes = new, routes
+            # A shorter rescan interval takes effect now, not after the old one runs out.
+            self.next_rescan = min(self.next_rescan, self.mono + new.rescan_interval)
             self.log.info("daemon.reloaded", pipelines=[p.name for p in routes.pipelines])
         self.notifier.ready(self.status_line())

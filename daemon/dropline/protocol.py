@@ -43,7 +43,7 @@ class Claimed:
     pipeline: str | None
     sha256: str
     size: int
-    mtime_ns: int
+    ctime_ns: int
     created_at: float
 
 
@@ -116,7 +116,7 @@ def claim_batch(
     claimed, refused = result.claimed, result.refused
     for item_id, entry, working_name in moved:
         try:
-            sha256, size, mtime_ns = spool.hash_working(working_name, expect=entry)
+            sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry)
         except ChangedError:
             # Its writer is still at work: back to incoming/, claimed once it is done.
             spool.unclaim(working_name, entry.name)
@@ -139,7 +139,7 @@ def claim_batch(
                 pipeline.name if pipeline else None,
                 sha256,
                 size,
-                mtime_ns,
+                ctime_ns,
                 now,
             )
         )
@@ -149,7 +149,7 @@ def claim_batch(
         for item_id in gone:
             state.delete_item(item_id)
         for c in claimed:
-            state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, c.mtime_ns, now)
+            state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, c.ctime_ns, now)
             state.add_event(c.item_id, "claimed", now, c.pipeline or "")
     crashpoint("claim.committed")
     return result

@@ -82,16 +82,16 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         for row in claiming:
             seen = spool.working_entry(row.working_name)
             if isinstance(seen, Entry) and (seen.dev, seen.ino) == (row.src_dev, row.src_ino):
-                sha256, size, mtime_ns = spool.hash_working(row.working_name)
+                sha256, size, ctime_ns = spool.hash_working(row.working_name)
                 pipeline = routes.route(row.name)
                 route = pipeline.name if pipeline else None
-                completed.append((row, sha256, size, mtime_ns, route))
+                completed.append((row, sha256, size, ctime_ns, route))
             else:
                 forgotten.append(row)
         crashpoint("recovery.repaired")
         with state.transaction():
-            for row, sha256, size, mtime_ns, pipeline_name in completed:
-                state.mark_active(row.id, pipeline_name, sha256, size, mtime_ns, now)
+            for row, sha256, size, ctime_ns, pipeline_name in completed:
+                state.mark_active(row.id, pipeline_name, sha256, size, ctime_ns, now)
                 state.add_event(row.id, "claimed", now, "completed by recovery")
             for row in forgotten:
                 state.delete_item(row.id)
@@ -107,15 +107,15 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         if not isinstance(seen, Entry):
             log.warning("recovery.skipped", file=name, reason=seen.reason if seen else "gone")
             continue
-        sha256, size, mtime_ns = spool.hash_working(name)
+        sha256, size, ctime_ns = spool.hash_working(name)
         pipeline = routes.route(name)
         route = pipeline.name if pipeline else None
-        adopted.append((new_item_id(now), name, sha256, size, mtime_ns, route))
+        adopted.append((new_item_id(now), name, sha256, size, ctime_ns, route))
     if adopted:
         with state.transaction():
-            for item_id, name, sha256, size, mtime_ns, pipeline_name in adopted:
+            for item_id, name, sha256, size, ctime_ns, pipeline_name in adopted:
                 state.insert_claiming(item_id, name, name, 0, 0, now)
-                state.mark_active(item_id, pipeline_name, sha256, size, mtime_ns, now)
+                state.mark_active(item_id, pipeline_name, sha256, size, ctime_ns, now)
                 state.add_event(item_id, "claimed", now, "adopted from working/ by recovery")
         report.adopted = len(adopted)
 

@@ -229,12 +229,16 @@ class Spool:
         return classify(name, st, self.max_file_size)
 
     def fingerprint(self, name: bytes) -> tuple[int, int] | None:
-        """(size, mtime) of working/NAME, to see whether anyone changed it."""
+        """(size, ctime) of working/NAME, to see whether anyone changed it.
+
+        ctime, not mtime: the file's owner (a dropper) can set its mtime back,
+        but every write moves its ctime, which nobody can set.
+        """
         try:
             st = os.stat(name, dir_fd=self.working_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        return st.st_size, st.st_mtime_ns
+        return st.st_size, st.st_ctime_ns
 
     def working_path(self, name: bytes) -> bytes:
         return os.fsencode(self.data_dir / "working") + b"/" + name
@@ -246,7 +250,7 @@ class Spool:
         return fit_name(name, item_id)
 
     def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int, int]:
-        """SHA-256, size and mtime of working/NAME, opened without following or blocking.
+        """SHA-256, size and ctime of working/NAME, opened without following or blocking.
 
         With EXPECT (what was checked in incoming/), raises ChangedError if the
         content changed meanwhile: its writer still holds it open.
@@ -277,7 +281,7 @@ class Spool:
                 expect.mtime_ns,
             ):
                 raise ChangedError("still being written")
-            return digest.hexdigest(), size, after.st_mtime_ns
+            return digest.hexdigest(), size, after.st_ctime_ns
         finally:
             os.close(fd)
 

@@ -71,9 +71,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_item ON events(item_id);
     """,
-    # 2: the mtime recorded with the size, to notice a writer that kept the file open.
+    # 2: the change time recorded with the size after the claim, to notice a writer
+    # that kept the file open (its owner can set mtime back, never ctime).
     """
-    ALTER TABLE items ADD COLUMN mtime_ns INTEGER;
+    ALTER TABLE items ADD COLUMN ctime_ns INTEGER;
     """,
 )
 
@@ -102,7 +103,7 @@ class ItemRow:
     final_dir: str | None
     final_name: bytes | None
     created_at: float
-    mtime_ns: int | None
+    ctime_ns: int | None
 
 
 @dataclass
@@ -118,7 +119,7 @@ class OpenAttempt:
 _ITEM_COLUMNS = (
     "id, name, working_name, pipeline, state, size, sha256, src_dev, src_ino, next_stage, "
     "attempt, next_attempt_at, metadata, outcome, reason, final_dir, final_name, created_at, "
-    "mtime_ns"
+    "ctime_ns"
 )
 
 
@@ -232,20 +233,20 @@ class State:
         pipeline: str | None,
         sha256: str,
         size: int,
-        mtime_ns: int,
+        ctime_ns: int,
         now: float,
     ) -> None:
         self._exec(
             "UPDATE items SET state = 'active', pipeline = ?, sha256 = ?, size = ?, "
-            "mtime_ns = ?, updated_at = ? WHERE id = ?",
-            (pipeline, sha256, size, mtime_ns, now, item_id),
+            "ctime_ns = ?, updated_at = ? WHERE id = ?",
+            (pipeline, sha256, size, ctime_ns, now, item_id),
         )
 
-    def set_fingerprint(self, item_id: str, size: int, mtime_ns: int, now: float) -> None:
+    def set_fingerprint(self, item_id: str, size: int, ctime_ns: int, now: float) -> None:
         """The working file as a stage left it (a stage may rewrite it on purpose)."""
         self._exec(
-            "UPDATE items SET size = ?, mtime_ns = ?, updated_at = ? WHERE id = ?",
-            (size, mtime_ns, now, item_id),
+            "UPDATE items SET size = ?, ctime_ns = ?, updated_at = ? WHERE id = ?",
+            (size, ctime_ns, now, item_id),
         )
 
     def delete_item(self, item_id: str) -> None:
