@@ -469,7 +469,8 @@ class Daemon:
             entries.append(found)
         if not entries:
             return
-        result = claim_batch(self.state, self.spool, self.routes, entries, now)
+        in_use = {item.working_name for item in self.items.values()}
+        result = claim_batch(self.state, self.spool, self.routes, entries, now, in_use)
         if result.full is not None:
             self._disk_full(result.full)
         for refusal in result.refused:

@@ -52,7 +52,8 @@ def _escape_values(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
-        if isinstance(value, str | bytes):
+        kind = type(value)
+        if kind is bytes or (kind is str and not (value.isprintable() and "\\" not in value)):
             event_dict[key] = escape_text(value)
     return event_dict
 
@@ -90,16 +91,17 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     structlog.configure(
+        # Short on purpose: it runs for every event of every file (no context
+        # variables or exception info are used, so their processors are left out).
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=False),
             _escape_values,
-            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # WriteLogger: one write() per event (PrintLogger makes two: line, then newline).
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
 

@@ -78,19 +78,29 @@ class ClaimResult:
 
 
 def claim_batch(
-    state: State, spool: Spool, routes: Routes, entries: list[Entry], now: float
+    state: State,
+    spool: Spool,
+    routes: Routes,
+    entries: list[Entry],
+    now: float,
+    in_use: set[bytes],
 ) -> ClaimResult:
-    """Claim ENTRIES (checked regular files in incoming/) into working/."""
+    """Claim ENTRIES (checked regular files in incoming/) into working/.
+
+    IN_USE: the names in working/ now (only dropline writes there).
+    """
     plans: list[tuple[str, Entry, bytes]] = []
-    taken: set[bytes] = set()
+    taken = set(in_use)
     for entry in entries:
         item_id = new_item_id(now)
         working_name = spool.free_working_name(entry.name, item_id, taken)
         taken.add(working_name)
         plans.append((item_id, entry, working_name))
     with state.transaction():
-        for item_id, entry, working_name in plans:
-            state.insert_claiming(item_id, entry.name, working_name, entry.dev, entry.ino, now)
+        state.insert_claiming_many(
+            [(item_id, e.name, working_name, e.dev, e.ino) for item_id, e, working_name in plans],
+            now,
+        )
     crashpoint("claim.intent_committed")
 
     moved: list[tuple[str, Entry, bytes]] = []
@@ -148,9 +158,10 @@ def claim_batch(
     with state.transaction():
         for item_id in gone:
             state.delete_item(item_id)
-        for c in claimed:
-            state.mark_active(c.item_id, c.pipeline, c.sha256, c.size, c.ctime_ns, now)
-            state.add_event(c.item_id, "claimed", now, c.pipeline or "")
+        state.mark_active_many(
+            [(c.pipeline, c.sha256, c.size, c.ctime_ns, c.item_id) for c in claimed], now
+        )
+        state.add_events([(c.item_id, "claimed", c.pipeline or "") for c in claimed], now)
     crashpoint("claim.committed")
     return result
 
@@ -176,23 +187,25 @@ def _iso(ts: float) -> str:
 
 def _move_to_end(state: State, spool: Spool, f: Finish, day: str, now: float) -> bool:
     """Move one file to its recorded destination; choose (and record) again if taken."""
-    try:
-        return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
-    except FileExistsError:
-        pass
-    # Someone put a file under the chosen name.  The new choice is recorded (and,
-    # for a failure, its reason written and made durable) before the move.
-    if f.outcome == "failed":
-        spool.remove_error(f.final_name)
-    f.final_dir, f.final_name = spool.choose_destination(
-        f.outcome, f.name, f.item_id, day, {(f.final_dir, f.final_name)}
-    )
-    with state.transaction():
-        state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
-    if f.outcome == "failed":
-        spool.write_error(f.final_name, error_document(f, now))
-        spool.sync()
-    return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
+    taken: set[tuple[str, bytes]] = set()
+    while True:
+        try:
+            return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
+        except FileExistsError:
+            pass
+        # Someone put a file under the chosen name.  The new choice is recorded
+        # (and, for a failure, its reason written and made durable) before the move.
+        if f.outcome == "failed":
+            spool.remove_error(f.final_name)
+        taken.add((f.final_dir, f.final_name))
+        f.final_dir, f.final_name = spool.choose_destination(
+            f.outcome, f.name, f.item_id, day, taken
+        )
+        with state.transaction():
+            state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
+        if f.outcome == "failed":
+            spool.write_error(f.final_name, error_document(f, now))
+            spool.sync()
 
 
 def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
@@ -213,7 +226,9 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
                     f.outcome, f.name, f.item_id, day, taken
                 )
                 taken.add((f.final_dir, f.final_name))
-                state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
+            state.mark_finishing_many(
+                [(f.outcome, f.reason, f.final_dir, f.final_name, f.item_id) for f in fresh], now
+            )
         crashpoint("finish.intent_committed")
 
     # The reasons first, all durable (one fsync of failed/) before any file joins
@@ -247,12 +262,19 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
     spool.sync()
     crashpoint("finish.synced")
 
+    done = [f for f in finishes if f.state]
     with state.transaction():
-        for f in finishes:
-            if not f.state:
-                continue
-            state.mark_finished(f.item_id, f.state, now)
-            where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
-            state.add_event(f.item_id, f.state, now, escape_text(where))
+        state.mark_finished_many([(f.state, f.item_id) for f in done], now)
+        state.add_events(
+            [
+                (
+                    f.item_id,
+                    f.state,
+                    escape_text(os.path.join(f.final_dir, os.fsdecode(f.final_name))),
+                )
+                for f in done
+            ],
+            now,
+        )
     crashpoint("finish.committed")
     return finishes

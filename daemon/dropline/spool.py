@@ -42,14 +42,13 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
 _NAME_MAX = 255
 _ERROR_SUFFIX = b".error.json"
+_CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 SUBDIRS = ("incoming", "working", "archive", "failed")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2: Any = getattr(_libc, "renameat2", None)
 if _renameat2 is not None:
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
-    _renameat2.argtypes.append(ctypes.c_uint)
     _renameat2.restype = ctypes.c_int
 
 
@@ -168,6 +167,8 @@ class Spool:
                     f"cannot open {data_dir / sub}: {exc.strerror} (it must be a real directory)"
                 ) from exc
         self._devs = {fd: os.fstat(fd).st_dev for fd in self._fds.values()}
+        self._euid = os.geteuid()
+        self._groups = {os.getegid(), *os.getgroups()}
         self.incoming_fd = self._fds["incoming"]
         self.working_fd = self._fds["working"]
         self.archive_fd = self._fds["archive"]
@@ -189,9 +190,7 @@ class Spool:
         except (FileNotFoundError, NotADirectoryError):
             return None
         found = classify(name, st, self.max_file_size)
-        if isinstance(found, Entry) and not os.access(
-            name, os.R_OK, dir_fd=self.incoming_fd, follow_symlinks=False
-        ):
+        if isinstance(found, Entry) and not self._readable(st):
             # Claiming it would strand it in working/: nothing could read it there.
             return Refusal(
                 name,
@@ -201,6 +200,16 @@ class Spool:
                 st.st_ino,
             )
         return found
+
+    def _readable(self, st: os.stat_result) -> bool:
+        """Whether this process may read a file of that owner, group and mode."""
+        if self._euid == 0:
+            return True
+        if st.st_uid == self._euid:
+            return bool(st.st_mode & stat.S_IRUSR)
+        if st.st_gid in self._groups:
+            return bool(st.st_mode & stat.S_IRGRP)
+        return bool(st.st_mode & stat.S_IROTH)
 
     def scan_incoming(self) -> Iterator[bytes]:
         """Stream the names in incoming/, never holding the whole listing."""
@@ -243,9 +252,15 @@ class Spool:
     def working_path(self, name: bytes) -> bytes:
         return os.fsencode(self.data_dir / "working") + b"/" + name
 
-    def free_working_name(self, name: bytes, item_id: str, taken: set[bytes]) -> bytes:
-        """NAME itself if no file of working/ (nor TAKEN) has it, else NAME.ITEMID."""
-        if name not in taken and not _exists(self.working_fd, name):
+    @staticmethod
+    def free_working_name(name: bytes, item_id: str, in_use: set[bytes]) -> bytes:
+        """NAME itself unless a file in working/ has it (IN_USE), else NAME.ITEMID.
+
+        Only dropline writes into working/, so the names in use are known
+        without asking the filesystem; a rename that meets one anyway fails
+        (RENAME_NOREPLACE) rather than overwrite.
+        """
+        if name not in in_use:
             return name
         return fit_name(name, item_id)
 
@@ -262,19 +277,19 @@ class Spool:
             raise ValueError(seen.reason if seen else "gone from working/")
         if expect is not None and (seen.ino, seen.dev) != (expect.ino, expect.dev):
             raise ValueError("replaced while being claimed")
+        # Only dropline writes into working/: what was just lstat'ed is what opens.
         fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise ValueError("no longer a regular file with one link")
-            if expect is not None and (st.st_ino, st.st_dev) != (expect.ino, expect.dev):
-                raise ValueError("replaced while being claimed")
             digest = hashlib.sha256()
             size = 0
-            while chunk := os.read(fd, 1 << 20):
+            while chunk := os.read(fd, _CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
+                if len(chunk) < _CHUNK:
+                    break  # a short read of a regular file is its end: no read() for EOF
             after = os.fstat(fd)
+            if (after.st_ino, after.st_dev) != (seen.ino, seen.dev) or after.st_nlink != 1:
+                raise ValueError("replaced while being claimed")
             if expect is not None and (size, after.st_size, after.st_mtime_ns) != (
                 expect.size,
                 expect.size,
@@ -314,23 +329,31 @@ class Spool:
     ) -> tuple[str, bytes]:
         """A free (subdir, name) under archive/ or failed/ for this file; never a taken one."""
         if outcome == "archived":
-            subdir = day if self.layout == "daily" else ""
-            dir_fd = self._archive_dir(subdir, create=False)
-            reserve = 0
+            subdir, reserve = (day if self.layout == "daily" else ""), 0
         else:
-            subdir, dir_fd, reserve = "", self.failed_fd, len(_ERROR_SUFFIX)
-        candidates = [name] if len(name) + reserve <= _NAME_MAX else []
-        candidates.append(fit_name(name, item_id, reserve))
-        candidates += [fit_name(name, f"{item_id}-{n}", reserve) for n in range(1, 100)]
-        for candidate in candidates:
+            subdir, reserve = "", len(_ERROR_SUFFIX)
+        for candidate in self._name_candidates(name, item_id, reserve):
             if (subdir, candidate) in taken:
                 continue
-            if dir_fd is not None and _exists(dir_fd, candidate):
-                continue
-            if reserve and _exists(self.failed_fd, candidate + _ERROR_SUFFIX):
+            # In archive/ the rename itself finds a taken name (RENAME_NOREPLACE) and
+            # the caller chooses again; failed/ is checked first because the reason
+            # is written there before the file.
+            if reserve and (
+                _exists(self.failed_fd, candidate)
+                or _exists(self.failed_fd, candidate + _ERROR_SUFFIX)
+            ):
                 continue
             return subdir, candidate
         raise FatalIOError(f"no free name for {name!r} in {outcome}")
+
+    @staticmethod
+    def _name_candidates(name: bytes, item_id: str, reserve: int) -> Iterator[bytes]:
+        """NAME, then NAME.ITEMID, then NAME.ITEMID-N: built only as far as needed."""
+        if len(name) + reserve <= _NAME_MAX:
+            yield name
+        yield fit_name(name, item_id, reserve)
+        for n in range(1, 100):
+            yield fit_name(name, f"{item_id}-{n}", reserve)
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
         dir_fd = self.failed_fd if outcome == "failed" else self._archive_dir(subdir, create=False)
@@ -344,8 +367,6 @@ class Spool:
 
         For a failure, its reason (``write_error``) must already be durable.
         """
-        if not _exists(self.working_fd, working_name):
-            return False
         if outcome == "failed":
             dir_fd = self.failed_fd
         else:
@@ -353,11 +374,18 @@ class Spool:
             assert fd is not None
             dir_fd = fd
         label = f"{outcome}/{subdir}"
-        if self._devs.get(dir_fd, os.fstat(dir_fd).st_dev) != self._devs[self.working_fd]:
+        dev = self._devs.get(dir_fd)
+        if dev is None:
+            dev = self._devs[dir_fd] = os.fstat(dir_fd).st_dev
+        if dev != self._devs[self.working_fd]:
+            if not _exists(self.working_fd, working_name):
+                return False
             self._copy_across(working_name, dir_fd, final_name, label)
         else:
             try:
                 rename_noreplace(self.working_fd, working_name, dir_fd, final_name)
+            except FileNotFoundError:
+                return False  # already moved (recovery is completing an earlier run)
             except FileExistsError:
                 raise
             except OSError as exc:
@@ -505,7 +533,9 @@ class Spool:
         # A folder still waiting for its fsync stays open.
         for old in sorted(self._day_fds)[:-3]:
             if self._day_fds[old] not in self._dirty:
-                os.close(self._day_fds.pop(old))
+                old_fd = self._day_fds.pop(old)
+                self._devs.pop(old_fd, None)
+                os.close(old_fd)
         self._day_fds[subdir] = fd
         return fd
 

@@ -249,6 +249,58 @@ class State:
             (size, ctime_ns, now, item_id),
         )
 
+    # Batch forms: one executemany per batch of files (group commit's other half).
+
+    def insert_claiming_many(
+        self, rows: list[tuple[str, bytes, bytes, int, int]], now: float
+    ) -> None:
+        """Rows of (id, name, working_name, dev, ino)."""
+        self._many(
+            "INSERT INTO items (id, name, working_name, state, src_dev, src_ino, created_at, "
+            "updated_at) VALUES (?, ?, ?, 'claiming', ?, ?, ?, ?)",
+            [(*row, now, now) for row in rows],
+        )
+
+    def mark_active_many(
+        self, rows: list[tuple[str | None, str, int, int, str]], now: float
+    ) -> None:
+        """Rows of (pipeline, sha256, size, ctime_ns, id)."""
+        self._many(
+            "UPDATE items SET state = 'active', pipeline = ?, sha256 = ?, size = ?, "
+            "ctime_ns = ?, updated_at = ? WHERE id = ?",
+            [(p, h, size, ct, now, item_id) for p, h, size, ct, item_id in rows],
+        )
+
+    def mark_finishing_many(self, rows: list[tuple[str, str, str, bytes, str]], now: float) -> None:
+        """Rows of (outcome, reason, final_dir, final_name, id)."""
+        self._many(
+            "UPDATE items SET state = 'finishing', outcome = ?, reason = ?, final_dir = ?, "
+            "final_name = ?, updated_at = ? WHERE id = ?",
+            [(o, r or None, d, n, now, item_id) for o, r, d, n, item_id in rows],
+        )
+
+    def mark_finished_many(self, rows: list[tuple[str, str]], now: float) -> None:
+        """Rows of (state, id)."""
+        self._many(
+            "UPDATE items SET state = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+            [(st, now, now, item_id) for st, item_id in rows],
+        )
+
+    def add_events(self, rows: list[tuple[str, str, str]], now: float) -> None:
+        """Rows of (item_id, event, detail)."""
+        self._many(
+            "INSERT INTO events (item_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            [(item_id, now, event, detail or None) for item_id, event, detail in rows],
+        )
+
+    def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        try:
+            self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise _fatal(exc) from exc
+
     def delete_item(self, item_id: str) -> None:
         self._exec("DELETE FROM items WHERE id = ?", (item_id,))
 
