@@ -217,6 +217,16 @@ def run_until_idle(tree: Tree, env: dict[str, str] | None = None, timeout: float
         proc.kill()
 
 
+def crash_run(tree: Tree, point: str, timeout: float = 30.0) -> None:
+    """Run the daemon with DROPLINE_CRASH_AT=POINT and check it really died there."""
+    proc = DaemonProcess(tree, args=("--exit-when-idle",), env={"DROPLINE_CRASH_AT": point})
+    try:
+        code = proc.wait(timeout)
+    finally:
+        proc.kill()
+    assert code == -signal.SIGKILL, f"crash point {point} was never reached:\n{proc.text()}"
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sqlite3
 
 import pytest
@@ -23,7 +22,7 @@ from dropline.recovery import recover
 from dropline.spool import Spool
 from dropline.state import State
 
-from .harness import DaemonProcess, Tree, run_until_idle
+from .harness import Tree, crash_run, run_until_idle
 
 PIPELINES = """
 - name: good
@@ -51,15 +50,6 @@ def _drop_files(tree: Tree) -> dict[str, bytes]:
     for name, data in files.items():
         (tree.incoming / name).write_bytes(data)
     return files
-
-
-def _crash_run(tree: Tree, point: str) -> None:
-    proc = DaemonProcess(tree, args=("--exit-when-idle",), env={"DROPLINE_CRASH_AT": point})
-    try:
-        code = proc.wait(30)
-    finally:
-        proc.kill()
-    assert code == -signal.SIGKILL, f"crash point {point} was never reached:\n{proc.text()}"
 
 
 def _snapshot(tree: Tree) -> tuple[list[tuple[str, str]], list[str]]:
@@ -130,7 +120,7 @@ def test_crash_at_each_step_loses_nothing(tree: Tree, points: tuple[str, ...]) -
     tree.write_config(PIPELINES)
     files = _drop_files(tree)
     for point in points:
-        _crash_run(tree, point)
+        crash_run(tree, point)
     first = _snapshot(tree)
     _recover_in_process(tree)
     once = _snapshot(tree)

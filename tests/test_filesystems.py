@@ -7,7 +7,6 @@ unmounts it at the end.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .harness import DaemonProcess, Tree, run_until_idle, wait_until
+from .harness import DaemonProcess, Tree, crash_run, run_until_idle, wait_until
 
 PIPELINES = """
 - name: good
@@ -94,15 +93,6 @@ def _assert_all_final(tree: Tree, files: dict[str, bytes]) -> None:
     assert tree.query("PRAGMA integrity_check") == [("ok",)]
 
 
-def _crash(tree: Tree, point: str) -> None:
-    proc = DaemonProcess(tree, args=("--exit-when-idle",), env={"DROPLINE_CRASH_AT": point})
-    try:
-        code = proc.wait(30)
-    finally:
-        proc.kill()
-    assert code == -signal.SIGKILL, f"{point} never reached:\n{proc.text()}"
-
-
 @pytest.mark.parametrize(
     "points",
     [
@@ -122,7 +112,7 @@ def test_archive_and_failed_on_other_filesystems(
     tree.write_config(PIPELINES, archive_layout="daily", min_free_space="1MiB")
     files = _drop(tree, 5)
     for point in points:
-        _crash(tree, point)
+        crash_run(tree, point)
         # Never a half file under a final name (a hidden temporary copy may remain).
         for path in tree.all_final():
             if not path.name.startswith("."):

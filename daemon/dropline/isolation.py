@@ -97,9 +97,9 @@ class StageProcess:
 
 def _child_main(conn: Connection, log_format: str) -> None:
     """The child's loop: receive a stage attempt, run it, send how it ended."""
-    from .errors import ConfigError, PermanentError
+    from .errors import ConfigError
     from .log import configure, get_logger
-    from .stages import StageContext
+    from .stages import StageContext, call_stage
     from .stages.python import load_python_stage
 
     configure(log_format)
@@ -118,15 +118,24 @@ def _child_main(conn: Connection, log_format: str) -> None:
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
         key = spec["ref"] + json.dumps(spec["options"], sort_keys=True, default=str)
-        outcome, error, metadata = "succeeded", "", {}
-        try:
-            func = loaded.get(key)
-            if func is None:
-                search = [Path(p) for p in spec["search"]]
+        metadata: dict[str, Any] = {}
+        func = loaded.get(key)
+        if func is None:
+            try:
                 func = load_python_stage(
-                    spec["ref"], spec["options"], search, file="", line=0, key=spec["stage"]
+                    spec["ref"],
+                    spec["options"],
+                    [Path(p) for p in spec["search"]],
+                    file="",
+                    line=0,
+                    key=spec["stage"],
                 )
+            except ConfigError as exc:
+                func = None
+                outcome, error = "failed", exc.detail
+            else:
                 loaded[key] = func
+        if func is not None:
             ctx = StageContext(
                 item_id=spec["item_id"],
                 path=Path(spec["path"]),
@@ -143,18 +152,9 @@ def _child_main(conn: Connection, log_format: str) -> None:
                 ),
                 timeout=spec["timeout"],
             )
-            returned = func(ctx)
-            if returned is not None:
-                metadata = dict(returned)
-                json.dumps(metadata)  # it is recorded: refuse what cannot be
-        except PermanentError as exc:
-            outcome, error = "permanent", str(exc) or type(exc).__name__
-        except ConfigError as exc:
-            outcome, error = "failed", exc.detail
-        except MemoryError:
-            outcome, error = "failed", f"MemoryError: over memory_limit ({limit} bytes)"
-        except BaseException as exc:  # noqa: BLE001 - the operator's code may raise anything
-            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+            outcome, error, metadata = call_stage(func, ctx)
+            if error.startswith("MemoryError"):
+                error += f" (over memory_limit: {limit} bytes)"
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         if outcome != "succeeded":

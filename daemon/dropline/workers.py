@@ -11,7 +11,6 @@ thread; the stuck thread leaves when its stage finally returns.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -21,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crashpoints import crashpoint
-from .errors import PermanentError
 from .isolation import StageProcess
 from .pipeline import Stage
-from .stages import StageContext, StageTimeout
+from .stages import StageContext, call_stage
 
 
 @dataclass(frozen=True)
@@ -75,18 +73,7 @@ def run_isolated(job: StageJob, process: StageProcess) -> StageResult:
 def run_stage(job: StageJob) -> StageResult:
     """Run one stage attempt (in this thread) and classify how it ended."""
     started = time.monotonic()
-    outcome, error, metadata = "succeeded", "", {}
-    try:
-        returned = job.stage.func(job.ctx)
-        if returned is not None:
-            metadata = dict(returned)
-            json.dumps(metadata)  # it is recorded: refuse what cannot be
-    except PermanentError as exc:
-        outcome, error = "permanent", str(exc) or type(exc).__name__
-    except StageTimeout as exc:
-        outcome, error = "timeout", str(exc)
-    except BaseException as exc:  # noqa: BLE001 - a stage must never kill its worker
-        outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+    outcome, error, metadata = call_stage(job.stage.func, job.ctx)
     crashpoint("stage.finished")
     return StageResult(job.item_id, job.token, outcome, error, metadata, time.monotonic() - started)
 

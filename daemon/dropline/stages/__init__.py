@@ -12,6 +12,7 @@ do not retry" by raising PermanentError; any other exception is retried.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,4 +44,24 @@ class StageTimeout(Exception):  # noqa: N818 - reads as an outcome, like Timeout
     """The stage ran past its timeout (retried like any other failure)."""
 
 
-__all__ = ["PermanentError", "StageContext", "StageFunc", "StageTimeout"]
+def call_stage(func: StageFunc, ctx: StageContext) -> tuple[str, str, dict[str, Any]]:
+    """Run FUNC on CTX and say how it ended: (outcome, error, metadata).
+
+    The outcome is "succeeded", "permanent" (PermanentError: no retries),
+    "timeout" or "failed" (anything else, retried).  The metadata is
+    recorded, so what cannot be written as JSON fails the attempt.
+    """
+    try:
+        returned = func(ctx)
+        metadata = dict(returned) if returned is not None else {}
+        json.dumps(metadata)
+    except PermanentError as exc:
+        return "permanent", str(exc) or type(exc).__name__, {}
+    except StageTimeout as exc:
+        return "timeout", str(exc), {}
+    except BaseException as exc:  # noqa: BLE001 - a stage must never kill its worker
+        return "failed", f"{type(exc).__name__}: {exc}", {}
+    return "succeeded", "", metadata
+
+
+__all__ = ["PermanentError", "StageContext", "StageFunc", "StageTimeout", "call_stage"]
