@@ -19,7 +19,6 @@ yet moved stay where they were, recorded as such, to be tried again.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,7 +160,6 @@ def claim_batch(
         state.mark_active_many(
             [(c.pipeline, c.sha256, c.size, c.ctime_ns, c.item_id) for c in claimed], now
         )
-        state.add_events([(c.item_id, "claimed", c.pipeline or "") for c in claimed], now)
     crashpoint("claim.committed")
     return result
 
@@ -265,16 +263,5 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
     done = [f for f in finishes if f.state]
     with state.transaction():
         state.mark_finished_many([(f.state, f.item_id) for f in done], now)
-        state.add_events(
-            [
-                (
-                    f.item_id,
-                    f.state,
-                    escape_text(os.path.join(f.final_dir, os.fsdecode(f.final_name))),
-                )
-                for f in done
-            ],
-            now,
-        )
     crashpoint("finish.committed")
     return finishes

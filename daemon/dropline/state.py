@@ -62,6 +62,8 @@ MIGRATIONS: tuple[str, ...] = (
         error TEXT
     );
     CREATE INDEX attempts_item ON attempts(item_id);
+    -- Notable events beyond a file's ordinary life (recovery, vanished files):
+    -- the claim and the end are in items, every stage attempt in attempts.
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         item_id TEXT NOT NULL REFERENCES items(id) ON DELETE CASCADE,
@@ -284,13 +286,6 @@ class State:
         self._many(
             "UPDATE items SET state = ?, finished_at = ?, updated_at = ? WHERE id = ?",
             [(st, now, now, item_id) for st, item_id in rows],
-        )
-
-    def add_events(self, rows: list[tuple[str, str, str]], now: float) -> None:
-        """Rows of (item_id, event, detail)."""
-        self._many(
-            "INSERT INTO events (item_id, at, event, detail) VALUES (?, ?, ?, ?)",
-            [(item_id, now, event, detail or None) for item_id, event, detail in rows],
         )
 
     def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
