@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUNDIR ?= var
 
-.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak
+.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak bench
 
 # The environment is rebuilt when pyproject.toml changes; the stamp records that.
 $(VENV)/.installed: pyproject.toml
@@ -47,6 +47,19 @@ test: lint typecheck unit
 # DROPLINE_SOAK_SEED=N replays a schedule the soak printed.
 soak: venv
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_soak.py -q -s
+
+# The benchmark (tests/bench): dropline against reference loops on the same workloads, one
+# table, also written as markdown to var/bench.md (BENCH_OUT=FILE).  It takes minutes: a
+# million files are created and drained.  BENCH_QUICK=1 skips the million; BENCH_SIZES=N,BIG
+# sets both backlogs; BENCH_DIR=DIR puts the data elsewhere than /tmp.  inotify-tools is
+# installed for the inotifywait loop when missing and run as root; without it that column is
+# skipped.
+bench: venv
+	@command -v inotifywait >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  apt-get install -y -qq inotify-tools >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq inotify-tools >/dev/null 2>&1; } || \
+	  echo "bench: could not install inotify-tools; the inotifywait loop is skipped"
+	$(BIN)/python -m tests.bench $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) .mypy_cache .pytest_cache .ruff_cache

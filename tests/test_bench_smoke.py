@@ -1,0 +1,84 @@
+"""A small run of the benchmark (tests/bench), end to end, so that it cannot rot.
+
+The same code as ``make bench`` on a few hundred files: every subject, every
+workload, the table and its markdown.  Only structure is checked (every
+column and row is there, every file arrived where it should): the figures
+themselves are not, because these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bench.report import build
+from .bench.subjects import DROPLINE, INOTIFYWAIT, KINDS, REFERENCES
+from .bench.workloads import Settings, run_benchmark
+
+SMOKE = Settings(
+    backlog=300,
+    big=600,
+    rate=100.0,
+    live_seconds=0.5,
+    sigterm_after=0.05,
+    cpu_files=12,
+    burn_ms=2.0,
+    inotify_grace=0.3,
+)
+
+
+def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """Every workload on every subject; a table with every column; no file lost."""
+    progress: list[str] = []
+    results = run_benchmark(SMOKE, tmp_path / "work", progress.append)
+    report = build(results)
+    text, markdown = report.text(), report.markdown()
+    print(text)
+
+    titles = [k.title for k in KINDS]
+    assert report.columns == titles + [f"÷ {k.title}" for k in REFERENCES]
+    header = markdown.splitlines()[2]
+    for column in report.columns:
+        assert column in header
+    assert all(len(row.cells) == len(report.columns) for row in report.rows)
+    labels = [row.label for row in report.rows]
+    for label in ("files/s, READY → all archived", "latency p99, ms", "peak RSS, MiB"):
+        assert label in labels
+    assert any(label.startswith("SIGTERM while draining") for label in labels)
+    assert any("2 workers" in label for label in labels)
+    assert text.startswith("machine: ")
+    assert len(report.goals) == 10
+    assert {g.verdict for g in report.goals} <= {"PASS", "MISS", "SKIP"}, report.goals
+
+    available = [k for k in KINDS if k.key not in results.unavailable]
+    if INOTIFYWAIT not in available:
+        assert results.unavailable[INOTIFYWAIT.key] in text
+    for workload in (results.backlog, results.live, results.big):
+        assert set(workload) == {k.key for k in available}, workload.keys()
+
+    for kind in available:
+        for name, m in (("backlog", results.backlog), ("live", results.live)):
+            run = m[kind.key]
+            assert not run.error, (name, kind.key, run.error)
+        live = results.live[kind.key]
+        assert live.arrived == SMOKE.live_files, kind.key
+        assert len(live.latencies_ms) == SMOKE.live_files, kind.key
+        backlog, big = results.backlog[kind.key], results.big[kind.key]
+        if kind is INOTIFYWAIT:
+            # It moves only what it is told of by inotify: nothing present at start.
+            assert backlog.note and big.note
+            continue
+        assert backlog.arrived == SMOKE.backlog, kind.key
+        assert big.arrived == SMOKE.big and not big.error, (kind.key, big.error)
+        assert backlog.cpu_s is not None and backlog.maxrss_kib, kind.key
+        assert backlog.ready_s is not None, kind.key
+
+    sigterm = results.sigterm
+    assert sigterm is not None
+    assert sigterm.lossless, sigterm.problems
+    assert sigterm.archived_after == SMOKE.backlog
+    cpu = results.cpu_stage
+    assert cpu is not None
+    for run in (cpu.one, cpu.two):
+        assert not run.error and run.arrived == SMOKE.cpu_files, run.error
+    assert results.live[DROPLINE.key].exit_code == 0
+    assert any("latency by" in line for line in progress)
