@@ -282,11 +282,15 @@ class Spool:
         try:
             digest = hashlib.sha256()
             size = 0
-            while chunk := os.read(fd, _CHUNK):
+            # Ask for what lstat saw, plus one byte: a small file costs one small read,
+            # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
+            want = min(seen.size + 1, _CHUNK)
+            while chunk := os.read(fd, want):
                 digest.update(chunk)
                 size += len(chunk)
-                if len(chunk) < _CHUNK:
+                if len(chunk) < want:
                     break  # a short read of a regular file is its end: no read() for EOF
+                want = _CHUNK
             after = os.fstat(fd)
             if (after.st_ino, after.st_dev) != (seen.ino, seen.dev) or after.st_nlink != 1:
                 raise ValueError("replaced while being claimed")
