@@ -110,3 +110,14 @@ def test_second_daemon_on_same_state_is_refused(tree: Tree, start_daemon: Any) -
     assert second.returncode == 1
     assert "another dropline is running" in second.stderr
     assert first.proc.poll() is None
+
+
+def test_entry_stranded_in_working_does_not_block_its_name(tree: Tree) -> None:
+    """A non-file left in working/ (never adopted) keeps its name; a new file of that name
+    is claimed under a suffixed working name and archived."""
+    tree.write_config(PASSTHROUGH)
+    os.symlink("/etc/hostname", tree.working / "same.txt")
+    (tree.incoming / "same.txt").write_bytes(b"new")
+    assert run_until_idle(tree) == 0
+    assert tree.archived()["same.txt"].read_bytes() == b"new"
+    assert (tree.working / "same.txt").is_symlink()

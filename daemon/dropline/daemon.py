@@ -118,6 +118,7 @@ class Daemon:
         self._next_status = 0.0
         self._next_ping = 0.0
         self._lock_fd = -1
+        self.stranded: set[bytes] = set()
         self.disk_problem = ""  # non-empty while claiming is paused for lack of space
         self._next_space_check = 0.0
         self._finish_retry_at = 0.0  # after ENOSPC while finishing
@@ -165,6 +166,10 @@ class Daemon:
                 )
             else:
                 self._schedule(item, now)
+        # Entries recovery would not adopt (not regular files) stay in working/:
+        # their names are taken for as long as this daemon runs.
+        known = {item.working_name for item in self.items.values()}
+        self.stranded = set(self.spool.list_working()) - known
         self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
         # The watch first, then the scan: a file arriving in between is seen by both.
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
@@ -469,7 +474,7 @@ class Daemon:
             entries.append(found)
         if not entries:
             return
-        in_use = {item.working_name for item in self.items.values()}
+        in_use = {item.working_name for item in self.items.values()} | self.stranded
         result = claim_batch(self.state, self.spool, self.routes, entries, now, in_use)
         if result.full is not None:
             self._disk_full(result.full)

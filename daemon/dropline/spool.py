@@ -307,10 +307,14 @@ class Spool:
     # --- moving ----------------------------------------------------------
 
     def claim(self, name: bytes, working_name: bytes) -> bool:
-        """Rename incoming/NAME to working/WORKING_NAME; False if NAME is gone."""
+        """Rename incoming/NAME to working/WORKING_NAME; False if NAME is gone.
+
+        Also False if WORKING_NAME is taken after all (an entry recovery would not
+        adopt, left in working/): the file stays in incoming/, nothing is replaced.
+        """
         try:
             rename_noreplace(self.incoming_fd, name, self.working_fd, working_name)
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             return False
         except OSError as exc:
             raise _io_error(f"claim of {name!r}", exc) from exc
