@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -93,17 +92,6 @@ TEMPORARY = (".*", "*.tmp", "*.part", "*.partial", "*~")
 # Events that must never appear in any run's log.
 ANOMALIES = ("file.vanished", "daemon.failed", "config.rejected", "recovery.skipped")
 
-# The lines of the traceback a spawned stage process prints when its parent was
-# killed before sending it anything (see Soak._raw_output).
-ORPHAN_SPAWN = re.compile(
-    r"Traceback \(most recent call last\):"
-    r'|  File "<string>", line 1, in <module>'
-    r'|  File ".*/multiprocessing/spawn\.py", line \d+, in (spawn_main|_main)'
-    r"|    exitcode = _main\(fd, parent_sentinel\)"
-    r"|    preparation_data = reduction\.pickle\.load\(from_parent\)"
-    r"| *\^+ *"
-    r"|EOFError: Ran out of input"
-)
 FLAKY_SCRIPT = 'test -e "$0.seen" || { touch "$0.seen"; exit 1; }'
 SOAKSTAGES = """\
 import time
@@ -389,7 +377,6 @@ class Figures:
     reloaded: int = 0  # daemon.reloaded seen before the kill
     recovery: collections.Counter[str] = field(default_factory=collections.Counter)
     retries: int = 0
-    orphan_tracebacks: int = 0  # see Soak._raw_output
     soak_seconds: float = 0.0
     drain_seconds: float = 0.0
 
@@ -413,8 +400,7 @@ class Figures:
             f"(daemon.reloaded before the kill {self.reloaded}, "
             f"killed between reloading and reloaded {self.during_reload})\n"
             f"  daemons started {self.starts} (restarts {max(self.starts - 1, 0)}); "
-            f"recovery did: {recovery or 'nothing'}; retries logged {self.retries}; "
-            f"tracebacks of orphaned stage processes {self.orphan_tracebacks}\n"
+            f"recovery did: {recovery or 'nothing'}; retries logged {self.retries}\n"
             f"  soak {self.soak_seconds:.1f} s, clean finish {self.drain_seconds:.1f} s"
         )
 
@@ -529,18 +515,8 @@ class Soak:
             self._raw_output(run if path != final_log else 0, raw)
 
     def _raw_output(self, run: int, lines: list[str]) -> None:
-        """Anything not a JSON event is an anomaly, but for one echo of the kill itself.
-
-        A Python stage's worker process being spawned when the daemon is
-        killed finds its parent gone before it was sent anything, and
-        multiprocessing prints that traceback (ending in EOFError) to the
-        stderr it inherited: noise after the kill, not something the daemon
-        did.  Several such children may print at once, their lines interleaved.
-        """
-        noise = [line for line in lines if ORPHAN_SPAWN.fullmatch(line)]
-        self.figures.orphan_tracebacks += sum(1 for line in noise if line.startswith("EOFError"))
-        other = [line for line in lines if not ORPHAN_SPAWN.fullmatch(line)]
-        if other:
+        """Anything not a JSON event is an anomaly (a traceback, a stray print)."""
+        if lines:
             text = "\n".join(lines)
             self.anomalies.append(f"run {run}: output that is not a JSON event:\n{text}")
 

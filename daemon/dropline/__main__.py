@@ -2,6 +2,6 @@
 
 from .cli import entry
 
-# Guarded: a stage's worker process ("spawn") imports this module again.
+# Guarded: importing the package's main module must not start the command line.
 if __name__ == "__main__":
     entry()

@@ -2,11 +2,11 @@
 
 A Python stage run in a thread can neither be killed when it hangs nor kept
 from eating the daemon's memory.  So by default (``isolation: process``)
-each worker thread drives one child process of its own (started with
-"spawn": a fresh interpreter, never a fork of the threaded daemon with its
-open database) that imports the operator's stage and runs it, one file at
-a time.  At the timeout, or when the daemon stops, the child is killed and
-a new one started for the next file; an address-space limit
+each worker thread drives one child process of its own (a fresh
+interpreter, never a fork of the threaded daemon with its open database)
+that imports the operator's stage and runs it, one file at a time.  At the
+timeout, or when the daemon stops, the child is killed and a new one
+started for the next file; an address-space limit
 (``memory_limit``) turns a runaway allocation into a MemoryError in the
 child, a failed attempt, instead of an OOM kill of the daemon.  What the
 stage prints goes to a temporary file whose tail joins the error: never
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,40 +35,61 @@ _OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
 
 
 class StageProcess:
-    """One child process running Python stages for one worker thread."""
+    """One child process running Python stages for one worker thread.
+
+    The child is ``python -m dropline.isolation`` with two pipes, not a
+    multiprocessing.Process: a child whose parent dies before it has read its
+    first request then ends quietly, where multiprocessing's spawn prints a
+    traceback into the daemon's log.
+    """
 
     def __init__(self, log_format: str) -> None:
         self._log_format = log_format
-        self._proc: Any = None
-        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._requests: Connection | None = None
+        self._results: Connection | None = None
 
-    def _start(self) -> Connection:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_child_main, args=(child, self._log_format), name="dropline-stage", daemon=True
-        )
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        return parent
+    def _start(self) -> tuple[Connection, Connection]:
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            command = [sys.executable, "-m", "dropline.isolation"]
+            self._proc = subprocess.Popen(
+                [*command, str(req_r), str(res_w), self._log_format],
+                pass_fds=(req_r, res_w),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(req_r)
+            os.close(res_w)
+        self._requests = Connection(req_w, readable=False)
+        self._results = Connection(res_r, writable=False)
+        return self._requests, self._results
 
     def run(
         self, spec: dict[str, Any], timeout: float, cancel: threading.Event | None
     ) -> tuple[str, str, dict[str, Any]]:
         """Run one stage attempt; returns (outcome, error, metadata)."""
-        conn = self._conn if self._conn is not None and self._alive() else self._start()
-        conn.send(spec)
+        if self._requests is not None and self._results is not None and self._alive():
+            requests, results = self._requests, self._results
+        else:
+            self.close()
+            requests, results = self._start()
+        with contextlib.suppress(OSError):  # if it died, the loop below says so
+            requests.send(spec)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if conn.poll(_POLL):
-                    result: tuple[str, str, dict[str, Any]] = conn.recv()
+                if results.poll(_POLL):
+                    result: tuple[str, str, dict[str, Any]] = results.recv()
                     return result
             except (EOFError, OSError):
                 pass
             if not self._alive():
-                code = self._proc.exitcode
+                code = self._proc.returncode if self._proc is not None else None
                 self.close()
                 how = f"killed by signal {-code}" if code and code < 0 else f"exit status {code}"
                 return "failed", f"the stage's worker process died ({how})", {}
@@ -80,22 +101,24 @@ class StageProcess:
                 return "timeout", f"timed out after {timeout:g} s (worker process killed)", {}
 
     def _alive(self) -> bool:
-        return self._proc is not None and bool(self._proc.is_alive())
+        return self._proc is not None and self._proc.poll() is None
 
     def close(self) -> None:
         """Kill the child (it may be stuck in the stage) and forget it."""
         if self._proc is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._proc.kill()
-            self._proc.join(5)
-            self._proc = None
-        if self._conn is not None:
             with contextlib.suppress(OSError):
-                self._conn.close()
-            self._conn = None
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
+            self._proc = None
+        for conn in (self._requests, self._results):
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
+        self._requests = self._results = None
 
 
-def _child_main(conn: Connection, log_format: str) -> None:
+def _child_main(requests: Connection, results: Connection, log_format: str) -> None:
     """The child's loop: receive a stage attempt, run it, send how it ended."""
     from .errors import ConfigError
     from .log import configure, get_logger
@@ -108,9 +131,9 @@ def _child_main(conn: Connection, log_format: str) -> None:
     loaded: dict[str, Any] = {}
     while True:
         try:
-            spec: dict[str, Any] = conn.recv()
+            spec: dict[str, Any] = requests.recv()
         except (EOFError, OSError):
-            return
+            return  # the daemon is gone (or closed us): end quietly
         limit = spec["memory_limit"]
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
@@ -165,6 +188,15 @@ def _child_main(conn: Connection, log_format: str) -> None:
                 cut = f"[... {size - len(tail)} bytes omitted ...]" if size > len(tail) else ""
                 error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
         try:
-            conn.send((outcome, error, metadata))
+            results.send((outcome, error, metadata))
         except (OSError, ValueError, TypeError):
             return
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        _child_main(
+            Connection(int(sys.argv[1]), writable=False),
+            Connection(int(sys.argv[2]), readable=False),
+            sys.argv[3],
+        )
