@@ -5,7 +5,7 @@ at each step where a crash would leave a distinct state on disk.  When the
 environment variable DROPLINE_CRASH_AT names that step (``NAME`` or
 ``NAME#N`` for its N-th passage), the process kills itself with SIGKILL there,
 as SQLite's crash-test VFS crashes at sync k.  Unset, a crash point costs one
-comparison.
+call and one comparison.
 """
 
 from __future__ import annotations
@@ -34,33 +34,37 @@ POINTS: tuple[str, ...] = (
     "recovery.repaired",  # recovery changed the first item on disk, not yet committed
 )
 
-_ARMED = os.environ.get("DROPLINE_CRASH_AT", "")
-_TARGET, _, _NTH = _ARMED.partition("#")
-_remaining = int(_NTH) if _NTH else 1
+
+class _Trigger:
+    """An environment variable NAME or NAME#N: fires at the N-th passage of NAME."""
+
+    def __init__(self, variable: str) -> None:
+        self.name, _, nth = os.environ.get(variable, "").partition("#")
+        self.remaining = int(nth) if nth else 1
+
+    def fires(self, name: str) -> bool:
+        if name != self.name:
+            return False
+        self.remaining -= 1
+        return self.remaining <= 0
+
+
+_CRASH = _Trigger("DROPLINE_CRASH_AT")
+_FAULT = _Trigger("DROPLINE_FAULT")
 
 
 def crashpoint(name: str) -> None:
     """Kill this process at once if the tests armed the crash point NAME."""
-    global _remaining
-    if name != _TARGET:
-        return
-    _remaining -= 1
-    if _remaining <= 0:
+    if _CRASH.fires(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 # Faults: DROPLINE_FAULT=NAME (or NAME#N) makes that I/O step fail with EIO, as
 # a failing disk would; the daemon must exit non-zero rather than go on.
 FAULTS: tuple[str, ...] = ("spool.fsync", "spool.write", "state.commit")
-_FAULT, _, _FAULT_NTH = os.environ.get("DROPLINE_FAULT", "").partition("#")
-_fault_remaining = int(_FAULT_NTH) if _FAULT_NTH else 1
 
 
 def fault(name: str) -> None:
     """Raise OSError(EIO) if the tests armed the fault NAME."""
-    global _fault_remaining
-    if name != _FAULT:
-        return
-    _fault_remaining -= 1
-    if _fault_remaining <= 0:
+    if _FAULT.fires(name):
         raise OSError(errno.EIO, f"injected fault at {name}")
