@@ -17,7 +17,7 @@
 # from inside; the default is a private namespace with loopback only).
 #
 # dropline's own copy, used by tests/e2e (conftest.py boots one container per test session).
-# Started from the shared tools/boot-systemd.sh; changed here: `start` exits 1 when the
+# Changed from the script it was adapted from: `start` exits 1 when the
 # system did not come up "running" or "degraded" (the container is left up: `stop` it).
 set -euo pipefail
 SELF=$(readlink -f "$0")
