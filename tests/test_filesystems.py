@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from dropline.crashpoints import FAULTS
+
 from .harness import DaemonProcess, Tree, crash_run, run_until_idle, wait_until
 
 PIPELINES = """
@@ -213,7 +215,7 @@ def test_full_failed_folder_keeps_the_file_until_space_returns(
     assert not os.listdir(tree.working)
 
 
-@pytest.mark.parametrize("fault", ["spool.fsync", "spool.write", "state.commit"])
+@pytest.mark.parametrize("fault", FAULTS)
 def test_io_error_is_fatal_and_loses_nothing(tree: Tree, fault: str) -> None:
     """An EIO on fsync, write or commit makes the daemon exit 1; a restart loses nothing."""
     tree.write_config(PIPELINES)

@@ -21,7 +21,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import Config, check_paths, load_config
@@ -570,7 +569,7 @@ class Daemon:
             )
             ctx = StageContext(
                 item_id=item.id,
-                path=Path(os.fsdecode(self.config.working / os.fsdecode(item.working_name))),
+                path=self.config.working / os.fsdecode(item.working_name),
                 name=os.fsdecode(item.name),
                 pipeline=pipeline.name,
                 stage=stage.name,

@@ -249,9 +249,6 @@ class Spool:
             return None
         return st.st_size, st.st_ctime_ns
 
-    def working_path(self, name: bytes) -> bytes:
-        return os.fsencode(self.data_dir / "working") + b"/" + name
-
     @staticmethod
     def free_working_name(name: bytes, item_id: str, in_use: set[bytes]) -> bytes:
         """NAME itself unless a file in working/ has it (IN_USE), else NAME.ITEMID.

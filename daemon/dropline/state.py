@@ -138,22 +138,17 @@ def _fatal(exc: sqlite3.Error) -> FatalIOError:
 class State:
     """One SQLite database file, owned by the daemon's main loop."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            if readonly:
-                uri = f"file:{path}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
-            else:
-                self._db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
             self._db.execute("PRAGMA busy_timeout = 5000")
-            if not readonly:
-                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if mode.lower() != "wal":
-                    raise FatalIOError(f"state database {path}: cannot use WAL (got {mode})")
-                self._db.execute("PRAGMA synchronous = FULL")
-                self._db.execute("PRAGMA foreign_keys = ON")
-                self._migrate()
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise FatalIOError(f"state database {path}: cannot use WAL (got {mode})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise FatalIOError(f"state database {path}: {exc}") from exc
         self._in_tx = False
@@ -367,11 +362,6 @@ class State:
         ).fetchall()
         return [_row_to_item(r) for r in rows]
 
-    def item(self, item_id: str) -> ItemRow | None:
-        sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?"  # noqa: S608 - constant columns
-        row = self._exec(sql, (item_id,)).fetchone()
-        return _row_to_item(row) if row else None
-
     def open_attempts(self, item_id: str) -> list[OpenAttempt]:
         rows = self._exec(
             "SELECT id, stage_index, stage, attempt FROM attempts "
@@ -380,21 +370,9 @@ class State:
         ).fetchall()
         return [OpenAttempt(*r) for r in rows]
 
-    def attempts(self, item_id: str) -> list[tuple[Any, ...]]:
-        return list(
-            self._exec(
-                "SELECT stage_index, stage, attempt, started_at, ended_at, outcome, error "
-                "FROM attempts WHERE item_id = ? ORDER BY id",
-                (item_id,),
-            ).fetchall()
-        )
-
     def counts(self) -> dict[str, int]:
         rows = self._exec("SELECT state, count(*) FROM items GROUP BY state").fetchall()
         return {state: int(n) for state, n in rows}
-
-    def integrity_check(self) -> str:
-        return str(self._exec("PRAGMA integrity_check").fetchone()[0])
 
 
 def acquire_lock(state_db: Path) -> int:
