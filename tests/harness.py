@@ -248,3 +248,19 @@ def iter_files(root: Path) -> Iterator[Path]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             yield path
+
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+def cli_json(tree: Tree, *args: str, schema: str, expect: int = 0) -> dict[str, Any]:
+    """Run ``dropline ARGS --json`` on TREE's configuration; check its exit and its schema."""
+    import jsonschema
+
+    result = run_cli(*args, "--config", str(tree.config), "--json")
+    assert result.returncode == expect, f"exit {result.returncode}:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    spec = json.loads((SCHEMAS / f"{schema}.json").read_text())
+    jsonschema.validate(doc, spec, format_checker=jsonschema.FormatChecker())
+    return doc

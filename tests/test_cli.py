@@ -124,14 +124,15 @@ def test_usage_error_exits_2(tree: Tree) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_prune_is_a_documented_no_op(tree: Tree) -> None:
-    """Until retention lands, prune validates its input, deletes nothing and exits 0."""
+def test_prune_before_the_first_run_deletes_nothing(tree: Tree) -> None:
+    """The retention timer may fire before the daemon ever ran: nothing to do, exit 0."""
     tree.write_config(GOOD)
     (tree.archive / "keep.txt").write_bytes(b"x")
     result = run_cli("prune", "--config", str(tree.config), "--older-than", "30d")
     assert result.returncode == 0, result.stderr
-    assert "nothing was deleted" in result.stdout
+    assert "no state database yet" in result.stdout
     assert (tree.archive / "keep.txt").exists()
+    assert not tree.state_db.exists(), "prune does not create the database"
     bad = run_cli("prune", "--config", str(tree.config), "--older-than", "soon")
     assert bad.returncode == 2
     assert "--older-than" in bad.stderr

@@ -829,3 +829,153 @@ def test_parse_size_rejects(value: object, needle: str) -> None:
     """Anything else is a ValueError saying what is wrong."""
     with pytest.raises(ValueError, match=needle):
         parse_size(value)
+
+
+# ---------------------------------------------------------------------------
+# metrics
+
+PIPES = "pipelines: [{name: p, match: '*'}]\n"  # line 3 after HEAD
+
+
+def metrics_config(tmp_path: Path, body: str) -> Config:
+    return load_config(write(tmp_path, HEAD + PIPES + "metrics:\n" + textwrap.indent(body, "  ")))
+
+
+@pytest.mark.parametrize(
+    ("body", "listen", "textfile", "interval"),
+    [
+        pytest.param("listen: 127.0.0.1:9464\n", ("127.0.0.1", 9464), None, 15.0, id="v4"),
+        pytest.param("listen: localhost:1\n", ("localhost", 1), None, 15.0, id="localhost"),
+        pytest.param('listen: "[::1]:65535"\n', ("::1", 65535), None, 15.0, id="v6"),
+        pytest.param("listen: 0.0.0.0:9464\n", ("0.0.0.0", 9464), None, 15.0, id="any"),
+        pytest.param(
+            "textfile: /var/lib/node_exporter/dropline.prom\ninterval: 1m\n",
+            None,
+            Path("/var/lib/node_exporter/dropline.prom"),
+            60.0,
+            id="textfile",
+        ),
+        pytest.param(
+            "listen: '[2001:db8::5]:80'\ntextfile: /t/d.prom\n",
+            ("2001:db8::5", 80),
+            Path("/t/d.prom"),
+            15.0,
+            id="both",
+        ),
+    ],
+)
+def test_metrics_config(
+    tmp_path: Path,
+    body: str,
+    listen: tuple[str, int] | None,
+    textfile: Path | None,
+    interval: float,
+) -> None:
+    """metrics: listen as host:port (IPv6 in brackets), textfile, interval defaulting to 15s."""
+    metrics = metrics_config(tmp_path, body).metrics
+    assert metrics is not None
+    assert (metrics.listen, metrics.textfile, metrics.interval) == (listen, textfile, interval)
+    assert metrics.lines["listen" if listen else "textfile"] == 5
+
+
+def test_metrics_are_off_by_default(tmp_path: Path) -> None:
+    """Without a metrics key, Config.metrics is None: nothing listens, nothing is written."""
+    assert load_config(write(tmp_path, HEAD + PIPES)).metrics is None
+
+
+def test_metrics_address_is_written_back_as_given(tmp_path: Path) -> None:
+    """The address in messages keeps the brackets of an IPv6 host."""
+    metrics = metrics_config(tmp_path, "listen: '[::1]:9464'\n").metrics
+    assert metrics is not None and metrics.address == "[::1]:9464"
+
+
+M = HEAD + PIPES + "metrics:\n"  # the keys under metrics start at line 5
+
+BAD_METRICS = [
+    case("empty", HEAD + PIPES + "metrics:\n", 4, "metrics", "expected a mapping"),
+    case("neither", M + "  interval: 5s\n", 5, "metrics", "needs listen", "or both"),
+    case("unknown", M + "  listen: 127.0.0.1:1\n  port: 2\n", 6, "metrics.port", "allowed:"),
+    case(
+        "interval-without-textfile",
+        M + "  listen: 127.0.0.1:1\n  interval: 5s\n",
+        6,
+        "metrics.interval",
+        "applies to textfile only",
+    ),
+    case("port-only", M + "  listen: 9464\n", 5, "metrics.listen", "got an integer 9464"),
+    case("no-port", M + "  listen: 127.0.0.1\n", 5, "metrics.listen", '"host:port"'),
+    case("no-host", M + "  listen: ':9464'\n", 5, "metrics.listen", '"host:port"'),
+    case("port-0", M + "  listen: 127.0.0.1:0\n", 5, "metrics.listen", "1 to 65535"),
+    case("port-big", M + "  listen: 127.0.0.1:65536\n", 5, "metrics.listen", "1 to 65535"),
+    case("port-word", M + "  listen: 127.0.0.1:http\n", 5, "metrics.listen", "1 to 65535"),
+    case(
+        "host-name",
+        M + "  listen: prometheus.example:9464\n",
+        5,
+        "metrics.listen",
+        "an IP address or localhost",
+    ),
+    case("bad-ip", M + "  listen: 127.0.0.300:9464\n", 5, "metrics.listen", "an IP address"),
+    case("v6-bare", M + "  listen: '::1:9464'\n", 5, "metrics.listen", "needs brackets"),
+    case("v4-in-brackets", M + "  listen: '[127.0.0.1]:9464'\n", 5, "metrics.listen", "IP"),
+    case("list", M + '  listen: ["::1", 9464]\n', 5, "metrics.listen", "got a list", "quote"),
+    case("relative", M + "  textfile: dropline.prom\n", 5, "metrics.textfile", "absolute"),
+    case("not-prom", M + "  textfile: /tmp/dropline.txt\n", 5, "metrics.textfile", ".prom"),
+    case("hidden", M + "  textfile: /tmp/.prom\n", 5, "metrics.textfile", "hidden"),
+    case(
+        "interval-zero",
+        M + "  textfile: /tmp/d.prom\n  interval: 0s\n",
+        6,
+        "metrics.interval",
+        "greater than 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "needles"), BAD_METRICS)
+def test_bad_metrics_config_names_file_line_key_and_what_is_allowed(
+    tmp_path: Path, text: str, line: int, key: str, needles: tuple[str, ...]
+) -> None:
+    """Each bad metrics value raises ConfigError starting "file:line: key: "."""
+    test_bad_config_names_file_line_key_and_what_is_allowed(tmp_path, text, line, key, needles)
+
+
+@pytest.mark.parametrize(
+    ("setup", "textfile", "needle"),
+    [
+        pytest.param("", "missing/d.prom", "does not exist", id="dir-missing"),
+        pytest.param("file:blocker", "blocker/d.prom", "is not a directory", id="dir-file"),
+        pytest.param("dir:out dir:out/d.prom", "out/d.prom", "not a regular file", id="is-dir"),
+    ],
+)
+def test_check_paths_checks_the_textfile_directory(
+    tmp_path: Path, setup: str, textfile: str, needle: str
+) -> None:
+    """The textfile's directory must exist and be writable; the file, if there, a file."""
+    for item in setup.split():
+        kind, _, name = item.partition(":")
+        if kind == "dir":
+            (tmp_path / name).mkdir()
+        else:
+            (tmp_path / name).write_text("not a directory")
+    (tmp_path / "data").mkdir()
+    text = (
+        f"data_dir: {tmp_path / 'data'}\nstate_db: {tmp_path / 'state.db'}\n{PIPES}"
+        f"metrics:\n  textfile: {tmp_path / textfile}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError) as raised:
+        check_paths(config)
+    message = str(raised.value)
+    assert message.startswith(f"{config.path}:5: metrics.textfile: "), message
+    assert needle in message
+
+
+def test_check_paths_accepts_a_writable_textfile_directory(tmp_path: Path) -> None:
+    """A writable directory, the file not there yet: all is well."""
+    (tmp_path / "data").mkdir()
+    text = (
+        f"data_dir: {tmp_path / 'data'}\nstate_db: {tmp_path / 'state.db'}\n{PIPES}"
+        f"metrics:\n  textfile: {tmp_path / 'd.prom'}\n"
+    )
+    check_paths(load_config(write(tmp_path, text)))

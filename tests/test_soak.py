@@ -82,8 +82,9 @@ KINDS: tuple[tuple[str, int], ...] = (
     ("reload", 12),
     ("crashpoint", 8),
 )
-# The crash points one filesystem can reach (not those of a copy across filesystems).
-CRASH_POINTS = tuple(p for p in POINTS if ".cop" not in p)
+# The crash points one filesystem can reach (not those of a copy across filesystems),
+# without `dropline retry`.
+CRASH_POINTS = tuple(p for p in POINTS if ".cop" not in p and not p.startswith("retry."))
 AIM_TIMEOUT = 5.0  # seconds to wait for the moment a kill is aimed at
 POLL = 0.002
 

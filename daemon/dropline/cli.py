@@ -1,4 +1,4 @@
-"""The command line: ``dropline run`` and ``dropline check``.
+"""The command line: run, check, status, history, retry, prune.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage, bad configuration or
 an unfit host (systemd's RestartPreventExitStatus=2 keeps it from looping on
@@ -11,10 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import ConfigError, FatalIOError, HostError, StateLockedError
+from .errors import (
+    ConfigError,
+    FatalIOError,
+    HostError,
+    NotFoundError,
+    StateLockedError,
+    StateUnavailableError,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -63,30 +70,138 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate the configuration, the folders, their permissions and the "
         "state database. Exit 0 when all is well, 2 otherwise.",
     )
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="counts, backlog, files in flight, throughput, recent failures",
+        description="What the daemon is doing: counts per state, the backlog in incoming/, "
+        "files in flight with their stage and age, files/s over the last minute, whether "
+        "the daemon runs (and its pid), the last failures. Read-only; works whether or not "
+        "the daemon runs.",
+        epilog="Examples:\n  dropline status\n  dropline status --json | jq .counts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    history = sub.add_parser(
+        "history",
+        parents=[common],
+        help="the provenance of a file: claim, every stage attempt, retries, its end",
+        description="Every step of a file: its claim, each stage attempt with start, end, "
+        "outcome and error, retries and their delays, where it ended and its content hash. "
+        "By item id, or by file name (every item of that name, newest first).",
+        epilog="Examples:\n  dropline history 01JD3Q6W5X0B8Z2Y7V4T9R1M0K\n"
+        "  dropline history report-2026-11-28.csv --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    history.add_argument("item", metavar="ITEM_OR_NAME", help="an item id or a file name")
+    history.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    retry = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="send failed files through their pipelines again",
+        description="Move failed files back to working/ and run their pipeline from the "
+        "first stage. The item keeps its id and its history; the new attempts are appended "
+        "and failed/NAME.error.json goes away with the file. Safe while the daemon runs "
+        "(the daemon applies the request); when it does not run, the files wait in "
+        "working/ until it starts.",
+        epilog="Examples:\n  dropline retry 01JD3Q6W5X0B8Z2Y7V4T9R1M0K\n"
+        "  dropline retry --all-failed --pipeline reports --since 2h",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retry.add_argument("items", nargs="*", metavar="ITEM", help="item ids or file names")
+    retry.add_argument("--all-failed", action="store_true", help="every failed file")
+    retry.add_argument("--pipeline", metavar="P", help="with --all-failed: only this pipeline")
+    retry.add_argument(
+        "--since", metavar="T", help="with --all-failed: failed within T (2h) or since a date"
+    )
+    retry.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the running daemon to apply it (default 30)",
+    )
+    retry.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     prune = sub.add_parser(
         "prune",
         parents=[common],
         help="retention: delete archived files and their state beyond an age",
-        description="Retention for archive/ and the state database. In this version it "
-        "validates its arguments and the configuration, deletes nothing and exits 0 "
-        "(the retention timer can already be enabled).",
+        description="Delete archived files (and, with --failed, failed ones) that finished "
+        "longer ago than DURATION, with their rows in the state database, in small batches "
+        "beside the running daemon. dropline-prune.timer runs it daily.",
+        epilog="Examples:\n  dropline prune --older-than 30d --dry-run\n"
+        "  dropline prune --older-than 90d --failed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prune.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d")
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     prune.add_argument("--failed", action="store_true", help="prune failed/ too")
+    prune.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     return parser
 
 
-def _prune(config_path: str, older_than: str) -> int:
-    from .config import load_config
+def _duration_arg(flag: str, text: str) -> float:
     from .units import parse_duration
 
-    load_config(config_path)
     try:
-        parse_duration(older_than)
+        return parse_duration(text)
     except ValueError as exc:
-        raise ConfigError(f"--older-than: {exc}") from None
-    print("dropline: prune: retention is not implemented in this version; nothing was deleted")
+        raise ConfigError(f"{flag}: {exc} (for example 30d, 12h, 90m)") from None
+
+
+def _output(args: argparse.Namespace, doc: dict[str, object], render: Callable[..., None]) -> None:
+    from .console import Console, print_json
+
+    if args.json:
+        print_json(doc)
+    else:
+        render(doc, Console())
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .commands import status
+    from .config import load_config
+
+    config = load_config(args.config)
+    _output(args, status.collect(config), status.render)
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    from .commands import history
+    from .config import load_config
+    from .state_reader import StateReader
+
+    config = load_config(args.config)
+    with StateReader(config.state_db) as reader:
+        doc = history.collect(reader, args.item)
+    _output(args, doc, history.render)
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from .commands import parse_since, retry
+    from .config import load_config
+
+    if args.all_failed == bool(args.items):
+        raise ConfigError("name the items to retry, or give --all-failed (not both)")
+    if not args.all_failed and (args.pipeline or args.since):
+        raise ConfigError("--pipeline and --since go with --all-failed")
+    config = load_config(args.config)
+    since = parse_since(args.since) if args.since else None
+    ids = retry.select(config, args.items, args.all_failed, since, args.pipeline)
+    doc = retry.run(config, ids, args.wait) if ids else retry.run(config, [], 0.0)
+    _output(args, doc, retry.render)
+    return EXIT_OK if doc["not_requeued"] == 0 else EXIT_FAILURE
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .commands import prune
+    from .config import load_config
+
+    older_than = _duration_arg("--older-than", args.older_than)
+    config = load_config(args.config)
+    _output(args, prune.run(config, older_than, args.dry_run, args.failed), prune.render)
     return EXIT_OK
 
 
@@ -122,21 +237,32 @@ def _run(config_path: str, exit_when_idle: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "check": lambda a: _check(a.config),
+        "run": lambda a: _run(a.config, a.exit_when_idle),
+        "status": _status,
+        "history": _history,
+        "retry": _retry,
+        "prune": _prune,
+    }
     try:
-        if args.command == "check":
-            return _check(args.config)
-        if args.command == "prune":
-            return _prune(args.config, args.older_than)
-        return _run(args.config, args.exit_when_idle)
+        return commands[args.command](args)
     except (ConfigError, HostError) as exc:
         print(f"dropline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except StateLockedError as exc:
+    except (StateLockedError, StateUnavailableError, NotFoundError) as exc:
         print(f"dropline: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except FatalIOError as exc:
         print(f"dropline: fatal: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except PermissionError as exc:
+        print(f"dropline: error: permission denied: {exc.filename or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # `dropline status | head`: the reader left; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_FAILURE
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import json
 import keyword
 import os
@@ -65,6 +66,25 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics: an HTTP endpoint, a textfile for node exporter, or both."""
+
+    listen: tuple[str, int] | None = None  # (host, port); an IPv6 host without brackets
+    textfile: Path | None = None  # absolute, ending in .prom
+    interval: float = 15.0  # seconds between rewrites of the textfile
+    # Line of each key under metrics:, for errors found after loading.
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        """The listen address as written: host:port, or [host]:port for IPv6."""
+        if self.listen is None:
+            return ""
+        host, port = self.listen
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, validated."""
 
@@ -84,6 +104,7 @@ class Config:
     stop_timeout: float = 1.5
     pipelines_dir: Path = Path("/opt/automation/pipelines")
     log_format: LogFormat = "auto"
+    metrics: MetricsConfig | None = None  # None: no metrics (the default)
     # Line of each top-level key in the file, so that checks made after loading
     # (check_paths) can still point the operator at the right line.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -127,6 +148,7 @@ TOP_KEYS: tuple[str, ...] = (
     "stop_timeout",
     "pipelines_dir",
     "log_format",
+    "metrics",
 )
 PIPELINE_KEYS: tuple[str, ...] = ("name", "match", "stages")
 STAGE_KEYS: tuple[str, ...] = (
@@ -147,16 +169,23 @@ STAGE_KINDS: tuple[StageKind, ...] = ("command", "python", "builtin")
 ARCHIVE_LAYOUTS: tuple[ArchiveLayout, ...] = ("flat", "daily")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 BACKOFF_KEYS: tuple[str, ...] = ("initial", "max")
+METRICS_KEYS: tuple[str, ...] = ("listen", "textfile", "interval")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAME_RULE = "1 to 64 characters from letters, digits, '.', '_' and '-', not only dots"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _GLOB_RULE = 'a glob on the file name such as "*.csv" or "report-[0-9]*" (no "/")'
 _ARGV_EXAMPLE = '["sha256sum", "{path}"]'
+_LISTEN_RULE = (
+    'an address "host:port" such as "127.0.0.1:9464", "localhost:9464" or "[::1]:9464" '
+    "(host an IP address or localhost, IPv6 in brackets; port 1 to 65535)"
+)
+_TEXTFILE_RULE = "an absolute path ending in .prom, e.g. /var/lib/node_exporter/dropline.prom"
 
 # Defaults live once, in the dataclasses; these instances only expose them.
 _CONFIG_DEFAULTS = Config(path=Path(), data_dir=Path(), state_db=Path(), pipelines=())
 _STAGE_DEFAULTS = StageConfig(name="", kind="builtin")
+_METRICS_DEFAULTS = MetricsConfig()
 # One read-only empty mapping, so that no stage holds a dict someone could mutate.
 _NO_OPTIONS: Mapping[str, Any] = types.MappingProxyType({})
 
@@ -570,6 +599,7 @@ class _Builder:
             stop_timeout=opt("stop_timeout", duration(False), d.stop_timeout),
             pipelines_dir=opt("pipelines_dir", self.path, d.pipelines_dir),
             log_format=opt("log_format", lambda n, k: self.choice(n, k, LOG_FORMATS), d.log_format),
+            metrics=opt("metrics", self.metrics, d.metrics),
             lines=types.MappingProxyType({name: _line(pair[0]) for name, pair in top.items()}),
         )
 
@@ -783,6 +813,92 @@ class _Builder:
             )
         return initial, most
 
+    def metrics(self, node: Node, key: str) -> MetricsConfig:
+        what = "a mapping with listen, textfile or both (and interval)"
+        pairs = self.mapping(node, key, METRICS_KEYS, (), what)
+        if "listen" not in pairs and "textfile" not in pairs:
+            raise self.error(
+                "metrics needs listen (an HTTP endpoint), textfile (for node exporter) "
+                "or both; leave metrics out to turn them off",
+                node,
+                key,
+            )
+        if "interval" in pairs and "textfile" not in pairs:
+            raise self.error(
+                '"interval" applies to textfile only (the HTTP endpoint is always current)',
+                pairs["interval"][0],
+                f"{key}.interval",
+            )
+        return MetricsConfig(
+            listen=self.optional(pairs, "listen", key, self.listen, None),
+            textfile=self.optional(pairs, "textfile", key, self.textfile, None),
+            interval=self.optional(
+                pairs,
+                "interval",
+                key,
+                lambda n, k: self.duration(n, k, positive=True),
+                _METRICS_DEFAULTS.interval,
+            ),
+            lines=types.MappingProxyType({name: _line(pair[0]) for name, pair in pairs.items()}),
+        )
+
+    def listen(self, node: Node, key: str) -> tuple[str, int]:
+        if isinstance(node, SequenceNode):
+            # listen: [::1]:9464 unquoted is YAML's flow list, not an address.
+            raise self.error(
+                f'expected {_LISTEN_RULE}, got a list; quote it: "[::1]:9464"', node, key
+            )
+        value = self.scalar(node, key, _LISTEN_RULE)
+        if not isinstance(value, str):
+            raise self.error(f"expected {_LISTEN_RULE}, got {_describe(value)}", node, key)
+        if value.startswith("["):
+            host, sep, port_text = value[1:].partition("]:")
+            bracketed = True
+        else:
+            host, sep, port_text = value.rpartition(":")
+            bracketed = False
+        if not sep or not host:
+            raise self.error(f"expected {_LISTEN_RULE}, got {_describe(value)}", node, key)
+        if not bracketed and ":" in host:
+            raise self.error(
+                f"an IPv6 address needs brackets; expected {_LISTEN_RULE}, got {_describe(value)}",
+                node,
+                key,
+            )
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+            raise self.error(
+                f"the port must be a number from 1 to 65535; expected {_LISTEN_RULE}, "
+                f"got {_describe(value)}",
+                node,
+                key,
+            )
+        if host != "localhost" or bracketed:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                address = None
+            if address is None or bracketed != (address.version == 6):
+                raise self.error(
+                    f"the host must be an IP address or localhost (no other host names); "
+                    f"expected {_LISTEN_RULE}, got {_describe(value)}",
+                    node,
+                    key,
+                )
+        return host, int(port_text)
+
+    def textfile(self, node: Node, key: str) -> Path:
+        value = self.string(node, key, _TEXTFILE_RULE)
+        if "\0" in value or not value.startswith("/") or not value.endswith(".prom"):
+            raise self.error(f"expected {_TEXTFILE_RULE}, got {_describe(value)}", node, key)
+        if value.endswith("/.prom"):
+            raise self.error(
+                f"expected {_TEXTFILE_RULE}, got {_describe(value)}; "
+                "node exporter skips hidden files",
+                node,
+                key,
+            )
+        return Path(value)
+
 
 # ---------------------------------------------------------------------------
 # Checking the host
@@ -851,3 +967,29 @@ def check_paths(config: Config) -> None:
             )
         if not os.access(state_db, os.R_OK | os.W_OK):
             raise fail("state_db", f"{state_db} is not readable and writable by dropline")
+
+    if config.metrics is not None and config.metrics.textfile is not None:
+        _check_textfile(config, config.metrics)
+
+
+def _check_textfile(config: Config, metrics: MetricsConfig) -> None:
+    """The textfile is written as a temporary file beside it, then renamed over it."""
+    assert metrics.textfile is not None
+    textfile, folder = metrics.textfile, metrics.textfile.parent
+
+    def fail(message: str) -> ConfigError:
+        line = metrics.lines.get("textfile", 0)
+        return ConfigError(message, file=str(config.path), line=line, key="metrics.textfile")
+
+    if not folder.is_dir():
+        problem = "is not a directory" if folder.exists() else "does not exist"
+        raise fail(
+            f"the directory of {textfile}, {folder}, {problem}; expected an existing directory"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise fail(
+            f"{folder} is not writable; dropline writes {textfile.name} there through "
+            "a temporary file and a rename"
+        )
+    if (textfile.exists() or textfile.is_symlink()) and not textfile.is_file():
+        raise fail(f"{textfile} exists but is not a regular file; expected a file dropline owns")

@@ -32,6 +32,9 @@ POINTS: tuple[str, ...] = (
     "finish.synced",  # moves durable, rows still say "finishing"
     "finish.committed",  # the end recorded
     "recovery.repaired",  # recovery changed the first item on disk, not yet committed
+    "retry.intent_committed",  # `dropline retry`: rows say "requeuing", nothing moved
+    "retry.moved",  # the first file is back in working/, not yet fsynced
+    "retry.synced",  # files back in working/ and reasons removed, rows still "requeuing"
 )
 
 

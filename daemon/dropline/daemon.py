@@ -28,11 +28,13 @@ from .crashpoints import crashpoint
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .hostcheck import free_space_problem
 from .log import get_logger
+from .metrics import make_metrics
 from .notify import Notifier
 from .pipeline import Pipeline, Routes
 from .protocol import Claimed, Finish, claim_batch, finish_batch
 from .recovery import describe as describe_recovery
 from .recovery import finish_for, recover
+from .requeue import requeue_batch
 from .retry import compute_backoff
 from .spool import Entry, Refusal, Spool
 from .stages import StageContext
@@ -45,6 +47,7 @@ _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan la
 _STATUS_EVERY = 0.25  # seconds between STATUS updates when busy
 _PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
 _SPACE_CHECK_EVERY = 1.0  # seconds between free-space checks (and retries after ENOSPC)
+_REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry`
 
 
 @dataclass
@@ -121,11 +124,14 @@ class Daemon:
         self.disk_problem = ""  # non-empty while claiming is paused for lack of space
         self._next_space_check = 0.0
         self._finish_retry_at = 0.0  # after ENOSPC while finishing
+        self._next_requests = 0.0
         self.mono = time.monotonic()
         self.state: State | None = None
         self.spool: Spool | None = None
         self.watch: IncomingWatch | None = None
         self.pool: WorkerPool | None = None
+        # Off (a no-op) unless configured; not changed by a reload.
+        self.metrics = make_metrics(config.metrics, file=str(config.path))
 
     # --- start and stop ---------------------------------------------------
 
@@ -133,7 +139,8 @@ class Daemon:
         """Lock, recover, watch, start the scan, then READY (before the backlog drains)."""
         cfg = self.config
         self.mono = time.monotonic()
-        self._lock_fd = acquire_lock(cfg.state_db)
+        # A command holding the lock while no daemon runs (`dropline retry`) is brief.
+        self._lock_fd = acquire_lock(cfg.state_db, wait=3.0)
         self.state = State(cfg.state_db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
         report = recover(self.state, self.spool, self.routes, now, self.log)
@@ -172,6 +179,7 @@ class Daemon:
         self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
         # The watch first, then the scan: a file arriving in between is seen by both.
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
+        self.metrics.start()
         self._start_scan()
         self.notifier.ready(self.status_line())
         self.log.info(
@@ -183,6 +191,7 @@ class Daemon:
         )
 
     def close(self) -> None:
+        self.metrics.close()
         if self.watch is not None:
             self.watch.close()
         if self.pool is not None:
@@ -247,6 +256,8 @@ class Daemon:
         if claiming and (self.candidates or self.scan is not None):
             return 0.0
         deadlines = [self.next_rescan]
+        if not stopping:
+            deadlines.append(self._next_requests)
         if self.disk_problem:
             deadlines.append(self._next_space_check)
         if self.to_finish:
@@ -272,6 +283,7 @@ class Daemon:
             self._apply_result(message)
         elif isinstance(message, Overflow):
             self.log.warning("scan.overflow", detail="inotify queue overflowed; rescanning")
+            self.metrics.overflow()
             self.rescan_pending = True
         elif isinstance(message, WatchLost) and self.stopping_since is None:
             raise FatalIOError(message.reason)
@@ -295,6 +307,7 @@ class Daemon:
                 self.ready.append(item_id)
         if self.stopping_since is None and self._space_ok():
             self._admit(now)
+            self._serve_requests(now)
         self._dispatch(now)
         if self.to_finish and self.mono >= self._finish_retry_at:
             self._finish(now)
@@ -336,6 +349,13 @@ class Daemon:
             if pipeline and running.stage_index < len(pipeline.stages)
             else None
         )
+        stopped = self.stopping_since is not None and running.cancel.is_set()
+        self.metrics.stage_ended(
+            item.pipeline or "none",
+            running.stage,
+            "interrupted" if stopped and result.outcome != "succeeded" else result.outcome,
+            result.duration or self.mono - running.started,  # 0 when abandoned
+        )
         if result.outcome == "succeeded":
             self.state.record_stage_end(running.attempt_id, "succeeded", "", now)
             item.next_stage = running.stage_index + 1
@@ -375,6 +395,7 @@ class Daemon:
                 item.id, item.next_stage, failures, item.next_at, item.metadata, now
             )
             heapq.heappush(self.retry_heap, (self.mono + delay, item.id))
+            self.metrics.retry_scheduled(item.pipeline or "none", running.stage)
             fields = {
                 "attempt": failures,
                 "of": retries + 1,
@@ -502,6 +523,47 @@ class Daemon:
         )
         self.ready.append(item.id)
 
+    def _serve_requests(self, now: float) -> None:
+        """Apply requests the command line left in the database (`dropline retry`)."""
+        if self.mono < self._next_requests:
+            return
+        self._next_requests = self.mono + _REQUESTS_EVERY
+        assert self.state is not None and self.spool is not None
+        room = min(self.config.max_in_flight - len(self.items), self.config.batch_size)
+        if room <= 0:
+            return
+        requests = self.state.open_requests(room)
+        if not requests:
+            return
+        retry_ids = [item_id for _, kind, item_id in requests if kind == "retry"]
+        in_use = {item.working_name for item in self.items.values()} | self.stranded
+        result = requeue_batch(self.state, self.spool, self.routes, retry_ids, now, in_use)
+        answers = []
+        for request_id, kind, item_id in requests:
+            if kind != "retry":
+                answers.append((request_id, f"unknown request {kind!r}"))
+            else:
+                answers.append((request_id, result.refused.get(item_id, "requeued")))
+        with self.state.transaction():
+            self.state.finish_requests(answers, now)
+        for r in result.requeued:
+            self.counts["failed"] = max(0, self.counts["failed"] - 1)
+            self.items[r.item_id] = Item(
+                r.item_id,
+                r.name,
+                r.working_name,
+                r.pipeline,
+                sha256=r.sha256,
+                created_at=r.created_at,
+                fingerprint=(r.size, r.ctime_ns),
+            )
+            self.log.info("file.requeued", item=r.item_id, file=r.name, pipeline=r.pipeline)
+            self.ready.append(r.item_id)
+        for item_id, why in result.refused.items():
+            self.log.warning("retry.refused", item=item_id, reason=why)
+        for item_id in result.vanished:
+            self.log.error("file.vanished", item=item_id, detail="missing from failed/")
+
     def _refuse(self, refusal: Refusal) -> None:
         key = (refusal.dev, refusal.ino)
         if self.refused.get(refusal.name) == key:
@@ -511,6 +573,7 @@ class Daemon:
         if len(self.refused) > _MAX_REFUSED:
             self.refused.popitem(last=False)
         self.log.warning("entry.refused", file=refusal.name, reason=refusal.reason)
+        self.metrics.entry_refused(refusal.kind)
 
     # --- dispatching stages -------------------------------------------------
 
@@ -667,6 +730,7 @@ class Daemon:
 
     def _log_finish(self, f: Finish) -> None:
         where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
+        self.metrics.file_finished(f.pipeline, f.state, time.time() - f.created_at)
         if f.state == "archived":
             self.counts["archived"] += 1
             self.log.info(
@@ -704,6 +768,12 @@ class Daemon:
             if self.rescan_pending:
                 self.log.info("scan.started", reason="overflow")
             self._start_scan()
+            self.metrics.rescan()
+        # A few attribute stores, and a comparison until the textfile is due: every pass.
+        self.metrics.set_gauges(
+            len(self.candidates) + len(self.settling), len(self.items), len(self.running)
+        )
+        self.metrics.tick(mono)
         if mono >= self._next_status:
             self._next_status = mono + _STATUS_EVERY
             self.notifier.status(self.status_line())
@@ -755,6 +825,8 @@ class Daemon:
         except DroplineError as exc:
             self.log.error("config.rejected", error=str(exc), kept="the previous configuration")
         else:
+            if new.metrics != self.metrics.config:
+                self.log.warning("config.metrics_unchanged", detail="metrics change on restart")
             self.config, self.routes = new, routes
             # A shorter rescan interval takes effect now, not after the old one runs out.
             self.next_rescan = min(self.next_rescan, self.mono + new.rescan_interval)

@@ -60,3 +60,14 @@ class DiskFullError(DroplineError):
 
 class StateLockedError(DroplineError):
     """Another dropline process holds the lock on the state directory."""
+
+
+class StateUnavailableError(DroplineError):
+    """The state database cannot be read: missing, unreadable, or not dropline's.
+
+    The read commands (status, history) print it and exit 1.
+    """
+
+
+class NotFoundError(DroplineError):
+    """A command named an item or a file the state database does not know (exit 1)."""

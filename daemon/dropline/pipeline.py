@@ -54,7 +54,7 @@ class Pipeline:
         return self.config.name
 
 
-def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+def compile_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
     # One compiled alternation: matching a name costs one regex call, not one per glob.
     if not patterns:
         return re.compile(r"(?!)")
@@ -86,12 +86,12 @@ class Routes:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._ignore = _globs(config.ignore)
+        self._ignore = compile_globs(config.ignore)
         self.pipelines: tuple[Pipeline, ...] = tuple(
             Pipeline(
                 pc,
                 tuple(_build_stage(config, n, pc, i, sc) for i, sc in enumerate(pc.stages)),
-                _globs(pc.match),
+                compile_globs(pc.match),
             )
             for n, pc in enumerate(config.pipelines)
         )

@@ -8,7 +8,9 @@ The folders are the truth.  For each unfinished row:
   idempotent stage runs again, a non-idempotent one fails the file as
   "indeterminate"; a file missing from working/ is recorded as vanished;
 - "finishing": the destination was recorded, so the move is redone or, if it
-  happened, confirmed.
+  happened, confirmed;
+- "requeuing" (``dropline retry``): the move back from failed/ is completed
+  (``requeue.py``).
 A file in working/ that no row knows (copied there by hand) is adopted.
 Running recovery twice changes nothing the second time.
 """
@@ -22,6 +24,7 @@ from .crashpoints import crashpoint
 from .ids import new_item_id
 from .pipeline import Routes
 from .protocol import Finish, finish_batch
+from .requeue import RequeueResult, complete_requeue
 from .spool import Entry, Spool
 from .state import ItemRow, State
 
@@ -36,6 +39,7 @@ class RecoveryReport:
     interrupted: int = 0
     finished: list[Finish] = field(default_factory=list)
     vanished: int = 0
+    requeued: int = 0
 
     @property
     def changed(self) -> bool:
@@ -46,6 +50,7 @@ class RecoveryReport:
             or self.interrupted
             or self.finished
             or self.vanished
+            or self.requeued
         )
 
 
@@ -97,6 +102,14 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 state.delete_item(row.id)
         report.claims_completed = len(completed)
         report.claims_forgotten = len(forgotten)
+
+    # Retries interrupted on their way back from failed/.
+    requeuing = [row for row in rows if row.state == "requeuing"]
+    if requeuing:
+        requeue_result = RequeueResult()
+        complete_requeue(state, spool, routes, requeuing, now, requeue_result)
+        report.requeued = len(requeue_result.requeued)
+        report.vanished += len(requeue_result.vanished)
 
     # Files in working/ that no row knows.
     adopted: list[tuple[str, bytes, str, int, int, str | None]] = []
@@ -158,7 +171,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 state.add_event(row.id, "vanished", now, "missing from working/ at start-up")
                 log.error("file.vanished", item=row.id, file=row.name)
     report.interrupted = len(interrupted)
-    report.vanished = len(vanished)
+    report.vanished += len(vanished)
     report.finished = finish_batch(state, spool, finishes, now)
     return report
 
@@ -172,6 +185,7 @@ def describe(report: RecoveryReport) -> dict[str, int]:
         "interrupted": report.interrupted,
         "finished": len(report.finished),
         "vanished": report.vanished,
+        "requeued": report.requeued,
     }
 
 

@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ _ERROR_SUFFIX = b".error.json"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 SUBDIRS = ("incoming", "working", "archive", "failed")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2: Any = getattr(_libc, "renameat2", None)
@@ -106,30 +108,48 @@ class Refusal:
     reason: str
     dev: int
     ino: int
+    # One word from REFUSAL_KINDS, for counting refusals without the free text.
+    kind: str = "other"
+
+
+REFUSAL_KINDS: tuple[str, ...] = (
+    "symlink",
+    "fifo",
+    "socket",
+    "directory",
+    "device",
+    "hard_link",
+    "unreadable",
+    "too_large",
+    "other",
+)
 
 
 def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     """Accept only a regular file with one link and a size under the limit."""
     mode = st.st_mode
     reason = ""
+    kind = "other"
     if stat.S_ISLNK(mode):
-        reason = "symbolic link (never followed)"
+        reason, kind = "symbolic link (never followed)", "symlink"
     elif stat.S_ISFIFO(mode):
-        reason = "FIFO (never opened)"
+        reason, kind = "FIFO (never opened)", "fifo"
     elif stat.S_ISSOCK(mode):
-        reason = "socket"
+        reason, kind = "socket", "socket"
     elif stat.S_ISDIR(mode):
-        reason = "directory (only files are processed)"
+        reason, kind = "directory (only files are processed)", "directory"
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        reason = "device node (never opened)"
+        reason, kind = "device node (never opened)", "device"
     elif not stat.S_ISREG(mode):
         reason = "not a regular file"
     elif st.st_nlink != 1:
         reason = f"has {st.st_nlink} hard links (only a file with one link is accepted)"
+        kind = "hard_link"
     elif st.st_size > max_size:
         reason = f"too large: {st.st_size} bytes, the limit is {max_size}"
+        kind = "too_large"
     if reason:
-        return Refusal(name, reason, st.st_dev, st.st_ino)
+        return Refusal(name, reason, st.st_dev, st.st_ino, kind)
     return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -198,6 +218,7 @@ class Spool:
                 "droppers must leave files readable by their group (umask 027)",
                 st.st_dev,
                 st.st_ino,
+                "unreadable",
             )
         return found
 
@@ -385,7 +406,7 @@ class Spool:
         if dev != self._devs[self.working_fd]:
             if not _exists(self.working_fd, working_name):
                 return False
-            self._copy_across(working_name, dir_fd, final_name, label)
+            self._copy_across(self.working_fd, working_name, dir_fd, final_name, label)
         else:
             try:
                 rename_noreplace(self.working_fd, working_name, dir_fd, final_name)
@@ -399,7 +420,9 @@ class Spool:
         self._mark(dir_fd, label)
         return True
 
-    def _copy_across(self, working_name: bytes, dir_fd: int, final_name: bytes, label: str) -> None:
+    def _copy_across(
+        self, src_fd: int, working_name: bytes, dir_fd: int, final_name: bytes, label: str
+    ) -> None:
         """Move to another filesystem: copy, fsync, rename into place, fsync, unlink.
 
         A crash leaves either the source alone (and maybe a hidden temporary
@@ -408,12 +431,12 @@ class Spool:
         only removes the source.
         """
         if _exists(dir_fd, final_name):
-            if not self._same_content(working_name, dir_fd, final_name):
+            if not self._same_content(src_fd, working_name, dir_fd, final_name):
                 raise FileExistsError(errno.EEXIST, "target exists", os.fsdecode(final_name))
         else:
             tmp = b".dropline-copy." + final_name[: _NAME_MAX - 20] + b".tmp"
             try:
-                src = os.open(working_name, _FILE_FLAGS, dir_fd=self.working_fd)
+                src = os.open(working_name, _FILE_FLAGS, dir_fd=src_fd)
                 try:
                     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
                     dst = os.open(tmp, flags, 0o640, dir_fd=dir_fd)
@@ -443,14 +466,14 @@ class Spool:
                 raise _io_error(f"copy of {working_name!r} to {label}", exc) from exc
             crashpoint("finish.copy_renamed")
         try:
-            os.unlink(working_name, dir_fd=self.working_fd)
+            os.unlink(working_name, dir_fd=src_fd)
         except OSError as exc:
-            raise _io_error(f"removal of {working_name!r} from working/", exc) from exc
+            raise _io_error(f"removal of {working_name!r} after its copy", exc) from exc
 
-    def _same_content(self, working_name: bytes, dir_fd: int, name: bytes) -> bool:
-        """True when DIR/NAME is a complete copy of working/WORKING_NAME."""
+    def _same_content(self, src_fd: int, working_name: bytes, dir_fd: int, name: bytes) -> bool:
+        """True when DIR/NAME is a complete copy of SRC/WORKING_NAME."""
         try:
-            a = os.open(working_name, _FILE_FLAGS, dir_fd=self.working_fd)
+            a = os.open(working_name, _FILE_FLAGS, dir_fd=src_fd)
         except OSError:
             return False
         try:
@@ -470,6 +493,86 @@ class Spool:
         finally:
             os.close(a)
             os.close(b)
+
+    # --- back from failed/ (``dropline retry``) ----------------------------
+
+    def failed_entry(self, name: bytes) -> Entry | Refusal | None:
+        """lstat failed/NAME; None if it is gone."""
+        try:
+            st = os.stat(name, dir_fd=self.failed_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return classify(name, st, self.max_file_size)
+
+    def requeue(self, final_name: bytes, working_name: bytes) -> bool:
+        """Move failed/FINAL_NAME back to working/WORKING_NAME; False if it is gone.
+
+        Durable after the next ``sync()``; its reason is removed afterwards
+        (``remove_error``), so a crash never leaves a failed file without one.
+        """
+        if self._devs[self.failed_fd] != self._devs[self.working_fd]:
+            if not _exists(self.failed_fd, final_name):
+                return _exists(self.working_fd, working_name)
+            self._copy_across(self.failed_fd, final_name, self.working_fd, working_name, "working")
+        else:
+            try:
+                rename_noreplace(self.failed_fd, final_name, self.working_fd, working_name)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise _io_error(f"move of {final_name!r} from failed/ to working/", exc) from exc
+        self._mark(self.failed_fd, "failed")
+        self._mark(self.working_fd, "working")
+        return True
+
+    # --- retention (``dropline prune``) -------------------------------------
+
+    def remove_final(self, outcome: str, subdir: str, final_name: bytes) -> int:
+        """Delete a file at its end (and, in failed/, its reason); returns bytes freed."""
+        if outcome == "failed":
+            dir_fd: int | None = self.failed_fd
+            names = [final_name, final_name + _ERROR_SUFFIX]
+        else:
+            dir_fd = self._archive_dir(subdir, create=False)
+            names = [final_name]
+        if dir_fd is None:
+            return 0
+        freed = 0
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                # Never a directory, whatever a hand-made entry of that name is.
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _io_error(f"removal of {name!r} for retention", exc) from exc
+            freed += st.st_size
+            self._mark(dir_fd, f"{outcome}/{subdir}")
+        return freed
+
+    def remove_empty_days(self, before: str) -> list[str]:
+        """rmdir the empty date folders of archive/ older than BEFORE (YYYY-MM-DD)."""
+        removed = []
+        fd = os.dup(self.archive_fd)
+        try:
+            with os.scandir(fd) as it:
+                days = [e.name for e in it if _DAY.fullmatch(e.name) and e.name < before]
+        finally:
+            os.close(fd)
+        for day in sorted(days):
+            old = self._day_fds.pop(day, None)
+            if old is not None:
+                os.close(old)
+            try:
+                os.rmdir(day, dir_fd=self.archive_fd)
+            except OSError:
+                continue  # not empty (or not a folder): kept
+            removed.append(day)
+            self._mark(self.archive_fd, "archive")
+        return removed
 
     def write_error(self, final_name: bytes, doc: dict[str, Any]) -> None:
         """Write failed/FINAL_NAME.error.json: a temporary name, fsync, rename into place.

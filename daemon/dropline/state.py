@@ -6,7 +6,8 @@ synchronous=FULL (NORMAL can lose committed transactions on power loss), a
 busy timeout, and a schema versioned by ``PRAGMA user_version``.  Writes are
 grouped: callers open one ``transaction()`` per batch of files.
 
-No SQL lives outside this module.  A connection is never carried across fork.
+No SQL lives outside this module but for the read-only queries of
+``state_reader.py``.  A connection is never carried across fork.
 """
 
 from __future__ import annotations
@@ -78,9 +79,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE items ADD COLUMN ctime_ns INTEGER;
     """,
+    # 3: the operations commands.  Finished rows by age (status, prune: never a
+    # full-table scan as history grows; it also serves what items_state did);
+    # requests from `dropline retry` to the running daemon.
+    """
+    DROP INDEX items_state;
+    CREATE INDEX items_state_finished ON items(state, finished_at);
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,              -- retry
+        item_id TEXT NOT NULL,
+        requested_at REAL NOT NULL,
+        done_at REAL,
+        result TEXT                      -- requeued, or why not
+    );
+    CREATE INDEX requests_open ON requests(id) WHERE done_at IS NULL;
+    """,
 )
 
-UNFINISHED = ("claiming", "active", "finishing")
+# requeuing: on its way back from failed/ to working/ (`dropline retry`).
+UNFINISHED = ("claiming", "active", "finishing", "requeuing")
+# pruning: its files are being deleted for retention; the row goes next.
+FINISHED = ("archived", "failed", "vanished")
 
 
 @dataclass
@@ -358,7 +378,7 @@ class State:
     def unfinished_items(self) -> list[ItemRow]:
         rows = self._exec(
             f"SELECT {_ITEM_COLUMNS} FROM items "  # noqa: S608 - a constant column list
-            "WHERE state IN ('claiming', 'active', 'finishing') ORDER BY id"
+            "WHERE state IN ('claiming', 'active', 'finishing', 'requeuing') ORDER BY id"
         ).fetchall()
         return [_row_to_item(r) for r in rows]
 
@@ -374,25 +394,177 @@ class State:
         rows = self._exec("SELECT state, count(*) FROM items GROUP BY state").fetchall()
         return {state: int(n) for state, n in rows}
 
+    def item(self, item_id: str) -> ItemRow | None:
+        row = self._exec(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE id = ?",  # noqa: S608 - constant columns
+            (item_id,),
+        ).fetchone()
+        return _row_to_item(row) if row else None
 
-def acquire_lock(state_db: Path) -> int:
+    # --- retry: failed/ back to working/ (requeue.py) ------------------------
+
+    def finished_at(self, item_id: str) -> float | None:
+        row = self._exec("SELECT finished_at FROM items WHERE id = ?", (item_id,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def mark_requeuing(self, item_id: str, working_name: bytes, now: float) -> bool:
+        """Intent to move a failed file back to working/; False if it is no longer failed."""
+        cur = self._exec(
+            "UPDATE items SET state = 'requeuing', working_name = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'failed'",
+            (working_name, now, item_id),
+        )
+        return cur.rowcount == 1
+
+    def mark_requeued(
+        self, item_id: str, pipeline: str | None, sha256: str, size: int, ctime_ns: int, now: float
+    ) -> None:
+        """Back in working/: it starts its pipeline again (earlier attempts stay recorded)."""
+        self._exec(
+            "UPDATE items SET state = 'active', pipeline = ?, sha256 = ?, size = ?, ctime_ns = ?, "
+            "next_stage = 0, attempt = 0, next_attempt_at = NULL, metadata = '{}', outcome = NULL, "
+            "reason = NULL, final_dir = NULL, final_name = NULL, finished_at = NULL, "
+            "updated_at = ? WHERE id = ?",
+            (pipeline, sha256, size, ctime_ns, now, item_id),
+        )
+
+    def failed_item_ids(self, since: float | None, pipeline: str | None) -> list[str]:
+        """Failed items, oldest failure first, optionally since a time and of one pipeline."""
+        sql = "SELECT id FROM items WHERE state = 'failed' AND finished_at >= ?"
+        params: list[Any] = [since if since is not None else 0.0]
+        if pipeline is not None:
+            sql += " AND pipeline = ?"
+            params.append(pipeline)
+        rows = self._exec(sql + " ORDER BY finished_at", tuple(params)).fetchall()
+        return [str(r[0]) for r in rows]
+
+    # --- requests from the command line to the running daemon ---------------
+
+    def add_requests(self, kind: str, item_ids: list[str], now: float) -> list[int]:
+        ids = []
+        for item_id in item_ids:
+            cur = self._exec(
+                "INSERT INTO requests (kind, item_id, requested_at) VALUES (?, ?, ?)",
+                (kind, item_id, now),
+            )
+            ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def open_requests(self, limit: int) -> list[tuple[int, str, str]]:
+        """Requests not yet done, oldest first: (id, kind, item_id)."""
+        rows = self._exec(
+            "SELECT id, kind, item_id FROM requests WHERE done_at IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(int(i), str(k), str(item)) for i, k, item in rows]
+
+    def finish_requests(self, results: list[tuple[int, str]], now: float) -> None:
+        """Rows of (request id, result)."""
+        self._many(
+            "UPDATE requests SET done_at = ?, result = ? WHERE id = ?",
+            [(now, result, request_id) for request_id, result in results],
+        )
+
+    def request_results(self, request_ids: list[int]) -> dict[int, str | None]:
+        """Result of each request (None while the daemon has not done it)."""
+        out: dict[int, str | None] = {}
+        for start in range(0, len(request_ids), 500):
+            chunk = request_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._exec(
+                f"SELECT id, result FROM requests WHERE id IN ({marks})",  # noqa: S608 - marks
+                tuple(chunk),
+            ).fetchall()
+            out.update({int(i): r for i, r in rows})
+        return out
+
+    # --- retention (retention.py) -------------------------------------------
+
+    def select_for_pruning(
+        self, states: tuple[str, ...], before: float, limit: int
+    ) -> list[tuple[str, str, str | None, bytes | None, int | None]]:
+        """Finished items older than BEFORE: (id, state, final_dir, final_name, size)."""
+        marks = ",".join("?" * len(states))
+        rows = self._exec(
+            "SELECT id, state, final_dir, final_name, size FROM items "  # noqa: S608 - marks
+            f"WHERE state IN ({marks}) AND finished_at < ? ORDER BY finished_at LIMIT ?",
+            (*states, before, limit),
+        ).fetchall()
+        return [(str(i), str(st), d, n, sz) for i, st, d, n, sz in rows]
+
+    def prunable(self, states: tuple[str, ...], before: float) -> list[tuple[str, int, int]]:
+        """(state, files, bytes) finished before BEFORE, per state (one index range each)."""
+        out = []
+        for state in states:
+            count, size = self._exec(
+                "SELECT count(*), coalesce(sum(size), 0) FROM items "
+                "WHERE state = ? AND finished_at < ?",
+                (state, before),
+            ).fetchone()
+            out.append((state, int(count), int(size)))
+        return out
+
+    def pruning_items(self, limit: int) -> list[tuple[str, str, str | None, bytes | None]]:
+        """Items marked for pruning: (id, outcome, final_dir, final_name)."""
+        rows = self._exec(
+            "SELECT id, outcome, final_dir, final_name FROM items WHERE state = 'pruning' LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(str(i), str(o or ""), d, n) for i, o, d, n in rows]
+
+    def mark_pruning(self, item_ids: list[str], states: tuple[str, ...]) -> int:
+        """Claim rows for pruning (the daemon's retry only takes "failed" rows)."""
+        marks = ",".join("?" * len(states))
+        cur = self._db.executemany(
+            "UPDATE items SET state = 'pruning', "  # noqa: S608 - marks
+            "outcome = CASE WHEN state = 'vanished' THEN 'vanished' ELSE outcome END "
+            f"WHERE id = ? AND state IN ({marks})",
+            [(item_id, *states) for item_id in item_ids],
+        )
+        return int(cur.rowcount)
+
+    def delete_pruned(self, item_ids: list[str]) -> None:
+        """The rows, their attempts and events (ON DELETE CASCADE)."""
+        self._many("DELETE FROM items WHERE id = ? AND state = 'pruning'", [(i,) for i in item_ids])
+
+    def delete_old_requests(self, before: float) -> int:
+        cur = self._exec(
+            "DELETE FROM requests WHERE done_at IS NOT NULL AND done_at < ?", (before,)
+        )
+        return int(cur.rowcount)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database so freed pages are reused, not appended."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def acquire_lock(state_db: Path, wait: float = 0.0) -> int:
     """flock the directory that holds the state database; one daemon per state.
 
     Returns the descriptor, which holds the lock until it is closed (or the
-    process dies, so a SIGKILL never leaves a stale lock behind).
+    process dies, so a SIGKILL never leaves a stale lock behind).  WAIT: how
+    long to keep trying (a command such as `dropline retry` holds it briefly
+    while no daemon runs; a daemon starting then waits rather than fail).
     """
     import fcntl
     import os
+    import time
 
     from .errors import StateLockedError
 
     directory = state_db.parent
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateLockedError(
-            f"another dropline is running on the state in {directory} (its lock is held)"
-        ) from None
-    return fd
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            os.close(fd)
+            raise StateLockedError(
+                f"another dropline is running on the state in {directory} (its lock is held)"
+            ) from None
+        return fd

@@ -1,0 +1,167 @@
+"""``dropline history``: the provenance of a file, from its claim to its end.
+
+The timeline is assembled from the item's row (claim, end), its stage
+attempts (start, end, outcome, error; the delay before each retry is the gap
+to the next attempt) and its events (recovery, retries from failed/).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+from .. import console as c
+from ..errors import NotFoundError
+from ..state_reader import AttemptView, ItemView, StateReader
+
+_ITEM_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+
+
+def find(reader: StateReader, key: str) -> list[ItemView]:
+    """Items for KEY: an item id, else every item of that file name (newest first)."""
+    if _ITEM_ID.fullmatch(key.upper()):
+        item = reader.item(key.upper())
+        if item is not None:
+            return [item]
+    items = reader.items_named(os.fsencode(key))
+    if not items:
+        raise NotFoundError(f"no item and no file named {c.name(key)!r} in the state database")
+    return items
+
+
+def _where(item: ItemView) -> str | None:
+    if not item.final_name or item.state not in ("archived", "failed", "finishing"):
+        return None
+    base = "failed" if item.outcome == "failed" else "archive"
+    parts = [base, item.final_dir or "", c.name(item.final_name)]
+    return "/".join(p for p in parts if p)
+
+
+def timeline(
+    item: ItemView, attempts: list[AttemptView], reader: StateReader
+) -> list[dict[str, Any]]:
+    """Every step of one item, in time order, as JSON-ready entries."""
+    steps: list[tuple[float, int, dict[str, Any]]] = []
+    steps.append(
+        (
+            item.created_at,
+            0,
+            {
+                "at": c.iso(item.created_at),
+                "event": "claimed",
+                "detail": f"incoming/{c.name(item.name)}",
+            },
+        )
+    )
+    for n, a in enumerate(attempts):
+        entry: dict[str, Any] = {
+            "at": c.iso(a.started_at),
+            "event": "stage",
+            "stage": a.stage,
+            "attempt": a.attempt,
+            "outcome": a.outcome or "running",
+            "seconds": round(a.ended_at - a.started_at, 3) if a.ended_at else None,
+            "ended_at": c.iso(a.ended_at),
+            "error": a.error,
+        }
+        if a.outcome == "retrying" and a.ended_at is not None:
+            later = [b for b in attempts[n + 1 :] if b.stage_index == a.stage_index]
+            if later:
+                entry["retry_after_seconds"] = round(later[0].started_at - a.ended_at, 3)
+            elif item.next_attempt_at:
+                entry["retry_due_at"] = c.iso(item.next_attempt_at)
+        steps.append((a.started_at, 2, entry))
+    # An event (a retry from failed/, a recovery) sorts before a stage started at
+    # the same moment: the loop records it first, in the same pass.
+    for e in reader.events(item.id):
+        steps.append((e.at, 1, {"at": c.iso(e.at), "event": e.event, "detail": e.detail}))
+    if item.finished_at is not None and item.state in ("archived", "failed", "vanished"):
+        end: dict[str, Any] = {"at": c.iso(item.finished_at), "event": item.state}
+        where = _where(item)
+        if where:
+            end["to"] = where
+        if item.reason:
+            end["reason"] = item.reason
+        steps.append((item.finished_at, 3, end))
+    steps.sort(key=lambda s: (s[0], s[1]))
+    return [s[2] for s in steps]
+
+
+def collect(reader: StateReader, key: str) -> dict[str, Any]:
+    """The history of KEY as one JSON-ready document: {"items": [...]}, newest first."""
+    out = []
+    with reader.snapshot():
+        for item in find(reader, key):
+            attempts = reader.attempts(item.id)
+            out.append(
+                {
+                    "item": item.id,
+                    "file": c.name(item.name),
+                    "pipeline": item.pipeline,
+                    "state": item.state,
+                    "size": item.size,
+                    "sha256": item.sha256,
+                    "claimed_at": c.iso(item.created_at),
+                    "finished_at": c.iso(item.finished_at),
+                    "where": _where(item),
+                    "reason": item.reason,
+                    "attempts": len(attempts),
+                    "metadata": item.metadata,
+                    "timeline": timeline(item, attempts, reader),
+                }
+            )
+    return {"items": out}
+
+
+_COLOUR = {"succeeded": "green", "retrying": "yellow", "failed": "red", "indeterminate": "red"}
+
+
+def render(doc: dict[str, Any], out: c.Console) -> None:
+    now = time.time()
+    for n, item in enumerate(doc["items"]):
+        if n:
+            out.line()
+        state = item["state"]
+        colour = {"archived": "green", "failed": "red", "vanished": "red"}.get(state, "yellow")
+        out.line(
+            out.paint(f"{item['file']}", "bold")
+            + f"  item {item['item']}, pipeline {item['pipeline'] or '-'}: "
+            + out.paint(state, colour)
+            + (f" in {item['where']}" if item["where"] else "")
+        )
+        out.line(f"  size {c.size(item['size'])}, sha256 {item['sha256'] or '-'}")
+        rows = []
+        colours: list[str | None] = []
+        for step in item["timeline"]:
+            when = c.stamp(_ts(step["at"]))
+            if step["event"] == "stage":
+                what = f"{step['stage']} #{step['attempt']}"
+                outcome = step["outcome"]
+                took = c.span(step["seconds"]) if step["seconds"] is not None else "-"
+                detail = step["error"] or ""
+                if "retry_after_seconds" in step:
+                    detail = f"retried after {c.span(step['retry_after_seconds'])}: {detail}"
+                elif "retry_due_at" in step:
+                    detail = f"retry due {c.ago(_ts(step['retry_due_at']), now)}: {detail}"
+                rows.append([when, what, outcome, took, c.shorten(detail, 70)])
+                colours.append(_COLOUR.get(outcome))
+            else:
+                detail = step.get("detail") or step.get("to") or ""
+                if step.get("reason"):
+                    detail = f"{detail}: {step['reason']}" if detail else step["reason"]
+                rows.append([when, step["event"], "", "", c.shorten(detail, 70)])
+                colours.append(_COLOUR.get(step["event"]))
+        out.table(["WHEN", "STEP", "OUTCOME", "TOOK", "DETAIL"], rows, colours=colours)
+
+
+def _ts(text: str | None) -> float | None:
+    if not text:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+__all__ = ["collect", "find", "render", "timeline"]

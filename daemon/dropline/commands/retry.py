@@ -1,0 +1,137 @@
+"""``dropline retry``: send failed files through their pipelines again.
+
+While the daemon runs, the command leaves requests in the state database and
+waits for the daemon to apply them (the daemon alone moves files in
+working/).  While it does not run, the command takes the daemon's lock and
+moves the files back to working/ itself; the daemon runs them when it
+starts.  Either way ``requeue.py`` does the moving, durably.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from .. import console as c
+from ..config import Config
+from ..errors import NotFoundError, StateLockedError
+from ..state import State, acquire_lock
+from ..state_reader import StateReader
+
+_BATCH = 256
+_POLL = 0.1
+
+
+def select(
+    config: Config, keys: list[str], all_failed: bool, since: float | None, pipeline: str | None
+) -> list[str]:
+    """The item ids to retry: named ones (ids or file names), or every failed one."""
+    with StateReader(config.state_db) as reader, reader.snapshot():
+        if all_failed:
+            return reader.failed_ids(since, pipeline)
+        ids: list[str] = []
+        for key in keys:
+            item = reader.item(key.upper())
+            if item is not None:
+                ids.append(item.id)
+                continue
+            named = [i for i in reader.items_named(os.fsencode(key)) if i.state == "failed"]
+            if not named:
+                raise NotFoundError(
+                    f"no item id and no failed file named {c.name(key)!r} in the state database"
+                )
+            ids.extend(i.id for i in named)
+        return list(dict.fromkeys(ids))
+
+
+def _offline(config: Config, lock_fd: int, item_ids: list[str]) -> dict[str, str]:
+    """No daemon: move the files back to working/ here, holding its lock."""
+    from ..pipeline import Routes
+    from ..requeue import requeue_batch
+    from ..spool import Spool
+
+    results: dict[str, str] = {}
+    state = State(config.state_db)
+    spool = Spool(config.data_dir, max_file_size=config.max_file_size, layout=config.archive_layout)
+    try:
+        routes = Routes(config)
+        for start in range(0, len(item_ids), _BATCH):
+            chunk = item_ids[start : start + _BATCH]
+            in_use = set(spool.list_working())
+            result = requeue_batch(state, spool, routes, chunk, time.time(), in_use)
+            for item_id in chunk:
+                if item_id in result.refused:
+                    results[item_id] = result.refused[item_id]
+                elif item_id in result.vanished:
+                    results[item_id] = "vanished from failed/"
+                else:
+                    results[item_id] = "requeued"
+    finally:
+        spool.close()
+        state.close()
+        os.close(lock_fd)
+    return results
+
+
+def _through_daemon(config: Config, item_ids: list[str], wait: float) -> dict[str, str | None]:
+    """The daemon runs: leave requests, wait (up to WAIT seconds) for its answers."""
+    state = State(config.state_db)
+    try:
+        with state.transaction():
+            request_ids = state.add_requests("retry", item_ids, time.time())
+        deadline = time.monotonic() + wait
+        while True:
+            answers = state.request_results(request_ids)
+            if all(answers.get(r) is not None for r in request_ids) or time.monotonic() > deadline:
+                break
+            time.sleep(_POLL)
+    finally:
+        state.close()
+    return {item_id: answers.get(r) for item_id, r in zip(item_ids, request_ids, strict=True)}
+
+
+def run(config: Config, item_ids: list[str], wait: float) -> dict[str, Any]:
+    """Retry ITEM_IDS; the outcome per item as one JSON-ready document."""
+    try:
+        lock_fd = acquire_lock(config.state_db)
+    except StateLockedError:
+        answers = _through_daemon(config, item_ids, wait)
+        mode = "daemon"
+    else:
+        answers = dict(_offline(config, lock_fd, item_ids))
+        mode = "offline"
+    items = [
+        {"item": item_id, "result": answer or "pending", "requeued": answer == "requeued"}
+        for item_id, answer in answers.items()
+    ]
+    return {
+        "applied_by": mode,
+        "requeued": sum(1 for i in items if i["requeued"]),
+        "not_requeued": sum(1 for i in items if not i["requeued"]),
+        "items": items,
+    }
+
+
+def render(doc: dict[str, Any], out: c.Console) -> None:
+    if not doc["items"]:
+        out.line("Nothing to retry: no failed file matched.")
+        return
+    rows = [[i["item"], i["result"]] for i in doc["items"]]
+    colours: list[str | None] = [None if i["requeued"] else "red" for i in doc["items"]]
+    out.table(["ITEM", "RESULT"], rows, colours=colours)
+    out.line()
+    where = (
+        "the daemon runs them now"
+        if doc["applied_by"] == "daemon"
+        else "they are back in working/ and run when the daemon starts"
+    )
+    out.line(f"{doc['requeued']} requeued ({where}); {doc['not_requeued']} not requeued.")
+    if any(i["result"] == "pending" for i in doc["items"]):
+        out.line(
+            "Pending: the daemon has not answered yet; the requests stay queued and are "
+            "applied when it gets to them (see `dropline status`)."
+        )
+
+
+__all__ = ["render", "run", "select"]

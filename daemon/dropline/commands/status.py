@@ -1,0 +1,206 @@
+"""``dropline status``: what the daemon is doing, from the folders and the state database.
+
+Read-only and never blocking the daemon: the folders are counted with
+scandir, the database is read in one short read transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import console as c
+from ..config import Config
+from ..pipeline import compile_globs
+from ..state_reader import AttemptView, ItemView, StateReader, daemon_pid
+
+RATE_WINDOW = 60.0  # seconds: files/s over the last minute
+IN_FLIGHT_SHOWN = 20
+FAILURES_SHOWN = 5
+_OLDEST_LIMIT = 10_000  # beyond this many waiting files, the oldest is not looked for
+
+
+def _count_folder(path: Path, config: Config, oldest: bool) -> tuple[int, float | None]:
+    """Entries a daemon would look at (not hidden or temporary names); the oldest mtime."""
+    ignored = compile_globs(config.ignore)
+    count = 0
+    first: float | None = None
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if ignored.match(entry.name):
+                    continue
+                count += 1
+                if oldest and count <= _OLDEST_LIMIT:
+                    try:
+                        mtime = entry.stat(follow_symlinks=False).st_mtime
+                    except OSError:
+                        continue
+                    first = mtime if first is None else min(first, mtime)
+    except OSError:
+        return 0, None
+    return count, (first if count <= _OLDEST_LIMIT else None)
+
+
+def _stage_of(item: ItemView, running: AttemptView | None, config: Config) -> str:
+    if running is not None:
+        return running.stage
+    for pipeline in config.pipelines:
+        if pipeline.name == item.pipeline and item.next_stage < len(pipeline.stages):
+            return pipeline.stages[item.next_stage].name
+    return "-"
+
+
+def collect(config: Config, now: float | None = None) -> dict[str, Any]:
+    """The status as one JSON-ready document."""
+    now = time.time() if now is None else now
+    incoming, oldest = _count_folder(config.incoming, config, oldest=True)
+    working, _ = _count_folder(config.working, config, oldest=False)
+    pid = daemon_pid(config.state_db)
+    with StateReader(config.state_db) as reader, reader.snapshot():
+        states = reader.counts()
+        recent = reader.finished_since(now - RATE_WINDOW)
+        flight = reader.in_flight(IN_FLIGHT_SHOWN)
+        failures = reader.recent_failures(FAILURES_SHOWN)
+    unfinished = sum(states.get(s, 0) for s in ("claiming", "active", "finishing", "requeuing"))
+    in_flight = []
+    for item, running in flight:
+        entry: dict[str, Any] = {
+            "item": item.id,
+            "file": c.name(item.name),
+            "pipeline": item.pipeline,
+            "state": item.state,
+            "stage": _stage_of(item, running, config),
+            "running": running is not None,
+            "attempt": running.attempt if running else item.attempt + 1,
+            "age_seconds": round(now - item.created_at, 3),
+            "stage_seconds": round(now - running.started_at, 3) if running else None,
+            "next_attempt_at": c.iso(item.next_attempt_at) if item.next_attempt_at else None,
+        }
+        in_flight.append(entry)
+    done = recent["archived"] + recent["failed"]
+    return {
+        "daemon": {"running": pid is not None, "pid": pid},
+        "counts": {
+            "incoming": incoming,
+            "working": working,
+            "archived": states.get("archived", 0),
+            "failed": states.get("failed", 0),
+        },
+        "states": states,
+        "backlog": {
+            "incoming": incoming,
+            "oldest_seconds": round(now - oldest, 3) if oldest is not None else None,
+        },
+        "in_flight": {"count": unfinished, "shown": in_flight},
+        "rate": {
+            "window_seconds": RATE_WINDOW,
+            "files_per_second": round(done / RATE_WINDOW, 3),
+            "archived": recent["archived"],
+            "failed": recent["failed"],
+        },
+        "recent_failures": [
+            {
+                "item": f.id,
+                "file": c.name(f.name),
+                "pipeline": f.pipeline,
+                "reason": f.reason,
+                "failed_at": c.iso(f.finished_at),
+                "where": "failed/" + c.name(f.final_name) if f.final_name else None,
+            }
+            for f in failures
+        ],
+        "data_dir": str(config.data_dir),
+        "state_db": str(config.state_db),
+        "generated_at": c.iso(now),
+    }
+
+
+def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> None:
+    """The status for people."""
+    now = time.time() if now is None else now
+    daemon = doc["daemon"]
+    if daemon["running"]:
+        head = out.paint("running", "green") + f" (pid {daemon['pid']})"
+    else:
+        head = out.paint("not running", "yellow")
+    out.line(f"dropline {head}; data {doc['data_dir']}, state {doc['state_db']}")
+    out.line()
+    counts = doc["counts"]
+    out.table(
+        ["incoming", "working", "archived", "failed"],
+        [[f"{counts[k]:,}" for k in ("incoming", "working", "archived", "failed")]],
+        right=(0, 1, 2, 3),
+    )
+    out.line()
+    backlog = doc["backlog"]
+    oldest = backlog["oldest_seconds"]
+    waiting = f"{backlog['incoming']:,} waiting in incoming/"
+    if oldest is not None and backlog["incoming"]:
+        waiting += f", the oldest for {c.span(oldest)}"
+    rate = doc["rate"]
+    out.line(f"Backlog:    {waiting}")
+    out.line(
+        f"Throughput: {rate['files_per_second']:.1f} files/s over the last minute "
+        f"({rate['archived']:,} archived, {rate['failed']:,} failed)"
+    )
+    flight = doc["in_flight"]
+    out.line()
+    if not flight["count"]:
+        out.line("In flight:  none")
+    else:
+        more = flight["count"] - len(flight["shown"])
+        out.line(
+            f"In flight:  {flight['count']:,}"
+            + (f" (oldest {IN_FLIGHT_SHOWN} shown)" if more > 0 else "")
+        )
+        rows = []
+        for f in flight["shown"]:
+            if f["running"]:
+                doing = f"running {c.span(f['stage_seconds'])}"
+            elif f["next_attempt_at"]:
+                doing = "retry due"
+            else:
+                doing = f["state"] if f["state"] != "active" else "waiting"
+            rows.append(
+                [
+                    f["item"],
+                    c.shorten(f["file"], 40),
+                    f["pipeline"] or "-",
+                    f["stage"],
+                    str(f["attempt"]),
+                    doing,
+                    c.span(f["age_seconds"]),
+                ]
+            )
+        out.table(["ITEM", "FILE", "PIPELINE", "STAGE", "TRY", "NOW", "AGE"], rows, right=(4, 6))
+    failures = doc["recent_failures"]
+    out.line()
+    if not failures:
+        out.line("Recent failures: none")
+        return
+    out.line("Recent failures:")
+    rows = [
+        [
+            _ago_iso(f["failed_at"], now),
+            f["item"],
+            c.shorten(f["file"], 32),
+            f["pipeline"] or "-",
+            c.shorten(f["reason"] or "", 60),
+        ]
+        for f in failures
+    ]
+    out.table(["WHEN", "ITEM", "FILE", "PIPELINE", "REASON"], rows, colours=["red"] * len(rows))
+
+
+def _ago_iso(text: str | None, now: float) -> str:
+    if not text:
+        return "-"
+    from datetime import datetime
+
+    return c.ago(datetime.fromisoformat(text).timestamp(), now)
+
+
+__all__ = ["collect", "render"]

@@ -1,0 +1,148 @@
+"""``dropline retry``: a failed file goes back to working/ and through its pipeline again.
+
+Each step is durable before the next depends on it, as in ``protocol.py``:
+
+requeue: rows "requeuing" with a free name in working/ -> commit
+         rename failed/NAME -> working/ (each file); fsync both folders once
+         remove failed/NAME.error.json; fsync failed/
+         hash, route again; rows "active" from the first stage -> commit
+
+The item keeps its id (the idempotency key its stages already saw), its claim
+time and every earlier attempt; an event row says where it came back from and
+why it had failed.  The file leaves failed/ before its reason does, so a file
+in failed/ never lacks its NAME.error.json.  Recovery completes a "requeuing"
+row the same way: back in working/ -> finish the step; still in failed/ ->
+move it again; in neither -> vanished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .crashpoints import crashpoint
+from .log import escape_text
+from .pipeline import Routes
+from .spool import Refusal, Spool
+from .state import ItemRow, State
+
+
+@dataclass
+class Requeued:
+    """A file back in working/, recorded as active from its first stage."""
+
+    item_id: str
+    name: bytes
+    working_name: bytes
+    pipeline: str | None
+    sha256: str
+    size: int
+    ctime_ns: int
+    created_at: float
+
+
+@dataclass
+class RequeueResult:
+    requeued: list[Requeued] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # item id -> why not
+    vanished: list[str] = field(default_factory=list)
+
+
+def _why_not(row: ItemRow | None, spool: Spool) -> str:
+    """Why this item cannot go back to working/ ("" when it can)."""
+    if row is None:
+        return "unknown item"
+    if row.state != "failed":
+        return f"it is {row.state}, not failed"
+    if not row.final_name:
+        return "no place in failed/ is recorded for it"
+    found = spool.failed_entry(row.final_name)
+    if found is None:
+        return f"failed/{escape_text(row.final_name)} is no longer there"
+    if isinstance(found, Refusal):
+        return f"failed/{escape_text(row.final_name)}: {found.reason}"
+    return ""
+
+
+def requeue_batch(
+    state: State,
+    spool: Spool,
+    routes: Routes,
+    item_ids: list[str],
+    now: float,
+    in_use: set[bytes],
+) -> RequeueResult:
+    """Send the failed ITEM_IDS through their pipelines again.
+
+    IN_USE: the names in working/ now (only dropline writes there).
+    """
+    result = RequeueResult()
+    plans: list[tuple[ItemRow, bytes]] = []
+    taken = set(in_use)
+    with state.transaction():
+        for item_id in item_ids:
+            row = state.item(item_id)
+            why = _why_not(row, spool)
+            if why:
+                result.refused[item_id] = why
+                continue
+            assert row is not None and row.final_name is not None
+            working_name = spool.free_working_name(row.name, item_id, taken)
+            taken.add(working_name)
+            if not state.mark_requeuing(item_id, working_name, now):
+                result.refused[item_id] = "it is no longer failed"
+                continue
+            # Its end is about to be reset: the earlier failure stays in its history.
+            where = f"failed/{escape_text(row.final_name)}"
+            failed_at = state.finished_at(item_id) or now
+            state.add_event(item_id, "failed", failed_at, f"to {where}: {row.reason}")
+            state.add_event(item_id, "retry", now, f"back from {where}")
+            row.working_name = working_name
+            plans.append((row, working_name))
+    crashpoint("retry.intent_committed")
+    complete_requeue(state, spool, routes, [row for row, _ in plans], now, result)
+    return result
+
+
+def complete_requeue(
+    state: State,
+    spool: Spool,
+    routes: Routes,
+    rows: list[ItemRow],
+    now: float,
+    result: RequeueResult,
+) -> None:
+    """Move rows recorded as "requeuing" back to working/ and record them active."""
+    if not rows:
+        return
+    moved: list[ItemRow] = []
+    for row in rows:
+        if spool.in_working(row.working_name):
+            moved.append(row)  # moved before a crash: recovery is completing it
+        elif row.final_name and spool.requeue(row.final_name, row.working_name):
+            moved.append(row)
+            crashpoint("retry.moved")
+        else:
+            result.vanished.append(row.id)
+    spool.sync()
+    for row in moved:
+        if row.final_name:
+            spool.remove_error(row.final_name)
+    spool.sync()
+    crashpoint("retry.synced")
+    with state.transaction():
+        for row in moved:
+            sha256, size, ctime_ns = spool.hash_working(row.working_name)
+            pipeline = routes.route(row.name)
+            name = pipeline.name if pipeline else None
+            state.mark_requeued(row.id, name, sha256, size, ctime_ns, now)
+            result.requeued.append(
+                Requeued(
+                    row.id, row.name, row.working_name, name, sha256, size, ctime_ns, row.created_at
+                )
+            )
+        for item_id in result.vanished:
+            state.mark_finished(item_id, "vanished", now)
+            state.add_event(item_id, "vanished", now, "missing from failed/ while retried")
+
+
+__all__ = ["RequeueResult", "Requeued", "complete_requeue", "requeue_batch"]

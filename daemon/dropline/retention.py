@@ -1,0 +1,106 @@
+"""``dropline prune``: delete finished files and their history beyond retention.
+
+Safe beside a running daemon, in small batches so that it is never blocked
+for long (each batch is one short transaction; the daemon's own writes wait
+at most that long):
+
+    rows "pruning" (only rows still archived/failed/vanished) -> commit
+    delete the files (archive/DAY/NAME; failed/NAME and NAME.error.json)
+    delete the rows, their attempts and events -> commit
+
+Marking first means a failed file being pruned cannot be retried at the same
+time (retry takes only "failed" rows), and a crash in between leaves rows
+that the next prune finishes.  The files go before their rows: a crash never
+leaves a file that no row names, which no later prune would find.  Deleted
+rows free pages that SQLite reuses, so the database stops growing once the
+retention is reached; a checkpoint at the end folds the WAL back in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .spool import Spool
+from .state import State
+
+BATCH = 500  # rows per transaction: a few milliseconds of the daemon's time
+
+
+@dataclass
+class PruneReport:
+    """What prune deleted (or, dry, would delete)."""
+
+    archived: int = 0
+    failed: int = 0
+    vanished: int = 0
+    bytes: int = 0
+    days_removed: int = 0
+    requests: int = 0
+
+
+def targets(include_failed: bool) -> tuple[str, ...]:
+    """The states whose rows (and files) go: failed ones only when asked."""
+    return ("archived", "vanished", "failed") if include_failed else ("archived", "vanished")
+
+
+def _count(report: PruneReport, outcome: str, size: int) -> None:
+    if outcome == "archived":
+        report.archived += 1
+    elif outcome == "failed":
+        report.failed += 1
+    else:
+        report.vanished += 1
+    report.bytes += size
+
+
+def plan(state: State, before: float, include_failed: bool) -> PruneReport:
+    """What a prune would delete, without deleting anything."""
+    report = PruneReport()
+    for outcome, count, size in state.prunable(targets(include_failed), before):
+        setattr(report, outcome, count)
+        report.bytes += size if outcome != "vanished" else 0
+    return report
+
+
+def prune(
+    state: State, spool: Spool, before: float, include_failed: bool, now: float
+) -> PruneReport:
+    """Delete files finished before BEFORE, with their rows; see the module docstring."""
+    report = PruneReport()
+    states = targets(include_failed)
+    # Rows left "pruning" by an interrupted run first, then batch after batch.
+    _delete_marked(state, spool, report)
+    while True:
+        rows = state.select_for_pruning(states, before, BATCH)
+        if not rows:
+            break
+        with state.transaction():
+            state.mark_pruning([row[0] for row in rows], states)
+        _delete_marked(state, spool, report)
+        time.sleep(0)  # let the daemon's next transaction in between batches
+    with state.transaction():
+        report.requests = state.delete_old_requests(before)
+    day = time.strftime("%Y-%m-%d", time.localtime(min(before, now - 2 * 86400)))
+    report.days_removed = len(spool.remove_empty_days(day))
+    spool.sync()
+    state.checkpoint()
+    return report
+
+
+def _delete_marked(state: State, spool: Spool, report: PruneReport) -> None:
+    while True:
+        rows = state.pruning_items(BATCH)
+        if not rows:
+            return
+        for _, outcome, final_dir, final_name in rows:
+            size = 0
+            if final_name and outcome in ("archived", "failed"):
+                size = spool.remove_final(outcome, final_dir or "", final_name)
+            _count(report, outcome, size)
+        spool.sync()
+        with state.transaction():
+            state.delete_pruned([row[0] for row in rows])
+
+
+__all__ = ["PruneReport", "plan", "prune", "targets"]

@@ -1,0 +1,244 @@
+"""Read-only access to the state database for ``dropline status`` and ``history``.
+
+Opened with ``mode=ro``: a reader in WAL mode never blocks the daemon's
+writes and the daemon never blocks it; each command reads in one short
+transaction.  Every query here is served by an index (items by id, by name,
+by state and finish time; attempts and events by item), so a command stays
+quick however long the history grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StateUnavailableError
+
+_UNFINISHED = ("claiming", "active", "finishing", "requeuing")
+
+
+@dataclass
+class ItemView:
+    """One file's row, as the commands show it."""
+
+    id: str
+    name: bytes
+    pipeline: str | None
+    state: str
+    size: int | None
+    sha256: str | None
+    next_stage: int
+    attempt: int
+    next_attempt_at: float | None
+    outcome: str | None
+    reason: str | None
+    final_dir: str | None
+    final_name: bytes | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    metadata: dict[str, Any]
+
+
+@dataclass
+class AttemptView:
+    id: int
+    stage_index: int
+    stage: str
+    attempt: int
+    started_at: float
+    ended_at: float | None
+    outcome: str | None
+    error: str | None
+
+
+@dataclass
+class EventView:
+    at: float
+    event: str
+    detail: str | None
+
+
+_ITEM_SQL = (
+    "SELECT id, name, pipeline, state, size, sha256, next_stage, attempt, next_attempt_at, "
+    "outcome, reason, final_dir, final_name, created_at, updated_at, finished_at, metadata "
+    "FROM items"
+)
+
+
+def _item(row: tuple[Any, ...]) -> ItemView:
+    values = list(row)
+    values[1] = bytes(values[1])
+    if values[12] is not None:
+        values[12] = bytes(values[12])
+    try:
+        values[16] = json.loads(values[16] or "{}")
+    except ValueError:
+        values[16] = {}
+    return ItemView(*values)
+
+
+class StateReader:
+    """The state database, opened read-only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise StateUnavailableError(
+                f"no state database at {path} (has the daemon ever run with this "
+                "configuration? check state_db)"
+            ) from None
+        except PermissionError:
+            raise StateUnavailableError(
+                f"permission denied: cannot reach the state database {path} "
+                "(run as root or as the user the daemon runs as)"
+            ) from None
+        if not os.access(path, os.R_OK):
+            raise StateUnavailableError(
+                f"permission denied: cannot read the state database {path} "
+                "(run as root or as the user the daemon runs as)"
+            )
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self.schema = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StateUnavailableError(f"cannot read the state database {path}: {exc}") from exc
+        if self.schema < 1:
+            raise StateUnavailableError(f"{path} is not a dropline state database (schema 0)")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    def __enter__(self) -> StateReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[StateReader]:
+        """One consistent read: everything inside sees the same moment."""
+        self._q("BEGIN")
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("COMMIT")
+
+    def _q(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StateUnavailableError(f"reading {self.path}: {exc}") from exc
+
+    # --- status -------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {
+            str(s): int(n) for s, n in self._q("SELECT state, count(*) FROM items GROUP BY state")
+        }
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        out = {}
+        for state in ("archived", "failed"):
+            rows = self._q(
+                "SELECT count(*) FROM items WHERE state = ? AND finished_at >= ?", (state, since)
+            )
+            out[state] = int(rows[0][0])
+        return out
+
+    def in_flight(self, limit: int) -> list[tuple[ItemView, AttemptView | None]]:
+        """Unfinished items, oldest first, each with its stage attempt now running (if any)."""
+        marks = ",".join("?" * len(_UNFINISHED))
+        rows = self._q(
+            f"{_ITEM_SQL} WHERE state IN ({marks}) ORDER BY created_at LIMIT ?",
+            (*_UNFINISHED, limit),
+        )
+        out = []
+        for row in rows:
+            item = _item(row)
+            running = [a for a in self.attempts(item.id) if a.ended_at is None]
+            out.append((item, running[-1] if running else None))
+        return out
+
+    def recent_failures(self, limit: int) -> list[ItemView]:
+        rows = self._q(
+            f"{_ITEM_SQL} WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_item(r) for r in rows]
+
+    # --- history ------------------------------------------------------------
+
+    def item(self, item_id: str) -> ItemView | None:
+        rows = self._q(f"{_ITEM_SQL} WHERE id = ?", (item_id,))
+        return _item(rows[0]) if rows else None
+
+    def items_named(self, name: bytes) -> list[ItemView]:
+        """Every item of that name in incoming/, newest first."""
+        rows = self._q(
+            f"{_ITEM_SQL} WHERE name = ? ORDER BY created_at DESC, id DESC",
+            (name,),
+        )
+        return [_item(r) for r in rows]
+
+    def attempts(self, item_id: str) -> list[AttemptView]:
+        rows = self._q(
+            "SELECT id, stage_index, stage, attempt, started_at, ended_at, outcome, error "
+            "FROM attempts WHERE item_id = ? ORDER BY id",
+            (item_id,),
+        )
+        return [AttemptView(*r) for r in rows]
+
+    def events(self, item_id: str) -> list[EventView]:
+        rows = self._q(
+            "SELECT at, event, detail FROM events WHERE item_id = ? ORDER BY id", (item_id,)
+        )
+        return [EventView(*r) for r in rows]
+
+    def failed_ids(self, since: float | None, pipeline: str | None) -> list[str]:
+        sql = "SELECT id FROM items WHERE state = 'failed' AND finished_at >= ?"
+        params: list[Any] = [since or 0.0]
+        if pipeline is not None:
+            sql += " AND pipeline = ?"
+            params.append(pipeline)
+        return [str(r[0]) for r in self._q(sql + " ORDER BY finished_at", tuple(params))]
+
+
+def daemon_pid(state_db: Path) -> int | None:
+    """The pid holding the daemon's lock on the state directory, or None.
+
+    Read from /proc/locks rather than by trying the lock: a probe that took
+    the lock, even for a moment, could make a starting daemon wait for it.
+    """
+    try:
+        st = os.stat(state_db.parent)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a waiter's line has "->"
+        # in the second field, so it never matches).
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+            with contextlib.suppress(ValueError):
+                pid = int(fields[4])
+                return pid if pid > 0 else None
+    return None
+
+
+__all__ = ["AttemptView", "EventView", "ItemView", "StateReader", "daemon_pid"]

@@ -1,0 +1,153 @@
+"""``dropline status``: counts, backlog, files in flight, rate and failures, from a real daemon."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .harness import Tree, cli_json, make_tree, run_cli, run_until_idle, wait_until
+
+SLOW = """
+- name: slow
+  match: "*.dat"
+  stages:
+    - name: wait-a-bit
+      command: ["sleep", "0.05"]
+- name: bad
+  match: "*.bad"
+  stages:
+    - name: reject
+      command: ["sh", "-c", "echo 'line 3 is wrong' >&2; exit 65"]
+"""
+
+
+def _drop(tree: Tree, count: int, suffix: str = ".dat") -> None:
+    for n in range(count):
+        tmp = tree.incoming / f".f{n:04d}{suffix}.tmp"
+        tmp.write_bytes(b"x" * 100)
+        os.rename(tmp, tree.incoming / f"f{n:04d}{suffix}")
+
+
+def test_status_while_a_burst_drains(tree: Tree, start_daemon: Any) -> None:
+    """In flight with stage and age while draining; counts add up; the daemon is seen running."""
+    tree.write_config(SLOW, workers=2)
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, 120)
+    _drop(tree, 2, ".bad")
+
+    def busy() -> dict[str, Any] | None:
+        doc = cli_json(tree, "status", schema="status")
+        running = [f for f in doc["in_flight"]["shown"] if f["running"]]
+        return doc if running else None
+
+    doc = wait_until(busy, timeout=30, interval=0.05, what="a stage running in status")
+    assert doc["daemon"] == {"running": True, "pid": daemon.proc.pid}
+    running = next(f for f in doc["in_flight"]["shown"] if f["running"])
+    assert running["stage"] == "wait-a-bit"
+    assert running["pipeline"] == "slow"
+    assert running["file"].startswith("f") and running["age_seconds"] >= 0
+    total = sum(doc["counts"].values())
+    # Read at slightly different moments (folders, then the database): never more
+    # than what was dropped, give or take the files moving in between.
+    assert 0 < total <= 122 + doc["in_flight"]["count"]
+
+    def drained() -> dict[str, Any] | None:
+        d = cli_json(tree, "status", schema="status")
+        return d if d["counts"]["archived"] + d["counts"]["failed"] == 122 else None
+
+    done = wait_until(drained, timeout=60, interval=0.1, what="the burst drained")
+    assert done["counts"] == {"incoming": 0, "working": 0, "archived": 120, "failed": 2}
+    assert done["rate"]["archived"] == 120 and done["rate"]["failed"] == 2
+    assert done["rate"]["files_per_second"] > 0
+    assert done["in_flight"] == {"count": 0, "shown": []}
+    reasons = [f["reason"] for f in done["recent_failures"]]
+    assert len(reasons) == 2 and all("line 3 is wrong" in r for r in reasons)
+    assert {f["where"] for f in done["recent_failures"]} == {"failed/f0000.bad", "failed/f0001.bad"}
+
+    human = run_cli("status", "--config", str(tree.config))
+    assert human.returncode == 0, human.stderr
+    assert f"running (pid {daemon.proc.pid})" in human.stdout
+    assert "\x1b[" not in human.stdout, "no colour when stdout is not a terminal"
+    assert "Recent failures:" in human.stdout and "line 3 is wrong" in human.stdout
+    daemon.stop()
+
+
+def test_status_without_a_daemon_counts_the_backlog(tree: Tree) -> None:
+    """Works when the daemon is not running: the backlog is what waits in incoming/."""
+    tree.write_config(SLOW)
+    _drop(tree, 3)
+    assert run_until_idle(tree) == 0
+    _drop(tree, 5)
+    (tree.incoming / ".hidden").write_bytes(b"")
+    (tree.incoming / "half.part").write_bytes(b"")
+    doc = cli_json(tree, "status", schema="status")
+    assert doc["daemon"] == {"running": False, "pid": None}
+    assert doc["counts"] == {"incoming": 5, "working": 0, "archived": 3, "failed": 0}
+    assert doc["backlog"]["incoming"] == 5
+    assert doc["backlog"]["oldest_seconds"] is not None
+    human = run_cli("status", "--config", str(tree.config))
+    assert "not running" in human.stdout
+    assert "5 waiting in incoming/" in human.stdout
+
+
+def test_missing_database_is_a_clear_error(tree: Tree) -> None:
+    tree.write_config(SLOW)
+    for command in (["status"], ["history", "x"], ["retry", "x"], ["status", "--json"]):
+        result = run_cli(*command, "--config", str(tree.config))
+        assert result.returncode == 1, (command, result.stderr)
+        assert "no state database at" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stdout == ""
+
+
+def test_unreadable_state_directory_is_a_clear_error() -> None:
+    """Another user (not root, not the daemon's) is told "permission denied", exit 1."""
+    # Outside pytest's own temporary root, which only root may enter.
+    with tempfile.TemporaryDirectory(prefix="dropline-perm-") as top:
+        _unreadable_state(make_tree(Path(top)))
+
+
+def _unreadable_state(tree: Tree) -> None:
+    tree.write_config(SLOW)
+    assert run_until_idle(tree) == 0
+    os.chmod(tree.root, 0o755)
+    os.chmod(tree.state_db.parent, 0o700)
+    os.chmod(tree.config, 0o644)
+    # The command runs in a child that drops to nobody after the modules are loaded
+    # (the interpreter itself may live where nobody can read).
+    from dropline.cli import main
+    from dropline.commands import history, status  # noqa: F401 - loaded before dropping root
+
+    for command in (["status"], ["history", "x"]):
+        # Once as root first: every module (standard library too) loaded before the drop.
+        main([*command, "--config", str(tree.config)])
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read_fd)
+            os.dup2(write_fd, 2)
+            sys.stderr = os.fdopen(2, "w")
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = 99
+            try:
+                code = main([*command, "--config", str(tree.config)])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as f:
+            err = f.read().decode()
+        _, status_code = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status_code) == 1, err
+        assert "permission denied" in err and str(tree.state_db) in err, err
+        assert "Traceback" not in err
