@@ -53,6 +53,9 @@ class StageConfig:
     isolation: Isolation = "process"  # python stages: in a worker process, or a thread
     memory_limit: int = 1024**3  # python stages in a process: address-space limit
     line: int = 0  # where the stage is declared, for later error messages
+    # The line of every key under "with:" ("columns[2].type" -> 14): a builtin's
+    # option error names the line of the very option.
+    option_lines: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,21 @@ def _python_ref_ok(ref: str) -> bool:
         return False
     parts = [*module.split("."), *function.split(".")]
     return all(part.isidentifier() and not keyword.iskeyword(part) for part in parts)
+
+
+def _record_lines(node: Node, prefix: str, into: dict[str, int]) -> None:
+    """The line of every key and item under NODE, by dotted path."""
+    if prefix and prefix not in into:
+        into[prefix] = _line(node)
+    if isinstance(node, MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, ScalarNode):
+                name = str(key_node.value)
+                into[f"{prefix}.{name}" if prefix else name] = _line(key_node)
+                _record_lines(value_node, f"{prefix}.{name}" if prefix else name, into)
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, f"{prefix}[{i}]", into)
 
 
 class _Builder:
@@ -695,6 +713,7 @@ class _Builder:
         else:
             builtin = self.string(kind_node, kind_key, "the name of a builtin stage")
         options: Mapping[str, Any] = _NO_OPTIONS
+        option_lines: dict[str, int] = {}
         if "with" in pairs:
             if kind == "command":
                 raise self.error(
@@ -704,6 +723,7 @@ class _Builder:
                     f"{key}.with",
                 )
             options = self.options(pairs["with"][1], f"{key}.with")
+            _record_lines(pairs["with"][1], "", option_lines)
         for only_python in ("isolation", "memory_limit"):
             if only_python in pairs and kind != "python":
                 raise self.error(
@@ -752,6 +772,7 @@ class _Builder:
                 pairs, "idempotent", key, self.boolean, _STAGE_DEFAULTS.idempotent
             ),
             line=_line(node),
+            option_lines=types.MappingProxyType(option_lines),
         )
 
     def command(self, node: Node, key: str) -> tuple[str, ...]:

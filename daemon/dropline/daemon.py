@@ -36,6 +36,8 @@ from .recovery import describe as describe_recovery
 from .recovery import finish_for, recover
 from .requeue import requeue_batch
 from .retry import compute_backoff
+from .scratch import remove as remove_scratch
+from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool
 from .stages import StageContext
 from .state import State, acquire_lock
@@ -130,6 +132,8 @@ class Daemon:
         self.spool: Spool | None = None
         self.watch: IncomingWatch | None = None
         self.pool: WorkerPool | None = None
+        self.scratch_root = scratch_root(config.state_db)
+        self.ran_stages: set[str] = set()  # items that may have a scratch folder
         # Off (a no-op) unless configured; not changed by a reload.
         self.metrics = make_metrics(config.metrics, file=str(config.path))
 
@@ -172,6 +176,8 @@ class Daemon:
                 )
             else:
                 self._schedule(item, now)
+        sweep(self.scratch_root, set(self.items))
+        self.ran_stages = set(self.items)
         # Entries recovery would not adopt (not regular files) stay in working/:
         # their names are taken for as long as this daemon runs.
         known = {item.working_name for item in self.items.values()}
@@ -641,7 +647,9 @@ class Daemon:
                 log=log,
                 timeout=stage.config.timeout,
                 cancel=cancel,
+                scratch=self.scratch_root / item.id,
             )
+            self.ran_stages.add(item.id)
             self.running[item.id] = Running(
                 self._token,
                 attempt_id,
@@ -701,6 +709,9 @@ class Daemon:
                 self.to_finish.append(f)
                 continue
             self.items.pop(f.item_id, None)
+            if f.item_id in self.ran_stages:
+                self.ran_stages.discard(f.item_id)
+                remove_scratch(self.scratch_root, [f.item_id])
             self._log_finish(f)
         if self.to_finish:
             self._finish_retry_at = self.mono + _SPACE_CHECK_EVERY

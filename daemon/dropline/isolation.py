@@ -174,6 +174,7 @@ def _child_main(requests: Connection, results: Connection, log_format: str) -> N
                     stage=spec["stage"],
                 ),
                 timeout=spec["timeout"],
+                scratch=Path(spec["scratch"]) if spec.get("scratch") else None,
             )
             outcome, error, metadata = call_stage(func, ctx)
             if error.startswith("MemoryError"):

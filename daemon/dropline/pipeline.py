@@ -7,6 +7,7 @@ is a configuration error at start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from .config import Config, PipelineConfig, StageConfig
 from .stages import StageFunc
-from .stages.builtin import build_builtin
+from .stages.builtin import BuildEnv, build_builtin
 from .stages.command import build_command_stage
 from .stages.python import load_python_stage
 
@@ -69,7 +70,18 @@ def _build_stage(
     if sc.kind == "command":
         func = build_command_stage(sc.command)
     elif sc.kind == "builtin":
-        func = build_builtin(sc.builtin, sc.options, file=file, line=sc.line, key=key + ".builtin")
+        built = build_builtin(
+            sc.builtin,
+            sc.options,
+            file=file,
+            line=sc.line,
+            key=key,
+            lines=sc.option_lines,
+            env=BuildEnv(config.path.parent, pipeline.name),
+        )
+        if built.modifies and not sc.modifies:
+            sc = dataclasses.replace(sc, modifies=True)  # declared by the builtin itself
+        return Stage(sc, built.func)
     else:
         search = [config.pipelines_dir / pipeline.name, config.pipelines_dir]
         # Imported here even when it will run in a worker process: a stage that

@@ -64,6 +64,7 @@ def run_isolated(job: StageJob, process: StageProcess) -> StageResult:
         "attempt": ctx.attempt,
         "metadata": dict(ctx.metadata),
         "timeout": ctx.timeout,
+        "scratch": os.fspath(ctx.scratch) if ctx.scratch is not None else None,
     }
     outcome, error, metadata = process.run(spec, ctx.timeout, ctx.cancel)
     crashpoint("stage.finished")

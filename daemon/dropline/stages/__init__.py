@@ -35,6 +35,30 @@ class StageContext:
     log: Any = None  # a structlog logger bound to item, file, pipeline and stage
     timeout: float = 0.0  # seconds the stage may take
     cancel: Any = None  # a threading.Event set when the daemon wants the stage to stop
+    # A folder of this item's own for files a stage derives (a transformed copy):
+    # kept across restarts until the item ends, then removed.  Created on demand
+    # by ``scratch_dir()``.
+    scratch: Path | None = None
+
+    def data_file(self) -> Path:
+        """The file to read: a transform's output when an earlier stage made one, else PATH."""
+        derived = self.metadata.get(DATA_PATH)
+        return Path(derived) if isinstance(derived, str) and derived else self.path
+
+    def scratch_dir(self) -> Path:
+        """This item's scratch folder, created (mode 0750) if need be."""
+        if self.scratch is None:
+            raise RuntimeError("this stage runs without a scratch folder")
+        self.scratch.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return self.scratch
+
+
+# The metadata key under which a stage that derives a new file (transform)
+# names it; the stages after it read that file (``StageContext.data_file``).
+DATA_PATH = "data_path"
+# In a pipeline's ``on_failure`` stages, the metadata key holding why the file
+# failed: {"stage": "validate", "reason": "..."}; absent in ordinary stages.
+FAILURE = "failure"
 
 
 StageFunc = Callable[[StageContext], Mapping[str, Any] | None]
@@ -64,4 +88,12 @@ def call_stage(func: StageFunc, ctx: StageContext) -> tuple[str, str, dict[str, 
     return "succeeded", "", metadata
 
 
-__all__ = ["PermanentError", "StageContext", "StageFunc", "StageTimeout", "call_stage"]
+__all__ = [
+    "DATA_PATH",
+    "FAILURE",
+    "PermanentError",
+    "StageContext",
+    "StageFunc",
+    "StageTimeout",
+    "call_stage",
+]

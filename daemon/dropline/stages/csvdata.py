@@ -1,0 +1,218 @@
+"""CSV as the builtins share it: column types, parsing values, streaming rows.
+
+validate-csv records what it checked in the item's metadata, and the stages
+after it read the file with that knowledge:
+
+- ``metadata["csv"]``: ``{"delimiter": ",", "encoding": "utf-8"}``, how to read it;
+- ``metadata["schema"]``: ``[{"name": "id", "type": "integer"}, ...]``, the
+  columns in file order with their types (a loader creates its table from it);
+- ``metadata["rows"]``: the number of data rows.
+
+transform rewrites the first two for the file it writes (UTF-8, comma).
+Rows are streamed (``csv.reader`` over the open file), never read whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import PermanentError
+
+TYPES = ("text", "integer", "decimal", "date", "enum", "regex")
+CSV_KEY = "csv"
+SCHEMA_KEY = "schema"
+ROWS_KEY = "rows"
+
+_INTEGER = re.compile(r"[+-]?\d+")
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+
+# Larger fields than csv's default 128 KiB are allowed, but not without bound.
+csv.field_size_limit(16 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column as validate-csv checks it."""
+
+    name: str
+    type: str = "text"
+    required: bool = True  # the header must have it
+    empty: bool = True  # an empty value is allowed (loaded as NULL)
+    values: tuple[str, ...] = ()  # enum
+    pattern: re.Pattern[str] | None = None  # regex
+    date_format: str = "%Y-%m-%d"  # date
+
+    def check(self, text: str) -> str:
+        """Why TEXT is not a valid value of this column ("" when it is)."""
+        if text == "":
+            return "" if self.empty else "is empty"
+        kind = self.type
+        if kind == "integer" and not _INTEGER.fullmatch(text):
+            return "is not an integer"
+        if kind == "decimal" and not _DECIMAL.fullmatch(text):
+            return "is not a decimal"
+        if kind == "date":
+            try:
+                dt.datetime.strptime(text, self.date_format)  # noqa: DTZ007 - a date, no zone
+            except ValueError:
+                return f"is not a date ({self.date_format})"
+        if kind == "enum" and text not in self.values:
+            return f"is not one of {', '.join(self.values)}"
+        if kind == "regex" and self.pattern is not None and not self.pattern.fullmatch(text):
+            return f"does not match {self.pattern.pattern}"
+        return ""
+
+
+def dialect(metadata: Mapping[str, Any]) -> tuple[str, str]:
+    """(delimiter, encoding) recorded by validate-csv or transform; comma and UTF-8 otherwise."""
+    info = metadata.get(CSV_KEY)
+    if isinstance(info, Mapping):
+        return str(info.get("delimiter", ",")), str(info.get("encoding", "utf-8"))
+    return ",", "utf-8"
+
+
+def schema_types(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Column name -> type, from the metadata (empty when no validation ran)."""
+    out: dict[str, str] = {}
+    schema = metadata.get(SCHEMA_KEY)
+    if isinstance(schema, list):
+        for col in schema:
+            if isinstance(col, Mapping) and isinstance(col.get("name"), str):
+                out[col["name"]] = str(col.get("type", "text"))
+    return out
+
+
+def open_text(path: Path, encoding: str) -> IO[str]:
+    """The file for csv.reader: decoding strictly (a bad byte is an error, not a guess)."""
+    return path.open("r", encoding=encoding, errors="strict", newline="")
+
+
+def rows(handle: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) for every record; the number is the record's first line."""
+    reader = csv.reader(handle, delimiter=delimiter, strict=True)
+    line = 1
+    try:
+        for record in reader:
+            yield line, record
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise PermanentError(f"line {reader.line_num}: not valid CSV: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PermanentError(
+            f"line {line}: not valid {exc.encoding}: byte 0x{exc.object[exc.start]:02x} "
+            f"cannot be decoded"
+        ) from None
+
+
+def convert(kind: str, text: str) -> Any:
+    """A checked value as loaders store it: int, exact decimal text, ISO date, text, or None."""
+    if text == "":
+        return None
+    if kind == "integer":
+        return int(text)
+    if kind == "decimal":
+        return str(decimal.Decimal(text))
+    return text
+
+
+def convert_date(text: str, date_format: str) -> str | None:
+    if text == "":
+        return None
+    return dt.datetime.strptime(text, date_format).date().isoformat()  # noqa: DTZ007
+
+
+def sql_type(kind: str, dialect_name: str) -> str:
+    """The column type a loader creates for a validation type."""
+    if kind == "integer":
+        return "INTEGER" if dialect_name == "sqlite" else "bigint"
+    if kind == "decimal":
+        return "NUMERIC" if dialect_name == "sqlite" else "numeric"
+    if kind == "date":
+        return "TEXT" if dialect_name == "sqlite" else "date"
+    return "TEXT" if dialect_name == "sqlite" else "text"
+
+
+@dataclass
+class Source:
+    """A CSV file to load: its header, the column types, and its rows converted."""
+
+    header: list[str]
+    types: list[str]
+    _handle: IO[str]
+    _rows: Iterator[tuple[int, list[str]]]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        width = len(self.header)
+        kinds = self.types
+        for line, record in self._rows:
+            if record == []:
+                continue  # a blank line
+            if len(record) != width:
+                raise PermanentError(
+                    f"line {line}: {len(record)} fields where the header has {width}"
+                )
+            try:
+                yield tuple(convert(kinds[i], v) for i, v in enumerate(record))
+            except (ValueError, decimal.InvalidOperation) as exc:
+                raise PermanentError(f"line {line}: {exc} (validate the file first)") from None
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_source(
+    path: Path, metadata: Mapping[str, Any], delimiter: str | None, encoding: str | None
+) -> Source:
+    """Open PATH for loading: header from its first row, types from validate-csv's schema.
+
+    Dates are already checked by validate-csv and stay as written; give them
+    as ISO dates (or transform them) to load them into a date column.
+    """
+    meta_delimiter, meta_encoding = dialect(metadata)
+    handle = open_text(path, encoding or meta_encoding)
+    stream = rows(handle, delimiter or meta_delimiter)
+    try:
+        first = next(stream, None)
+    except BaseException:
+        handle.close()
+        raise
+    if first is None:
+        handle.close()
+        raise PermanentError("the file is empty: no header row")
+    header = [h.strip() for h in first[1]]
+    known = schema_types(metadata)
+    kinds = [
+        known.get(h, "text") if known.get(h, "text") in ("integer", "decimal") else "text"
+        for h in header
+    ]
+    return Source(header, kinds, handle, stream)
+
+
+__all__ = [
+    "CSV_KEY",
+    "ROWS_KEY",
+    "SCHEMA_KEY",
+    "TYPES",
+    "Column",
+    "Source",
+    "convert",
+    "dialect",
+    "open_source",
+    "open_text",
+    "rows",
+    "schema_types",
+    "sql_type",
+]
