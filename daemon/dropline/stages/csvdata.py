@@ -60,7 +60,7 @@ class Column:
             return "is not a decimal"
         if kind == "date":
             try:
-                dt.datetime.strptime(text, self.date_format)  # noqa: DTZ007 - a date, no zone
+                dt.datetime.strptime(text, self.date_format)
             except ValueError:
                 return f"is not a date ({self.date_format})"
         if kind == "enum" and text not in self.values:
@@ -125,7 +125,7 @@ def convert(kind: str, text: str) -> Any:
 def convert_date(text: str, date_format: str) -> str | None:
     if text == "":
         return None
-    return dt.datetime.strptime(text, date_format).date().isoformat()  # noqa: DTZ007
+    return dt.datetime.strptime(text, date_format).date().isoformat()
 
 
 def sql_type(kind: str, dialect_name: str) -> str:
