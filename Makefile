@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUNDIR ?= var
 
-.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak bench
+.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak bench postgresql-server
 
 # The environment is rebuilt when pyproject.toml changes; the stamp records that.
 $(VENV)/.installed: pyproject.toml
@@ -29,16 +29,32 @@ run: venv
 	@echo "dropline: drop files into $(CURDIR)/$(RUNDIR)/data/incoming/"
 	@echo "dropline: they end in $(CURDIR)/$(RUNDIR)/data/archive/ or $(CURDIR)/$(RUNDIR)/data/failed/"
 	@echo "dropline: configuration $(CURDIR)/$(RUNDIR)/dropline.yaml; Ctrl-C stops"
+	@echo "dropline: try the example: cp config/samples/*.csv $(RUNDIR)/data/incoming/"
+	@echo "dropline:   then: $(BIN)/dropline status --config $(RUNDIR)/dropline.yaml"
+	@echo "dropline:   and:  sqlite3 $(RUNDIR)/state/orders.db 'SELECT * FROM orders'"
 	$(BIN)/dropline run --config $(RUNDIR)/dropline.yaml
 
 lint: venv
-	$(BIN)/ruff check daemon tests
-	$(BIN)/ruff format --check daemon tests
+	$(BIN)/ruff check daemon tests config/pipelines
+	$(BIN)/ruff format --check daemon tests config/pipelines
 
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+# The postgres-load tests start a PostgreSQL server of their own (tests/pg.py). As root,
+# Debian's server is installed when initdb and pg_ctl are missing; where it cannot be,
+# those tests skip, saying what was missing.
+postgresql-server:
+	@for b in /usr/lib/postgresql/*/bin; do [ -x "$$b/initdb" ] && [ -x "$$b/pg_ctl" ] && exit 0; done; \
+	  { command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 && exit 0; \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || exit 0; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1; } || \
+	  echo "test: could not install postgresql; the postgres-load tests are skipped"
+
+unit: venv postgresql-server
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
@@ -71,6 +87,7 @@ clean:
 # beforehand (make wheelhouse) instead of the package index.
 PREFIX          ?= /opt/automation/dropline
 CONFDIR         ?= /etc/dropline
+PIPELINESDIR    ?= /opt/automation/pipelines
 UNITDIR         ?= /etc/systemd/system
 SYSUSERSDIR     ?= /etc/sysusers.d
 TMPFILESDIR     ?= /etc/tmpfiles.d
@@ -106,6 +123,11 @@ install:
 	  install -m 0640 -g automation config/dropline.yaml $(CONFDIR)/dropline.yaml; \
 	  echo "installed an example $(CONFDIR)/dropline.yaml"; \
 	fi
+	@# The example's own stages and the template; an operator's folder is never overwritten.
+	install -d -m 0755 $(PIPELINESDIR)
+	@for d in config/pipelines/*/; do n=$$(basename $$d); \
+	  if [ -e $(PIPELINESDIR)/$$n ]; then echo "kept the existing $(PIPELINESDIR)/$$n"; \
+	  else cp -r $$d $(PIPELINESDIR)/$$n && chmod -R u=rwX,go=rX $(PIPELINESDIR)/$$n; fi; done
 	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
 	else echo "systemd is not running: skipped systemctl daemon-reload"; fi
 	@echo "dropline installed in $(PREFIX); start it with: systemctl enable --now dropline"
@@ -120,6 +142,7 @@ uninstall:
 	rm -f $(SYSUSERSDIR)/dropline.conf $(TMPFILESDIR)/dropline.conf
 	rm -rf $(PREFIX)
 	@if [ "$(PURGE)" = 1 ]; then \
-	  rm -rf /opt/automation/data /var/lib/dropline $(CONFDIR); echo "removed data, state and configuration"; \
-	else echo "kept /opt/automation/data, /var/lib/dropline and $(CONFDIR) (PURGE=1 removes them)"; fi
+	  rm -rf /opt/automation/data /var/lib/dropline $(CONFDIR) $(PIPELINESDIR); \
+	  echo "removed data, state, configuration and pipelines"; \
+	else echo "kept /opt/automation/data, /var/lib/dropline, $(CONFDIR) and $(PIPELINESDIR) (PURGE=1 removes them)"; fi
 	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .harness import DaemonProcess, Tree, make_tree
+from .http_recorder import server  # noqa: F401 - a fixture for every test module
 
 
 @pytest.fixture

@@ -397,7 +397,7 @@ def test_unknown_builtin_is_a_config_error(tree: Tree, command: str) -> None:
     line = line_of(tree.config, 'name: "hash"')
     assert f"{tree.config}:{line}" in result.stderr
     assert 'unknown builtin "sha512"' in result.stderr
-    assert "allowed: noop, sha256" in result.stderr
+    assert "allowed: noop, postgres-load, publish, sha256, sqlite-load" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -66,6 +66,9 @@ class PipelineConfig:
     match: tuple[str, ...]
     stages: tuple[StageConfig, ...] = ()
     line: int = 0
+    # Run once when a file has failed, before it moves to failed/ (a webhook, say):
+    # their own failures are recorded and logged, never change the outcome.
+    on_failure: tuple[StageConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ TOP_KEYS: tuple[str, ...] = (
     "log_format",
     "metrics",
 )
-PIPELINE_KEYS: tuple[str, ...] = ("name", "match", "stages")
+PIPELINE_KEYS: tuple[str, ...] = ("name", "match", "stages", "on_failure")
 STAGE_KEYS: tuple[str, ...] = (
     "name",
     "command",
@@ -653,25 +656,44 @@ class _Builder:
         )
         name = self.name(pairs["name"][1], f"{key}.name")
         match = self.globs(pairs["match"][1], f"{key}.match", single_ok=True, empty_ok=False)
+        first_line: dict[str, int] = {}
+        stages = self.stage_list(pairs, "stages", key, name, first_line)
+        on_failure = self.stage_list(pairs, "on_failure", key, name, first_line)
+        return PipelineConfig(
+            name=name,
+            match=match,
+            stages=tuple(stages),
+            line=_line(node),
+            on_failure=tuple(on_failure),
+        )
+
+    def stage_list(
+        self,
+        pairs: dict[str, tuple[Node, Node]],
+        field_name: str,
+        key: str,
+        pipeline: str,
+        first_line: dict[str, int],
+    ) -> list[StageConfig]:
+        """The stages under FIELD_NAME; a name may appear once in the whole pipeline."""
         stages: list[StageConfig] = []
-        if "stages" in pairs:
-            stages_node = pairs["stages"][1]
-            first_line: dict[str, int] = {}
-            items = self.sequence(stages_node, f"{key}.stages", "a list of stages")
-            for i, item in enumerate(items):
-                stage_key = f"{key}.stages[{i}]"
-                stage = self.stage(item, stage_key)
-                if stage.name in first_line:
-                    raise self.error(
-                        f'duplicate stage name "{stage.name}" in pipeline "{name}": declared at '
-                        f"line {first_line[stage.name]} and again at line {stage.line}; "
-                        "each stage of a pipeline needs its own name",
-                        item,
-                        f"{stage_key}.name",
-                    )
-                first_line[stage.name] = stage.line
-                stages.append(stage)
-        return PipelineConfig(name=name, match=match, stages=tuple(stages), line=_line(node))
+        if field_name not in pairs:
+            return stages
+        items = self.sequence(pairs[field_name][1], f"{key}.{field_name}", "a list of stages")
+        for i, item in enumerate(items):
+            stage_key = f"{key}.{field_name}[{i}]"
+            stage = self.stage(item, stage_key)
+            if stage.name in first_line:
+                raise self.error(
+                    f'duplicate stage name "{stage.name}" in pipeline "{pipeline}": declared at '
+                    f"line {first_line[stage.name]} and again at line {stage.line}; "
+                    "each stage of a pipeline needs its own name",
+                    item,
+                    f"{stage_key}.name",
+                )
+            first_line[stage.name] = stage.line
+            stages.append(stage)
+        return stages
 
     def stage(self, node: Node, key: str) -> StageConfig:
         pairs = self.mapping(

@@ -39,7 +39,7 @@ from .retry import compute_backoff
 from .scratch import remove as remove_scratch
 from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool
-from .stages import StageContext
+from .stages import FAILURE, StageContext
 from .state import State, acquire_lock
 from .watch import FileReady, IncomingWatch, Overflow, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
@@ -350,11 +350,8 @@ class Daemon:
         """Record how an attempt ended and decide what comes next; returns the log event."""
         assert self.state is not None
         pipeline = self.routes.get(item.pipeline)
-        stage_cfg = (
-            pipeline.stages[running.stage_index].config
-            if pipeline and running.stage_index < len(pipeline.stages)
-            else None
-        )
+        stage = pipeline.stage_at(running.stage_index) if pipeline else None
+        stage_cfg = stage.config if stage else None
         stopped = self.stopping_since is not None and running.cancel.is_set()
         self.metrics.stage_ended(
             item.pipeline or "none",
@@ -385,7 +382,7 @@ class Daemon:
                 )
                 self.state.record_stage_end(running.attempt_id, "indeterminate", reason, now)
                 item.attempt += 1
-                self._plan_finish(item, "failed", reason, running.stage)
+                self._fail(item, reason, running.stage, now, stopping=True)
                 return item, running, "error", "stage.failed", {"error": reason}
             # We stopped it: not the stage's failure; it runs again after the restart.
             self.state.record_stage_end(running.attempt_id, "interrupted", result.error, now)
@@ -416,7 +413,17 @@ class Daemon:
             if result.outcome == "permanent"
             else f"failed after {failures} attempt(s)"
         )
-        self._plan_finish(item, "failed", f"{running.stage}: {kind}: {result.error}", running.stage)
+        if FAILURE in item.metadata:
+            # An on_failure stage failed: recorded and logged; the file's outcome
+            # (failed, for its own reason) stands, and the next one runs.
+            item.next_stage = running.stage_index + 1
+            item.attempt = 0
+            item.next_at = None
+            self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+            self.ready.append(item.id)
+        else:
+            reason = f"{running.stage}: {kind}: {result.error}"
+            self._fail(item, reason, running.stage, now)
         fields = {"attempt": failures, "error": result.error, "kind": kind}
         return item, running, "error", "stage.failed", fields
 
@@ -609,11 +616,18 @@ class Daemon:
                     item, "failed", f'pipeline "{item.pipeline}" is no longer configured', None
                 )
                 continue
-            done = item.next_stage >= len(pipeline.stages)
+            failure = item.metadata.get(FAILURE)
+            last = len(pipeline.stages) + (len(pipeline.on_failure) if failure else 0)
+            done = item.next_stage >= last
             if not done and (stopping or len(self.running) + len(jobs) >= self.pool.size):
                 deferred.append(item_id)
                 continue
             if self._changed_under_us(item):
+                continue
+            if done and isinstance(failure, dict):
+                self._plan_finish(
+                    item, "failed", str(failure.get("reason")), failure.get("stage") or None
+                )
                 continue
             if done:
                 self._plan_finish(item, "archived", "", None)
@@ -625,12 +639,12 @@ class Daemon:
         started: list[tuple[Item, Pipeline, int, int, int]] = []
         with self.state.transaction():
             for item, pipeline, index, attempt in jobs:
-                stage = pipeline.stages[index]
+                stage = pipeline.stages_all[index]
                 attempt_id = self.state.record_stage_start(item.id, index, stage.name, attempt, now)
                 started.append((item, pipeline, index, attempt, attempt_id))
         crashpoint("stage.start_committed")
         for item, pipeline, index, attempt, attempt_id in started:
-            stage = pipeline.stages[index]
+            stage = pipeline.stages_all[index]
             self._token += 1
             cancel = threading.Event()
             log = self.log.bind(
@@ -674,16 +688,43 @@ class Daemon:
         seen = self.spool.fingerprint(item.working_name)
         if item.fingerprint is None or seen is None or seen == item.fingerprint:
             return False
-        self._plan_finish(
-            item,
-            "failed",
+        reason = (
             "modified after it was claimed (a writer still held it open): "
-            f"size {item.fingerprint[0]} -> {seen[0]}",
-            None,
+            f"size {item.fingerprint[0]} -> {seen[0]}"
         )
+        item.fingerprint = seen  # on_failure stages may still run on what is there
+        self._fail(item, reason, None, time.time())
         return True
 
     # --- finishing ----------------------------------------------------------
+
+    def _fail(
+        self, item: Item, reason: str, stage: str | None, now: float, *, stopping: bool = False
+    ) -> None:
+        """The file failed: its pipeline's on_failure stages first, if any, then failed/.
+
+        The failure is recorded in the item's metadata (FAILURE), which the
+        on_failure stages read and a restart resumes from.
+        """
+        assert self.state is not None
+        pipeline = self.routes.get(item.pipeline)
+        earlier = item.metadata.get(FAILURE)
+        if isinstance(earlier, dict):  # failed again while notifying: the first reason stands
+            self._plan_finish(item, "failed", str(earlier.get("reason")), earlier.get("stage"))
+            return
+        if pipeline is None or not pipeline.on_failure or stopping:
+            self._plan_finish(item, "failed", reason, stage)
+            return
+        item.metadata[FAILURE] = {"stage": stage, "reason": reason}
+        item.next_stage = len(pipeline.stages)
+        item.attempt = 0
+        item.next_at = None
+        if self.state.in_transaction:
+            self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+        else:
+            with self.state.transaction():
+                self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+        self.ready.append(item.id)
 
     def _plan_finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
         self.to_finish.append(

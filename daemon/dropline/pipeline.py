@@ -49,10 +49,25 @@ class Pipeline:
     config: PipelineConfig
     stages: tuple[Stage, ...]
     pattern: re.Pattern[str]
+    on_failure: tuple[Stage, ...] = ()
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def stages_all(self) -> tuple[Stage, ...]:
+        """The ordinary stages, then those of on_failure: one index space for attempts."""
+        return self.stages + self.on_failure
+
+    def stage_at(self, index: int) -> Stage | None:
+        """Stage INDEX: the ordinary stages first, then those of on_failure after them."""
+        if index < 0:
+            return None
+        if index < len(self.stages):
+            return self.stages[index]
+        index -= len(self.stages)
+        return self.on_failure[index] if index < len(self.on_failure) else None
 
 
 def compile_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -63,9 +78,14 @@ def compile_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def _build_stage(
-    config: Config, p_index: int, pipeline: PipelineConfig, index: int, sc: StageConfig
+    config: Config,
+    p_index: int,
+    pipeline: PipelineConfig,
+    index: int,
+    sc: StageConfig,
+    field: str = "stages",
 ) -> Stage:
-    key = f"pipelines[{p_index}].stages[{index}]"
+    key = f"pipelines[{p_index}].{field}[{index}]"
     file = str(config.path)
     if sc.kind == "command":
         func = build_command_stage(sc.command)
@@ -104,6 +124,10 @@ class Routes:
                 pc,
                 tuple(_build_stage(config, n, pc, i, sc) for i, sc in enumerate(pc.stages)),
                 compile_globs(pc.match),
+                tuple(
+                    _build_stage(config, n, pc, i, sc, "on_failure")
+                    for i, sc in enumerate(pc.on_failure)
+                ),
             )
             for n, pc in enumerate(config.pipelines)
         )

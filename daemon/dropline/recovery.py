@@ -11,7 +11,8 @@ The folders are the truth.  For each unfinished row:
   happened, confirmed;
 - "requeuing" (``dropline retry``): the move back from failed/ is completed
   (``requeue.py``).
-A file in working/ that no row knows (copied there by hand) is adopted.
+A file in working/ that no row knows (copied there by hand) is adopted, but
+for a stage's temporary (``.dropline-tmp-*``), which is removed.
 Running recovery twice changes nothing the second time.
 """
 
@@ -25,7 +26,8 @@ from .ids import new_item_id
 from .pipeline import Routes
 from .protocol import Finish, finish_batch
 from .requeue import RequeueResult, complete_requeue
-from .spool import Entry, Spool
+from .spool import WORKING_TEMP_PREFIX, Entry, Spool
+from .stages import FAILURE
 from .state import ItemRow, State
 
 
@@ -116,6 +118,9 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
     for name in spool.list_working():
         if name in known:
             continue
+        if name.startswith(WORKING_TEMP_PREFIX):
+            spool.remove_working_temp(name)  # a stage's temporary, interrupted
+            continue
         seen = spool.working_entry(name)
         if not isinstance(seen, Entry):
             log.warning("recovery.skipped", file=name, reason=seen.reason if seen else "gone")
@@ -148,8 +153,9 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         pipeline = routes.get(row.pipeline)
         for attempt in state.open_attempts(row.id):
             stage_cfg = None
-            if pipeline and attempt.stage_index < len(pipeline.stages):
-                stage_cfg = pipeline.stages[attempt.stage_index].config
+            stage = pipeline.stage_at(attempt.stage_index) if pipeline else None
+            if stage is not None:
+                stage_cfg = stage.config
             if stage_cfg is not None and not stage_cfg.idempotent:
                 reason = (
                     f'indeterminate: stage "{attempt.stage}" is not idempotent and was '
@@ -157,6 +163,9 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 )
                 with state.transaction():
                     state.record_stage_end(attempt.id, "indeterminate", reason, now)
+                failure = row.metadata.get(FAILURE)
+                if isinstance(failure, dict):  # an on_failure stage: it had failed already
+                    reason = f"{failure.get('reason')} (then {reason})"
                 finish = finish_for(row, "failed", reason, attempt.stage)
                 finish.attempts = attempt.attempt  # the interrupted attempt counts
                 finishes.append(finish)

@@ -46,6 +46,9 @@ _ERROR_SUFFIX = b".error.json"
 _CHUNK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 SUBDIRS = ("incoming", "working", "archive", "failed")
+# Temporaries a stage writes in working/ before renaming them over its file
+# (transform with archive: transformed); never a dropped file.
+WORKING_TEMP_PREFIX = b".dropline-tmp-"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -257,6 +260,13 @@ class Spool:
         except FileNotFoundError:
             return None
         return classify(name, st, self.max_file_size)
+
+    def remove_working_temp(self, name: bytes) -> None:
+        """Remove a stage's leftover temporary from working/ (never anything else)."""
+        if name.startswith(WORKING_TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self.working_fd)
+                self._mark(self.working_fd, "working")
 
     def fingerprint(self, name: bytes) -> tuple[int, int] | None:
         """(size, ctime) of working/NAME, to see whether anyone changed it.

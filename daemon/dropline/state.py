@@ -225,6 +225,10 @@ class State:
         finally:
             self._in_tx = False
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_tx
+
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, params)

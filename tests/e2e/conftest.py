@@ -26,8 +26,11 @@ INSTALL_PYTHON = "/usr/bin/python3"  # what `make install` uses
 # Debian ships ensurepip (which `python3 -m venv` needs) only in python3-venv.
 MAKE_VENV = "import ensurepip, sys, venv; venv.main(sys.argv[1:])"
 INSIDE = "/root/dropline-e2e"  # the source snapshot and the wheels, inside the container
+# The configuration the service tests run with (tests/e2e/service.yaml; the source
+# snapshot holds no tests), copied in after the install.
+SERVICE_CONFIG = f"{INSIDE}/service.yaml"
 
-# Before each test: the example configuration, no drop-ins, the start limit
+# Before each test: the service tests' configuration, no drop-ins, the start limit
 # reset, the service running.  Restarts only what a previous test changed.
 RESET = f"""
 example=$1; restart=0
@@ -143,6 +146,7 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
             "make", "-C", inside["source"], "install", f"WHEELHOUSE={inside['wheels']}", timeout=300
         )
         TIMINGS["copy in, make install"] = time.monotonic() - t_install
+        box.put(SERVICE_CONFIG, (Path(__file__).parent / "service.yaml").read_bytes())
         box.run("useradd", "--groups", "droppers", DROPPER)
         t_start = time.monotonic()
         started = box.systemctl("start", UNIT, check=False)
@@ -160,8 +164,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
 
 @pytest.fixture
 def dropline(container: Container) -> Container:
-    """The container with dropline running the example configuration, without drop-ins."""
-    container.sh(RESET, f"{INSIDE}/source/config/dropline.yaml", timeout=90)
+    """The container with dropline running tests/e2e/service.yaml, without drop-ins."""
+    container.sh(RESET, SERVICE_CONFIG, timeout=90)
     container.wait_active()
     return container
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .conftest import INSIDE
 from .container import CONFIG, Container
 
 UNITS = ("dropline.service", "dropline-prune.service", "dropline-prune.timer")
@@ -51,3 +52,27 @@ def test_retention_timer_listed_and_its_service_succeeds(dropline: Container) ->
         "ExecMainCode": "1",  # CLD_EXITED
         "ExecMainStatus": "0",
     }, props
+    # It ran for real under its sandbox: read the state, walked archive/.
+    log = dropline.run("journalctl", "-u", PRUNE, "-o", "cat", "--no-pager").stdout
+    assert "Deleted 0 archived files" in log, log
+
+
+def test_installed_example_configuration_passes_check(dropline: Container) -> None:
+    """The example configuration as installed (with its pipelines' own stages) is valid."""
+    assert dropline.path("/opt/automation/pipelines/orders/orders_notify.py").is_file()
+    assert dropline.path("/opt/automation/pipelines/template/my_stage.py").is_file()
+    example = "/etc/dropline/example.yaml"  # where the service user can read it
+    dropline.run("install", "-m", "0644", f"{INSIDE}/source/config/dropline.yaml", example)
+    done = dropline.run(
+        "runuser",
+        "-u",
+        "automation",
+        "--",
+        "/opt/automation/dropline/bin/dropline",
+        "check",
+        "--config",
+        example,
+        check=False,
+    )
+    dropline.run("rm", "-f", example)
+    assert done.returncode == 0, done.stdout + done.stderr

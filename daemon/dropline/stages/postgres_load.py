@@ -1,0 +1,327 @@
+"""postgres-load: load a CSV file's rows into a PostgreSQL table, once per item.
+
+Every row loaded carries the item's id in the column ``dropline_item``.  One
+transaction deletes the rows of this item (a retry, or a re-run after a crash
+between the commit and its record) and copies the file in with COPY, rows
+streamed from the file: memory stays bounded whatever its size.  So loading
+an item twice leaves its rows once.
+
+A row PostgreSQL refuses (a value of the wrong type, a constraint) fails the
+file at once (PermanentError naming the line); a server that cannot be
+reached, a timeout or a lost connection is retried.
+
+psycopg is imported when a pipeline uses this builtin, not before: the
+daemon runs without it otherwise.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PermanentError
+from . import StageContext, StageFunc, csvdata
+from .options import Options, sql_identifier
+
+if TYPE_CHECKING:
+    import psycopg
+    import psycopg.sql
+
+    from .builtin import BuildEnv
+
+ITEM_COLUMN = "dropline_item"
+_MAX_NAME = 63  # bytes of an identifier PostgreSQL keeps (NAMEDATALEN - 1)
+_CANCEL_EVERY = 4096  # rows between two looks at the cancel event
+# PostgreSQL's context of an error in COPY: 'COPY orders, line 3, column amount: "x"'.
+_COPY_LINE = re.compile(r"\bCOPY \S+, line (\d+)")
+
+
+def build(opts: Options, env: BuildEnv) -> StageFunc:
+    """The stage: options dsn | dsn_env, table, create, delimiter, encoding, connect_timeout."""
+    dsn_key, dsn = _dsn(opts)
+    table = opts.string("table", what='a table name ("orders" or "schema.orders")')
+    parts = table.split(".")
+    if len(parts) > 2 or not all(sql_identifier(p) for p in parts):
+        opts.fail(
+            "table",
+            f'expected a table name, "table" or "schema.table", each part letters, digits '
+            f'and _ not starting with a digit, got "{table}"',
+        )
+    create = opts.boolean("create", True)
+    delimiter = opts.optional_string("delimiter", what="a one-character delimiter")
+    if delimiter is not None and len(delimiter) != 1:
+        opts.fail("delimiter", f'expected a single character, got "{delimiter}"')
+    encoding = opts.optional_string("encoding", what="an encoding name such as utf-8")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            opts.fail("encoding", f'unknown encoding "{encoding}"')
+    timeout_given = opts.has("connect_timeout")
+    connect_timeout = opts.duration("connect_timeout", 10.0)
+    if connect_timeout <= 0:
+        opts.fail("connect_timeout", "expected a duration above zero, such as 10s")
+    opts.done()
+
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        opts.fail(
+            dsn_key,
+            "postgres-load needs the Python package psycopg (version 3), which is not "
+            "installed in dropline's environment: pip install 'psycopg[binary]'",
+        )
+    try:
+        given = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        if dsn_key == "dsn_env":  # its text may hold a password: not repeated
+            opts.fail(dsn_key, "the variable does not hold a valid libpq connection string")
+        opts.fail(dsn_key, f"not a valid libpq connection string: {exc}")
+    params: dict[str, Any] = {}
+    if timeout_given or "connect_timeout" not in given:
+        params["connect_timeout"] = max(1, math.ceil(connect_timeout))
+    if "application_name" not in given:
+        params["application_name"] = "dropline"
+
+    loader = _Loader(dsn, params, table, parts, create, delimiter, encoding)
+
+    def stage(ctx: StageContext) -> Mapping[str, Any]:
+        return {"loaded_rows": loader.load(ctx), "table": table}
+
+    return stage
+
+
+def _dsn(opts: Options) -> tuple[str, str]:
+    """(the option it came from, the connection string): dsn, or dsn_env naming a variable."""
+    inline = opts.optional_string("dsn", what="a libpq connection string")
+    variable = opts.optional_string("dsn_env", what="the name of an environment variable")
+    if inline is not None and variable is not None:
+        opts.fail("dsn_env", "give dsn or dsn_env, not both")
+    if inline is not None:
+        return "dsn", inline
+    if variable is None:
+        opts.fail(
+            "dsn",
+            'missing option "dsn": a libpq connection string such as '
+            '"host=db.example port=5432 dbname=reports user=dropline" '
+            "(or dsn_env: the name of an environment variable holding it)",
+        )
+    value = os.environ.get(variable, "")
+    if not value:
+        opts.fail("dsn_env", f"the environment variable {variable} is not set or empty")
+    return "dsn_env", value
+
+
+def _index_name(table: str) -> str:
+    suffix = f"_{ITEM_COLUMN}_idx"
+    return table[: _MAX_NAME - len(suffix)] + suffix
+
+
+def _checked_header(header: Sequence[str]) -> list[str]:
+    """The header as column names, or PermanentError saying why it cannot be one."""
+    seen: set[str] = set()
+    for number, name in enumerate(header, 1):
+        if not name:
+            raise PermanentError(f"line 1: column {number} of the header has no name")
+        if "\x00" in name or len(name.encode("utf-8")) > _MAX_NAME:
+            raise PermanentError(
+                f'line 1: column "{name[:80]}" cannot be a PostgreSQL column name '
+                f"(at most {_MAX_NAME} bytes, no NUL)"
+            )
+        if name == ITEM_COLUMN:
+            raise PermanentError(
+                f'line 1: the header has a column "{ITEM_COLUMN}"; postgres-load fills that '
+                f"column itself with the item's id"
+            )
+        if name in seen:
+            raise PermanentError(f'line 1: the header names column "{name}" twice')
+        seen.add(name)
+    return list(header)
+
+
+class _Loader:
+    """Connects, creates the table if asked, and loads one item in one transaction.
+
+    One per stage, shared by the worker threads: it holds configuration only.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        params: dict[str, Any],
+        table: str,
+        parts: list[str],
+        create: bool,
+        delimiter: str | None,
+        encoding: str | None,
+    ) -> None:
+        from psycopg import sql
+
+        self.dsn = dsn
+        self.params = params
+        self.table = table
+        self.target = sql.Identifier(*parts)
+        self.create = create
+        self.index = _index_name(parts[-1])
+        self.delimiter = delimiter
+        self.encoding = encoding
+
+    def load(self, ctx: StageContext) -> int:
+        """Replace the rows of item CTX.item_id in the table by the file's; the rows loaded."""
+        import psycopg
+
+        path = ctx.data_file()
+        sent = 0
+        with csvdata.open_source(path, ctx.metadata, self.delimiter, self.encoding) as source:
+            columns = _checked_header(source.header)
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, **self.params) as conn:
+                    if self.create:
+                        self._create(conn, columns, csvdata.schema_types(ctx.metadata))
+                    self._check_columns(conn, columns)
+                    with conn.transaction(), conn.cursor() as cur:
+                        if ctx.timeout > 0:  # the server gives up when the daemon would
+                            ms = max(1, math.ceil(ctx.timeout * 1000))
+                            cur.execute(
+                                "SELECT set_config('statement_timeout', %s, true)", (str(ms),)
+                            )
+                        cur.execute(self._delete_sql(), (ctx.item_id,))
+                        replaced = cur.rowcount
+                        cancel = ctx.cancel
+                        item = ctx.item_id
+                        with cur.copy(self._copy_sql(columns)) as copy:
+                            for row in source:
+                                sent += 1
+                                copy.write_row((*row, item))
+                                if sent % _CANCEL_EVERY == 0 and cancel and cancel.is_set():
+                                    raise RuntimeError("the daemon is stopping: load rolled back")
+                        loaded = cur.rowcount if cur.rowcount >= 0 else sent
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                message = _refused(exc, path, ctx.metadata, self.delimiter, self.encoding, sent)
+                raise PermanentError(message) from None
+        if replaced > 0 and ctx.log is not None:
+            ctx.log.info("postgres.replaced", table=self.table, rows=replaced)
+        return loaded
+
+    def _copy_sql(self, columns: list[str]) -> psycopg.sql.Composed:
+        from psycopg import sql
+
+        names = [sql.Identifier(c) for c in [*columns, ITEM_COLUMN]]
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(self.target, sql.SQL(", ").join(names))
+
+    def _delete_sql(self) -> psycopg.sql.Composed:
+        from psycopg import sql
+
+        return sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+            self.target, sql.Identifier(ITEM_COLUMN)
+        )
+
+    def _regclass(self, conn: psycopg.Connection[Any]) -> str:
+        """The table's name as to_regclass reads it: quoted, so exactly as configured."""
+        return self.target.as_string(conn)
+
+    def _create(
+        self, conn: psycopg.Connection[Any], columns: list[str], kinds: Mapping[str, str]
+    ) -> None:
+        from psycopg import sql
+
+        name = self._regclass(conn)
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        if row is not None and row[0]:
+            return
+        definitions = [
+            sql.SQL("{} {}").format(
+                sql.Identifier(c), sql.SQL(csvdata.sql_type(kinds.get(c, "text"), "postgres"))
+            )
+            for c in columns
+        ]
+        definitions.append(sql.SQL("{} text NOT NULL").format(sql.Identifier(ITEM_COLUMN)))
+        with conn.transaction():
+            # Two items of a new table at once: one creates it, the other then finds it.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dropline:{name}",))
+            conn.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                    self.target, sql.SQL(", ").join(definitions)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(self.index), self.target, sql.Identifier(ITEM_COLUMN)
+                )
+            )
+
+    def _check_columns(self, conn: psycopg.Connection[Any], columns: list[str]) -> None:
+        rows = conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped",
+            (self._regclass(conn),),
+        ).fetchall()
+        have = {str(r[0]) for r in rows}
+        if not have:
+            why = "" if self.create else " (create: false)"
+            raise LookupError(f"table {self.table} does not exist{why}")
+        if ITEM_COLUMN not in have:
+            raise LookupError(
+                f'table {self.table} has no column "{ITEM_COLUMN}" for the id of the item each '
+                f"row came from; add it: ALTER TABLE {self.table} "
+                f"ADD COLUMN {ITEM_COLUMN} text NOT NULL"
+            )
+        missing = [c for c in columns if c not in have]
+        if missing:
+            names = ", ".join(f'"{c}"' for c in missing)
+            raise PermanentError(f"line 1: table {self.table} has no column {names}")
+
+
+def _refused(
+    exc: Exception,
+    path: Path,
+    metadata: Mapping[str, Any],
+    delimiter: str | None,
+    encoding: str | None,
+    sent: int,
+) -> str:
+    """Why PostgreSQL (or psycopg) refused a row, with the row's line in the file."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(exc).strip()
+    context = getattr(diag, "context", None) or ""
+    found = _COPY_LINE.search(context)
+    # COPY counts the rows it was sent; psycopg's own refusals come at the row being sent.
+    row = int(found.group(1)) if found else sent
+    where = context.strip().splitlines()[0] if context.strip() else ""
+    message = f"{primary} ({where})" if where else primary
+    line = _line_of_row(path, metadata, delimiter, encoding, row) if row > 0 else None
+    return f"line {line}: {message}" if line else message
+
+
+def _line_of_row(
+    path: Path,
+    metadata: Mapping[str, Any],
+    delimiter: str | None,
+    encoding: str | None,
+    row: int,
+) -> int | None:
+    """The line of the file where data row ROW (1 = the first after the header) starts."""
+    meta_delimiter, meta_encoding = csvdata.dialect(metadata)
+    try:
+        with csvdata.open_text(path, encoding or meta_encoding) as handle:
+            records = csvdata.rows(handle, delimiter or meta_delimiter)
+            next(records, None)  # the header, as open_source takes it
+            count = 0
+            for line, record in records:
+                if record == []:
+                    continue  # a blank line: never sent
+                count += 1
+                if count == row:
+                    return line
+    except (OSError, PermanentError):
+        return None
+    return None
+
+
+__all__ = ["ITEM_COLUMN", "build"]

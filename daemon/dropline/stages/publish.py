@@ -1,0 +1,344 @@
+"""``builtin: publish``: a durable copy of the file in another folder, maybe on another filesystem.
+
+The file the stage reads (``StageContext.data_file``: a transform's output
+when an earlier stage made one) is copied into ``to`` the way the spool
+moves files across filesystems:
+
+1. a hidden temporary in ``to`` (``.dropline-publish.ITEMID.TAG.tmp``),
+   opened with O_CREAT|O_EXCL|O_NOFOLLOW, mode 0640;
+2. the bytes copied by the kernel (copy_file_range, else sendfile), the
+   temporary fsynced;
+3. renamed into place, never over another file (renameat2 RENAME_NOREPLACE),
+   except with ``if_exists: replace`` (an atomic rename over it);
+4. the folder fsynced.
+
+A reader of ``to`` therefore sees a complete file under its final name, or
+nothing.  Idempotent: a retry that finds the name it would use already
+holding the same bytes (the previous attempt got that far before a crash)
+counts as done and copies nothing; a temporary left by an interrupted
+attempt of this item is removed first.  The source is only read.
+
+``name`` is a template: ``{name}`` (the original name), ``{stem}`` and
+``{ext}`` (``report`` and ``.csv``; ``ext`` is empty without an extension),
+``{item_id}``, ``{pipeline}``, ``{date}`` (the day the file was claimed,
+YYYY-MM-DD in local time, taken from the item id so every retry computes the
+same name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+import string
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import PermanentError
+from ..spool import fit_name, rename_noreplace
+from . import StageContext, StageFunc
+from .builtin import BuildEnv
+from .options import Options
+
+PLACEHOLDERS = ("name", "stem", "ext", "item_id", "pipeline", "date")
+IF_EXISTS = ("keep-both", "replace", "fail")
+TEMP_PREFIX = b".dropline-publish."
+MODE = 0o640
+
+_NAME_MAX = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_COPY_CHUNK = 16 << 20  # between two chunks the cancel event is looked at
+_COMPARE_CHUNK = 1 << 20
+# copy_file_range cannot copy between these two files: sendfile can.
+# (EPERM: a seccomp filter that does not know the call.)
+_NO_COPY_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
+_ULID = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+# The temporaries being written right now.  A builtin runs in a worker thread,
+# and a thread past its timeout is abandoned, not killed: it may still be
+# copying when the retry starts.  The retry then fails (and is tried again
+# later) instead of removing a temporary that thread is about to rename.
+_busy: set[tuple[str, bytes]] = set()
+_busy_lock = threading.Lock()
+
+
+def build(opts: Options, env: BuildEnv) -> StageFunc:
+    to = opts.absolute_path("to", what="an absolute path of a folder")
+    _check_folder(opts, to)
+    template = opts.string("name", "{name}", what="a file name template such as {stem}-{date}{ext}")
+    _check_template(opts, template)
+    if_exists = opts.choice("if_exists", "keep-both", IF_EXISTS)
+    opts.done()
+
+    def stage(ctx: StageContext) -> Mapping[str, Any]:
+        _check_cancel(ctx)
+        final = render(template, ctx)
+        tmp = temp_name(ctx)
+        with _exclusive((str(to), tmp)):
+            published = _publish(ctx, to, final, tmp, if_exists)
+        return {"published": str(to / os.fsdecode(published))}
+
+    return stage
+
+
+# --- start-up checks -----------------------------------------------------------
+
+
+def _check_folder(opts: Options, to: Path) -> None:
+    try:
+        st = os.lstat(to)
+    except FileNotFoundError:
+        opts.fail("to", f"the folder {to} does not exist (publish needs it at start-up)")
+    except OSError as exc:
+        opts.fail("to", f"cannot look at {to}: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        opts.fail("to", f"{to} is a symbolic link: name the real folder ({to.resolve()})")
+    if not stat.S_ISDIR(st.st_mode):
+        opts.fail("to", f"{to} is not a folder")
+    if not os.access(to, os.W_OK | os.X_OK):
+        opts.fail("to", f"{to} is not writable by this user (uid {os.geteuid()})")
+
+
+def _check_template(opts: Options, template: str) -> None:
+    allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        brace = "write a literal brace as {{ or }}"
+        opts.fail("name", f'cannot read the template "{template}": {exc} ({brace})')
+    for literal, field, spec, conversion in parts:
+        if "/" in literal or "\0" in literal:
+            opts.fail("name", f'"{template}" must make a file name: no "/" in it')
+        if field is None:
+            continue
+        if field not in PLACEHOLDERS:
+            opts.fail("name", f'unknown placeholder "{{{field}}}"; allowed: {allowed}')
+        if spec or conversion:
+            opts.fail("name", f'placeholder "{{{field}}}" takes no format or conversion')
+    sample = template.format(
+        name="report.csv", stem="report", ext=".csv", item_id="I", pipeline="p", date="2000-01-01"
+    )
+    if sample in ("", ".", "..") or sample.encode().startswith(TEMP_PREFIX):
+        opts.fail("name", f'"{template}" does not make a usable file name')
+
+
+# --- names ------------------------------------------------------------------------
+
+
+def render(template: str, ctx: StageContext) -> bytes:
+    """The published name of CTX's file (bytes: an undecodable name is kept verbatim)."""
+    stem, ext = os.path.splitext(ctx.name)
+    name = template.format(
+        name=ctx.name,
+        stem=stem,
+        ext=ext,
+        item_id=ctx.item_id,
+        pipeline=ctx.pipeline,
+        date=claim_day(ctx.item_id),
+    )
+    raw = os.fsencode(name)
+    if raw in (b"", b".", b"..") or b"/" in raw or b"\0" in raw:
+        raise PermanentError(f"publish: {raw!r} (from the name template) is not a file name")
+    if raw.startswith(TEMP_PREFIX):
+        raise PermanentError(f"publish: {raw!r} would look like a temporary of publish")
+    return raw
+
+
+def claim_day(item_id: str) -> str:
+    """YYYY-MM-DD (local time) of the claim, read from the item id's timestamp."""
+    millis = 0
+    if len(item_id) == 26 and all(c in _ULID for c in item_id):
+        for char in item_id[:10]:
+            millis = millis * 32 + _ULID.index(char)
+    seconds = millis / 1000 if millis else time.time()
+    return time.strftime("%Y-%m-%d", time.localtime(seconds))
+
+
+def temp_name(ctx: StageContext) -> bytes:
+    """The temporary of this item and stage in the target folder (the same at every attempt)."""
+    tag = hashlib.sha256(f"{ctx.pipeline}\0{ctx.stage}".encode(errors="surrogateescape"))
+    return TEMP_PREFIX + f"{ctx.item_id}.{tag.hexdigest()[:8]}.tmp".encode(errors="replace")
+
+
+def _candidates(final: bytes, item_id: str, if_exists: str) -> Iterator[bytes]:
+    """FINAL; with keep-both then FINAL.ITEMID, FINAL.ITEMID-N (as archive/ names them)."""
+    if len(final) <= _NAME_MAX:
+        yield final
+    elif if_exists != "keep-both":
+        raise PermanentError(f"publish: {final!r} is longer than {_NAME_MAX} bytes")
+    if if_exists == "keep-both":
+        yield fit_name(final, item_id)
+        for n in range(1, 100):
+            yield fit_name(final, f"{item_id}-{n}")
+
+
+# --- the copy -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _exclusive(key: tuple[str, bytes]) -> Iterator[None]:
+    with _busy_lock:
+        if key in _busy:
+            raise RuntimeError(
+                "publish: an earlier attempt for this file is still copying (past its "
+                "timeout); tried again later"
+            )
+        _busy.add(key)
+    try:
+        yield
+    finally:
+        with _busy_lock:
+            _busy.discard(key)
+
+
+def _check_cancel(ctx: StageContext) -> None:
+    if ctx.cancel is not None and ctx.cancel.is_set():
+        raise InterruptedError("publish: cancelled (dropline is stopping)")
+
+
+def _publish(ctx: StageContext, to: Path, final: bytes, tmp: bytes, if_exists: str) -> bytes:
+    try:
+        dir_fd = os.open(to, _DIR_FLAGS)
+    except OSError as exc:
+        # Missing (an unmounted share?) or replaced by a link: retried, it may come back.
+        raise OSError(exc.errno, f"publish folder {to}: {exc.strerror}") from exc
+    try:
+        src = os.open(ctx.data_file(), _READ_FLAGS)
+        try:
+            size = os.fstat(src).st_size
+            # A temporary of an interrupted attempt (a crash before its rename).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            published = _place(ctx, to, src, size, dir_fd, final, tmp, if_exists)
+            os.fsync(dir_fd)
+        finally:
+            os.close(src)
+    finally:
+        os.close(dir_fd)
+    return published
+
+
+def _place(
+    ctx: StageContext,
+    to: Path,
+    src: int,
+    size: int,
+    dir_fd: int,
+    final: bytes,
+    tmp: bytes,
+    if_exists: str,
+) -> bytes:
+    """Copy SRC under the first fitting name (or find it there already); the name."""
+    copied = False
+    try:
+        for name in _candidates(final, ctx.item_id, if_exists):
+            found = _compare(src, size, dir_fd, name)
+            if found == "same":
+                return name  # done by an earlier attempt (or identical already)
+            if found == "different" and if_exists == "keep-both":
+                continue
+            if found == "different" and if_exists == "fail":
+                raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists")
+            if not copied:
+                _copy_to_temp(src, size, dir_fd, tmp, ctx)
+                copied = True
+            try:
+                if if_exists == "replace":
+                    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                else:
+                    rename_noreplace(dir_fd, tmp, dir_fd, name)
+            except FileExistsError:
+                # Taken since we looked, by someone else: as if it had been there before.
+                if if_exists == "keep-both":
+                    continue
+                if _compare(src, size, dir_fd, name) == "same":
+                    return name
+                raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists") from None
+            copied = False  # renamed into place: no temporary left
+            return name
+        raise FileExistsError(errno.EEXIST, f"publish: no free name for {final!r} in {to}")
+    finally:
+        if copied:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+
+
+def _compare(src: int, size: int, dir_fd: int, name: bytes) -> str:
+    """NAME is "free", "same" (a regular file with SRC's bytes, now fsynced) or "different"."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return "free"
+    # A link is never followed, a device or FIFO never opened: taken, not ours.
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return "different"
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return "free"
+    except OSError:
+        return "different"  # swapped for a link since, unreadable, ...
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return "different"
+        offset = 0
+        while offset < size:
+            chunk = os.pread(src, _COMPARE_CHUNK, offset)
+            if not chunk or chunk != os.pread(fd, len(chunk), offset):
+                return "different"
+            offset += len(chunk)
+        # A crash may have come between the rename and the fsyncs: make them now.
+        os.fsync(fd)
+        return "same"
+    finally:
+        os.close(fd)
+
+
+def _copy_to_temp(src: int, size: int, dir_fd: int, tmp: bytes, ctx: StageContext) -> None:
+    fd = os.open(tmp, _TEMP_FLAGS, MODE, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, MODE)  # whatever the umask
+        _copy(src, fd, size, ctx)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+
+
+def _copy(src: int, dst: int, size: int, ctx: StageContext) -> None:
+    """SIZE bytes of SRC to DST, in the kernel, looking at the cancel event between chunks."""
+    offset = 0
+    copy_range = True
+    while offset < size:
+        _check_cancel(ctx)
+        count = min(size - offset, _COPY_CHUNK)
+        if copy_range:
+            try:
+                sent = os.copy_file_range(src, dst, count, offset, offset)
+            except OSError as exc:
+                if offset or exc.errno not in _NO_COPY_RANGE:
+                    raise
+                copy_range = False
+                continue
+            if sent == 0 and offset == 0:
+                copy_range = False
+                continue
+        else:
+            sent = os.sendfile(dst, src, offset, count)
+        if sent == 0:
+            raise OSError(errno.EIO, f"publish: the source ended at {offset} of {size} bytes")
+        offset += sent
+
+
+__all__ = ["IF_EXISTS", "MODE", "PLACEHOLDERS", "TEMP_PREFIX", "build", "claim_day", "render"]

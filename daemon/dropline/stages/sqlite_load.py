@@ -1,0 +1,102 @@
+"""``builtin: sqlite-load``: the rows of a CSV file into an SQLite table.
+
+Idempotent per item: in one transaction it deletes the rows an earlier run
+loaded for this item (column ``dropline_item``), then inserts the file's
+rows.  Run again for the same item (a retry, or after a crash in the middle
+of a load, whose transaction SQLite rolled back), the table ends with
+exactly one copy of them.  The table is created when absent, its columns
+from the header with the types validate-csv recorded (integer, decimal,
+date; text otherwise), plus ``dropline_item`` with an index.
+
+Rows are streamed into ``executemany``: memory does not grow with the file.
+The target database is the operator's, never dropline's own state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import PermanentError
+from . import StageContext, StageFunc
+from .builtin import BuildEnv
+from .csvdata import open_source, schema_types, sql_type
+from .options import Options, sql_identifier
+
+ITEM_COLUMN = "dropline_item"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def build(opts: Options, env: BuildEnv) -> StageFunc:
+    database = opts.absolute_path("database", what="the SQLite file to load into (absolute)")
+    if not database.parent.is_dir():
+        opts.fail("database", f"its folder {database.parent} does not exist")
+    table = opts.identifier("table")
+    create = opts.boolean("create", True)
+    delimiter = opts.optional_string("delimiter", what="one character (default: as validated)")
+    encoding = opts.optional_string("encoding", what="a text encoding (default: as validated)")
+    busy = opts.duration("busy_timeout", 30.0)
+    opts.done()
+
+    def stage(ctx: StageContext) -> Mapping[str, Any]:
+        with open_source(ctx.data_file(), ctx.metadata, delimiter, encoding) as source:
+            bad = [h for h in source.header if not sql_identifier(h) or h == ITEM_COLUMN]
+            if bad:
+                raise PermanentError(
+                    f'column "{bad[0]}" cannot be a column of {table}: use letters, digits '
+                    "and _ (a transform can rename it)"
+                )
+            db = sqlite3.connect(str(database), timeout=busy, isolation_level=None)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+                db.execute("BEGIN IMMEDIATE")
+                if create:
+                    _create(db, table, source.header, schema_types(ctx.metadata))
+                existing = {r[1] for r in db.execute(f"PRAGMA table_info({_quote(table)})")}
+                if not existing:
+                    raise PermanentError(f"table {table} does not exist (create: false)")
+                missing = [c for c in [*source.header, ITEM_COLUMN] if c not in existing]
+                if missing:
+                    raise PermanentError(f'table {table} has no column "{missing[0]}"')
+                db.execute(
+                    f"DELETE FROM {_quote(table)} WHERE {ITEM_COLUMN} = ?",  # noqa: S608
+                    (ctx.item_id,),
+                )
+                columns = ", ".join(_quote(c) for c in [*source.header, ITEM_COLUMN])
+                marks = ", ".join("?" * (len(source.header) + 1))
+                item = ctx.item_id
+                cursor = db.executemany(
+                    f"INSERT INTO {_quote(table)} ({columns}) VALUES ({marks})",  # noqa: S608
+                    ((*row, item) for row in source),
+                )
+                loaded = cursor.rowcount
+                db.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                db.execute("ROLLBACK")
+                raise PermanentError(f"{table}: {exc}") from None
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            finally:
+                db.close()
+        return {"loaded_rows": loaded, "table": table}
+
+    return stage
+
+
+def _create(db: sqlite3.Connection, table: str, header: list[str], types: dict[str, str]) -> None:
+    columns = [f"{_quote(h)} {sql_type(types.get(h, 'text'), 'sqlite')}" for h in header]
+    columns.append(f"{ITEM_COLUMN} TEXT NOT NULL")
+    db.execute(f"CREATE TABLE IF NOT EXISTS {_quote(table)} ({', '.join(columns)})")
+    db.execute(
+        f"CREATE INDEX IF NOT EXISTS {_quote(table + '_' + ITEM_COLUMN)} "
+        f"ON {_quote(table)} ({ITEM_COLUMN})"
+    )
+
+
+__all__ = ["ITEM_COLUMN", "build"]

@@ -1,0 +1,176 @@
+"""``builtin: transform``: a clean CSV from a messy one, written as a new file.
+
+UTF-8 and ``\\n`` line endings whatever came in; values trimmed; columns
+renamed, then selected (and ordered); rows with a key already seen dropped
+(the first one kept).  It streams: memory holds one row, plus one 16-byte
+digest per distinct key when ``dedupe`` is on.
+
+Where the result goes (``archive:``):
+
+- ``original`` (the default): into the item's scratch folder; the stages
+  after it read that file (``StageContext.data_file``), and archive/ keeps
+  the file exactly as it was dropped;
+- ``transformed``: it replaces the file in working/ (a temporary file there,
+  fsynced, renamed over it, the folder fsynced), so archive/ keeps the
+  result.  The stage declares that it modifies the file.
+
+Idempotent: run again, it writes the same result again from the same input
+(with ``archive: transformed`` the input is then already transformed, and
+transforming that again gives the same file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import PermanentError
+from ..spool import WORKING_TEMP_PREFIX
+from . import DATA_PATH, StageContext
+from .builtin import BuildEnv, BuiltStage
+from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, open_text, rows, schema_types
+from .options import Options
+
+# A temporary in working/ (archive: transformed); recovery removes a leftover.
+TMP_PREFIX = WORKING_TEMP_PREFIX.decode()
+
+
+def build(opts: Options, env: BuildEnv) -> BuiltStage:
+    delimiter = opts.optional_string("delimiter", what="one character (default: as validated)")
+    if delimiter == "\\t":
+        delimiter = "\t"
+    if delimiter is not None and len(delimiter) != 1:
+        opts.fail("delimiter", f'expected one character, got "{delimiter}"')
+    encoding = opts.optional_string("encoding", what="a text encoding (default: as validated)")
+    trim = opts.boolean("trim", True)
+    renames_opts = opts.mapping("rename", what="a mapping of old name: new name")
+    rename: dict[str, str] = {}
+    for old in list(renames_opts.values):
+        rename[old] = renames_opts.string(old, what="the new column name")
+    renames_opts.done()
+    select = opts.string_list("select", what="the columns to keep, in order (after rename)")
+    dedupe = opts.string_list("dedupe", what="the columns whose values make a row's key")
+    keep = opts.choice("archive", "original", ("original", "transformed"))
+    opts.done()
+
+    def stage(ctx: StageContext) -> Mapping[str, Any]:
+        source = ctx.data_file()
+        meta_delimiter, meta_encoding = dialect(ctx.metadata)
+        types = schema_types(ctx.metadata)
+        if keep == "transformed":
+            target = ctx.path.parent / f"{TMP_PREFIX}{ctx.item_id}"
+        else:
+            target = ctx.scratch_dir() / f"transformed-{ctx.item_id}.csv"
+        written, dropped, header = _transform(
+            source,
+            target,
+            delimiter or meta_delimiter,
+            encoding or meta_encoding,
+            trim=trim,
+            rename=rename,
+            select=select,
+            dedupe=dedupe,
+        )
+        meta: dict[str, Any] = {
+            CSV_KEY: {"delimiter": ",", "encoding": "utf-8"},
+            SCHEMA_KEY: [{"name": h, "type": types.get(_old(h, rename), "text")} for h in header],
+            ROWS_KEY: written,
+            "duplicates_dropped": dropped,
+        }
+        if keep == "transformed":
+            os.replace(target, ctx.path)
+            _fsync_dir(ctx.path.parent)
+            meta[DATA_PATH] = ""  # the working file itself is now the data
+        else:
+            meta[DATA_PATH] = str(target)
+        return meta
+
+    return BuiltStage(stage, modifies=keep == "transformed")
+
+
+def _old(new: str, rename: Mapping[str, str]) -> str:
+    for old, renamed in rename.items():
+        if renamed == new:
+            return old
+    return new
+
+
+def _transform(
+    source: Path,
+    target: Path,
+    delimiter: str,
+    encoding: str,
+    *,
+    trim: bool,
+    rename: Mapping[str, str],
+    select: list[str],
+    dedupe: list[str],
+) -> tuple[int, int, list[str]]:
+    """Write the transformed copy of SOURCE to TARGET (fsynced); (rows, dropped, header)."""
+    seen: set[bytes] = set()
+    written = dropped = 0
+    with open_text(source, encoding) as handle:
+        stream = rows(handle, delimiter)
+        first = next(stream, None)
+        if first is None:
+            raise PermanentError("the file is empty: no header row")
+        header = [h.strip().lstrip("\ufeff") for h in first[1]]
+        header = [rename.get(h, h) for h in header]
+        for wanted in [*select, *dedupe]:
+            if wanted not in header:
+                raise PermanentError(
+                    f'transform: no column "{wanted}" (columns after rename: {", ".join(header)})'
+                )
+        order = [header.index(c) for c in select] if select else list(range(len(header)))
+        key_at = [header.index(c) for c in dedupe]
+        out_header = [header[i] for i in order]
+        fd = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+        )
+        try:
+            with open(fd, "w", encoding="utf-8", newline="", closefd=False) as out:
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(out_header)
+                for line, record in stream:
+                    if record == []:
+                        continue
+                    if len(record) != len(header):
+                        raise PermanentError(
+                            f"line {line}: {len(record)} fields where the header has {len(header)}"
+                        )
+                    if trim:
+                        record = [v.strip() for v in record]
+                    if key_at:
+                        digest = hashlib.blake2b(
+                            "\x1f".join(record[i] for i in key_at).encode(), digest_size=16
+                        ).digest()
+                        if digest in seen:
+                            dropped += 1
+                            continue
+                        seen.add(digest)
+                    writer.writerow([record[i] for i in order])
+                    written += 1
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
+        os.close(fd)
+    return written, dropped, out_header
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["TMP_PREFIX", "build"]

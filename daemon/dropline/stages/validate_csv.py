@@ -1,0 +1,172 @@
+"""``builtin: validate-csv``: is this CSV file what the pipeline expects?
+
+Checks the encoding, the delimiter, the header (required columns; unknown
+ones refused when ``extra_columns: reject``), every value against its
+column's type (integer, decimal, date, enum, regular expression), the number
+of rows and the size.  All errors up to ``max_errors`` are collected, each
+naming its line and column::
+
+    line 17, column "amount": "abc" is not a decimal
+
+and the file fails at once (PermanentError: the file is bad, retrying cannot
+help).  It streams the file: memory does not grow with its size.  What it
+learnt goes into the metadata for the stages after it (``csvdata``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import PermanentError
+from . import StageContext, StageFunc
+from .builtin import BuildEnv
+from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, TYPES, Column, open_text, rows
+from .options import Options
+
+_MAX_SHOWN = 60  # characters of a bad value quoted in an error
+
+
+def _column(opts: Options) -> Column:
+    name = opts.string("name", what="the column's name in the header")
+    kind = opts.choice("type", "text", TYPES)
+    values: tuple[str, ...] = ()
+    pattern = None
+    date_format = "%Y-%m-%d"
+    if kind == "enum":
+        values = tuple(opts.string_list("values", what="the allowed values, a list of strings"))
+        if not values:
+            opts.fail("values", 'an enum column needs "values": the allowed values')
+    if kind == "regex":
+        text = opts.string("pattern", what="a regular expression")
+        try:
+            pattern = re.compile(text)
+        except re.error as exc:
+            opts.fail("pattern", f"not a valid regular expression: {exc}")
+    if kind == "date":
+        date_format = opts.string("format", "%Y-%m-%d", what="a strptime format such as %d.%m.%Y")
+    column = Column(
+        name=name,
+        type=kind,
+        required=opts.boolean("required", True),
+        empty=opts.boolean("empty", True),
+        values=values,
+        pattern=pattern,
+        date_format=date_format,
+    )
+    opts.done()
+    return column
+
+
+def build(opts: Options, env: BuildEnv) -> StageFunc:
+    delimiter = opts.string("delimiter", ",", what="one character, such as , or ; or a tab")
+    if delimiter == "\\t":
+        delimiter = "\t"
+    if len(delimiter) != 1:
+        opts.fail("delimiter", f'expected one character, got "{delimiter}"')
+    encoding = opts.string("encoding", "utf-8", what="a text encoding such as utf-8 or latin-1")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        opts.fail("encoding", f'unknown encoding "{encoding}"; for example utf-8, latin-1, cp1252')
+    columns = [_column(c) for c in opts.items("columns", what="a list of column mappings")]
+    names = [c.name for c in columns]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        opts.fail("columns", f'column "{dup}" is declared twice')
+    extra = opts.choice("extra_columns", "allow", ("allow", "reject"))
+    max_rows = opts.integer("max_rows", 10_000_000, 0, 2**62)
+    max_size = opts.size("max_size", 1024**3)
+    max_errors = opts.integer("max_errors", 20, 1, 10_000)
+    opts.done()
+
+    def stage(ctx: StageContext) -> Mapping[str, Any]:
+        path = ctx.data_file()
+        size = path.stat().st_size
+        if size > max_size:
+            raise PermanentError(f"the file is {size} bytes, more than max_size ({max_size})")
+        errors: list[str] = []
+        more = 0
+
+        def error(message: str) -> None:
+            nonlocal more
+            if len(errors) < max_errors:
+                errors.append(message)
+            else:
+                more += 1
+
+        count = 0
+        with open_text(path, encoding) as handle:
+            stream = rows(handle, delimiter)
+            first = next(stream, None)
+            if first is None:
+                raise PermanentError("the file is empty: no header row")
+            header = [h.strip() for h in first[1]]
+            if header and header[0].startswith("\ufeff"):
+                header[0] = header[0][1:]  # a byte-order mark
+            position = {h: i for i, h in enumerate(header)}
+            for column in columns:
+                if column.required and column.name not in position:
+                    error(f'line 1: the header lacks the required column "{column.name}"')
+            if extra == "reject":
+                for h in header:
+                    if h not in names:
+                        error(f'line 1: unexpected column "{h}" (extra_columns: reject)')
+            if len(set(header)) != len(header):
+                dup = next(h for h in header if header.count(h) > 1)
+                error(f'line 1: column "{dup}" appears twice in the header')
+            if errors:
+                raise PermanentError(_summary(errors, more))
+            checks = [(position[c.name], c) for c in columns if c.name in position]
+            width = len(header)
+            for line, record in stream:
+                if record == []:
+                    continue  # a blank line
+                count += 1
+                if count > max_rows:
+                    error(f"line {line}: more than max_rows ({max_rows}) rows")
+                    break
+                if len(record) != width:
+                    error(f"line {line}: {len(record)} fields where the header has {width}")
+                    continue
+                for index, column in checks:
+                    value = record[index]
+                    why = column.check(value)
+                    if why:
+                        shown = value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "..."
+                        error(f'line {line}, column "{column.name}": "{shown}" {why}')
+                if more:
+                    break  # enough to show; the rest is not read
+        if errors:
+            raise PermanentError(_summary(errors, more))
+        return {
+            CSV_KEY: {"delimiter": delimiter, "encoding": encoding},
+            SCHEMA_KEY: [{"name": h, "type": _loaded_type(by_name.get(h))} for h in header],
+            ROWS_KEY: count,
+        }
+
+    by_name = {c.name: c for c in columns}
+    return stage
+
+
+def _loaded_type(column: Column | None) -> str:
+    """The type a loader gives the column: dates only when written as ISO dates."""
+    if column is None:
+        return "text"
+    if column.type == "date":
+        return "date" if column.date_format == "%Y-%m-%d" else "text"
+    if column.type in ("integer", "decimal"):
+        return column.type
+    return "text"
+
+
+def _summary(errors: list[str], more: int) -> str:
+    text = "; ".join(errors)
+    if more:
+        text += f"; and more errors after these {len(errors)} (max_errors)"
+    return text
+
+
+__all__ = ["build"]
