@@ -24,4 +24,6 @@ def announce(ctx: Any) -> Mapping[str, Any]:
 def announce_failure(ctx: Any) -> None:
     """In on_failure: the file is bad; say which line is wrong."""
     failure = ctx.metadata.get("failure", {})
-    ctx.log.warning("orders.rejected", stage=failure.get("stage"), reason=failure.get("reason"))
+    ctx.log.warning(
+        "orders.rejected", failed_stage=failure.get("stage"), reason=failure.get("reason")
+    )
