@@ -27,6 +27,7 @@ from dropline.errors import ConfigError, PermanentError
 from dropline.stages import StageContext, call_stage
 from dropline.stages.builtin import build_builtin
 
+from .builtin_helpers import context as builtin_context
 from .harness import REPO, Tree, run_until_idle
 from .pg import PgServer, Unavailable, start_server
 
@@ -65,15 +66,7 @@ def stage_of(options: Mapping[str, Any]) -> Callable[[StageContext], dict[str, A
 
 
 def context(path: Path, item: str, metadata: Mapping[str, Any] | None = None) -> StageContext:
-    return StageContext(
-        item_id=item,
-        path=path,
-        name=path.name,
-        pipeline="orders",
-        stage="load",
-        attempt=1,
-        metadata=metadata or {},
-    )
+    return builtin_context(path, item_id=item, metadata=metadata)
 
 
 def write(path: Path, text: str) -> Path:

@@ -22,27 +22,14 @@ from dataclasses import dataclass, field
 from .crashpoints import crashpoint
 from .log import escape_text
 from .pipeline import Routes
+from .protocol import Claimed
 from .spool import Refusal, Spool
 from .state import ItemRow, State
 
 
 @dataclass
-class Requeued:
-    """A file back in working/, recorded as active from its first stage."""
-
-    item_id: str
-    name: bytes
-    working_name: bytes
-    pipeline: str | None
-    sha256: str
-    size: int
-    ctime_ns: int
-    created_at: float
-
-
-@dataclass
 class RequeueResult:
-    requeued: list[Requeued] = field(default_factory=list)
+    requeued: list[Claimed] = field(default_factory=list)  # back in working/, active
     refused: dict[str, str] = field(default_factory=dict)  # item id -> why not
     vanished: list[str] = field(default_factory=list)
 
@@ -136,7 +123,7 @@ def complete_requeue(
             name = pipeline.name if pipeline else None
             state.mark_requeued(row.id, name, sha256, size, ctime_ns, now)
             result.requeued.append(
-                Requeued(
+                Claimed(
                     row.id, row.name, row.working_name, name, sha256, size, ctime_ns, row.created_at
                 )
             )
@@ -145,4 +132,4 @@ def complete_requeue(
             state.add_event(item_id, "vanished", now, "missing from failed/ while retried")
 
 
-__all__ = ["RequeueResult", "Requeued", "complete_requeue", "requeue_batch"]
+__all__ = ["RequeueResult", "complete_requeue", "requeue_batch"]
