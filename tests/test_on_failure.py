@@ -51,6 +51,7 @@ def test_on_failure_webhook_tells_of_the_failure(tree: Tree, server: tuple[str, 
     assert 'line 3, column "id": "x" is not an integer' in failed["error"]
     error = json.loads((tree.failed / "bad.csv.error.json").read_text())
     assert error["stage"] == "validate" and "is not an integer" in error["error"]
+    assert error["attempts"] == 1, "the failing stage's attempts, not the notifier's"
 
 
 def test_a_failing_on_failure_stage_never_changes_the_outcome(

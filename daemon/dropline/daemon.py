@@ -625,9 +625,7 @@ class Daemon:
             if self._changed_under_us(item):
                 continue
             if done and isinstance(failure, dict):
-                self._plan_finish(
-                    item, "failed", str(failure.get("reason")), failure.get("stage") or None
-                )
+                self._finish_failure(item, failure)
                 continue
             if done:
                 self._plan_finish(item, "archived", "", None)
@@ -710,12 +708,12 @@ class Daemon:
         pipeline = self.routes.get(item.pipeline)
         earlier = item.metadata.get(FAILURE)
         if isinstance(earlier, dict):  # failed again while notifying: the first reason stands
-            self._plan_finish(item, "failed", str(earlier.get("reason")), earlier.get("stage"))
+            self._finish_failure(item, earlier)
             return
         if pipeline is None or not pipeline.on_failure or stopping:
             self._plan_finish(item, "failed", reason, stage)
             return
-        item.metadata[FAILURE] = {"stage": stage, "reason": reason}
+        item.metadata[FAILURE] = {"stage": stage, "reason": reason, "attempts": item.attempt}
         item.next_stage = len(pipeline.stages)
         item.attempt = 0
         item.next_at = None
@@ -725,6 +723,13 @@ class Daemon:
             with self.state.transaction():
                 self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
         self.ready.append(item.id)
+
+    def _finish_failure(self, item: Item, failure: dict[str, Any]) -> None:
+        """To failed/ for the reason recorded when it failed (after its on_failure stages)."""
+        attempts = failure.get("attempts")
+        item.attempt = attempts if isinstance(attempts, int) else item.attempt
+        stage = failure.get("stage")
+        self._plan_finish(item, "failed", str(failure.get("reason")), stage or None)
 
     def _plan_finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
         self.to_finish.append(
