@@ -12,8 +12,10 @@ a worker process), fail once then succeed after a backoff, or fail for good
 Meanwhile a killer loop starts the real daemon and SIGKILLs it, dozens of
 times, each kill aimed somewhere: at a random moment, during start-up
 recovery, while a stage runs, during a retry's backoff, during a SIGHUP
-reload (of a changed but equivalent configuration), or at one of the
-protocol's crash points.  Then one clean run drains everything, and the
+reload (of a changed but equivalent configuration), at one of the
+protocol's crash points, or while ``dropline retry --all-failed`` sends the
+failed files through again (half of those runs armed with a crash point of
+the retry).  Then one clean run drains everything, and the
 checks of RELIABILITY.md apply: every file exactly once in archive/ or
 failed/, byte-identical, the failures exactly the expected ones (with their
 reasons), nothing left in incoming/ or working/, ``PRAGMA integrity_check``
@@ -44,7 +46,7 @@ from typing import Any
 
 from dropline.crashpoints import POINTS
 
-from .harness import DaemonProcess, Tree, run_until_idle
+from .harness import DaemonProcess, Tree, run_cli, run_until_idle
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,12 @@ KINDS: tuple[tuple[str, int], ...] = (
     ("backoff", 15),
     ("reload", 12),
     ("crashpoint", 8),
+    ("retry", 10),
 )
-# The crash points one filesystem can reach (not those of a copy across filesystems),
-# without `dropline retry`.
+# The crash points one filesystem can reach (not those of a copy across filesystems);
+# those of `dropline retry` are armed by the "retry" kills.
 CRASH_POINTS = tuple(p for p in POINTS if ".cop" not in p and not p.startswith("retry."))
+RETRY_POINTS = tuple(p for p in POINTS if p.startswith("retry."))
 AIM_TIMEOUT = 5.0  # seconds to wait for the moment a kill is aimed at
 POLL = 0.002
 
@@ -378,6 +382,8 @@ class Figures:
     reloaded: int = 0  # daemon.reloaded seen before the kill
     recovery: collections.Counter[str] = field(default_factory=collections.Counter)
     retries: int = 0
+    retry_commands: int = 0  # `dropline retry --all-failed` run beside a daemon
+    requeued: int = 0  # file.requeued logged: failed files sent through again
     soak_seconds: float = 0.0
     drain_seconds: float = 0.0
 
@@ -401,7 +407,8 @@ class Figures:
             f"(daemon.reloaded before the kill {self.reloaded}, "
             f"killed between reloading and reloaded {self.during_reload})\n"
             f"  daemons started {self.starts} (restarts {max(self.starts - 1, 0)}); "
-            f"recovery did: {recovery or 'nothing'}; retries logged {self.retries}\n"
+            f"recovery did: {recovery or 'nothing'}; retries logged {self.retries}; "
+            f"dropline retry run {self.retry_commands} times, files requeued {self.requeued}\n"
             f"  soak {self.soak_seconds:.1f} s, clean finish {self.drain_seconds:.1f} s"
         )
 
@@ -421,6 +428,7 @@ class Soak:
         self.temp_claims: list[str] = []
         self.claims: collections.Counter[str] = collections.Counter()  # file.claimed, by name
         self.ends: collections.Counter[str] = collections.Counter()  # file.archived/.failed
+        self.requeues: collections.Counter[str] = collections.Counter()  # file.requeued
         kinds = [k for k, _ in KINDS]
         self.first = rng.sample(kinds, len(kinds))  # every kind once first, in a random order
         self.aims: dict[str, Callable[[DaemonProcess, LogTail], bool]] = {
@@ -430,6 +438,7 @@ class Soak:
             "backoff": self._aim_backoff,
             "reload": self._aim_reload,
             "crashpoint": self._aim_crashpoint,
+            "retry": self._aim_retry,
         }
 
     def next_kind(self, run: int) -> str:
@@ -440,8 +449,9 @@ class Soak:
     def cycle(self, run: int, kind: str) -> None:
         """Start a daemon, wait for the moment KIND aims at, SIGKILL it; learn from its log."""
         env: dict[str, str] = {}
-        if kind == "crashpoint":
-            point = f"{self.rng.choice(CRASH_POINTS)}#{self.rng.randint(1, 3)}"
+        if kind == "crashpoint" or (kind == "retry" and self.rng.random() < 0.5):
+            points = CRASH_POINTS if kind == "crashpoint" else RETRY_POINTS
+            point = f"{self.rng.choice(points)}#{self.rng.randint(1, 3)}"
             self.figures.points.append(point)
             env["DROPLINE_CRASH_AT"] = point
         proc = DaemonProcess(self.tree, env=env, log_name=f"run-{run:03d}.log")
@@ -493,6 +503,9 @@ class Soak:
                     self.temp_claims.append(f"run {run}: {e}")
             elif event in ("file.archived", "file.failed"):
                 self.ends[str(e.get("file"))] += 1
+            elif event == "file.requeued":
+                self.requeues[str(e.get("file"))] += 1
+                self.figures.requeued += 1
             if event in ANOMALIES or e.get("level") == "critical":
                 self.anomalies.append(f"run {run}: {e}")
             if event.startswith("stage.") and "item" in e:
@@ -568,6 +581,20 @@ class Soak:
         time.sleep(self.rng.uniform(0.0, 0.004 if choice < 0.8 else 0.03))
         return True
 
+    def _aim_retry(self, proc: DaemonProcess, tail: LogTail) -> bool:
+        """`dropline retry --all-failed` beside the daemon; killed while it requeues."""
+        if not _poll(lambda: tail.seen("daemon.ready"), AIM_TIMEOUT, proc):
+            return False
+        command = run_cli(
+            "retry", "--all-failed", "--wait", "1", "--json", "--config", str(self.tree.config)
+        )
+        self.figures.retry_commands += 1
+        if command.returncode not in (0, 1) or "Traceback" in command.stderr:
+            self.anomalies.append(f"dropline retry exited {command.returncode}: {command.stderr}")
+        came = _poll(lambda: tail.seen("file.requeued"), 1.0, proc)
+        time.sleep(self.rng.uniform(0.0, 0.05))
+        return came
+
     def _aim_crashpoint(self, proc: DaemonProcess, tail: LogTail) -> bool:
         # Ends early when the daemon reaches the armed point and kills itself.
         _poll(lambda: False, self.rng.uniform(0.3, 1.5), proc)
@@ -642,7 +669,8 @@ def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> N
     assert not soak.anomalies, "\n".join(soak.anomalies[:20]) + about
     claimed_twice = sorted(n for n, c in soak.claims.items() if c > 1)
     assert not claimed_twice, f"file.claimed logged twice: {claimed_twice[:20]}{about}"
-    ended_twice = sorted(n for n, c in soak.ends.items() if c > 1)
+    # A failed file sent through again by `dropline retry` ends once more.
+    ended_twice = sorted(n for n, c in soak.ends.items() if c > 1 + soak.requeues[n])
     assert not ended_twice, f"file.archived/failed logged twice: {ended_twice[:20]}{about}"
     assert figures.retries > 0, f"the flaky pipeline never retried{about}"
     assert "daemon.stopped" in final_log, final_log[-4000:]

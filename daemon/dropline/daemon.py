@@ -861,7 +861,14 @@ class Daemon:
                     self.log.warning("daemon.abandoned", stages=len(self.running))
                     return True
             return False
-        return self.exit_when_idle and self.idle()
+        if not (self.exit_when_idle and self.idle()):
+            return False
+        # Idle, but a `dropline retry` may be waiting for an answer: serve it first.
+        assert self.state is not None
+        if self.stopping_since is None and self.state.open_requests(1):
+            self._next_requests = self.mono
+            return False
+        return True
 
     # --- reload -------------------------------------------------------------
 

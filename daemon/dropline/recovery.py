@@ -111,6 +111,16 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         requeue_result = RequeueResult()
         complete_requeue(state, spool, routes, requeuing, now, requeue_result)
         report.requeued = len(requeue_result.requeued)
+        for c in requeue_result.requeued:
+            log.info(
+                "file.requeued",
+                item=c.item_id,
+                file=c.name,
+                pipeline=c.pipeline,
+                detail="completed by recovery",
+            )
+        for item_id in requeue_result.vanished:
+            log.error("file.vanished", item=item_id, detail="missing from failed/ and working/")
         report.vanished += len(requeue_result.vanished)
 
     # Files in working/ that no row knows.
