@@ -1,9 +1,16 @@
 """The daemon: one loop that owns the database and drives every file.
 
-``run_once(now)`` is one pass: apply stage results, claim a batch, dispatch
-stages, finish a batch.  ``run()`` is a thin loop around it that waits on the
-queue fed by the inotify reader, the worker threads and the signal handlers.
-Signal handlers only set flags; nothing but this loop touches the database.
+``run_once(now)`` is one pass: apply stage results, claim a batch, apply
+the requests ``dropline retry`` left in the database, dispatch stages,
+finish a batch.  ``run()`` is a thin loop around it that waits on the queue
+fed by the inotify reader, the worker threads and the signal handlers.
+Signal handlers only set flags; nothing but this loop writes the state of a
+file in flight (the commands read the database, leave requests in it, or
+prune rows of files long finished).
+
+A file that fails runs its pipeline's ``on_failure`` stages first, if any:
+its failure is kept in its metadata (FAILURE), and its next stage index
+goes on past the ordinary stages (``Pipeline.stage_at``).
 
 Two clocks: ``now`` (wall time) for what is recorded and survives a restart,
 ``self.mono`` (monotonic) for every timer of the loop, so a step of the wall
