@@ -190,7 +190,7 @@ def _retry(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     since = parse_since(args.since) if args.since else None
     ids = retry.select(config, args.items, args.all_failed, since, args.pipeline)
-    doc = retry.run(config, ids, args.wait) if ids else retry.run(config, [], 0.0)
+    doc = retry.run(config, ids, args.wait)
     _output(args, doc, retry.render)
     return EXIT_OK if doc["not_requeued"] == 0 else EXIT_FAILURE
 

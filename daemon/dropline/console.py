@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 from .log import escape_text
@@ -134,10 +135,26 @@ def iso(ts: float | None) -> str | None:
     return f"{text}.{int((ts % 1) * 1000):03d}{offset[:3]}:{offset[3:]}"
 
 
+def parse_iso(text: str | None) -> float | None:
+    """A timestamp written by ``iso`` back as epoch seconds (None stays None)."""
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
 def shorten(text: str, width: int) -> str:
     """TEXT on one line, cut to WIDTH with an ellipsis."""
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: max(width - 3, 1)] + "..."
 
 
-__all__ = ["Console", "ago", "iso", "name", "print_json", "shorten", "size", "span", "stamp"]
+__all__ = [
+    "Console",
+    "ago",
+    "iso",
+    "name",
+    "parse_iso",
+    "print_json",
+    "shorten",
+    "size",
+    "span",
+    "stamp",
+]

@@ -488,7 +488,7 @@ class Daemon:
 
     def _admit(self, now: float) -> None:
         assert self.spool is not None and self.state is not None
-        room = min(self.config.max_in_flight - len(self.items), self.config.batch_size)
+        room = self._room()
         if room <= 0:
             return
         entries: list[Entry] = []
@@ -514,8 +514,9 @@ class Daemon:
             entries.append(found)
         if not entries:
             return
-        in_use = {item.working_name for item in self.items.values()} | self.stranded
-        result = claim_batch(self.state, self.spool, self.routes, entries, now, in_use)
+        result = claim_batch(
+            self.state, self.spool, self.routes, entries, now, self._names_in_working()
+        )
         if result.full is not None:
             self._disk_full(result.full)
         for refusal in result.refused:
@@ -527,7 +528,8 @@ class Daemon:
         for c in result.claimed:
             self._admitted(c, now)
 
-    def _admitted(self, c: Claimed, now: float) -> None:
+    def _track(self, c: Claimed) -> Item:
+        """A file now in working/ and recorded active (claimed, or back from failed/)."""
         item = Item(
             c.item_id,
             c.name,
@@ -538,10 +540,22 @@ class Daemon:
             fingerprint=(c.size, c.ctime_ns),
         )
         self.items[item.id] = item
+        self.ready.append(item.id)
+        return item
+
+    def _admitted(self, c: Claimed, now: float) -> None:
+        item = self._track(c)
         self.log.info(
             "file.claimed", item=item.id, file=item.name, pipeline=item.pipeline, size=c.size
         )
-        self.ready.append(item.id)
+
+    def _room(self) -> int:
+        """How many more files may be taken into working/ in this pass."""
+        return min(self.config.max_in_flight - len(self.items), self.config.batch_size)
+
+    def _names_in_working(self) -> set[bytes]:
+        """The names taken in working/ (only dropline writes there)."""
+        return {item.working_name for item in self.items.values()} | self.stranded
 
     def _serve_requests(self, now: float) -> None:
         """Apply requests the command line left in the database (`dropline retry`)."""
@@ -549,36 +563,28 @@ class Daemon:
             return
         self._next_requests = self.mono + _REQUESTS_EVERY
         assert self.state is not None and self.spool is not None
-        room = min(self.config.max_in_flight - len(self.items), self.config.batch_size)
+        room = self._room()
         if room <= 0:
             return
         requests = self.state.open_requests(room)
         if not requests:
             return
         retry_ids = [item_id for _, kind, item_id in requests if kind == "retry"]
-        in_use = {item.working_name for item in self.items.values()} | self.stranded
-        result = requeue_batch(self.state, self.spool, self.routes, retry_ids, now, in_use)
+        result = requeue_batch(
+            self.state, self.spool, self.routes, retry_ids, now, self._names_in_working()
+        )
         answers = []
         for request_id, kind, item_id in requests:
             if kind != "retry":
                 answers.append((request_id, f"unknown request {kind!r}"))
             else:
-                answers.append((request_id, result.refused.get(item_id, "requeued")))
+                answers.append((request_id, result.answer(item_id)))
         with self.state.transaction():
             self.state.finish_requests(answers, now)
         for r in result.requeued:
             self.counts["failed"] = max(0, self.counts["failed"] - 1)
-            self.items[r.item_id] = Item(
-                r.item_id,
-                r.name,
-                r.working_name,
-                r.pipeline,
-                sha256=r.sha256,
-                created_at=r.created_at,
-                fingerprint=(r.size, r.ctime_ns),
-            )
+            self._track(r)
             self.log.info("file.requeued", item=r.item_id, file=r.name, pipeline=r.pipeline)
-            self.ready.append(r.item_id)
         for item_id, why in result.refused.items():
             self.log.warning("retry.refused", item=item_id, reason=why)
         for item_id in result.vanished:

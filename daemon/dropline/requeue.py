@@ -33,6 +33,14 @@ class RequeueResult:
     refused: dict[str, str] = field(default_factory=dict)  # item id -> why not
     vanished: list[str] = field(default_factory=list)
 
+    def answer(self, item_id: str) -> str:
+        """What became of ITEM_ID, as `dropline retry` reports it."""
+        if item_id in self.refused:
+            return self.refused[item_id]
+        if item_id in self.vanished:
+            return "vanished from failed/"
+        return "requeued"
+
 
 def _why_not(row: ItemRow | None, spool: Spool) -> str:
     """Why this item cannot go back to working/ ("" when it can)."""
@@ -80,7 +88,7 @@ def requeue_batch(
                 continue
             # Its end is about to be reset: the earlier failure stays in its history.
             where = f"failed/{escape_text(row.final_name)}"
-            failed_at = state.finished_at(item_id) or now
+            failed_at = row.finished_at or now
             state.add_event(item_id, "failed", failed_at, f"to {where}: {row.reason}")
             state.add_event(item_id, "retry", now, f"back from {where}")
             row.working_name = working_name

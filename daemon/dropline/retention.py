@@ -72,13 +72,12 @@ def prune(
     # Rows left "pruning" by an interrupted run first, then batch after batch.
     _delete_marked(state, spool, report)
     while True:
-        rows = state.select_for_pruning(states, before, BATCH)
-        if not rows:
+        item_ids = state.select_for_pruning(states, before, BATCH)
+        if not item_ids:
             break
         with state.transaction():
-            state.mark_pruning([row[0] for row in rows], states)
+            state.mark_pruning(item_ids, states)
         _delete_marked(state, spool, report)
-        time.sleep(0)  # let the daemon's next transaction in between batches
     with state.transaction():
         report.requests = state.delete_old_requests(before)
     day = time.strftime("%Y-%m-%d", time.localtime(min(before, now - 2 * 86400)))

@@ -255,8 +255,12 @@ class Spool:
             os.close(fd)
 
     def working_entry(self, name: bytes) -> Entry | Refusal | None:
+        """lstat working/NAME; None if it is gone."""
+        return self._entry_in(self.working_fd, name)
+
+    def _entry_in(self, dir_fd: int, name: bytes) -> Entry | Refusal | None:
         try:
-            st = os.stat(name, dir_fd=self.working_fd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         return classify(name, st, self.max_file_size)
@@ -508,11 +512,7 @@ class Spool:
 
     def failed_entry(self, name: bytes) -> Entry | Refusal | None:
         """lstat failed/NAME; None if it is gone."""
-        try:
-            st = os.stat(name, dir_fd=self.failed_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        return classify(name, st, self.max_file_size)
+        return self._entry_in(self.failed_fd, name)
 
     def requeue(self, final_name: bytes, working_name: bytes) -> bool:
         """Move failed/FINAL_NAME back to working/WORKING_NAME; False if it is gone.

@@ -126,6 +126,7 @@ class ItemRow:
     final_name: bytes | None
     created_at: float
     ctime_ns: int | None
+    finished_at: float | None
 
 
 @dataclass
@@ -141,7 +142,7 @@ class OpenAttempt:
 _ITEM_COLUMNS = (
     "id, name, working_name, pipeline, state, size, sha256, src_dev, src_ino, next_stage, "
     "attempt, next_attempt_at, metadata, outcome, reason, final_dir, final_name, created_at, "
-    "ctime_ns"
+    "ctime_ns, finished_at"
 )
 
 
@@ -407,10 +408,6 @@ class State:
 
     # --- retry: failed/ back to working/ (requeue.py) ------------------------
 
-    def finished_at(self, item_id: str) -> float | None:
-        row = self._exec("SELECT finished_at FROM items WHERE id = ?", (item_id,)).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
-
     def mark_requeuing(self, item_id: str, working_name: bytes, now: float) -> bool:
         """Intent to move a failed file back to working/; False if it is no longer failed."""
         cur = self._exec(
@@ -431,16 +428,6 @@ class State:
             "updated_at = ? WHERE id = ?",
             (pipeline, sha256, size, ctime_ns, now, item_id),
         )
-
-    def failed_item_ids(self, since: float | None, pipeline: str | None) -> list[str]:
-        """Failed items, oldest failure first, optionally since a time and of one pipeline."""
-        sql = "SELECT id FROM items WHERE state = 'failed' AND finished_at >= ?"
-        params: list[Any] = [since if since is not None else 0.0]
-        if pipeline is not None:
-            sql += " AND pipeline = ?"
-            params.append(pipeline)
-        rows = self._exec(sql + " ORDER BY finished_at", tuple(params)).fetchall()
-        return [str(r[0]) for r in rows]
 
     # --- requests from the command line to the running daemon ---------------
 
@@ -484,17 +471,15 @@ class State:
 
     # --- retention (retention.py) -------------------------------------------
 
-    def select_for_pruning(
-        self, states: tuple[str, ...], before: float, limit: int
-    ) -> list[tuple[str, str, str | None, bytes | None, int | None]]:
-        """Finished items older than BEFORE: (id, state, final_dir, final_name, size)."""
+    def select_for_pruning(self, states: tuple[str, ...], before: float, limit: int) -> list[str]:
+        """Ids of finished items older than BEFORE, oldest first."""
         marks = ",".join("?" * len(states))
         rows = self._exec(
-            "SELECT id, state, final_dir, final_name, size FROM items "  # noqa: S608 - marks
+            "SELECT id FROM items "  # noqa: S608 - marks
             f"WHERE state IN ({marks}) AND finished_at < ? ORDER BY finished_at LIMIT ?",
             (*states, before, limit),
         ).fetchall()
-        return [(str(i), str(st), d, n, sz) for i, st, d, n, sz in rows]
+        return [str(r[0]) for r in rows]
 
     def prunable(self, states: tuple[str, ...], before: float) -> list[tuple[str, int, int]]:
         """(state, files, bytes) finished before BEFORE, per state (one index range each)."""

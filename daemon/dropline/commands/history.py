@@ -135,7 +135,7 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         rows = []
         colours: list[str | None] = []
         for step in item["timeline"]:
-            when = c.stamp(_ts(step["at"]))
+            when = c.stamp(c.parse_iso(step["at"]))
             if step["event"] == "stage":
                 what = f"{step['stage']} #{step['attempt']}"
                 outcome = step["outcome"]
@@ -144,7 +144,7 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
                 if "retry_after_seconds" in step:
                     detail = f"retried after {c.span(step['retry_after_seconds'])}: {detail}"
                 elif "retry_due_at" in step:
-                    detail = f"retry due {c.ago(_ts(step['retry_due_at']), now)}: {detail}"
+                    detail = f"retry due {c.ago(c.parse_iso(step['retry_due_at']), now)}: {detail}"
                 rows.append([when, what, outcome, took, c.shorten(detail, 70)])
                 colours.append(_COLOUR.get(outcome))
             else:
@@ -154,14 +154,6 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
                 rows.append([when, step["event"], "", "", c.shorten(detail, 70)])
                 colours.append(_COLOUR.get(step["event"]))
         out.table(["WHEN", "STEP", "OUTCOME", "TOOK", "DETAIL"], rows, colours=colours)
-
-
-def _ts(text: str | None) -> float | None:
-    if not text:
-        return None
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()
 
 
 __all__ = ["collect", "find", "render", "timeline"]

@@ -63,18 +63,12 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         kinds += f" and {doc['failed']:,} failed"
     out.line(
         f"{verb} {kinds} files ({c.size(doc['bytes'])}) finished before "
-        f"{c.stamp(_ts(doc['before']))}, with their history"
+        f"{c.stamp(c.parse_iso(doc['before']))}, with their history"
         + (f", and {doc['vanished']:,} records of vanished files" if doc["vanished"] else "")
         + "."
     )
     if not doc["include_failed"]:
         out.line("failed/ kept (add --failed to prune it too).")
-
-
-def _ts(text: str | None) -> float | None:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp() if text else None
 
 
 __all__ = ["render", "run"]

@@ -60,13 +60,7 @@ def _offline(config: Config, lock_fd: int, item_ids: list[str]) -> dict[str, str
             chunk = item_ids[start : start + _BATCH]
             in_use = set(spool.list_working())
             result = requeue_batch(state, spool, routes, chunk, time.time(), in_use)
-            for item_id in chunk:
-                if item_id in result.refused:
-                    results[item_id] = result.refused[item_id]
-                elif item_id in result.vanished:
-                    results[item_id] = "vanished from failed/"
-                else:
-                    results[item_id] = "requeued"
+            results.update({item_id: result.answer(item_id) for item_id in chunk})
     finally:
         spool.close()
         state.close()
@@ -93,6 +87,8 @@ def _through_daemon(config: Config, item_ids: list[str], wait: float) -> dict[st
 
 def run(config: Config, item_ids: list[str], wait: float) -> dict[str, Any]:
     """Retry ITEM_IDS; the outcome per item as one JSON-ready document."""
+    if not item_ids:  # nothing matched: neither the lock nor the database is touched
+        return {"applied_by": "offline", "requeued": 0, "not_requeued": 0, "items": []}
     try:
         lock_fd = acquire_lock(config.state_db)
     except StateLockedError:

@@ -7,6 +7,7 @@ scandir, the database is read in one short read transaction.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,8 @@ FAILURES_SHOWN = 5
 _OLDEST_LIMIT = 10_000  # beyond this many waiting files, the oldest is not looked for
 
 
-def _count_folder(path: Path, config: Config, oldest: bool) -> tuple[int, float | None]:
-    """Entries a daemon would look at (not hidden or temporary names); the oldest mtime."""
-    ignored = compile_globs(config.ignore)
+def _count_folder(path: Path, ignored: re.Pattern[str], oldest: bool) -> tuple[int, float | None]:
+    """Entries a daemon would look at (not IGNORED names); the oldest mtime."""
     count = 0
     first: float | None = None
     try:
@@ -56,8 +56,9 @@ def _stage_of(item: ItemView, running: AttemptView | None, config: Config) -> st
 def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     """The status as one JSON-ready document."""
     now = time.time() if now is None else now
-    incoming, oldest = _count_folder(config.incoming, config, oldest=True)
-    working, _ = _count_folder(config.working, config, oldest=False)
+    ignored = compile_globs(config.ignore)
+    incoming, oldest = _count_folder(config.incoming, ignored, oldest=True)
+    working, _ = _count_folder(config.working, ignored, oldest=False)
     pid = daemon_pid(config.state_db)
     with StateReader(config.state_db) as reader, reader.snapshot():
         states = reader.counts()
@@ -184,7 +185,7 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
     out.line("Recent failures:")
     rows = [
         [
-            _ago_iso(f["failed_at"], now),
+            c.ago(c.parse_iso(f["failed_at"]), now),
             f["item"],
             c.shorten(f["file"], 32),
             f["pipeline"] or "-",
@@ -193,14 +194,6 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         for f in failures
     ]
     out.table(["WHEN", "ITEM", "FILE", "PIPELINE", "REASON"], rows, colours=["red"] * len(rows))
-
-
-def _ago_iso(text: str | None, now: float) -> str:
-    if not text:
-        return "-"
-    from datetime import datetime
-
-    return c.ago(datetime.fromisoformat(text).timestamp(), now)
 
 
 __all__ = ["collect", "render"]

@@ -76,6 +76,7 @@ def build(opts: Options, env: BuildEnv) -> StageFunc:
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         opts.fail("columns", f'column "{dup}" is declared twice')
+    by_name = {c.name: c for c in columns}
     extra = opts.choice("extra_columns", "allow", ("allow", "reject"))
     max_rows = opts.integer("max_rows", 10_000_000, 0, 2**62)
     max_size = opts.size("max_size", 1024**3)
@@ -147,7 +148,6 @@ def build(opts: Options, env: BuildEnv) -> StageFunc:
             ROWS_KEY: count,
         }
 
-    by_name = {c.name: c for c in columns}
     return stage
 
 
