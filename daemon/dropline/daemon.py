@@ -34,7 +34,7 @@ from .config import Config, check_paths, load_config
 from .crashpoints import crashpoint
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .hostcheck import free_space_problem
-from .log import get_logger
+from .log import get_logger, hold_lines, release_lines
 from .metrics import make_metrics
 from .notify import Notifier
 from .pipeline import Pipeline, Routes
@@ -76,6 +76,7 @@ class Item:
     # (size, ctime) as claimed or as the last stage left it: a change in between
     # means someone still writes to it.
     fingerprint: tuple[int, int] | None = None
+    fingerprint_pass: int = -1  # the loop's pass that took it (see _changed_under_us)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.counts = {"archived": 0, "failed": 0}
         self._token = 0
+        self.passes = 0  # passes of the loop so far
         self._stop_requested = False
         self._reload_requested = False
         self.stopping_since: float | None = None
@@ -234,27 +236,32 @@ class Daemon:
 
     def run(self) -> None:
         """Start, then loop until stopped (or idle, with exit_when_idle)."""
+        hold_lines()  # the loop's lines are written once per pass (log.LineWriter)
         try:
-            self.start(time.time())
-            while True:
-                timeout = self._wait_time()
-                with contextlib.suppress(queue.Empty):
-                    self._absorb(self.inbox.get(timeout=timeout) if timeout > 0 else None)
+            try:
+                self.start(time.time())
                 while True:
-                    try:
-                        self._absorb(self.inbox.get_nowait())
-                    except queue.Empty:
+                    release_lines()  # before waiting: the journal is never behind an idle loop
+                    timeout = self._wait_time()
+                    with contextlib.suppress(queue.Empty):
+                        self._absorb(self.inbox.get(timeout=timeout) if timeout > 0 else None)
+                    while True:
+                        try:
+                            self._absorb(self.inbox.get_nowait())
+                        except queue.Empty:
+                            break
+                    if self.run_once(time.time()):
                         break
-                if self.run_once(time.time()):
-                    break
-        except DroplineError as exc:
-            self.log.critical("daemon.failed", error=str(exc))
-            raise
+            except DroplineError as exc:
+                self.log.critical("daemon.failed", error=str(exc))
+                raise
+            finally:
+                self.close()
+            self.log.info(
+                "daemon.stopped", archived=self.counts["archived"], failed=self.counts["failed"]
+            )
         finally:
-            self.close()
-        self.log.info(
-            "daemon.stopped", archived=self.counts["archived"], failed=self.counts["failed"]
-        )
+            release_lines()
 
     def _wait_time(self) -> float:
         """How long the loop may sleep: zero while there is work it can do now."""
@@ -304,6 +311,7 @@ class Daemon:
     def run_once(self, now: float) -> bool:
         """One pass of the loop; True when the daemon should exit."""
         self.mono = time.monotonic()
+        self.passes += 1
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
@@ -538,6 +546,7 @@ class Daemon:
             sha256=c.sha256,
             created_at=c.created_at,
             fingerprint=(c.size, c.ctime_ns),
+            fingerprint_pass=self.passes,
         )
         self.items[item.id] = item
         self.ready.append(item.id)
@@ -696,6 +705,10 @@ class Daemon:
         archive/ would keep, is not what was dropped.
         """
         assert self.spool is not None
+        if item.fingerprint_pass == self.passes:
+            # Taken by this very pass (the claim's fstat, milliseconds ago): a second
+            # look now would narrow no window the move itself does not leave open.
+            return False
         seen = self.spool.fingerprint(item.working_name)
         if item.fingerprint is None or seen is None or seen == item.fingerprint:
             return False

@@ -299,22 +299,29 @@ class Spool:
     def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int, int]:
         """SHA-256, size and ctime of working/NAME, opened without following or blocking.
 
-        With EXPECT (what was checked in incoming/), raises ChangedError if the
-        content changed meanwhile: its writer still holds it open.
+        Opened with O_NOFOLLOW|O_NONBLOCK, then fstat (Postfix's safe_open): only
+        a regular file with one link is read; a symlink fails the open, a FIFO
+        opens without blocking and is refused unread.  With EXPECT (what was
+        checked in incoming/) the inode must be that one (ValueError: swapped
+        between the check and the rename), and ChangedError says the content
+        changed meanwhile: its writer still holds it open.
         """
-        # lstat before open: whatever is there is only opened if it is the regular
-        # file that was checked in incoming/ (a device node is never opened).
-        seen = self.working_entry(name)
-        if not isinstance(seen, Entry):
-            raise ValueError(seen.reason if seen else "gone from working/")
-        if expect is not None and (seen.ino, seen.dev) != (expect.ino, expect.dev):
-            raise ValueError("replaced while being claimed")
-        # Only dropline writes into working/: what was just lstat'ed is what opens.
-        fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
         try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
+        except FileNotFoundError:
+            raise ValueError("gone from working/") from None
+        except OSError as exc:
+            raise ValueError(f"cannot be opened safely: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            seen = classify(name, st, self.max_file_size)
+            if not isinstance(seen, Entry):
+                raise ValueError(seen.reason)
+            if expect is not None and (seen.ino, seen.dev) != (expect.ino, expect.dev):
+                raise ValueError("replaced while being claimed")
             digest = hashlib.sha256()
             size = 0
-            # Ask for what lstat saw, plus one byte: a small file costs one small read,
+            # Ask for what fstat saw, plus one byte: a small file costs one small read,
             # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
             want = min(seen.size + 1, _CHUNK)
             while chunk := os.read(fd, want):
@@ -323,16 +330,15 @@ class Spool:
                 if len(chunk) < want:
                     break  # a short read of a regular file is its end: no read() for EOF
                 want = _CHUNK
-            after = os.fstat(fd)
-            if (after.st_ino, after.st_dev) != (seen.ino, seen.dev) or after.st_nlink != 1:
-                raise ValueError("replaced while being claimed")
-            if expect is not None and (size, after.st_size, after.st_mtime_ns) != (
+            # A write after the fstat shows here as a size that differs, or later,
+            # before a stage or the archive move, as a ctime that moved.
+            if expect is not None and (size, seen.size, seen.mtime_ns) != (
                 expect.size,
                 expect.size,
                 expect.mtime_ns,
             ):
                 raise ChangedError("still being written")
-            return digest.hexdigest(), size, after.st_ctime_ns
+            return digest.hexdigest(), size, seen.ctime_ns
         finally:
             os.close(fd)
 
