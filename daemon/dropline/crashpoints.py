@@ -56,9 +56,19 @@ _CRASH = _Trigger("DROPLINE_CRASH_AT")
 _FAULT = _Trigger("DROPLINE_FAULT")
 
 
+_ALSO_KILL: list[int] = []
+
+
+def crash_together_with(pid: int) -> None:
+    """A crash point fired in this (helper) process kills PID first: the daemon."""
+    _ALSO_KILL.append(pid)
+
+
 def crashpoint(name: str) -> None:
     """Kill this process at once if the tests armed the crash point NAME."""
     if _CRASH.fires(name):
+        for pid in _ALSO_KILL:
+            os.kill(pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -36,9 +36,27 @@ from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .hostcheck import free_space_problem
 from .log import get_logger, hold_lines, release_lines
 from .metrics import make_metrics
+from .mover import Mover
 from .notify import Notifier
 from .pipeline import Pipeline, Routes
-from .protocol import Claimed, Finish, claim_batch, finish_batch
+from .protocol import (
+    ClaimBatch,
+    Claimed,
+    ClaimResult,
+    Finish,
+    FinishBatch,
+    judge_claim,
+    move_here,
+    plan_claim,
+    plan_finish,
+    record_active,
+    record_claim_intent,
+    record_claimed,
+    record_finish_intent,
+    record_finished,
+    take_answers,
+    write_reasons,
+)
 from .recovery import describe as describe_recovery
 from .recovery import finish_for, recover
 from .requeue import requeue_batch
@@ -56,6 +74,9 @@ _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan la
 _STATUS_EVERY = 0.25  # seconds between STATUS updates when busy
 _PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
 _SPACE_CHECK_EVERY = 1.0  # seconds between free-space checks (and retries after ENOSPC)
+# Claim batches with the mover at once: while it moves one, the loop records
+# the one before and the mover has the next one queued (see run_once).
+_CLAIMS_AHEAD = 2
 _REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry`
 
 
@@ -141,6 +162,12 @@ class Daemon:
         self.spool: Spool | None = None
         self.watch: IncomingWatch | None = None
         self.pool: WorkerPool | None = None
+        self.mover: Mover | None = None
+        # Batches handed to the mover, oldest first (its answers come in order).
+        self.claiming: collections.deque[ClaimBatch] = collections.deque()
+        self.finishing: collections.deque[FinishBatch] = collections.deque()
+        # Claimed this pass with no stage to run: recorded with their finish intent.
+        self.unrecorded: dict[str, Claimed] = {}
         self.scratch_root = scratch_root(config.state_db)
         self.ran_stages: set[str] = set()  # items that may have a scratch folder
         # Off (a no-op) unless configured; not changed by a reload.
@@ -191,6 +218,8 @@ class Daemon:
         # their names are taken for as long as this daemon runs.
         known = {item.working_name for item in self.items.values()}
         self.stranded = set(self.spool.list_working()) - known
+        # It holds the lock too: no new daemon recovers while it still moves files.
+        self.mover = Mover(self.spool, keep_fds=(self._lock_fd,))
         self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
         # The watch first, then the scan: a file arriving in between is seen by both.
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
@@ -211,6 +240,10 @@ class Daemon:
             self.watch.close()
         if self.pool is not None:
             self.pool.close()
+        if self.mover is not None:
+            # Batches not answered yet stay recorded as intents: recovery completes them.
+            self.mover.close()
+            self.mover = None
         if self.spool is not None:
             self.spool.close()
         if self.state is not None:
@@ -270,6 +303,8 @@ class Daemon:
         finish_blocked = self.mono < self._finish_retry_at
         if (self.to_finish and not finish_blocked) or self.results_pending:
             return 0.0
+        if self.claiming or self.finishing:
+            return 0.0  # their answers are read in the next pass
         if not stopping and self.ready and len(self.running) < self.pool.size:
             return 0.0
         claiming = not stopping and not self.disk_problem and self._has_capacity()
@@ -326,12 +361,16 @@ class Daemon:
             _, item_id = heapq.heappop(self.retry_heap)
             if item_id in self.items:
                 self.ready.append(item_id)
-        if self.stopping_since is None and self._space_ok():
-            self._admit(now)
-            self._serve_requests(now)
+        # The mover answers in order.  Each pass records what it did with the
+        # oldest claim batch and the finishes sent last pass, while it already
+        # moves the next claim batch; then the pass sends the next finishes and
+        # claims, their intents in one commit.  So the mover is never idle while
+        # the loop records, and the loop makes two commits per pass.
+        self._record_answers(now)
         self._dispatch(now)
-        if self.to_finish and self.mono >= self._finish_retry_at:
-            self._finish(now)
+        self._send_next(now)
+        if self.stopping_since is None and not self.disk_problem:
+            self._serve_requests(now)
         self._housekeeping()
         return self._should_exit()
 
@@ -494,15 +533,97 @@ class Daemon:
                 names.append((scanned, False))
         return names
 
-    def _admit(self, now: float) -> None:
-        assert self.spool is not None and self.state is not None
+    def _record_answers(self, now: float) -> None:
+        """Read the mover's answers for the oldest claim batch and the finishes in
+        flight, and record them all in one transaction."""
+        assert self.spool is not None and self.state is not None and self.mover is not None
+        claim = self.claiming.popleft() if self.claiming else None
+        # While claims keep it busy, the finishes sent last pass wait a pass more:
+        # the mover does them after the claim read here, and the loop is not
+        # held up waiting for them.
+        keep = 1 if self.claiming else 0
+        finishes = [self.finishing.popleft() for _ in range(len(self.finishing) - keep)]
+        result = None
+        if claim is not None:
+            assert claim.ticket is not None
+            answers = self.mover.answer(claim.ticket)
+            result = judge_claim(self.spool, self.routes, claim, answers)
+        for batch in finishes:
+            assert batch.ticket is not None
+            take_answers(self.state, self.spool, batch, self.mover.answer(batch.ticket))
+        if finishes:
+            crashpoint("finish.synced")
+        if claim is None and not finishes:
+            return
+        if result is not None:
+            self.unrecorded = {c.item_id: c for c in result.claimed if self._goes_straight_on(c)}
+        with self.state.transaction():
+            if claim is not None and result is not None:
+                record_claimed(self.state, claim, result, later=self.unrecorded)
+            for batch in finishes:
+                record_finished(self.state, batch)
+        if result is not None:
+            crashpoint("claim.committed")
+            self._claimed(result, now)
+        if finishes:
+            crashpoint("finish.committed")
+        for batch in finishes:
+            self._ended(batch)
+
+    def _send_next(self, now: float) -> None:
+        """Plan the next finishes and claims, commit their intents at once, hand
+        their moves to the mover (finishes first: their answers are read first)."""
+        assert self.spool is not None and self.state is not None and self.mover is not None
+        finish = None
+        if self.to_finish and self.mono >= self._finish_retry_at:
+            finish = plan_finish(self.spool, self.to_finish, now)
+            self.to_finish = []
+        claims: list[ClaimBatch] = []
+        if self.stopping_since is None and self._space_ok():
+            while len(self.claiming) < _CLAIMS_AHEAD:
+                entries = self._next_entries(now)
+                if not entries:
+                    break
+                claim = plan_claim(self.spool, entries, now, self._names_in_working())
+                self.claiming.append(claim)  # its names are taken from now on
+                claims.append(claim)
+        if (finish is not None and finish.fresh) or claims or self.unrecorded:
+            with self.state.transaction():
+                if finish is not None:
+                    record_finish_intent(self.state, finish, self.unrecorded)
+                # Not finishing after all (finishing is paused after ENOSPC): active.
+                record_active(self.state, list(self.unrecorded.values()), now)
+                self.unrecorded = {}
+                for claim in claims:
+                    record_claim_intent(self.state, claim)
+            if finish is not None and finish.fresh:
+                crashpoint("finish.intent_committed")
+            if claims:
+                crashpoint("claim.intent_committed")
+        if finish is not None:
+            self._move_finishes(finish)
+        for claim in claims:
+            claim.ticket = self.mover.send("claim", claim.moves, self.spool.max_file_size)
+
+    def _next_entries(self, now: float) -> list[Entry]:
+        """The next files to claim (up to the room left): checked, settled, not refused."""
+        assert self.spool is not None
         room = self._room()
         if room <= 0:
-            return
+            return []
         entries: list[Entry] = []
         seen: set[bytes] = set()
+        in_flight = self._names_being_claimed()
         for name, notified in self._next_names(now, room):
             if name in seen or self.routes.is_ignored(name):
+                continue
+            if name in in_flight:
+                # Its claim is with the mover: look again once that one is answered
+                # (a new file of the same name may have come meanwhile).
+                if notified:
+                    self.candidates[name] = None
+                else:
+                    self.settling[name] = self.mono
                 continue
             seen.add(name)
             found = self.spool.inspect_incoming(name)
@@ -520,11 +641,15 @@ class Daemon:
                     self.rescan_pending = True
                 continue
             entries.append(found)
-        if not entries:
-            return
-        result = claim_batch(
-            self.state, self.spool, self.routes, entries, now, self._names_in_working()
-        )
+        return entries
+
+    def _goes_straight_on(self, c: Claimed) -> bool:
+        """Whether a file just claimed has no stage to run: it is finished this pass."""
+        pipeline = self.routes.get(c.pipeline)
+        return pipeline is None or not pipeline.stages
+
+    def _claimed(self, result: ClaimResult, now: float) -> None:
+        """What a claim batch did, now recorded: the files claimed, put back or refused."""
         if result.full is not None:
             self._disk_full(result.full)
         for refusal in result.refused:
@@ -560,11 +685,19 @@ class Daemon:
 
     def _room(self) -> int:
         """How many more files may be taken into working/ in this pass."""
-        return min(self.config.max_in_flight - len(self.items), self.config.batch_size)
+        claiming = sum(len(batch.plans) for batch in self.claiming)
+        return min(self.config.max_in_flight - len(self.items) - claiming, self.config.batch_size)
 
     def _names_in_working(self) -> set[bytes]:
-        """The names taken in working/ (only dropline writes there)."""
-        return {item.working_name for item in self.items.values()} | self.stranded
+        """The names taken in working/ (only dropline writes there), or about to be."""
+        names = {item.working_name for item in self.items.values()} | self.stranded
+        for batch in self.claiming:
+            names |= batch.working_names
+        return names
+
+    def _names_being_claimed(self) -> set[bytes]:
+        """Names in incoming/ whose claim is with the mover."""
+        return {entry.name for batch in self.claiming for _, entry, _ in batch.plans}
 
     def _serve_requests(self, now: float) -> None:
         """Apply requests the command line left in the database (`dropline retry`)."""
@@ -773,10 +906,27 @@ class Daemon:
             )
         )
 
-    def _finish(self, now: float) -> None:
-        assert self.state is not None and self.spool is not None
-        batch, self.to_finish = self.to_finish, []
-        for f in finish_batch(self.state, self.spool, batch, now):
+    def _move_finishes(self, batch: FinishBatch) -> None:
+        """The reasons of the failures first, then the moves: by the mover, or here."""
+        assert self.state is not None and self.spool is not None and self.mover is not None
+        write_reasons(self.spool, batch)
+        moves = None if batch.full else batch.moves(self.spool)
+        if moves is not None:
+            batch.ticket = self.mover.send("finish", moves)
+            self.finishing.append(batch)
+            return
+        # A full disk stopped the reasons, or a destination on another
+        # filesystem needs a copy: this batch is moved here, at once.
+        move_here(self.state, self.spool, batch)
+        crashpoint("finish.synced")
+        with self.state.transaction():
+            record_finished(self.state, batch)
+        crashpoint("finish.committed")
+        self._ended(batch)
+
+    def _ended(self, batch: FinishBatch) -> None:
+        """A finish batch recorded: forget and log the files that ended; keep the others."""
+        for f in batch.finishes:
             if not f.state:  # a full disk stopped it: recorded as finishing, tried again
                 self.to_finish.append(f)
                 continue
@@ -872,11 +1022,13 @@ class Daemon:
             or self.settling
             or self.scan is not None
             or self.to_finish
+            or self.claiming
+            or self.finishing
         )
 
     def _should_exit(self) -> bool:
         if self.stopping_since is not None:
-            if not self.running and not self.to_finish:
+            if not (self.running or self.to_finish or self.claiming or self.finishing):
                 return True
             if self.mono >= self.stopping_since + self.config.stop_timeout:
                 # Out of patience: stop the stages still running; idempotent ones run again

@@ -8,10 +8,11 @@ escape or invalid UTF-8 cannot forge a log line or repaint a terminal.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -74,6 +75,28 @@ class _JournalRenderer:
         fields["EVENT"] = fields.pop("event", "")
         self._sender.send(str(message), level, fields)
         raise structlog.DropEvent
+
+
+def _fallback(value: Any) -> Any:
+    """How a value JSON does not know is written (as structlog's JSONRenderer does)."""
+    method = getattr(value, "__structlog__", None)
+    return method() if callable(method) else repr(value)
+
+
+def _json_dumps() -> Callable[..., str]:
+    """json.dumps for the JSON renderer, its encoder built once.
+
+    json.dumps with any argument builds a new encoder for every call: at
+    full speed that was a quarter of each event's cost.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain function
+        return lambda value, **_kw: json.dumps(value, default=_fallback)
+    # No circular-reference markers: an event is a flat dict of plain values.
+    encode = make(
+        None, _fallback, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    return lambda value, **_kw: "".join(encode(value, 0))
 
 
 class LineWriter:
@@ -153,7 +176,7 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     elif use_console:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), pad_event_to=22)
     else:
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps())
     structlog.configure(
         # Short on purpose: it runs for every event of every file (no context
         # variables or exception info are used, so their processors are left out).

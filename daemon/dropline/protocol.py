@@ -11,6 +11,11 @@ finish:  choose destinations; rows "finishing" -> commit
          fsync the touched folders once
          rows "archived" / "failed" -> commit
 
+In the daemon the renames, fsyncs and reads of a batch are done by the
+mover process (``mover.py``) while the loop records another batch; the
+steps of each batch stay in this order.  Recovery and a move to another
+filesystem do them here.
+
 A crash between any two steps leaves a state that recovery completes or
 undoes (``recovery.py``).  One transaction and one fsync per folder per batch,
 never per file.  A full filesystem stops a batch where it is: the files not
@@ -19,7 +24,10 @@ yet moved stay where they were, recorded as such, to be tried again.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +35,9 @@ from .crashpoints import crashpoint
 from .errors import DiskFullError
 from .ids import new_item_id
 from .log import escape_text
+from .mover import ClaimAnswer, ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
-from .spool import ChangedError, Entry, Refusal, Spool
+from .spool import FULL_ERRNOS, ChangedError, Entry, FileRead, Refusal, Spool, judge_read
 from .state import State
 
 
@@ -73,21 +82,31 @@ class ClaimResult:
     claimed: list[Claimed] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     busy: list[bytes] = field(default_factory=list)  # still being written: put back
+    gone: list[str] = field(default_factory=list)  # item ids not claimed: rows to forget
     full: DiskFullError | None = None  # the disk-full error that stopped the batch
 
 
-def claim_batch(
-    state: State,
-    spool: Spool,
-    routes: Routes,
-    entries: list[Entry],
-    now: float,
-    in_use: set[bytes],
-) -> ClaimResult:
-    """Claim ENTRIES (checked regular files in incoming/) into working/.
+@dataclass
+class ClaimBatch:
+    """A batch of claims: planned, then recorded ("claiming"), then moved."""
 
-    IN_USE: the names in working/ now (only dropline writes there).
-    """
+    plans: list[tuple[str, Entry, bytes]]  # (item id, the entry in incoming/, working name)
+    now: float
+    ticket: Ticket | None = None  # the mover's answer, once asked
+
+    @property
+    def moves(self) -> list[ClaimMove]:
+        return [(entry.name, working_name) for _, entry, working_name in self.plans]
+
+    @property
+    def working_names(self) -> set[bytes]:
+        return {working_name for _, _, working_name in self.plans}
+
+
+def plan_claim(spool: Spool, entries: list[Entry], now: float, in_use: set[bytes]) -> ClaimBatch:
+    """An item id and a free working name for each of ENTRIES (checked regular
+    files in incoming/).  IN_USE: the names taken in working/ now (only
+    dropline writes there)."""
     plans: list[tuple[str, Entry, bytes]] = []
     taken = set(in_use)
     for entry in entries:
@@ -95,44 +114,44 @@ def claim_batch(
         working_name = spool.free_working_name(entry.name, item_id, taken)
         taken.add(working_name)
         plans.append((item_id, entry, working_name))
-    with state.transaction():
-        state.insert_claiming_many(
-            [(item_id, e.name, working_name, e.dev, e.ino) for item_id, e, working_name in plans],
-            now,
-        )
-    crashpoint("claim.intent_committed")
+    return ClaimBatch(plans, now)
 
-    moved: list[tuple[str, Entry, bytes]] = []
-    gone: list[str] = []
-    full: DiskFullError | None = None
-    for item_id, entry, working_name in plans:
-        if full is not None:
-            gone.append(item_id)  # not tried: still in incoming/, claimed later
+
+def record_claim_intent(state: State, batch: ClaimBatch) -> None:
+    """Rows "claiming" (in the caller's transaction, committed before any move)."""
+    state.insert_claiming_many(
+        [(item_id, e.name, working_name, e.dev, e.ino) for item_id, e, working_name in batch.plans],
+        batch.now,
+    )
+
+
+def judge_claim(
+    spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[ClaimAnswer]
+) -> ClaimResult:
+    """What the moves did (``mover.claim``: renamed, fsynced, read): the files now
+    in working/ and routed, the others given back or forgotten."""
+    result = ClaimResult()
+    claimed, refused, gone = result.claimed, result.refused, result.gone
+    moved: list[tuple[str, Entry, bytes, FileRead]] = []
+    for (item_id, entry, working_name), (err, found) in zip(batch.plans, answers, strict=True):
+        if err == 0 and found is not None:
+            moved.append((item_id, entry, working_name, found))
             continue
-        try:
-            renamed = spool.claim(entry.name, working_name)
-        except DiskFullError as exc:
-            full, renamed = exc, False
-        if renamed:
-            moved.append((item_id, entry, working_name))
-            crashpoint("claim.renamed")
-        else:
-            gone.append(item_id)
-    spool.sync()
+        if err in FULL_ERRNOS and result.full is None:
+            result.full = DiskFullError(f"claim of {entry.name!r}: {os.strerror(err)}")
+        gone.append(item_id)  # gone, or not tried: still in incoming/, claimed later
     crashpoint("claim.synced")
 
-    result = ClaimResult(full=full)
-    claimed, refused = result.claimed, result.refused
-    for item_id, entry, working_name in moved:
+    for item_id, entry, working_name, found in moved:
         try:
-            sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry)
+            sha256, size, ctime_ns = judge_read(found, expect=entry)
         except ChangedError:
             # Its writer is still at work: back to incoming/, claimed once it is done.
             spool.unclaim(working_name, entry.name)
             result.busy.append(entry.name)
             gone.append(item_id)
             continue
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:
             # The name was swapped between our check and the rename: give the
             # entry back untouched and refuse it.
             spool.unclaim(working_name, entry.name)
@@ -149,19 +168,34 @@ def claim_batch(
                 sha256,
                 size,
                 ctime_ns,
-                now,
+                batch.now,
             )
         )
     if refused or result.busy:
         spool.sync()
-    with state.transaction():
-        for item_id in gone:
-            state.delete_item(item_id)
-        state.mark_active_many(
-            [(c.pipeline, c.sha256, c.size, c.ctime_ns, c.item_id) for c in claimed], now
-        )
-    crashpoint("claim.committed")
     return result
+
+
+def record_claimed(
+    state: State, batch: ClaimBatch, result: ClaimResult, later: Collection[str] = ()
+) -> None:
+    """Rows "active" for the files claimed, the others' rows deleted (caller's transaction).
+
+    LATER: files recorded with their finish intent instead (``record_finish_intent``),
+    in the same pass: a file with no stage to run goes from "claiming" straight
+    to "finishing", one row write fewer.  Until then its row says "claiming"
+    and recovery would complete the claim, as after a crash before this step.
+    """
+    for item_id in result.gone:
+        state.delete_item(item_id)
+    record_active(state, [c for c in result.claimed if c.item_id not in later], batch.now)
+
+
+def record_active(state: State, claimed: list[Claimed], now: float) -> None:
+    """Rows "active" for CLAIMED (caller's transaction)."""
+    state.mark_active_many(
+        [(c.pipeline, c.sha256, c.size, c.ctime_ns, c.item_id) for c in claimed], now
+    )
 
 
 def error_document(f: Finish, now: float) -> dict[str, Any]:
@@ -183,21 +217,28 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
-def _move_to_end(state: State, spool: Spool, f: Finish, day: str, now: float) -> bool:
-    """Move one file to its recorded destination; choose (and record) again if taken."""
-    taken: set[tuple[str, bytes]] = set()
+def _move_to_end(
+    state: State, spool: Spool, f: Finish, day: str, now: float, *, taken: bool = False
+) -> bool:
+    """Move one file to its recorded destination; choose (and record) again if taken.
+
+    TAKEN: the destination was found taken already (by the mover's rename).
+    """
+    taken_names: set[tuple[str, bytes]] = set()
     while True:
-        try:
-            return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
-        except FileExistsError:
-            pass
+        if not taken:
+            try:
+                return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
+            except FileExistsError:
+                pass
+        taken = False
         # Someone put a file under the chosen name.  The new choice is recorded
         # (and, for a failure, its reason written and made durable) before the move.
         if f.outcome == "failed":
             spool.remove_error(f.final_name)
-        taken.add((f.final_dir, f.final_name))
+        taken_names.add((f.final_dir, f.final_name))
         f.final_dir, f.final_name = spool.choose_destination(
-            f.outcome, f.name, f.item_id, day, taken
+            f.outcome, f.name, f.item_id, day, taken_names
         )
         with state.transaction():
             state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
@@ -206,62 +247,154 @@ def _move_to_end(state: State, spool: Spool, f: Finish, day: str, now: float) ->
             spool.sync()
 
 
-def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
-    """Move FINISHES to archive/ or failed/; returns them with ``state`` set.
+@dataclass
+class FinishBatch:
+    """Files to move to their end: destinations chosen, recorded ("finishing"), moved."""
 
-    A full disk stops the moves: the files not moved keep ``state`` empty and
-    stay recorded as "finishing" with their destination, for a later try.
+    finishes: list[Finish]
+    day: str
+    now: float
+    fresh: list[Finish]  # those whose destination was chosen just now (not yet recorded)
+    full: bool = False  # a full disk stopped the reasons: nothing is moved this time
+    ticket: Ticket | None = None  # the mover's answer, once asked
+
+    def moves(self, spool: Spool) -> list[FinishMove] | None:
+        """The renames for the mover; None if one needs more than a rename (another
+        filesystem): then the batch is moved here (``move_here``)."""
+        moves: list[FinishMove] = []
+        for f in self.finishes:
+            folder = spool.rename_folder(f.outcome, f.final_dir)
+            if folder is None:
+                return None
+            moves.append((f.working_name, folder, f.final_name))
+        return moves
+
+
+def plan_finish(spool: Spool, finishes: list[Finish], now: float) -> FinishBatch:
+    """Choose a free destination for each file that has none yet."""
+    batch = FinishBatch(
+        finishes,
+        time.strftime("%Y-%m-%d", time.localtime(now)),
+        now,
+        [f for f in finishes if not f.final_name],
+    )
+    taken: set[tuple[str, bytes]] = set()
+    for f in batch.fresh:
+        f.final_dir, f.final_name = spool.choose_destination(
+            f.outcome, f.name, f.item_id, batch.day, taken
+        )
+        taken.add((f.final_dir, f.final_name))
+    return batch
+
+
+def record_finish_intent(
+    state: State, batch: FinishBatch, claimed: dict[str, Claimed] | None = None
+) -> None:
+    """Rows "finishing" with their destinations (caller's transaction, committed
+    before the reasons are written and before any move).
+
+    CLAIMED: files whose claim is not recorded yet (``record_claimed``'s
+    LATER); those finishing now are recorded with their claim and removed.
     """
-    if not finishes:
-        return []
-    day = time.strftime("%Y-%m-%d", time.localtime(now))
-    fresh = [f for f in finishes if not f.final_name]
-    if fresh:
-        taken: set[tuple[str, bytes]] = set()
-        with state.transaction():
-            for f in fresh:
-                f.final_dir, f.final_name = spool.choose_destination(
-                    f.outcome, f.name, f.item_id, day, taken
-                )
-                taken.add((f.final_dir, f.final_name))
-            state.mark_finishing_many(
-                [(f.outcome, f.reason, f.final_dir, f.final_name, f.item_id) for f in fresh], now
-            )
-        crashpoint("finish.intent_committed")
+    claimed = claimed if claimed is not None else {}
+    plain: list[tuple[str, str, str, bytes, str]] = []
+    with_claim: list[tuple[str | None, str, int, int, str, str, str, bytes, str]] = []
+    for f in batch.fresh:
+        c = claimed.pop(f.item_id, None)
+        if c is None:
+            plain.append((f.outcome, f.reason, f.final_dir, f.final_name, f.item_id))
+        else:
+            claim = (c.pipeline, c.sha256, c.size, c.ctime_ns)
+            with_claim.append((*claim, f.outcome, f.reason, f.final_dir, f.final_name, f.item_id))
+    state.mark_finishing_many(plain, batch.now)
+    state.mark_claimed_finishing_many(with_claim, batch.now)
 
-    # The reasons first, all durable (one fsync of failed/) before any file joins
-    # its reason: a file in failed/ always has its NAME.error.json beside it.
-    full = False
-    for f in finishes:
-        if f.outcome == "failed" and not full and spool.in_working(f.working_name):
+
+def write_reasons(spool: Spool, batch: FinishBatch) -> None:
+    """Write failed/NAME.error.json for the failures, all durable (one fsync of
+    failed/) before any file joins its reason: a file in failed/ always has its
+    reason beside it."""
+    for f in batch.finishes:
+        if f.outcome == "failed" and not batch.full and spool.in_working(f.working_name):
             try:
-                spool.write_error(f.final_name, error_document(f, now))
+                spool.write_error(f.final_name, error_document(f, batch.now))
             except DiskFullError:
-                full = True
+                batch.full = True
                 continue
             crashpoint("finish.error_written")
     spool.sync()
 
-    for f in finishes:
+
+def move_here(state: State, spool: Spool, batch: FinishBatch) -> None:
+    """Move the batch's files in this process (any filesystem), then fsync."""
+    full = batch.full
+    for f in batch.finishes:
         if full:
             continue
         try:
-            moved = _move_to_end(state, spool, f, day, now)
+            moved = _move_to_end(state, spool, f, batch.day, batch.now)
         except DiskFullError:
             full = True
             continue
         if moved:
             f.state = f.outcome
             crashpoint("finish.renamed")
-        elif spool.destination_exists(f.outcome, f.final_dir, f.final_name):
-            f.state = f.outcome  # moved before a crash; recovery is completing it
         else:
-            f.state = "vanished"
+            _moved_before_or_vanished(spool, f)
     spool.sync()
-    crashpoint("finish.synced")
 
-    done = [f for f in finishes if f.state]
+
+def _moved_before_or_vanished(spool: Spool, f: Finish) -> None:
+    if spool.destination_exists(f.outcome, f.final_dir, f.final_name):
+        f.state = f.outcome  # moved before a crash; recovery is completing it
+    else:
+        f.state = "vanished"
+
+
+def take_answers(state: State, spool: Spool, batch: FinishBatch, answers: list[int]) -> None:
+    """What the mover's renames did (``mover.finish``); a taken name is chosen again
+    here (recorded in a transaction of its own: call outside any)."""
+    again = False
+    for f, err in zip(batch.finishes, answers, strict=True):
+        if err == 0:
+            f.state = f.outcome
+        elif err == errno.ENOENT:
+            _moved_before_or_vanished(spool, f)
+        elif err == errno.EEXIST:
+            # Someone put a file under the chosen name: choose, record, move here.
+            if _move_to_end(state, spool, f, batch.day, batch.now, taken=True):
+                f.state = f.outcome
+            else:
+                _moved_before_or_vanished(spool, f)
+            again = True
+        # A full disk (or a move not tried after it): still "finishing", tried later.
+    if again:
+        spool.sync()
+
+
+def record_finished(state: State, batch: FinishBatch) -> None:
+    """Rows "archived", "failed" or "vanished" for the files moved (caller's transaction)."""
+    state.mark_finished_many([(f.state, f.item_id) for f in batch.finishes if f.state], batch.now)
+
+
+def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
+    """Move FINISHES to archive/ or failed/ in this process, each step durable before
+    the next; returns them with ``state`` set.
+
+    A full disk stops the moves: the files not moved keep ``state`` empty and
+    stay recorded as "finishing" with their destination, for a later try.
+    """
+    if not finishes:
+        return []
+    batch = plan_finish(spool, finishes, now)
+    if batch.fresh:
+        with state.transaction():
+            record_finish_intent(state, batch)
+        crashpoint("finish.intent_committed")
+    write_reasons(spool, batch)
+    move_here(state, spool, batch)
+    crashpoint("finish.synced")
     with state.transaction():
-        state.mark_finished_many([(f.state, f.item_id) for f in done], now)
+        record_finished(state, batch)
     crashpoint("finish.committed")
     return finishes

@@ -38,13 +38,13 @@ from typing import Any
 from .crashpoints import crashpoint, fault
 from .errors import DiskFullError, FatalIOError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
 _NAME_MAX = 255
 _ERROR_SUFFIX = b".error.json"
 _CHUNK = 1 << 20
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_ERRNOS = _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem or quota: not fatal
 SUBDIRS = ("incoming", "working", "archive", "failed")
 # Temporaries a stage writes in working/ before renaming them over its file
 # (transform with archive: transformed); never a dropped file.
@@ -154,6 +154,69 @@ def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     if reason:
         return Refusal(name, reason, st.st_dev, st.st_ino, kind)
     return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """What opening and reading a claimed file found (``read_file``)."""
+
+    st: os.stat_result | None  # fstat of the open file; None if it could not be opened
+    error: str  # why it was not read
+    sha256: str  # hex digest; "" if it was not read (not a regular file of one link)
+    size: int  # bytes read
+
+
+def read_file(dir_fd: int, name: bytes, max_size: int) -> FileRead:
+    """Open NAME with O_NOFOLLOW|O_NONBLOCK, fstat it, and read and hash it if it is safe.
+
+    Postfix's safe_open: a symlink fails the open, a FIFO opens without
+    blocking; only a regular file with one link under MAX_SIZE is read.
+    """
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return FileRead(None, "gone from working/", "", 0)
+    except OSError as exc:
+        return FileRead(None, f"cannot be opened safely: {exc.strerror}", "", 0)
+    try:
+        st = os.fstat(fd)
+        checked = classify(name, st, max_size)
+        if isinstance(checked, Refusal):
+            return FileRead(st, checked.reason, "", 0)
+        digest = hashlib.sha256()
+        size = 0
+        # Ask for what fstat saw, plus one byte: a small file costs one small read,
+        # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
+        want = min(st.st_size + 1, _CHUNK)
+        while chunk := os.read(fd, want):
+            digest.update(chunk)
+            size += len(chunk)
+            if len(chunk) < want:
+                break  # a short read of a regular file is its end: no read() for EOF
+            want = _CHUNK
+        return FileRead(st, "", digest.hexdigest(), size)
+    finally:
+        os.close(fd)
+
+
+def judge_read(found: FileRead, expect: Entry | None) -> tuple[str, int, int]:
+    """(sha256, size, ctime) of a claimed file, or why it must go back.
+
+    ValueError: not the regular file that was checked in incoming/ (swapped
+    between the check and the rename).  ChangedError: the content changed
+    since the check; its writer still holds it open.  A write after the
+    fstat shows here as a size that differs, or later, before a stage or the
+    archive move, as a ctime that moved.
+    """
+    st = found.st
+    if st is None or not found.sha256:
+        raise ValueError(found.error)
+    if expect is not None:
+        if (st.st_ino, st.st_dev) != (expect.ino, expect.dev):
+            raise ValueError("replaced while being claimed")
+        if (found.size, st.st_size, st.st_mtime_ns) != (expect.size, expect.size, expect.mtime_ns):
+            raise ChangedError("still being written")
+    return found.sha256, found.size, st.st_ctime_ns
 
 
 def fit_name(name: bytes, tag: str, reserve: int = 0) -> bytes:
@@ -299,48 +362,12 @@ class Spool:
     def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int, int]:
         """SHA-256, size and ctime of working/NAME, opened without following or blocking.
 
-        Opened with O_NOFOLLOW|O_NONBLOCK, then fstat (Postfix's safe_open): only
-        a regular file with one link is read; a symlink fails the open, a FIFO
-        opens without blocking and is refused unread.  With EXPECT (what was
-        checked in incoming/) the inode must be that one (ValueError: swapped
-        between the check and the rename), and ChangedError says the content
-        changed meanwhile: its writer still holds it open.
+        With EXPECT (what was checked in incoming/) the inode must be that one
+        (ValueError: swapped between the check and the rename), and
+        ChangedError says the content changed meanwhile: its writer still
+        holds it open.
         """
-        try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
-        except FileNotFoundError:
-            raise ValueError("gone from working/") from None
-        except OSError as exc:
-            raise ValueError(f"cannot be opened safely: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            seen = classify(name, st, self.max_file_size)
-            if not isinstance(seen, Entry):
-                raise ValueError(seen.reason)
-            if expect is not None and (seen.ino, seen.dev) != (expect.ino, expect.dev):
-                raise ValueError("replaced while being claimed")
-            digest = hashlib.sha256()
-            size = 0
-            # Ask for what fstat saw, plus one byte: a small file costs one small read,
-            # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
-            want = min(seen.size + 1, _CHUNK)
-            while chunk := os.read(fd, want):
-                digest.update(chunk)
-                size += len(chunk)
-                if len(chunk) < want:
-                    break  # a short read of a regular file is its end: no read() for EOF
-                want = _CHUNK
-            # A write after the fstat shows here as a size that differs, or later,
-            # before a stage or the archive move, as a ctime that moved.
-            if expect is not None and (size, seen.size, seen.mtime_ns) != (
-                expect.size,
-                expect.size,
-                expect.mtime_ns,
-            ):
-                raise ChangedError("still being written")
-            return digest.hexdigest(), size, seen.ctime_ns
-        finally:
-            os.close(fd)
+        return judge_read(read_file(self.working_fd, name, self.max_file_size), expect)
 
     # --- moving ----------------------------------------------------------
 
@@ -407,6 +434,21 @@ class Spool:
 
     def in_working(self, working_name: bytes) -> bool:
         return _exists(self.working_fd, working_name)
+
+    def rename_folder(self, outcome: str, subdir: str) -> str | None:
+        """The destination folder as the mover names it ("failed", "archive",
+        "archive/DAY"), created if need be; None if it is on another filesystem
+        than working/ (a move there is a copy: ``finish`` does it)."""
+        if outcome == "failed":
+            dir_fd, folder = self.failed_fd, "failed"
+        else:
+            fd = self._archive_dir(subdir, create=True)
+            assert fd is not None
+            dir_fd, folder = fd, f"archive/{subdir}" if subdir else "archive"
+        dev = self._devs.get(dir_fd)
+        if dev is None:
+            dev = self._devs[dir_fd] = os.fstat(dir_fd).st_dev
+        return folder if dev == self._devs[self.working_fd] else None
 
     def finish(self, working_name: bytes, outcome: str, subdir: str, final_name: bytes) -> bool:
         """Move working/WORKING_NAME to its end; False if it is no longer in working/.

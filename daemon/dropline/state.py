@@ -301,6 +301,21 @@ class State:
             [(o, r or None, d, n, now, item_id) for o, r, d, n, item_id in rows],
         )
 
+    def mark_claimed_finishing_many(
+        self, rows: list[tuple[str | None, str, int, int, str, str, str, bytes, str]], now: float
+    ) -> None:
+        """Rows of (pipeline, sha256, size, ctime_ns, outcome, reason, final_dir,
+        final_name, id): "claiming" straight to "finishing" (a file with no stage)."""
+        self._many(
+            "UPDATE items SET state = 'finishing', pipeline = ?, sha256 = ?, size = ?, "
+            "ctime_ns = ?, outcome = ?, reason = ?, final_dir = ?, final_name = ?, "
+            "updated_at = ? WHERE id = ?",
+            [
+                (p, h, size, ct, o, r or None, d, n, now, i)
+                for p, h, size, ct, o, r, d, n, i in rows
+            ],
+        )
+
     def mark_finished_many(self, rows: list[tuple[str, str]], now: float) -> None:
         """Rows of (state, id)."""
         self._many(
