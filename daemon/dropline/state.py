@@ -13,6 +13,7 @@ No SQL lives outside this module but for the read-only queries of
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -146,6 +147,52 @@ _ITEM_COLUMNS = (
 )
 
 
+_CHUNK_ROWS = 64  # rows per statement: well under SQLite's limit of bound values
+# UPDATE ... FROM (SQLite 3.33): older libraries update one row per statement.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+_CLAIMED_FINISHING = (
+    "pipeline",
+    "sha256",
+    "size",
+    "ctime_ns",
+    "outcome",
+    "reason",
+    "final_dir",
+    "final_name",
+    "updated_at",
+)
+
+
+def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[tuple[list[Any], int]]:
+    """ROWS in chunks of _CHUNK_ROWS, each flattened into one list of values."""
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        chunk = rows[start : start + _CHUNK_ROWS]
+        yield [value for row in chunk for value in row], len(chunk)
+
+
+# Only constant column names and placeholders are put into the SQL text; every
+# value is bound.
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(columns: str, row_sql: str, count: int) -> str:
+    values = ", ".join([f"({row_sql})"] * count)
+    return f"INSERT INTO items ({columns}) VALUES {values}"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(state: str | None, columns: tuple[str, ...], count: int) -> str:
+    width = len(columns) + 1  # the id comes last
+    sets = [f"{c} = v.column{n}" for n, c in enumerate(columns, 1)]
+    if state:
+        sets.insert(0, f"state = '{state}'")
+    values = ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
+    return (
+        f"UPDATE items SET {', '.join(sets)} FROM (VALUES {values}) AS v "  # noqa: S608
+        f"WHERE items.id = v.column{width}"
+    )
+
+
 def _row_to_item(row: tuple[Any, ...]) -> ItemRow:
     values = list(row)
     values[12] = json.loads(values[12] or "{}")
@@ -277,9 +324,9 @@ class State:
         self, rows: list[tuple[str, bytes, bytes, int, int]], now: float
     ) -> None:
         """Rows of (id, name, working_name, dev, ino)."""
-        self._many(
-            "INSERT INTO items (id, name, working_name, state, src_dev, src_ino, created_at, "
-            "updated_at) VALUES (?, ?, ?, 'claiming', ?, ?, ?, ?)",
+        self._insert_items(
+            "id, name, working_name, src_dev, src_ino, created_at, updated_at, state",
+            "?, ?, ?, ?, ?, ?, ?, 'claiming'",
             [(*row, now, now) for row in rows],
         )
 
@@ -287,17 +334,17 @@ class State:
         self, rows: list[tuple[str | None, str, int, int, str]], now: float
     ) -> None:
         """Rows of (pipeline, sha256, size, ctime_ns, id)."""
-        self._many(
-            "UPDATE items SET state = 'active', pipeline = ?, sha256 = ?, size = ?, "
-            "ctime_ns = ?, updated_at = ? WHERE id = ?",
+        self._update_items(
+            "active",
+            ("pipeline", "sha256", "size", "ctime_ns", "updated_at"),
             [(p, h, size, ct, now, item_id) for p, h, size, ct, item_id in rows],
         )
 
     def mark_finishing_many(self, rows: list[tuple[str, str, str, bytes, str]], now: float) -> None:
         """Rows of (outcome, reason, final_dir, final_name, id)."""
-        self._many(
-            "UPDATE items SET state = 'finishing', outcome = ?, reason = ?, final_dir = ?, "
-            "final_name = ?, updated_at = ? WHERE id = ?",
+        self._update_items(
+            "finishing",
+            ("outcome", "reason", "final_dir", "final_name", "updated_at"),
             [(o, r or None, d, n, now, item_id) for o, r, d, n, item_id in rows],
         )
 
@@ -306,10 +353,9 @@ class State:
     ) -> None:
         """Rows of (pipeline, sha256, size, ctime_ns, outcome, reason, final_dir,
         final_name, id): "claiming" straight to "finishing" (a file with no stage)."""
-        self._many(
-            "UPDATE items SET state = 'finishing', pipeline = ?, sha256 = ?, size = ?, "
-            "ctime_ns = ?, outcome = ?, reason = ?, final_dir = ?, final_name = ?, "
-            "updated_at = ? WHERE id = ?",
+        self._update_items(
+            "finishing",
+            _CLAIMED_FINISHING,
             [
                 (p, h, size, ct, o, r or None, d, n, now, i)
                 for p, h, size, ct, o, r, d, n, i in rows
@@ -318,10 +364,36 @@ class State:
 
     def mark_finished_many(self, rows: list[tuple[str, str]], now: float) -> None:
         """Rows of (state, id)."""
-        self._many(
-            "UPDATE items SET state = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+        self._update_items(
+            None,
+            ("state", "finished_at", "updated_at"),
             [(st, now, now, item_id) for st, item_id in rows],
         )
+
+    # A batch's rows are written with one statement per chunk of rows (a VALUES
+    # list), not one per row: a fifth less time per file at full speed.
+
+    def _insert_items(self, columns: str, row_sql: str, rows: list[tuple[Any, ...]]) -> None:
+        for chunk, count in _chunks(rows):
+            self._run(_insert_sql(columns, row_sql, count), chunk)
+
+    def _update_items(
+        self, state: str | None, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Set STATE (unless None) and COLUMNS on the rows of (*values, id)."""
+        if not _UPDATE_FROM:
+            sets = ", ".join(f"{c} = ?" for c in columns)
+            fixed = f"state = '{state}', " if state else ""
+            self._many(f"UPDATE items SET {fixed}{sets} WHERE id = ?", rows)  # noqa: S608
+            return
+        for chunk, count in _chunks(rows):
+            self._run(_update_sql(state, columns, count), chunk)
+
+    def _run(self, sql: str, params: list[Any]) -> None:
+        try:
+            self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _fatal(exc) from exc
 
     def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:

@@ -1,0 +1,148 @@
+"""The mover process: it moves, the daemon decides; neither outlives the other.
+
+Real daemons, a real mover (``python -m dropline.mover``), real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from .harness import Tree, run_until_idle, wait_until
+
+PASSTHROUGH = """
+- name: passthrough
+  match: "*.txt"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is PID."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _mover_of(daemon_pid: int) -> int:
+    def find() -> int | None:
+        for pid in _children(daemon_pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"dropline.mover" in cmdline:
+                return pid
+        return None
+
+    pid: int = wait_until(find, timeout=10, what="the mover process")
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# Enough that the drain is still under way when the test strikes (about a second).
+FILES = 10_000
+
+
+def _archived_count(tree: Tree) -> int:
+    return len(os.listdir(tree.archive))  # flat layout: cheaper than tree.archived()
+
+
+def _under_way(tree: Tree) -> None:
+    """Wait until part of the backlog is archived."""
+    wait_until(lambda: _archived_count(tree) > 1000, timeout=30, what="the drain under way")
+
+
+def _not_done(tree: Tree) -> None:
+    left = FILES - _archived_count(tree)
+    assert left > 0, "the drain ended before the test struck: raise FILES"
+
+
+def _drop(tree: Tree, count: int, prefix: str = "f") -> dict[str, bytes]:
+    files = {f"{prefix}{i:05d}.txt": os.urandom(64 + i % 50) for i in range(count)}
+    for name, data in files.items():
+        (tree.incoming / name).write_bytes(data)
+    return files
+
+
+def _assert_all_archived_once(tree: Tree, files: dict[str, bytes]) -> None:
+    archived = tree.archived()
+    assert set(archived) == set(files)
+    for name, data in files.items():
+        assert archived[name].read_bytes() == data
+    assert not list(tree.incoming.iterdir()) and not list(tree.working.iterdir())
+    rows = tree.query("SELECT state, count(*) FROM items GROUP BY state")
+    assert rows == [("archived", len(files))]
+
+
+def test_the_mover_dies_with_the_daemon(tree: Tree, start_daemon: Any) -> None:
+    """kill -9 of the daemon ends its mover at once (PR_SET_PDEATHSIG): no file is
+    moved by an orphan while a new daemon recovers; the restart loses nothing."""
+    tree.write_config(PASSTHROUGH)
+    files = _drop(tree, FILES)
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    mover = _mover_of(daemon.proc.pid)
+    _under_way(tree)
+    daemon.proc.kill()
+    daemon.wait()
+    _not_done(tree)
+    wait_until(lambda: not _alive(mover), timeout=5, what="the mover gone with the daemon")
+    assert run_until_idle(tree) == 0
+    _assert_all_archived_once(tree, files)
+
+
+def test_a_dead_mover_stops_the_daemon(tree: Tree, start_daemon: Any) -> None:
+    """If the mover dies, the daemon exits 1 saying so (systemd restarts it); the
+    restart completes every recorded intent and loses nothing."""
+    tree.write_config(PASSTHROUGH)
+    files = _drop(tree, FILES)
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    mover = _mover_of(daemon.proc.pid)
+    _under_way(tree)
+    os.kill(mover, signal.SIGKILL)
+    assert daemon.wait(15) == 1
+    _not_done(tree)
+    failed = daemon.find("daemon.failed")
+    assert failed and "mover process ended" in failed[0]["error"], daemon.text()[-2000:]
+    assert run_until_idle(tree) == 0
+    _assert_all_archived_once(tree, files)
+
+
+def test_sigterm_to_the_whole_group_drains_cleanly(tree: Tree, start_daemon: Any) -> None:
+    """systemd's stop signals every process of the unit: the mover ignores SIGTERM
+    and ends when the daemon, done with its batches, closes the pipe."""
+    tree.write_config(PASSTHROUGH)
+    files = _drop(tree, FILES)
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    mover = _mover_of(daemon.proc.pid)
+    _under_way(tree)
+    os.kill(mover, signal.SIGTERM)
+    daemon.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert daemon.wait(15) == 0, daemon.text()[-2000:]
+    _not_done(tree)
+    assert time.monotonic() - started < 5
+    wait_until(lambda: not _alive(mover), timeout=5, what="the mover ended")
+    assert not daemon.find("daemon.failed")
+    assert run_until_idle(tree) == 0
+    _assert_all_archived_once(tree, files)
