@@ -76,19 +76,25 @@ def group_members(pgid: int) -> list[int]:
 
 
 class RssSampler:
-    """The peak RSS of a process and of its process group, sampled from /proc.
+    """The peak RSS of a process with the processes of its group, sampled from /proc.
 
     ``ru_maxrss`` from wait4 cannot serve: at exec the kernel folds the
     pre-exec memory of the process into it, so a subject started by a big
     parent (pytest, the benchmark) would report the parent's size.  VmHWM
     starts afresh at exec and only grows: the last sample before exit misses
-    only what grew in the last interval.  The rest of the group (inotifywait,
-    stage workers) is sampled less often.
+    only what grew in the last interval.
+
+    A subject may be several processes at once (dropline and its mover, stage
+    workers; inotifywait and its shell): each sample adds up the VmHWM of the
+    group's living processes, and the peak is the largest such sum (an upper
+    bound: each process's own peak, as if they all came at once).  The list
+    of the group's processes is read less often than their VmHWM.
     """
 
     def __init__(self, pid: int, interval: float = 0.02, group_every: int = 50) -> None:
         self.pid = pid
         self.peak_kib: int | None = None
+        self._members: list[int] = [pid]
         self._interval = interval
         self._group_every = group_every
         self._stop = threading.Event()
@@ -97,18 +103,21 @@ class RssSampler:
         self._thread.start()
 
     def sample(self, group: bool = False) -> None:
-        """Read VmHWM now (of the whole group with GROUP)."""
-        pids = group_members(self.pid) if group else [self.pid]
-        for pid in pids:
-            value = vm_hwm_kib(pid)
-            if value is not None:
-                with self._lock:
-                    self.peak_kib = max(self.peak_kib or 0, value)
+        """Add up VmHWM of the group now (reading who is in it first with GROUP)."""
+        if group:
+            self._members = sorted({self.pid, *group_members(self.pid)})
+        values = [vm_hwm_kib(pid) for pid in self._members]
+        alive = [v for v in values if v is not None]
+        if alive:
+            with self._lock:
+                self.peak_kib = max(self.peak_kib or 0, sum(alive))
 
     def _run(self) -> None:
         rounds = 0
         while not self._stop.is_set():
-            self.sample(group=rounds % self._group_every == 0)
+            # Also early on: a helper started by the subject (dropline's mover) is
+            # counted even if the run is over within a second.
+            self.sample(group=rounds in (5, 15) or rounds % self._group_every == 0)
             rounds += 1
             self._stop.wait(self._interval)
 
