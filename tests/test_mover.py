@@ -146,3 +146,18 @@ def test_sigterm_to_the_whole_group_drains_cleanly(tree: Tree, start_daemon: Any
     assert not daemon.find("daemon.failed")
     assert run_until_idle(tree) == 0
     _assert_all_archived_once(tree, files)
+
+
+def test_big_batches_of_long_names_never_deadlock(tree: Tree) -> None:
+    """Requests and answers larger than a pipe's buffer (long names, big batches):
+    the mover reads requests while it answers, so neither side waits on the other
+    for good."""
+    tree.write_config(PASSTHROUGH, batch_size=2000, max_in_flight=8000)
+    files = {}
+    for i in range(6000):
+        name = f"{i:05d}-" + "n" * 240 + ".txt"
+        files[name] = name.encode()
+    for name, data in files.items():
+        (tree.incoming / name).write_bytes(data)
+    assert run_until_idle(tree, timeout=60) == 0
+    _assert_all_archived_once(tree, files)

@@ -27,17 +27,24 @@ import contextlib
 import ctypes
 import errno
 import os
+import pickle
+import queue
 import signal
-import subprocess
+import struct
 import sys
+import threading
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .crashpoints import crash_together_with, crashpoint, fault
 from .errors import FatalIOError
-from .spool import DIR_FLAGS, FULL_ERRNOS, FileRead, Spool, read_file, rename_noreplace
+from .spool import DIR_FLAGS, FULL_ERRNOS, FileRead, read_file, rename_noreplace
+
+if TYPE_CHECKING:  # the mover itself imports only what moving files needs
+    import subprocess
+
+    from .spool import Spool
 
 SKIPPED = -1  # not tried: an earlier move of the batch met a full filesystem
 
@@ -148,6 +155,42 @@ def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
     return answers
 
 
+_LENGTH = struct.Struct("!I")
+
+
+class Pipe:
+    """Pickled messages over one end of a pipe, each behind its length."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, message: Any) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        view = memoryview(_LENGTH.pack(len(data)) + data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def recv(self) -> Any:
+        """The next message; EOFError once the other end is closed."""
+        (length,) = _LENGTH.unpack(self._read(_LENGTH.size))
+        # Only between the daemon and the mover it started: both ends are ours.
+        return pickle.loads(self._read(length))  # noqa: S301
+
+    def _read(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self.fd, min(size, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 class Ticket:
     """A request sent to the mover; its answer once read."""
 
@@ -162,6 +205,8 @@ class Mover:
     """The daemon's side: send batches of moves, read the answers in order."""
 
     def __init__(self, spool: Spool, keep_fds: Sequence[int] = ()) -> None:
+        import subprocess
+
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         dirs = (spool.incoming_fd, spool.working_fd, spool.archive_fd, spool.failed_fd)
@@ -183,8 +228,8 @@ class Mover:
         finally:
             os.close(req_r)
             os.close(res_w)
-        self._requests = Connection(req_w, readable=False)
-        self._answers = Connection(res_r, writable=False)
+        self._requests = Pipe(req_w)
+        self._answers = Pipe(res_r)
         self._waiting: deque[Ticket] = deque()
 
     @property
@@ -217,6 +262,8 @@ class Mover:
         return ticket.answer
 
     def _died(self) -> FatalIOError:
+        import subprocess
+
         try:
             code = self._proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -226,9 +273,10 @@ class Mover:
 
     def close(self) -> None:
         """Let the mover finish what it was given and end; wait for it."""
-        for conn in (self._requests, self._answers):
-            with contextlib.suppress(OSError):
-                conn.close()
+        import subprocess
+
+        self._requests.close()
+        self._answers.close()
         try:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -253,13 +301,14 @@ def main(argv: Sequence[str]) -> None:
         return
     crash_together_with(parent)  # a crash point armed by the tests kills the daemon too
     folders = Folders(incoming, working, archive, failed)
-    requests = Connection(req_fd, writable=False)
-    answers = Connection(res_fd, readable=False)
-    while True:
-        try:
-            kind, moves, max_size = requests.recv()
-        except (EOFError, OSError):
-            return  # the daemon closed the pipe (or is gone): end quietly
+    # Requests are read as they come, by a thread of their own: the daemon never
+    # waits to send while the mover waits to answer (a batch of long names fills
+    # a pipe's buffer), so neither can block the other for good.
+    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(target=_read_requests, args=(Pipe(req_fd), requests), daemon=True).start()
+    answers = Pipe(res_fd)
+    while (request := requests.get()) is not None:
+        kind, moves, max_size = request
         try:
             answer: tuple[str, Any] = (
                 "ok",
@@ -270,6 +319,15 @@ def main(argv: Sequence[str]) -> None:
         try:
             answers.send(answer)
         except OSError:
+            return
+
+
+def _read_requests(pipe: Pipe, requests: queue.SimpleQueue[Any]) -> None:
+    while True:
+        try:
+            requests.put(pipe.recv())
+        except (EOFError, OSError):
+            requests.put(None)  # the daemon closed the pipe (or is gone): end quietly
             return
 
 
