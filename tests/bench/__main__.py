@@ -5,6 +5,7 @@ command line wins):
 
     BENCH_QUICK=1          --quick          skip the big backlog (a million files)
     BENCH_SIZES=N[,BIG]    --backlog N --big BIG   (BIG 0 skips the big backlog)
+    BENCH_RUNS=K           --runs K         drains of the backlog per subject, the median shown (3)
     BENCH_RATE=R           --rate R         live files per second (200)
     BENCH_LIVE_SECONDS=S   --live-seconds S (10)
     BENCH_DIR=DIR          --dir DIR        where the data trees go (a new directory in /tmp)
@@ -51,6 +52,9 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
     parser.add_argument("--backlog", type=int, default=env_backlog or defaults.backlog)
     parser.add_argument("--big", type=int, default=defaults.big if env_big is None else env_big)
     parser.add_argument(
+        "--runs", type=int, default=int(os.environ.get("BENCH_RUNS") or defaults.backlog_runs)
+    )
+    parser.add_argument(
         "--rate", type=float, default=float(os.environ.get("BENCH_RATE") or defaults.rate)
     )
     parser.add_argument(
@@ -66,6 +70,7 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
     args = parser.parse_args(argv)
     settings = Settings(
         backlog=args.backlog,
+        backlog_runs=max(1, args.runs),
         big=args.big,
         skip_big=args.quick or args.big <= 0,
         rate=args.rate,

@@ -225,7 +225,8 @@ def build(results: Results) -> Report:
     t = _Table(results)
     n, big = f"{s.backlog:,}", f"{s.big if s.big > 0 else Settings().big:,}"
 
-    t.section(f"backlog: {n} files of {s.file_size} B waiting at start")
+    runs = f", median of {s.backlog_runs} runs" if s.backlog_runs > 1 else ""
+    t.section(f"backlog: {n} files of {s.file_size} B waiting at start{runs}")
     t.metric("files/s, READY → all archived", results.backlog, _fps, ",.0f", True)
     t.metric("READY after start, ms", results.backlog, _ready_ms, ",.0f", False)
     t.metric("CPU per file after READY, ms", results.backlog, _cpu, ".3f", False)
