@@ -1,4 +1,5 @@
-"""The spool: where every file is moved durably, and the only place that moves files.
+"""The spool: where every file is moved durably (the mover process, ``mover.py``,
+does a batch's renames with the functions here).
 
 incoming/ -> working/ -> archive/[DATE/] or failed/ (with NAME.error.json).
 
@@ -8,8 +9,9 @@ Rules kept here (see RELIABILITY.md):
 - a rename never overwrites (renameat2 with RENAME_NOREPLACE);
 - a rename is durable only once the directories it touched are fsynced;
   callers batch: many renames, then one ``sync()`` (one fsync per directory);
-- an entry is inspected with lstat and opened only if it is a regular file,
-  with O_NOFOLLOW|O_NONBLOCK, so a FIFO or device is never opened blocking;
+- an entry in incoming/ is claimed only if lstat shows a regular file; a
+  claimed file is opened with O_NOFOLLOW|O_NONBLOCK and read only if fstat
+  still shows that regular file, so a FIFO is never opened blocking;
 - a move to another filesystem (archive/ on its own mount) is a copy under a
   temporary name, fsync, rename into place, fsync, then unlink of the source:
   never a half file under the final name;

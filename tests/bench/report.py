@@ -434,8 +434,9 @@ def notes(results: Results) -> list[str]:
         "dropline --exit-when-idle, the loops --count N); READY is timed from Popen",
         "CPU from wait4() at exit (children included); CPU to READY read from /proc at "
         f"READY (in ticks of {1000 / CLK_TCK:.0f} ms); CPU per file = (total - that) ÷ files; "
-        "peak RSS = the highest VmHWM of the process (or of its process group), sampled "
-        "every 20 ms (wait4's ru_maxrss counts the parent's memory before exec)",
+        "peak RSS = the highest sum of VmHWM over the living processes of the subject's "
+        "process group (dropline: the daemon and its mover), sampled every 20 ms "
+        "(wait4's ru_maxrss counts the parent's memory before exec)",
         f"latency by {results.latency_method}: "
         + (
             "inotify on archive/ stamps each arrival (a rename's ctime is too coarse here)"
