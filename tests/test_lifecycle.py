@@ -121,3 +121,40 @@ def test_entry_stranded_in_working_does_not_block_its_name(tree: Tree) -> None:
     assert run_until_idle(tree) == 0
     assert tree.archived()["same.txt"].read_bytes() == b"new"
     assert (tree.working / "same.txt").is_symlink()
+
+
+SAYING_STAGE = """
+def say(ctx):
+    ctx.log.info("stage.says", words="hello")
+"""
+
+
+def test_log_keeps_the_order_of_a_thread_stage(tree: Tree, start_daemon: Any) -> None:
+    """A stage's own lines (here from a worker thread) come after its stage.started
+    and before its stage.succeeded: the loop holds lines per pass, theirs with them."""
+    folder = tree.root / "pipelines"
+    folder.mkdir()
+    (folder / "saying.py").write_text(SAYING_STAGE)
+    tree.write_config(
+        """
+- name: talk
+  match: "*.txt"
+  stages:
+    - name: say
+      python: "saying:say"
+      isolation: thread
+""",
+        pipelines_dir=str(folder),
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    for i in range(20):
+        (tree.incoming / f"t{i}.txt").write_bytes(b"hi\n")
+    wait_until(lambda: len(tree.archived()) == 20, timeout=20, what="20 files archived")
+    daemon.wait_event("file.archived", file="t19.txt")
+    assert daemon.stop() == 0
+    events = daemon.events()
+    for i in range(20):
+        mine = [e["event"] for e in events if e.get("file") == f"t{i}.txt"]
+        order = [e for e in mine if e in ("stage.started", "stage.says", "stage.succeeded")]
+        assert order == ["stage.started", "stage.says", "stage.succeeded"], (i, mine)

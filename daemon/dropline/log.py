@@ -109,28 +109,29 @@ def _json_dumps() -> Callable[..., str]:
 
 
 class LineWriter:
-    """Where rendered lines go: written at once, or held by one thread until released.
+    """Where rendered lines go: written at once, or held until the daemon's loop
+    releases them.
 
-    The daemon's loop holds its own lines during a pass and writes them with
-    one write() at its end (at full speed that is hundreds of lines per pass,
-    and a write per line was a tenth of the loop's time).  Lines of every
-    other thread (stage workers) are written at once.  A line is never
-    written before the database has the step it reports; a kill -9 can lose
-    the lines of the pass it interrupts, never a file.
+    While held (``hold()``, the daemon's loop), every line is kept and the loop
+    writes them with one write() at the end of each pass and before it waits
+    (at full speed that is hundreds of lines per pass, and a write per line was
+    a tenth of the loop's time).  The lines of the stage threads are held with
+    them, so that the journal keeps their order ("stage.started" before what
+    the stage says); the loop waits at most a second between passes.  A line is
+    never written before the database has the step it reports; a kill -9 can
+    lose the lines of the pass it interrupts, never a file.
     """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._lock = threading.Lock()
         self._held: list[str] | None = None
-        self._holder = 0
 
     def msg(self, message: str) -> None:
-        held = self._held
-        if held is not None and threading.get_ident() == self._holder:
-            held.append(message)
-            return
         with self._lock:
+            if self._held is not None:
+                self._held.append(message)
+                return
             self._out.write(message + "\n")
             self._out.flush()
 
@@ -138,18 +139,18 @@ class LineWriter:
     fatal = failure = err = error = critical = exception = msg
 
     def hold(self) -> None:
-        """From now on, hold the calling thread's lines until release()."""
-        self._holder = threading.get_ident()
-        self._held = []
+        """From now on, hold every line until release()."""
+        with self._lock:
+            if self._held is None:
+                self._held = []
 
     def release(self) -> None:
         """Write the held lines, one write() for all of them."""
-        held = self._held
-        if not held:
-            return
-        text = "\n".join(held) + "\n"
-        held.clear()
         with self._lock:
+            if not self._held:
+                return
+            text = "\n".join(self._held) + "\n"
+            self._held.clear()
             self._out.write(text)
             self._out.flush()
 
@@ -158,7 +159,7 @@ _writer: LineWriter | None = None
 
 
 def hold_lines() -> None:
-    """Hold the calling thread's log lines until release_lines() (the daemon's loop)."""
+    """Hold the log lines until release_lines() (the daemon's loop)."""
     if _writer is not None:
         _writer.hold()
 
