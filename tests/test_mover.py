@@ -92,15 +92,21 @@ def _assert_all_archived_once(tree: Tree, files: dict[str, bytes]) -> None:
     assert rows == [("archived", len(files))]
 
 
-def test_the_mover_dies_with_the_daemon(tree: Tree, start_daemon: Any) -> None:
-    """kill -9 of the daemon ends its mover at once (PR_SET_PDEATHSIG): no file is
-    moved by an orphan while a new daemon recovers; the restart loses nothing."""
+def _draining(tree: Tree, start_daemon: Any) -> tuple[dict[str, bytes], Any, int]:
+    """A daemon draining a backlog, part of it archived: (files, daemon, mover pid)."""
     tree.write_config(PASSTHROUGH)
     files = _drop(tree, FILES)
     daemon = start_daemon()
     daemon.wait_event("daemon.ready")
     mover = _mover_of(daemon.proc.pid)
     _under_way(tree)
+    return files, daemon, mover
+
+
+def test_the_mover_dies_with_the_daemon(tree: Tree, start_daemon: Any) -> None:
+    """kill -9 of the daemon ends its mover at once (PR_SET_PDEATHSIG): no file is
+    moved by an orphan while a new daemon recovers; the restart loses nothing."""
+    files, daemon, mover = _draining(tree, start_daemon)
     daemon.proc.kill()
     daemon.wait()
     _not_done(tree)
@@ -112,12 +118,7 @@ def test_the_mover_dies_with_the_daemon(tree: Tree, start_daemon: Any) -> None:
 def test_a_dead_mover_stops_the_daemon(tree: Tree, start_daemon: Any) -> None:
     """If the mover dies, the daemon exits 1 saying so (systemd restarts it); the
     restart completes every recorded intent and loses nothing."""
-    tree.write_config(PASSTHROUGH)
-    files = _drop(tree, FILES)
-    daemon = start_daemon()
-    daemon.wait_event("daemon.ready")
-    mover = _mover_of(daemon.proc.pid)
-    _under_way(tree)
+    files, daemon, mover = _draining(tree, start_daemon)
     os.kill(mover, signal.SIGKILL)
     assert daemon.wait(15) == 1
     _not_done(tree)
@@ -130,12 +131,7 @@ def test_a_dead_mover_stops_the_daemon(tree: Tree, start_daemon: Any) -> None:
 def test_sigterm_to_the_whole_group_drains_cleanly(tree: Tree, start_daemon: Any) -> None:
     """systemd's stop signals every process of the unit: the mover ignores SIGTERM
     and ends when the daemon, done with its batches, closes the pipe."""
-    tree.write_config(PASSTHROUGH)
-    files = _drop(tree, FILES)
-    daemon = start_daemon()
-    daemon.wait_event("daemon.ready")
-    mover = _mover_of(daemon.proc.pid)
-    _under_way(tree)
+    files, daemon, mover = _draining(tree, start_daemon)
     os.kill(mover, signal.SIGTERM)
     daemon.signal(signal.SIGTERM)
     started = time.monotonic()
