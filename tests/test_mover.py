@@ -5,11 +5,14 @@ Real daemons, a real mover (``python -m dropline.mover``), real signals.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+from dropline import mover
 
 from .harness import Tree, run_until_idle, wait_until
 
@@ -157,3 +160,29 @@ def test_big_batches_of_long_names_never_deadlock(tree: Tree) -> None:
         (tree.incoming / name).write_bytes(data)
     assert run_until_idle(tree, timeout=60) == 0
     _assert_all_archived_once(tree, files)
+
+
+def test_a_finish_batch_across_many_day_folders(tmp_path: Path) -> None:
+    """The mover keeps every day folder of a batch open until it is fsynced (a
+    batch of retried finishes may reach back over many days)."""
+    data = tmp_path / "data"
+    for sub in ("incoming", "working", "archive", "failed"):
+        (data / sub).mkdir(parents=True)
+    days = [f"2026-11-{d:02d}" for d in range(20, 27)]
+    for day in days:
+        (data / "archive" / day).mkdir()
+        (data / "working" / f"{day}.txt").write_bytes(day.encode())
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    fds = [os.open(data / sub, flags) for sub in ("incoming", "working", "archive", "failed")]
+    try:
+        folders = mover.Folders(*fds)
+        moves = [(f"{day}.txt".encode(), f"archive/{day}", f"{day}.txt".encode()) for day in days]
+        assert mover.finish(folders, moves) == [0] * len(days)
+        again = [(b"gone.txt", f"archive/{days[0]}", b"gone.txt")]
+        assert mover.finish(folders, again) == [errno.ENOENT]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for day in days:
+        assert (data / "archive" / day / f"{day}.txt").read_bytes() == day.encode()
+    assert not list((data / "working").iterdir())

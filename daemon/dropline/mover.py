@@ -76,11 +76,14 @@ class Folders:
         day = folder.removeprefix("archive/")
         fd = self._days.get(day)
         if fd is None:
-            fd = os.open(day, DIR_FLAGS, dir_fd=self.archive)
-            for old in sorted(self._days)[:-2]:  # a few days open; old ones closed
-                os.close(self._days.pop(old))
-            self._days[day] = fd
+            fd = self._days[day] = os.open(day, DIR_FLAGS, dir_fd=self.archive)
         return fd
+
+    def close_old_days(self) -> None:
+        """Keep the last few day folders open (called once a batch is synced: a
+        folder is never closed before its fsync)."""
+        for old in sorted(self._days)[:-3]:
+            os.close(self._days.pop(old))
 
 
 class MoverError(Exception):
@@ -152,6 +155,7 @@ def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
         for dir_fd, folder in touched.items():
             _fsync(dir_fd, folder)
         _fsync(folders.working, "working")
+    folders.close_old_days()
     return answers
 
 
