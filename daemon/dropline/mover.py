@@ -37,9 +37,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .crashpoints import crash_together_with, crashpoint, fault
+from .crashpoints import crash_together_with, crashpoint
 from .errors import FatalIOError
-from .spool import DIR_FLAGS, FULL_ERRNOS, FileRead, read_file, rename_noreplace
+from .spool import DIR_FLAGS, FULL_ERRNOS, FileRead, fsync_dir, read_file, rename_noreplace
 
 if TYPE_CHECKING:  # the mover itself imports only what moving files needs
     import subprocess
@@ -86,27 +86,14 @@ class Folders:
             os.close(self._days.pop(old))
 
 
-class MoverError(Exception):
-    """A move or fsync failed in a way that leaves the disk's state unknown."""
-
-
 def _rename(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> int:
     try:
         rename_noreplace(src_dir, src, dst_dir, dst)
     except OSError as exc:
         if exc.errno not in _ACCEPTED:
-            raise MoverError(f"rename of {src!r}: {exc.strerror}") from exc
+            raise FatalIOError(f"rename of {src!r}: {exc.strerror}") from exc
         return exc.errno
     return 0
-
-
-def _fsync(fd: int, label: str) -> None:
-    try:
-        fault("spool.fsync")
-        os.fsync(fd)
-    except OSError as exc:
-        # Never retried: a failed fsync may have dropped the dirty pages.
-        raise MoverError(f"fsync of {label} failed: {exc}") from exc
 
 
 def claim(folders: Folders, moves: Sequence[ClaimMove], max_size: int) -> list[ClaimAnswer]:
@@ -124,8 +111,8 @@ def claim(folders: Folders, moves: Sequence[ClaimMove], max_size: int) -> list[C
         full = err in FULL_ERRNOS
         answers.append((err, None))
     if any(err == 0 for err, _ in answers):
-        _fsync(folders.working, "working")
-        _fsync(folders.incoming, "incoming")
+        fsync_dir(folders.working, "working")
+        fsync_dir(folders.incoming, "incoming")
     return [
         (err, read_file(folders.working, working_name, max_size) if err == 0 else None)
         for (err, _), (_, working_name) in zip(answers, moves, strict=True)
@@ -144,7 +131,7 @@ def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
         try:
             dir_fd = folders.destination(folder)
         except OSError as exc:
-            raise MoverError(f"cannot open {folder}: {exc.strerror}") from exc
+            raise FatalIOError(f"cannot open {folder}: {exc.strerror}") from exc
         err = _rename(folders.working, working_name, dir_fd, final_name)
         if err == 0:
             touched[dir_fd] = folder
@@ -153,8 +140,8 @@ def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
         answers.append(err)
     if touched:
         for dir_fd, folder in touched.items():
-            _fsync(dir_fd, folder)
-        _fsync(folders.working, "working")
+            fsync_dir(dir_fd, folder)
+        fsync_dir(folders.working, "working")
     folders.close_old_days()
     return answers
 
@@ -236,10 +223,6 @@ class Mover:
         self._answers = Pipe(res_r)
         self._waiting: deque[Ticket] = deque()
 
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
     def send(self, kind: str, moves: Sequence[Any], max_size: int = 0) -> Ticket:
         """Hand a batch over ("claim": files over MAX_SIZE are not read, or "finish");
         the answer is read with ``answer()``."""
@@ -318,7 +301,7 @@ def main(argv: Sequence[str]) -> None:
                 "ok",
                 claim(folders, moves, max_size) if kind == "claim" else finish(folders, moves),
             )
-        except MoverError as exc:
+        except FatalIOError as exc:  # the disk's state is unknown: the daemon stops
             answer = ("fatal", str(exc))
         try:
             answers.send(answer)

@@ -261,9 +261,13 @@ class FinishBatch:
     def moves(self, spool: Spool) -> list[FinishMove] | None:
         """The renames for the mover; None if one needs more than a rename (another
         filesystem): then the batch is moved here (``move_here``)."""
+        folders: dict[tuple[str, str], str | None] = {}  # a batch has few destinations
         moves: list[FinishMove] = []
         for f in self.finishes:
-            folder = spool.rename_folder(f.outcome, f.final_dir)
+            key = (f.outcome, f.final_dir)
+            if key not in folders:
+                folders[key] = spool.rename_folder(*key)
+            folder = folders[key]
             if folder is None:
                 return None
             moves.append((f.working_name, folder, f.final_name))

@@ -40,13 +40,13 @@ from typing import Any
 from .crashpoints import crashpoint, fault
 from .errors import DiskFullError, FatalIOError
 
-DIR_FLAGS = _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
 _NAME_MAX = 255
 _ERROR_SUFFIX = b".error.json"
 _CHUNK = 1 << 20
-FULL_ERRNOS = _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem or quota: not fatal
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem or quota: not fatal
 SUBDIRS = ("incoming", "working", "archive", "failed")
 # Temporaries a stage writes in working/ before renaming them over its file
 # (transform with archive: transformed); never a dropped file.
@@ -74,9 +74,19 @@ def rename_noreplace(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None
     os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
 
 
+def fsync_dir(fd: int, label: str) -> None:
+    """fsync a directory; an error is fatal (never retried: a failed fsync may have
+    dropped the dirty pages, and a retry can report success)."""
+    try:
+        fault("spool.fsync")
+        os.fsync(fd)
+    except OSError as exc:
+        raise FatalIOError(f"fsync of {label} failed: {exc}") from exc
+
+
 def _io_error(what: str, exc: OSError) -> DiskFullError | FatalIOError:
     """ENOSPC is a pause; anything else leaves the disk in an unknown state."""
-    if exc.errno in _FULL:
+    if exc.errno in FULL_ERRNOS:
         return DiskFullError(f"{what}: {exc.strerror}")
     return FatalIOError(f"{what}: {exc}")
 
@@ -243,13 +253,13 @@ class Spool:
         self._dirty: dict[int, str] = {}
         self._day_fds: dict[str, int] = {}
         try:
-            data_fd = os.open(data_dir, _DIR_FLAGS)
+            data_fd = os.open(data_dir, DIR_FLAGS)
         except OSError as exc:
             raise FatalIOError(f"cannot open data directory {data_dir}: {exc.strerror}") from exc
         self._fds["data"] = data_fd
         for sub in SUBDIRS:
             try:
-                self._fds[sub] = os.open(sub, _DIR_FLAGS, dir_fd=data_fd)
+                self._fds[sub] = os.open(sub, DIR_FLAGS, dir_fd=data_fd)
             except OSError as exc:
                 self.close()
                 raise FatalIOError(
@@ -374,22 +384,6 @@ class Spool:
 
     # --- moving ----------------------------------------------------------
 
-    def claim(self, name: bytes, working_name: bytes) -> bool:
-        """Rename incoming/NAME to working/WORKING_NAME; False if NAME is gone.
-
-        Also False if WORKING_NAME is taken after all (an entry recovery would not
-        adopt, left in working/): the file stays in incoming/, nothing is replaced.
-        """
-        try:
-            rename_noreplace(self.incoming_fd, name, self.working_fd, working_name)
-        except (FileNotFoundError, FileExistsError):
-            return False
-        except OSError as exc:
-            raise _io_error(f"claim of {name!r}", exc) from exc
-        self._mark(self.incoming_fd, "incoming")
-        self._mark(self.working_fd, "working")
-        return True
-
     def unclaim(self, working_name: bytes, name: bytes) -> bool:
         """Put a claimed entry back into incoming/ (used for entries swapped in a race)."""
         try:
@@ -442,33 +436,35 @@ class Spool:
         """The destination folder as the mover names it ("failed", "archive",
         "archive/DAY"), created if need be; None if it is on another filesystem
         than working/ (a move there is a copy: ``finish`` does it)."""
+        if not self._beside_working(self._end_dir(outcome, subdir)):
+            return None
         if outcome == "failed":
-            dir_fd, folder = self.failed_fd, "failed"
-        else:
-            fd = self._archive_dir(subdir, create=True)
-            assert fd is not None
-            dir_fd, folder = fd, f"archive/{subdir}" if subdir else "archive"
+            return "failed"
+        return f"archive/{subdir}" if subdir else "archive"
+
+    def _end_dir(self, outcome: str, subdir: str) -> int:
+        """The folder a file ends in: failed/, or archive/[SUBDIR/] (created if need be)."""
+        if outcome == "failed":
+            return self.failed_fd
+        fd = self._archive_dir(subdir, create=True)
+        assert fd is not None
+        return fd
+
+    def _beside_working(self, dir_fd: int) -> bool:
+        """Whether DIR_FD is on working/'s filesystem (a rename reaches it)."""
         dev = self._devs.get(dir_fd)
         if dev is None:
             dev = self._devs[dir_fd] = os.fstat(dir_fd).st_dev
-        return folder if dev == self._devs[self.working_fd] else None
+        return dev == self._devs[self.working_fd]
 
     def finish(self, working_name: bytes, outcome: str, subdir: str, final_name: bytes) -> bool:
         """Move working/WORKING_NAME to its end; False if it is no longer in working/.
 
         For a failure, its reason (``write_error``) must already be durable.
         """
-        if outcome == "failed":
-            dir_fd = self.failed_fd
-        else:
-            fd = self._archive_dir(subdir, create=True)
-            assert fd is not None
-            dir_fd = fd
+        dir_fd = self._end_dir(outcome, subdir)
         label = f"{outcome}/{subdir}"
-        dev = self._devs.get(dir_fd)
-        if dev is None:
-            dev = self._devs[dir_fd] = os.fstat(dir_fd).st_dev
-        if dev != self._devs[self.working_fd]:
+        if not self._beside_working(dir_fd):
             if not _exists(self.working_fd, working_name):
                 return False
             self._copy_across(self.working_fd, working_name, dir_fd, final_name, label)
@@ -680,7 +676,7 @@ class Spool:
         if fd is not None:
             return fd
         try:
-            fd = os.open(subdir, _DIR_FLAGS, dir_fd=self.archive_fd)
+            fd = os.open(subdir, DIR_FLAGS, dir_fd=self.archive_fd)
         except FileNotFoundError:
             if not create:
                 return None
@@ -692,12 +688,8 @@ class Spool:
                 raise _io_error(f"cannot create archive/{subdir}", exc) from exc
             # Durable at once (once a day): a file copied in from another
             # filesystem has its source removed before the batch's sync.
-            try:
-                fault("spool.fsync")
-                os.fsync(self.archive_fd)
-            except OSError as exc:
-                raise FatalIOError(f"fsync of archive/ failed: {exc}") from exc
-            fd = os.open(subdir, _DIR_FLAGS, dir_fd=self.archive_fd)
+            fsync_dir(self.archive_fd, "archive/")
+            fd = os.open(subdir, DIR_FLAGS, dir_fd=self.archive_fd)
         # Keep a few day folders open; old days are closed as new ones come.
         # A folder still waiting for its fsync stays open.
         for old in sorted(self._day_fds)[:-3]:
@@ -724,9 +716,4 @@ class Spool:
         dirty, self._dirty = self._dirty, {}
         # The day folder before archive/: the folder must be durable before its entry.
         for fd, label in sorted(dirty.items(), key=lambda kv: kv[1].count("/"), reverse=True):
-            try:
-                fault("spool.fsync")
-                os.fsync(fd)
-            except OSError as exc:
-                # Never retried: a failed fsync may have dropped the dirty pages.
-                raise FatalIOError(f"fsync of {label} failed: {exc}") from exc
+            fsync_dir(fd, label)
