@@ -605,7 +605,7 @@ class Daemon:
         if finish is not None:
             self._move_finishes(finish)
         for claim in claims:
-            claim.ticket = self.mover.send("claim", claim.moves, self.spool.max_file_size)
+            claim.ticket = self.mover.send("claim", claim.moves)
 
     def _next_entries(self, now: float) -> list[Entry]:
         """The next files to claim (up to the room left): checked, settled, not refused."""

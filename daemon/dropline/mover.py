@@ -1,17 +1,19 @@
-"""The mover: a helper process that does the file-system half of each batch.
+"""The mover: a helper process that does the renames and fsyncs of each batch.
 
-At full speed the loop's own work (rows, log lines, ids) and the kernel's
-(renames, directory fsyncs, reading each claimed file to hash it) cost
-about the same; done one after the other in one process they leave the
-second core idle.  So the daemon hands each batch's renames, fsyncs and
-reads to this process and records another batch meanwhile.
+At full speed the two renames of each file are most of dropline's work (and
+cannot be spread over more processes: Linux takes one lock per filesystem
+for a rename between folders); the loop's own work (rows, log lines, ids,
+reading and hashing each claimed file) is less.  Done one after the other
+in one process they leave the second core idle.  So the daemon hands each
+batch's renames and directory fsyncs to this process and records another
+batch meanwhile.  Reading the claimed files stays in the loop: measured,
+the mover is the busier of the two.
 
 The mover decides nothing.  The loop commits every intent before it asks
 (rows "claiming" or "finishing"), the mover does exactly the moves asked,
-in order, makes them durable, and answers with what happened to each
-(an errno; for a claim, what opening and reading the file found).  A crash
-of either process leaves what a crash of the single loop would: recovery
-completes or undoes each recorded intent.
+in order, makes them durable, and answers with what happened to each (an
+errno).  A crash of either process leaves what a crash of the single loop
+would: recovery completes or undoes each recorded intent.
 
 It is ``python -m dropline.mover`` (a fresh interpreter, not a fork of the
 threaded daemon), holding the daemon's directory descriptors and its lock
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .crashpoints import crash_together_with, crashpoint
 from .errors import FatalIOError
-from .spool import DIR_FLAGS, FULL_ERRNOS, FileRead, fsync_dir, read_file, rename_noreplace
+from .spool import DIR_FLAGS, FULL_ERRNOS, fsync_dir, rename_noreplace
 
 if TYPE_CHECKING:  # the mover itself imports only what moving files needs
     import subprocess
@@ -48,9 +50,8 @@ if TYPE_CHECKING:  # the mover itself imports only what moving files needs
 
 SKIPPED = -1  # not tried: an earlier move of the batch met a full filesystem
 
-# A claim: (name in incoming/, name in working/) -> (errno, what reading it found).
+# A claim: (name in incoming/, name in working/) -> errno.
 ClaimMove = tuple[bytes, bytes]
-ClaimAnswer = tuple[int, FileRead | None]
 # A finish: (name in working/, destination folder, final name) -> errno.  The
 # folder is "failed", "archive" or "archive/DAY" (a day folder that exists).
 FinishMove = tuple[bytes, str, bytes]
@@ -96,27 +97,23 @@ def _rename(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> int:
     return 0
 
 
-def claim(folders: Folders, moves: Sequence[ClaimMove], max_size: int) -> list[ClaimAnswer]:
-    """Rename each file into working/, fsync both folders once, then open and read each
-    (a file over MAX_SIZE bytes is not read)."""
-    answers: list[ClaimAnswer] = []
+def claim(folders: Folders, moves: Sequence[ClaimMove]) -> list[int]:
+    """Rename each file into working/, then fsync both folders once."""
+    answers: list[int] = []
     full = False
     for name, working_name in moves:
         if full:
-            answers.append((SKIPPED, None))
+            answers.append(SKIPPED)
             continue
         err = _rename(folders.incoming, name, folders.working, working_name)
         if err == 0:
             crashpoint("claim.renamed")
         full = err in FULL_ERRNOS
-        answers.append((err, None))
-    if any(err == 0 for err, _ in answers):
+        answers.append(err)
+    if 0 in answers:
         fsync_dir(folders.working, "working")
         fsync_dir(folders.incoming, "incoming")
-    return [
-        (err, read_file(folders.working, working_name, max_size) if err == 0 else None)
-        for (err, _), (_, working_name) in zip(answers, moves, strict=True)
-    ]
+    return answers
 
 
 def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
@@ -223,12 +220,11 @@ class Mover:
         self._answers = Pipe(res_r)
         self._waiting: deque[Ticket] = deque()
 
-    def send(self, kind: str, moves: Sequence[Any], max_size: int = 0) -> Ticket:
-        """Hand a batch over ("claim": files over MAX_SIZE are not read, or "finish");
-        the answer is read with ``answer()``."""
+    def send(self, kind: str, moves: Sequence[Any]) -> Ticket:
+        """Hand a batch over ("claim" or "finish"); the answer is read with ``answer()``."""
         ticket = Ticket()
         try:
-            self._requests.send((kind, list(moves), max_size))
+            self._requests.send((kind, list(moves)))
         except OSError as exc:
             raise self._died() from exc
         self._waiting.append(ticket)
@@ -295,11 +291,11 @@ def main(argv: Sequence[str]) -> None:
     threading.Thread(target=_read_requests, args=(Pipe(req_fd), requests), daemon=True).start()
     answers = Pipe(res_fd)
     while (request := requests.get()) is not None:
-        kind, moves, max_size = request
+        kind, moves = request
         try:
             answer: tuple[str, Any] = (
                 "ok",
-                claim(folders, moves, max_size) if kind == "claim" else finish(folders, moves),
+                claim(folders, moves) if kind == "claim" else finish(folders, moves),
             )
         except FatalIOError as exc:  # the disk's state is unknown: the daemon stops
             answer = ("fatal", str(exc))

@@ -35,9 +35,9 @@ from .crashpoints import crashpoint
 from .errors import DiskFullError
 from .ids import new_item_id
 from .log import escape_text
-from .mover import ClaimAnswer, ClaimMove, FinishMove, Ticket
+from .mover import ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
-from .spool import FULL_ERRNOS, ChangedError, Entry, FileRead, Refusal, Spool, judge_read
+from .spool import FULL_ERRNOS, ChangedError, Entry, Refusal, Spool
 from .state import State
 
 
@@ -125,26 +125,26 @@ def record_claim_intent(state: State, batch: ClaimBatch) -> None:
     )
 
 
-def judge_claim(
-    spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[ClaimAnswer]
-) -> ClaimResult:
-    """What the moves did (``mover.claim``: renamed, fsynced, read): the files now
-    in working/ and routed, the others given back or forgotten."""
+def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[int]) -> ClaimResult:
+    """What the moves did (``mover.claim``: renamed and fsynced, an errno per file):
+    the files now in working/ read, hashed and routed, the others given back
+    or forgotten."""
     result = ClaimResult()
     claimed, refused, gone = result.claimed, result.refused, result.gone
-    moved: list[tuple[str, Entry, bytes, FileRead]] = []
-    for (item_id, entry, working_name), (err, found) in zip(batch.plans, answers, strict=True):
-        if err == 0 and found is not None:
-            moved.append((item_id, entry, working_name, found))
+    moved: list[tuple[str, Entry, bytes]] = []
+    for plan, err in zip(batch.plans, answers, strict=True):
+        if err == 0:
+            moved.append(plan)
             continue
+        item_id, entry, _ = plan
         if err in FULL_ERRNOS and result.full is None:
             result.full = DiskFullError(f"claim of {entry.name!r}: {os.strerror(err)}")
         gone.append(item_id)  # gone, or not tried: still in incoming/, claimed later
     crashpoint("claim.synced")
 
-    for item_id, entry, working_name, found in moved:
+    for item_id, entry, working_name in moved:
         try:
-            sha256, size, ctime_ns = judge_read(found, expect=entry)
+            sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry)
         except ChangedError:
             # Its writer is still at work: back to incoming/, claimed once it is done.
             spool.unclaim(working_name, entry.name)

@@ -170,11 +170,10 @@ def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-# What opening and reading a claimed file found, a plain tuple (it crosses the
-# pipe from the mover, where a dataclass holding an os.stat_result cost ten
-# times as much to pickle): (ino, dev, size, mtime_ns, ctime_ns, error, sha256,
-# bytes read).  ino is -1 if it could not be opened, sha256 "" if it was not
-# read (not a regular file of one link under the limit); error says why.
+# What opening and reading a claimed file found: (ino, dev, size, mtime_ns,
+# ctime_ns, error, sha256, bytes read).  ino is -1 if it could not be opened,
+# sha256 "" if it was not read (not a regular file of one link under the
+# limit); error says why.  judge_read compares it with what was checked.
 FileRead = tuple[int, int, int, int, int, str, str, int]
 
 
