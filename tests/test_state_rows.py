@@ -1,4 +1,4 @@
-"""The batch row writers of the state database, and item ids.
+"""The batch row writers of the state database, item ids, and the last migration.
 
 A batch's rows are written with one statement per chunk of rows (``UPDATE
 ... FROM (VALUES ...)``); an SQLite older than 3.33 gets one statement per
@@ -16,6 +16,7 @@ import pytest
 
 from dropline import ids, state
 from dropline.state import State
+from dropline.state_reader import StateReader
 
 ROWS = 150  # more than two chunks of state._CHUNK_ROWS
 
@@ -109,3 +110,31 @@ def test_item_ids_are_ulids() -> None:
     assert len(set(series)) == len(series)
     assert [s[:10] for s in series] == sorted(s[:10] for s in series)
     assert all(len(s) == 26 for s in series)
+
+
+def test_schema_3_migrates_without_the_name_index(tmp_path: Path) -> None:
+    """A database left by the previous schema opens, loses items_name, keeps its rows,
+    and a look-up by name (history, retry) still finds them."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for number, migration in enumerate(state.MIGRATIONS[:3], 1):
+        conn.executescript(migration)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute(
+        "INSERT INTO items (id, name, working_name, state, created_at, updated_at) "
+        "VALUES ('OLD1', x'6f6c642e637376', x'6f6c642e637376', 'failed', 1.0, 2.0)"
+    )
+    conn.commit()
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'items_name'").fetchone()
+    conn.close()
+
+    db = State(path)
+    assert db.schema_version == len(state.MIGRATIONS) >= 4
+    db.close()
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert "items_name" not in indexes
+    assert "items_state_finished" in indexes
+    found = StateReader(path).items_named(b"old.csv")
+    assert [(i.id, i.state) for i in found] == [("OLD1", "failed")]
