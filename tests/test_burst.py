@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Tree, wait_until
+from .harness import Tree, run_until_idle, wait_until
 
 PASSTHROUGH = """
 - name: all
@@ -131,3 +131,25 @@ def test_slow_writer_is_archived_complete(tree: Tree, start_daemon: Any) -> None
     assert (tree.archive / "slow.bin").read_bytes() == data
     assert len(daemon.find("file.claimed", file="slow.bin")) == 1
     assert daemon.stop() == 0
+
+
+def test_big_files_are_claimed_a_few_at_a_time(tree: Tree) -> None:
+    """The loop reads and hashes a claim batch at once, so a batch holds about 64 MiB:
+    a backlog of twelve 40 MiB files (sparse: no disk is used) is claimed two at a
+    time, and every file is archived with its size and SHA-256."""
+    tree.write_config(PASSTHROUGH, settle_time="0s", archive_layout="flat")
+    size = 40 << 20
+    for i in range(12):
+        with open(tree.incoming / f"big-{i:02d}.dat", "wb") as f:
+            f.truncate(size)
+    assert run_until_idle(tree) == 0
+    assert sorted(p.name for p in tree.archive.iterdir()) == [f"big-{i:02d}.dat" for i in range(12)]
+    zeros = hashlib.sha256(bytes(size)).hexdigest()
+    rows = tree.query("SELECT created_at, size, sha256 FROM items WHERE state = 'archived'")
+    assert len(rows) == 12
+    assert {(s, h) for _, s, h in rows} == {(size, zeros)}
+    # Rows of one claim batch share its time, and so do the batches planned in one
+    # pass (two, the mover having one queued): two 40 MiB files reach 64 MiB.
+    passes = collections.Counter(created for created, _, _ in rows)
+    assert len(passes) >= 3, passes
+    assert max(passes.values()) <= 4, passes

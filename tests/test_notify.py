@@ -593,3 +593,28 @@ def test_sighup_keeps_the_old_configuration_when_the_new_is_bad(
     assert daemon.proc.poll() is None
     assert _claimed_pipeline(daemon, tree, "after.csv") == "csv"
     assert daemon.stop() == 0
+
+
+def test_watchdog_stays_fed_while_a_big_file_is_hashed(
+    tree: Tree, notify: NotifySocket, start_daemon: Any
+) -> None:
+    """The loop reads and hashes each claimed file itself: one of 2 GiB (sparse, so
+    no disk is used; 1 to 5 s here) must not silence WATCHDOG=1 (WATCHDOG_USEC
+    0.5 s: no gap of 0.5 s between pings from the drop to the archive)."""
+    tree.write_config(ALL, archive_layout="flat")
+    daemon = start_daemon(env={**notify.env, "WATCHDOG_USEC": "500000"})
+    ready = notify.wait_notice("READY", "1", timeout=10, daemon=daemon)
+    notify.wait_notice("WATCHDOG", "1", after=ready.at, timeout=2, daemon=daemon)
+    hidden = tree.incoming / ".big.dat"  # hidden names are not claimed
+    with open(hidden, "wb") as f:
+        f.truncate(2 << 30)
+    dropped = time.monotonic()
+    os.rename(hidden, tree.incoming / "big.dat")
+    wait_until(lambda: names_in(tree.archive) == ["big.dat"], 60, what="big.dat archived")
+    archived = time.monotonic()
+    pings = [n.at for n in notify.notices("WATCHDOG", "1") if dropped <= n.at <= archived]
+    gap = max(b - a for a, b in itertools.pairwise([dropped, *pings, archived]))
+    print(f"2 GiB archived {archived - dropped:.2f} s after the drop; longest gap {gap:.2f} s")
+    assert archived - dropped > 0.5, "hashed too fast to show anything: use a bigger file"
+    assert gap < 0.5, f"no WATCHDOG=1 for {gap:.2f} s while a big file was hashed"
+    assert daemon.stop() == 0

@@ -79,6 +79,10 @@ _SPACE_CHECK_EVERY = 1.0  # seconds between free-space checks (and retries after
 # Claim batches with the mover at once: while it moves one, the loop records
 # the one before and the mover has the next one queued (see run_once).
 _CLAIMS_AHEAD = 2
+# Bytes per claim batch, at most (with the file that crosses the line): the loop
+# reads and hashes a whole batch in one pass (64 MiB: some 40 ms from the page
+# cache), so a backlog of big files does not hold up the pass and its answers.
+_CLAIM_BYTES = 64 << 20
 _REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry`
 
 
@@ -186,6 +190,7 @@ class Daemon:
         self.state = State(cfg.state_db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
         report = recover(self.state, self.spool, self.routes, now, self.log)
+        self.spool.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
         if report.changed:
             self.log.info("recovery.done", **describe_recovery(report))
         for f in report.finished:
@@ -616,12 +621,13 @@ class Daemon:
         entries: list[Entry] = []
         seen: set[bytes] = set()
         in_flight = self._names_being_claimed()
+        size = 0
         for name, notified in self._next_names(now, room):
             if name in seen or self.routes.is_ignored(name):
                 continue
-            if name in in_flight:
-                # Its claim is with the mover: look again once that one is answered
-                # (a new file of the same name may have come meanwhile).
+            if name in in_flight or size >= _CLAIM_BYTES:
+                # Its claim is with the mover (a new file of the same name may have
+                # come meanwhile), or this batch has its bytes: look again next time.
                 if notified:
                     self.candidates[name] = None
                 else:
@@ -643,6 +649,7 @@ class Daemon:
                     self.rescan_pending = True
                 continue
             entries.append(found)
+            size += found.size
         return entries
 
     def _goes_straight_on(self, c: Claimed) -> bool:
@@ -1012,8 +1019,17 @@ class Daemon:
         if mono >= self._next_status:
             self._next_status = mono + _STATUS_EVERY
             self.notifier.status(self.status_line())
+        self._feed_watchdog(mono)
+
+    def _feed_watchdog(self, mono: float | None = None) -> None:
+        """WATCHDOG=1 if due.  Called once a pass, and by the loop while it reads a
+        big file (gigabytes take seconds): the loop is at work, not stuck."""
         interval = self.notifier.watchdog_interval
-        if interval and mono >= self._next_ping:
+        if not interval:
+            return
+        if mono is None:
+            mono = time.monotonic()
+        if mono >= self._next_ping:
             self._next_ping = mono + interval
             self.notifier.watchdog()
 

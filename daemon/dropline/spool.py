@@ -32,7 +32,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,11 +177,15 @@ def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
 FileRead = tuple[int, int, int, int, int, str, str, int]
 
 
-def read_file(dir_fd: int, name: bytes, max_size: int) -> FileRead:
+def read_file(
+    dir_fd: int, name: bytes, max_size: int, tick: Callable[[], None] | None = None
+) -> FileRead:
     """Open NAME with O_NOFOLLOW|O_NONBLOCK, fstat it, and read and hash it if it is safe.
 
     Postfix's safe_open: a symlink fails the open, a FIFO opens without
     blocking; only a regular file with one link under MAX_SIZE is read.
+    TICK, if given, is called after each chunk of a big file (the daemon's
+    watchdog: a file of gigabytes takes seconds).
     """
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
@@ -206,6 +210,8 @@ def read_file(dir_fd: int, name: bytes, max_size: int) -> FileRead:
             if len(chunk) < want:
                 break  # a short read of a regular file is its end: no read() for EOF
             want = _CHUNK
+            if tick is not None:
+                tick()
         return (*seen, "", digest.hexdigest(), size)
     finally:
         os.close(fd)
@@ -248,6 +254,8 @@ class Spool:
         self.data_dir = data_dir
         self.max_file_size = max_file_size
         self.layout = layout
+        # Called while a big file is read (the daemon keeps its watchdog fed).
+        self.reading_tick: Callable[[], None] | None = None
         self._fds: dict[str, int] = {}
         self._dirty: dict[int, str] = {}
         self._day_fds: dict[str, int] = {}
@@ -379,7 +387,8 @@ class Spool:
         ChangedError says the content changed meanwhile: its writer still
         holds it open.
         """
-        return judge_read(read_file(self.working_fd, name, self.max_file_size), expect)
+        found = read_file(self.working_fd, name, self.max_file_size, self.reading_tick)
+        return judge_read(found, expect)
 
     # --- moving ----------------------------------------------------------
 
