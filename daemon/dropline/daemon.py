@@ -1,11 +1,12 @@
 """The daemon: one loop that owns the database and drives every file.
 
 ``run_once(now)`` is one pass: apply stage results, record what the mover
-process did with the batches handed to it (``mover.py``: the renames,
-fsyncs and reads), dispatch stages, record the next finishes and claims
-and hand them to the mover, apply the requests ``dropline retry`` left in
-the database.  ``run()`` is a thin loop around it that waits on the queue
-fed by the inotify reader, the worker threads and the signal handlers.
+process did with the batches handed to it (``mover.py``: the renames and
+fsyncs; the loop reads and hashes what was claimed), dispatch stages,
+record the next finishes and claims and hand them to the mover, apply the
+requests ``dropline retry`` left in the database.  ``run()`` is a thin
+loop around it that waits on the queue fed by the inotify reader, the
+worker threads and the signal handlers.
 Signal handlers only set flags; nothing but this loop writes the state of a
 file in flight (the commands read the database, leave requests in it, or
 prune rows of files long finished).

@@ -11,8 +11,8 @@ finish:  choose destinations; rows "finishing" -> commit
          fsync the touched folders once
          rows "archived" / "failed" -> commit
 
-In the daemon the renames, fsyncs and reads of a batch are done by the
-mover process (``mover.py``) while the loop records another batch; the
+In the daemon the renames and fsyncs of a batch are done by the mover
+process (``mover.py``) while the loop records another batch; the
 steps of each batch stay in this order.  Recovery and a move to another
 filesystem do them here.
 

@@ -170,73 +170,6 @@ def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-# What opening and reading a claimed file found: (ino, dev, size, mtime_ns,
-# ctime_ns, error, sha256, bytes read).  ino is -1 if it could not be opened,
-# sha256 "" if it was not read (not a regular file of one link under the
-# limit); error says why.  judge_read compares it with what was checked.
-FileRead = tuple[int, int, int, int, int, str, str, int]
-
-
-def read_file(
-    dir_fd: int, name: bytes, max_size: int, tick: Callable[[], None] | None = None
-) -> FileRead:
-    """Open NAME with O_NOFOLLOW|O_NONBLOCK, fstat it, and read and hash it if it is safe.
-
-    Postfix's safe_open: a symlink fails the open, a FIFO opens without
-    blocking; only a regular file with one link under MAX_SIZE is read.
-    TICK, if given, is called after each chunk of a big file (the daemon's
-    watchdog: a file of gigabytes takes seconds).
-    """
-    try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return (-1, 0, 0, 0, 0, "gone from working/", "", 0)
-    except OSError as exc:
-        return (-1, 0, 0, 0, 0, f"cannot be opened safely: {exc.strerror}", "", 0)
-    try:
-        st = os.fstat(fd)
-        seen = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        checked = classify(name, st, max_size)
-        if isinstance(checked, Refusal):
-            return (*seen, checked.reason, "", 0)
-        digest = hashlib.sha256()
-        size = 0
-        # Ask for what fstat saw, plus one byte: a small file costs one small read,
-        # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
-        want = min(st.st_size + 1, _CHUNK)
-        while chunk := os.read(fd, want):
-            digest.update(chunk)
-            size += len(chunk)
-            if len(chunk) < want:
-                break  # a short read of a regular file is its end: no read() for EOF
-            want = _CHUNK
-            if tick is not None:
-                tick()
-        return (*seen, "", digest.hexdigest(), size)
-    finally:
-        os.close(fd)
-
-
-def judge_read(found: FileRead, expect: Entry | None) -> tuple[str, int, int]:
-    """(sha256, size, ctime) of a claimed file, or why it must go back.
-
-    ValueError: not the regular file that was checked in incoming/ (swapped
-    between the check and the rename).  ChangedError: the content changed
-    since the check; its writer still holds it open.  A write after the
-    fstat shows here as a size that differs, or later, before a stage or the
-    archive move, as a ctime that moved.
-    """
-    ino, dev, st_size, mtime_ns, ctime_ns, error, sha256, size = found
-    if ino < 0 or not sha256:
-        raise ValueError(error)
-    if expect is not None:
-        if (ino, dev) != (expect.ino, expect.dev):
-            raise ValueError("replaced while being claimed")
-        if (size, st_size, mtime_ns) != (expect.size, expect.size, expect.mtime_ns):
-            raise ChangedError("still being written")
-    return sha256, size, ctime_ns
-
-
 def fit_name(name: bytes, tag: str, reserve: int = 0) -> bytes:
     """NAME with ``.TAG`` before its extension, shortened to fit NAME_MAX - RESERVE."""
     stem, dot, ext = name.rpartition(b".")
@@ -380,15 +313,53 @@ class Spool:
         return fit_name(name, item_id)
 
     def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int, int]:
-        """SHA-256, size and ctime of working/NAME, opened without following or blocking.
+        """SHA-256, size and ctime of working/NAME.
 
+        Postfix's safe_open: opened with O_NOFOLLOW|O_NONBLOCK (a symlink fails
+        the open, a FIFO opens without blocking), then read only if fstat shows
+        a regular file with one link under the limit; ValueError otherwise.
         With EXPECT (what was checked in incoming/) the inode must be that one
         (ValueError: swapped between the check and the rename), and
         ChangedError says the content changed meanwhile: its writer still
-        holds it open.
+        holds it open.  A write after the fstat shows here as a size that
+        differs, or later, before a stage or the archive move, as a ctime that
+        moved.
         """
-        found = read_file(self.working_fd, name, self.max_file_size, self.reading_tick)
-        return judge_read(found, expect)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
+        except FileNotFoundError:
+            raise ValueError("gone from working/") from None
+        except OSError as exc:
+            raise ValueError(f"cannot be opened safely: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            checked = classify(name, st, self.max_file_size)
+            if isinstance(checked, Refusal):
+                raise ValueError(checked.reason)
+            if expect is not None and (st.st_ino, st.st_dev) != (expect.ino, expect.dev):
+                raise ValueError("replaced while being claimed")
+            digest = hashlib.sha256()
+            size = 0
+            # Ask for what fstat saw, plus one byte: a small file costs one small read,
+            # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
+            want = min(st.st_size + 1, _CHUNK)
+            while chunk := os.read(fd, want):
+                digest.update(chunk)
+                size += len(chunk)
+                if len(chunk) < want:
+                    break  # a short read of a regular file is its end: no read() for EOF
+                want = _CHUNK
+                if self.reading_tick is not None:
+                    self.reading_tick()  # a file of gigabytes takes seconds
+            if expect is not None and (size, st.st_size, st.st_mtime_ns) != (
+                expect.size,
+                expect.size,
+                expect.mtime_ns,
+            ):
+                raise ChangedError("still being written")
+            return digest.hexdigest(), size, st.st_ctime_ns
+        finally:
+            os.close(fd)
 
     # --- moving ----------------------------------------------------------
 
