@@ -89,6 +89,9 @@ def test_prune_while_the_daemon_archives(tree: Tree, start_daemon: Any) -> None:
     daemon.wait_event("daemon.ready")
     first = _drop(tree, "p", 1500)
     wait_until(lambda: len(tree.archived()) == 1500, timeout=60, what="first wave archived")
+    # A file is in archive/ a moment before its row says so: wait for the rows.
+    archived_rows = "SELECT count(*) FROM items WHERE state = 'archived'"
+    wait_until(lambda: tree.query(archived_rows) == [(1500,)], timeout=10, what="rows archived")
     stop = threading.Event()
     dropped: list[str] = []
 

@@ -66,6 +66,9 @@ def test_retry_while_the_daemon_runs(tree: Tree, start_daemon: Any) -> None:
     rest = cli_json(tree, "retry", "--all-failed", "--pipeline", "picky", schema="retry")
     assert rest["requeued"] == 4 and rest["not_requeued"] == 0
     wait_until(lambda: len(tree.archived()) == 5, timeout=20, what="all archived")
+    # A file is in archive/ a moment before its row says so: wait for the rows.
+    archived_rows = "SELECT count(*) FROM items WHERE state = 'archived'"
+    wait_until(lambda: tree.query(archived_rows) == [(5,)], timeout=10, what="rows archived")
 
     assert sorted(tree.archived()) == sorted(names)
     assert list(tree.failed.iterdir()) == [], "no file and no error.json left in failed/"

@@ -426,8 +426,10 @@ def test_failing_files_never_stop_the_others(tree: Tree, start_daemon: StartDaem
         assert "exit status 65" in doc["error"] and f"rejected {name}" in doc["error"]
         assert doc["attempts"] == 1
     assert daemon.proc.poll() is None, "the daemon died"
-    assert tree.query("SELECT state, count(*) FROM items GROUP BY state ORDER BY state") == [
-        ("archived", 15),
-        ("failed", 5),
-    ]
+    # A file is in its folder a moment before its row says so (the move is
+    # recorded once it is durable): wait for the rows, then compare them.
+    expected = [("archived", 15), ("failed", 5)]
+    by_state = "SELECT state, count(*) FROM items GROUP BY state ORDER BY state"
+    wait_until(lambda: tree.query(by_state) == expected, timeout=10, what="rows recorded")
+    assert tree.query(by_state) == expected
     assert daemon.stop() == 0
