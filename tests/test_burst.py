@@ -109,7 +109,17 @@ def test_overflowed_inotify_queue_loses_nothing(tree: Tree, start_daemon: Any) -
         interval=0.1,
         what="every file archived after the overflow",
     )
+    # The watch is alive after the overflow: a new file is seen at once, not by the
+    # periodic rescan (an hour away) or a scan of the overflow (already done).
+    scans = len(daemon.find("scan.started"))
+    started = time.monotonic()
+    (tree.incoming / "late.dat").write_bytes(b"late")
+    wait_until(lambda: (tree.archive / "late.dat").exists(), timeout=10, what="late.dat")
+    assert time.monotonic() - started < 5
+    assert len(daemon.find("scan.started")) == scans
+    assert not daemon.find("watch.failed")
     assert daemon.stop() == 0
+    files["late.dat"] = b"late"
     _assert_archived_once(tree, files, daemon)
 
 

@@ -39,17 +39,20 @@ POINTS: tuple[str, ...] = (
 
 
 class _Trigger:
-    """An environment variable NAME or NAME#N: fires at the N-th passage of NAME."""
+    """An environment variable NAME or NAME#N: fires from the N-th passage of NAME on;
+    NAME@N: at the N-th passage only."""
 
     def __init__(self, variable: str) -> None:
-        self.name, _, nth = os.environ.get(variable, "").partition("#")
+        value = os.environ.get(variable, "")
+        self.once = "@" in value
+        self.name, _, nth = value.replace("@", "#").partition("#")
         self.remaining = int(nth) if nth else 1
 
     def fires(self, name: str) -> bool:
         if name != self.name:
             return False
         self.remaining -= 1
-        return self.remaining <= 0
+        return self.remaining == 0 if self.once else self.remaining <= 0
 
 
 _CRASH = _Trigger("DROPLINE_CRASH_AT")
@@ -74,7 +77,9 @@ def crashpoint(name: str) -> None:
 
 # Faults: DROPLINE_FAULT=NAME (or NAME#N) makes that I/O step fail with EIO, as
 # a failing disk would; the daemon must exit non-zero rather than go on.
-FAULTS: tuple[str, ...] = ("spool.fsync", "spool.write", "state.commit")
+# watch.event raises in the inotify callback instead: the reader thread dies, and the
+# loop must replace the watch.
+FAULTS: tuple[str, ...] = ("spool.fsync", "spool.write", "state.commit", "watch.event")
 
 
 def fault(name: str) -> None:

@@ -69,10 +69,14 @@ from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool
 from .stages import FAILURE, StageContext
 from .state import State, acquire_lock
-from .watch import FileReady, IncomingWatch, Overflow, WatchLost
+from .watch import FileReady, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
 
 _MAX_REFUSED = 100_000  # refusals remembered, so each is logged once
+_WATCH_CHECK_EVERY = 1.0  # seconds between looks at the inotify reader thread
+# A watch that keeps failing is not replaced for ever: the daemon exits, systemd restarts it.
+_WATCH_FAILURES_ALLOWED = 5
+_WATCH_FAILURE_WINDOW = 60.0
 _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan later
 _STATUS_EVERY = 0.25  # seconds between STATUS updates when busy
 _PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
@@ -148,7 +152,7 @@ class Daemon:
         self.refused: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
         self.scan: Any = None
         self.scan_seen = 0
-        self.rescan_pending = False
+        self.rescan_pending = ""  # why a rescan is due before its interval: "" when none is
         self.next_rescan = 0.0
         self.counts = {"archived": 0, "failed": 0}
         self._token = 0
@@ -168,6 +172,9 @@ class Daemon:
         self.state: State | None = None
         self.spool: Spool | None = None
         self.watch: IncomingWatch | None = None
+        self._incoming_id: tuple[int, int] | None = None  # (st_dev, st_ino) of incoming/
+        self._next_watch_check = 0.0
+        self._watch_failures: collections.deque[float] = collections.deque()
         self.pool: WorkerPool | None = None
         self.mover: Mover | None = None
         # Batches handed to the mover, oldest first (its answers come in order).
@@ -230,6 +237,8 @@ class Daemon:
         self.mover = Mover(self.spool, keep_fds=(self._lock_fd,))
         self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
         # The watch first, then the scan: a file arriving in between is seen by both.
+        st = os.stat(cfg.incoming)
+        self._incoming_id = (st.st_dev, st.st_ino)
         self.watch = IncomingWatch(cfg.incoming, self.inbox)
         self.metrics.start()
         self._start_scan()
@@ -347,9 +356,16 @@ class Daemon:
         elif isinstance(message, Overflow):
             self.log.warning("scan.overflow", detail="inotify queue overflowed; rescanning")
             self.metrics.overflow()
-            self.rescan_pending = True
-        elif isinstance(message, WatchLost) and self.stopping_since is None:
-            raise FatalIOError(message.reason)
+            self.rescan_pending = "overflow"
+        elif isinstance(message, RescanNeeded):
+            self.log.warning("scan.needed", detail=message.reason)
+            self.rescan_pending = "watch"
+        elif (
+            isinstance(message, WatchLost)
+            and self.watch is not None
+            and message.generation == self.watch.generation  # not a watch already replaced
+        ):
+            self._watch_ended(message.reason)
 
     def run_once(self, now: float) -> bool:
         """One pass of the loop; True when the daemon should exit."""
@@ -510,7 +526,7 @@ class Daemon:
         assert self.spool is not None
         self.scan = self.spool.scan_incoming()
         self.scan_seen = 0
-        self.rescan_pending = False
+        self.rescan_pending = ""
         self.next_rescan = self.mono + self.config.rescan_interval
 
     def _next_names(self, now: float, limit: int) -> list[tuple[bytes, bool]]:
@@ -647,7 +663,7 @@ class Daemon:
                 if len(self.settling) < _MAX_SETTLING:
                     self.settling[name] = self.mono + self.config.settle_time - age
                 else:
-                    self.rescan_pending = True
+                    self.rescan_pending = self.rescan_pending or "settling"
                 continue
             entries.append(found)
             size += found.size
@@ -1007,9 +1023,10 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         mono = self.mono
+        self._check_watch()
         if self.scan is None and (self.rescan_pending or mono >= self.next_rescan):
-            if self.rescan_pending:
-                self.log.info("scan.started", reason="overflow")
+            if self.rescan_pending in ("overflow", "watch"):
+                self.log.info("scan.started", reason=self.rescan_pending)
             self._start_scan()
             self.metrics.rescan()
         # A few attribute stores, and a comparison until the textfile is due: every pass.
@@ -1021,6 +1038,48 @@ class Daemon:
             self._next_status = mono + _STATUS_EVERY
             self.notifier.status(self.status_line())
         self._feed_watchdog(mono)
+
+    def _check_watch(self) -> None:
+        """About once a second: is the inotify reader still reading?"""
+        if self.watch is None or self.mono < self._next_watch_check:
+            return
+        self._next_watch_check = self.mono + _WATCH_CHECK_EVERY
+        reason = self.watch.failure()
+        if reason is not None:
+            self._watch_ended(reason)
+
+    def _watch_ended(self, reason: str) -> None:
+        """Replace a watch that ended while incoming/ is still the folder it watched,
+        then rescan (files may have arrived unseen); otherwise exit.  Never go on
+        without a watch."""
+        if self.stopping_since is not None or self.watch is None:
+            return
+        self.log.error("watch.failed", reason=reason)
+        old = self.watch
+        old.close()
+        now = self.mono
+        self._watch_failures.append(now)
+        while self._watch_failures and self._watch_failures[0] < now - _WATCH_FAILURE_WINDOW:
+            self._watch_failures.popleft()
+        if len(self._watch_failures) > _WATCH_FAILURES_ALLOWED:
+            raise FatalIOError(
+                f"{reason}; the watch on incoming/ failed {len(self._watch_failures)} times "
+                f"in {_WATCH_FAILURE_WINDOW:.0f} s"
+            )
+        incoming = self.config.incoming
+        try:
+            st = os.stat(incoming, follow_symlinks=False)
+        except OSError as exc:
+            raise FatalIOError(f"{reason}; incoming/ is gone: {exc.strerror}") from None
+        if (st.st_dev, st.st_ino) != self._incoming_id:
+            raise FatalIOError(f"{reason}; incoming/ is no longer the folder dropline watched")
+        try:
+            self.watch = IncomingWatch(incoming, self.inbox, old.generation + 1)
+        except OSError as exc:
+            raise FatalIOError(f"{reason}; the watch could not be placed again: {exc}") from None
+        # The new watch first, then the scan: nothing that arrived in between is missed.
+        self.rescan_pending = "watch"
+        self.log.info("watch.restored", generation=self.watch.generation)
 
     def _feed_watchdog(self, mono: float | None = None) -> None:
         """WATCHDOG=1 if due.  Called once a pass, and by the loop while it reads a
