@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,12 @@ def test_a_reader_that_dies_is_replaced_and_nothing_is_lost(tree: Tree, start_da
     assert len(daemon.find("watch.failed")) == 1
 
 
+def _another_failure(daemon: Any) -> Callable[[], bool]:
+    """True once the daemon logged a watch failure after now, or failed."""
+    seen = len(daemon.find("watch.failed"))
+    return lambda: len(daemon.find("watch.failed")) > seen or bool(daemon.find("daemon.failed"))
+
+
 def test_a_watch_that_keeps_failing_stops_the_daemon(tree: Tree, start_daemon: Any) -> None:
     """Every reader dies at its first event: after a few replacements in a minute the
     daemon exits non-zero (systemd restarts it) instead of replacing watches for ever."""
@@ -194,17 +200,11 @@ def test_a_watch_that_keeps_failing_stops_the_daemon(tree: Tree, start_daemon: A
     daemon = start_daemon(env={"DROPLINE_FAULT": "watch.event"})
     daemon.wait_event("daemon.ready")
     for i in range(20):
-        failures = len(daemon.find("watch.failed"))
-        (tree.incoming / f"f-{i}.txt").write_text(str(i))
         if daemon.find("daemon.failed"):
             break
-        wait_until(
-            lambda: (
-                len(daemon.find("watch.failed")) > failures or bool(daemon.find("daemon.failed"))
-            ),
-            timeout=10,
-            what="the next watch failure",
-        )
+        another_failure = _another_failure(daemon)  # counted before the file is written
+        (tree.incoming / f"f-{i}.txt").write_text(str(i))
+        wait_until(another_failure, timeout=10, what="the next watch failure")
     assert daemon.wait(timeout=15) == 1
     assert "failed 6 times" in daemon.find("daemon.failed")[0]["error"]
 

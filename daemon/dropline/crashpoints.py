@@ -77,9 +77,10 @@ def crashpoint(name: str) -> None:
 
 # Faults: DROPLINE_FAULT=NAME (or NAME#N) makes that I/O step fail with EIO, as
 # a failing disk would; the daemon must exit non-zero rather than go on.
-# watch.event raises in the inotify callback instead: the reader thread dies, and the
-# loop must replace the watch.
-FAULTS: tuple[str, ...] = ("spool.fsync", "spool.write", "state.commit", "watch.event")
+FAULTS: tuple[str, ...] = ("spool.fsync", "spool.write", "state.commit")
+# Not an I/O step: watch.event raises in the inotify callback, so watchdog's reader
+# thread dies, and the loop must place a new watch (DROPLINE_FAULT=watch.event@1).
+WATCH_FAULT = "watch.event"
 
 
 def fault(name: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyFD, Mask
 
-from .crashpoints import fault
+from .crashpoints import WATCH_FAULT, fault
 
 # A file written in place is ready when its writer closes it; one renamed in is
 # ready at once.  Creation alone says nothing (the writer is still writing).
@@ -79,7 +79,7 @@ class _Callback:
 
     def on_event(self, event: Any) -> None:
         # The tests make this raise, as a callback watchdog calls and we lack would.
-        fault("watch.event")
+        fault(WATCH_FAULT)
         if event.is_close_write or event.is_moved_to:
             if event.name:
                 self._out.put(FileReady(bytes(event.name)))
