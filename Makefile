@@ -4,28 +4,53 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUNDIR ?= var
 
-.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak bench postgresql-server
+.PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak bench postgresql-server \
+	lock test-newest
 
-# The environment is rebuilt when pyproject.toml changes; the stamp records that.
-$(VENV)/.installed: pyproject.toml
+# The environments are built from the lock files in requirements/ (make lock writes
+# them from pyproject.toml): run.txt for running, test.txt for running and testing.
+# Each is built from nothing, so it holds exactly the locked versions; a newer lock
+# or pyproject.toml builds it again.  .venv/.lock names the lock it was built from.
+LOCK_RUN  := requirements/run.txt
+LOCK_TEST := requirements/test.txt
+
+define fresh_env
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "dropline needs Python 3.11 or newer ($(PYTHON) is older)" >&2; exit 1; }
+	rm -rf $(VENV)
 	@$(PYTHON) -m venv $(VENV) || \
 	  { echo "could not create a virtual environment: on Debian or Ubuntu, 'apt install python3-venv'" >&2; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(1)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	@echo $(1) > $(VENV)/.lock
+endef
+
+$(VENV)/.run: pyproject.toml $(LOCK_RUN)
+	$(call fresh_env,$(LOCK_RUN))
 	@touch $@
 
-venv: $(VENV)/.installed
+# The test environment serves make run too: it holds everything run.txt does.
+$(VENV)/.test: pyproject.toml $(LOCK_TEST)
+	$(call fresh_env,$(LOCK_TEST))
+	@touch $@ $(VENV)/.run
 
-# Run the daemon in the foreground on ./var with the example configuration.
-run: venv
+venv: $(VENV)/.test
+
+# Run the daemon in the foreground on ./var with the example configuration.  Its
+# configuration is written once; an operator's edits of var/dropline.yaml stay.
+run: $(VENV)/.run
 	@mkdir -p $(RUNDIR)/data/incoming $(RUNDIR)/data/working $(RUNDIR)/data/archive \
 	  $(RUNDIR)/data/failed $(RUNDIR)/state
-	@sed -e "s|/opt/automation/data|$(CURDIR)/$(RUNDIR)/data|" \
-	     -e "s|/var/lib/dropline|$(CURDIR)/$(RUNDIR)/state|" \
-	     -e "s|/opt/automation/pipelines|$(CURDIR)/config/pipelines|" \
-	     config/dropline.yaml > $(RUNDIR)/dropline.yaml
+	@if [ -e $(RUNDIR)/dropline.yaml ]; then \
+	  echo "dropline: using the existing $(RUNDIR)/dropline.yaml (remove it for a fresh copy of the example)"; \
+	else \
+	  sed -e "s|/opt/automation/data|$(CURDIR)/$(RUNDIR)/data|" \
+	      -e "s|/var/lib/dropline|$(CURDIR)/$(RUNDIR)/state|" \
+	      -e "s|/opt/automation/pipelines|$(CURDIR)/config/pipelines|" \
+	      config/dropline.yaml > $(RUNDIR)/dropline.yaml && \
+	  echo "dropline: wrote $(RUNDIR)/dropline.yaml from config/dropline.yaml"; \
+	fi
 	@echo "dropline: drop files into $(CURDIR)/$(RUNDIR)/data/incoming/"
 	@echo "dropline: they end in $(CURDIR)/$(RUNDIR)/data/archive/ or $(CURDIR)/$(RUNDIR)/data/failed/"
 	@echo "dropline: configuration $(CURDIR)/$(RUNDIR)/dropline.yaml; Ctrl-C stops"
@@ -33,6 +58,38 @@ run: venv
 	@echo "dropline:   then: $(BIN)/dropline status --config $(RUNDIR)/dropline.yaml"
 	@echo "dropline:   and:  sqlite3 $(RUNDIR)/state/orders.db 'SELECT * FROM orders'"
 	$(BIN)/dropline run --config $(RUNDIR)/dropline.yaml
+
+# make lock: the lock files again from pyproject.toml and requirements/build.in, with
+# uv's universal resolver (one lock for every Python dropline supports, hashes of
+# every file).  Versions already locked are kept unless pyproject.toml excludes them;
+# UPGRADE=1 takes the newest allowed of everything, UPGRADE=NAME of one package.
+UV_VERSION ?= 0.13.9
+LOCK_VENV  := .venv-lock
+UV_COMPILE  = $(LOCK_VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" \
+	$(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE)))
+
+lock:
+	@[ -x $(LOCK_VENV)/bin/uv ] && $(LOCK_VENV)/bin/uv --version | grep -q " $(UV_VERSION) " || \
+	  { rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV) && \
+	    $(LOCK_VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION); }
+	$(UV_COMPILE) --extra test pyproject.toml requirements/build.in -o $(LOCK_TEST)
+	$(UV_COMPILE) pyproject.toml requirements/build.in -c $(LOCK_TEST) -o $(LOCK_RUN)
+	@echo "lock: $(LOCK_RUN) and $(LOCK_TEST) written; make test builds from them"
+
+# The unit tests (not the booted-systemd tier) in an environment of the NEWEST
+# versions that pyproject.toml allows, made anew each time: an upstream release
+# that breaks dropline fails here before a lock that takes it is written.
+NEWEST_VENV := .venv-newest
+test-newest: postgresql-server
+	rm -rf $(NEWEST_VENV)
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	@echo "test-newest: the versions under test:"
+	@$(NEWEST_VENV)/bin/python -m pip list --format=freeze --exclude-editable | sed 's/^/  /'
+	$(NEWEST_VENV)/bin/mypy
+	$(NEWEST_VENV)/bin/python -m pytest --ignore=tests/e2e
 
 lint: venv
 	$(BIN)/ruff check daemon tests config/pipelines
@@ -78,7 +135,7 @@ bench: venv
 	$(BIN)/python -m tests.bench $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 clean:
-	rm -rf $(VENV) $(RUNDIR) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NEWEST_VENV) $(LOCK_VENV) $(RUNDIR) .mypy_cache .pytest_cache .ruff_cache
 
 # --- Installing as a service (root) ----------------------------------------
 # sudo make install: dropline into its own virtual environment under PREFIX,
@@ -93,22 +150,32 @@ SYSUSERSDIR     ?= /etc/sysusers.d
 TMPFILESDIR     ?= /etc/tmpfiles.d
 INSTALL_PYTHON  ?= /usr/bin/python3
 WHEELHOUSE      ?=
-# From a wheelhouse, --force-reinstall: a rebuilt wheel of an unchanged version would
-# otherwise be "already satisfied" and the old code would stay installed.
-PIP_SOURCE       = $(if $(WHEELHOUSE),--force-reinstall --no-index --find-links $(WHEELHOUSE) dropline,.)
+# Dependencies from the lock, their hashes checked (from the wheelhouse when given),
+# then dropline itself without dependencies, built with the locked setuptools.
+# --force-reinstall: a rebuilt wheel of an unchanged version would otherwise be
+# "already satisfied" and the old code would stay installed.
+PIP_FROM         = $(if $(WHEELHOUSE),--no-index --find-links $(WHEELHOUSE))
+DROPLINE_SOURCE  = $(if $(WHEELHOUSE),$(wildcard $(WHEELHOUSE)/dropline-*.whl),--no-build-isolation .)
 UNITS            = dropline.service dropline-prune.service dropline-prune.timer
 
-# rm -rf build: setuptools keeps modules deleted from daemon/ in build/lib and packs them.
-wheelhouse: venv
-	rm -rf build
-	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse .
+# What make install WHEELHOUSE=wheelhouse needs on a host without the package index:
+# the locked files themselves (their hashes are checked again there) and dropline's
+# wheel.  rm -rf build: setuptools keeps modules deleted from daemon/ in build/lib.
+wheelhouse: $(VENV)/.run
+	rm -rf build wheelhouse
+	$(BIN)/python -m pip download --quiet --require-hashes -r $(LOCK_RUN) --dest wheelhouse
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir wheelhouse .
 
 install:
 	@test "$$(id -u)" = 0 || { echo "make install must run as root (sudo make install)" >&2; exit 1; }
 	@test -x $(INSTALL_PYTHON) || { echo "$(INSTALL_PYTHON) not found: apt install python3 python3-venv" >&2; exit 1; }
+	@test -z "$(WHEELHOUSE)" || test -n "$(DROPLINE_SOURCE)" || \
+	  { echo "no dropline wheel in $(WHEELHOUSE): make wheelhouse first" >&2; exit 1; }
 	$(INSTALL_PYTHON) -m venv $(PREFIX)
 	$(if $(WHEELHOUSE),,rm -rf build)
-	$(PREFIX)/bin/python -m pip install --quiet --upgrade $(PIP_SOURCE)
+	$(PREFIX)/bin/python -m pip install --quiet $(PIP_FROM) --require-hashes -r $(LOCK_RUN)
+	$(PREFIX)/bin/python -m pip install --quiet $(PIP_FROM) --no-deps --force-reinstall $(DROPLINE_SOURCE)
+	$(PREFIX)/bin/python -m pip check
 	install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(UNITDIR) $(SYSUSERSDIR) $(TMPFILESDIR)
 	for u in $(UNITS); do install -m 0644 units/$$u $(UNITDIR)/$$u; done

@@ -96,15 +96,24 @@ def _snapshot(into: Path) -> tuple[Path, Path]:
         ),
     )  # fmt: skip
     wheels = into / "wheels"
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"pip wheel failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    # As `make wheelhouse` does: the locked files, then dropline's own wheel.
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+    lock = str(source / "requirements" / "run.txt")
+    for argv in (
+        [*pip, "download", "--require-hashes", "-r", lock, "--dest", str(wheels)],
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[3:5]} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return source, wheels
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from packaging.utils import canonicalize_name
+
+from ..harness import REPO
+from ..test_lock import locked
 from .conftest import INSIDE
 from .container import CONFIG, Container
 
@@ -16,6 +20,18 @@ def test_installed_units_verify_clean(dropline: Container) -> None:
         "systemd-analyze", "verify", *(f"/etc/systemd/system/{u}" for u in UNITS), check=False
     )
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_installed_environment_holds_exactly_the_run_lock(dropline: Container) -> None:
+    """The program's environment: every package of requirements/run.txt at its locked
+    version, and nothing else but dropline (no test tools)."""
+    done = dropline.run(
+        "/opt/automation/dropline/bin/python", "-m", "pip", "list", "--format=freeze"
+    )
+    pairs = (line.split("==", 1) for line in done.stdout.split())
+    installed: dict[str, str] = {canonicalize_name(n): v for n, v in pairs}
+    assert installed.pop("dropline", None) is not None
+    assert installed == locked(REPO / "requirements" / "run.txt")
 
 
 def test_installed_host_passes_check(dropline: Container) -> None:
