@@ -53,6 +53,15 @@ def _is_daemon(pid: int) -> bool:
     ends most programs)."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        # Gone, or hidden: under the unit (ProtectProc=invisible) ExecReload= sees
+        # no other process in /proc, not even the daemon of the same user.  A
+        # hidden process that we may signal is the one systemd named ($MAINPID).
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
     except OSError:
         return False
     return b"run" in args and any(b"dropline" in arg for arg in args)
