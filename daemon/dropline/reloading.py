@@ -12,7 +12,7 @@ request's ``result``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, MetricsConfig
@@ -29,7 +29,7 @@ class Verdict:
     error: str = ""
     warnings: tuple[str, ...] = ()
     config: str = ""
-    pipelines: tuple[str, ...] = field(default=())
+    pipelines: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
