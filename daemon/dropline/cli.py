@@ -1,4 +1,4 @@
-"""The command line: run, check, status, history, retry, prune.
+"""The command line: run, check, reload, status, history, retry, prune.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage, bad configuration or
 an unfit host (systemd's RestartPreventExitStatus=2 keeps it from looping on
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from . import __version__
 from .errors import (
     ConfigError,
+    DaemonUnavailableError,
     FatalIOError,
     HostError,
     NotFoundError,
@@ -69,6 +70,34 @@ def _parser() -> argparse.ArgumentParser:
         help="validate the configuration and the host, like nginx -t",
         description="Validate the configuration, the folders, their permissions and the "
         "state database. Exit 0 when all is well, 2 otherwise.",
+    )
+    reload = sub.add_parser(
+        "reload",
+        parents=[common],
+        help="have the running daemon read its configuration again; fail if it refuses",
+        description="Check the configuration, then ask the running daemon to read it again "
+        "and wait for its verdict: exit 0 when it applied the file (warnings name changes "
+        "that only a restart applies), 2 with the error when it refused it (it keeps "
+        "running its previous configuration), 1 when no daemon runs or none answered. "
+        "The unit's ExecReload=, so `systemctl reload dropline` fails visibly.",
+        epilog="Examples:\n  dropline reload\n"
+        "  dropline reload --config /etc/dropline/dropline.yaml --pid $MAINPID  # ExecReload=",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    reload.add_argument(
+        "--pid",
+        type=int,
+        metavar="PID",
+        help="the daemon's pid (systemd's $MAINPID): sent SIGHUP when the file does not "
+        "load, so that the daemon logs and shows the refusal too",
+    )
+    reload.add_argument(
+        "--wait",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long to wait for the daemon's verdict (default 20; systemd allows "
+        "ExecReload= TimeoutStartSec=, 30 s)",
     )
     status = sub.add_parser(
         "status",
@@ -195,6 +224,33 @@ def _retry(args: argparse.Namespace) -> int:
     return EXIT_OK if doc["not_requeued"] == 0 else EXIT_FAILURE
 
 
+def _reload(args: argparse.Namespace) -> int:
+    from .commands import reload
+
+    outcome = reload.run(args.config, args.pid, args.wait)
+    verdict = outcome.verdict
+    if verdict.applied:
+        for warning in verdict.warnings:
+            print(f"dropline: warning: {warning}", file=sys.stderr)
+        names = ", ".join(verdict.pipelines) or "none"
+        print(f"dropline: reloaded {verdict.config} (pipelines: {names})")
+        return EXIT_OK
+    print(f"dropline: error: {verdict.error}", file=sys.stderr)
+    if outcome.asked:
+        note = "the daemon refused it and keeps running its previous configuration"
+    elif outcome.signalled is not None:
+        note = (
+            f"the daemon (pid {outcome.signalled}) was sent SIGHUP to read the file as well; "
+            "it refuses it the same way and keeps running its previous configuration"
+        )
+    elif args.pid is not None:
+        note = f"pid {args.pid} is not a running dropline daemon: it was not signalled"
+    else:
+        note = "not sent to the daemon, which keeps running its previous configuration"
+    print(f"dropline: {note}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _prune(args: argparse.Namespace) -> int:
     from .commands import prune
     from .config import load_config
@@ -240,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "check": lambda a: _check(a.config),
         "run": lambda a: _run(a.config, a.exit_when_idle),
+        "reload": _reload,
         "status": _status,
         "history": _history,
         "retry": _retry,
@@ -250,7 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, HostError) as exc:
         print(f"dropline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (StateLockedError, StateUnavailableError, NotFoundError) as exc:
+    except (
+        StateLockedError,
+        StateUnavailableError,
+        NotFoundError,
+        DaemonUnavailableError,
+    ) as exc:
         print(f"dropline: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except FatalIOError as exc:

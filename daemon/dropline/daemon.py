@@ -62,6 +62,8 @@ from .protocol import (
 )
 from .recovery import describe as describe_recovery
 from .recovery import finish_for, recover
+from .reloading import KIND as RELOAD
+from .reloading import Verdict, restart_needed
 from .requeue import requeue_batch
 from .retry import compute_backoff
 from .scratch import remove as remove_scratch
@@ -88,7 +90,9 @@ _CLAIMS_AHEAD = 2
 # reads and hashes a whole batch in one pass (64 MiB: some 40 ms from the page
 # cache), so a backlog of big files does not hold up the pass and its answers.
 _CLAIM_BYTES = 64 << 20
-_REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry`
+_REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry` and `reload`
+_RELOADS_AT_ONCE = 64  # reload requests answered by one reading of the file
+_STATUS_ERROR_MAX = 300  # characters of a refused reload's error in STATUS= (the log has it all)
 
 
 @dataclass
@@ -136,6 +140,8 @@ class Daemon:
         exit_when_idle: bool = False,
     ) -> None:
         self.config = config
+        # What a reload cannot change (workers, log set-up, metrics) is what it started with.
+        self.started_config = config
         self.routes = Routes(config)
         self.notifier = notifier or Notifier()
         self.exit_when_idle = exit_when_idle
@@ -159,6 +165,8 @@ class Daemon:
         self.passes = 0  # passes of the loop so far
         self._stop_requested = False
         self._reload_requested = False
+        # Why the last reload was refused, until one succeeds: shown in STATUS=.
+        self.reload_refused = ""
         self.stopping_since: float | None = None
         self._next_status = 0.0
         self._next_ping = 0.0
@@ -371,7 +379,7 @@ class Daemon:
         """One pass of the loop; True when the daemon should exit."""
         self.mono = time.monotonic()
         self.passes += 1
-        if self._reload_requested:
+        if self._reload_requested:  # SIGHUP
             self._reload_requested = False
             self._reload()
         if self._stop_requested and self.stopping_since is None:
@@ -393,7 +401,7 @@ class Daemon:
         self._record_answers(now)
         self._dispatch(now)
         self._send_next(now)
-        if self.stopping_since is None and not self.disk_problem:
+        if self.stopping_since is None:
             self._serve_requests(now)
         self._housekeeping()
         return self._should_exit()
@@ -726,15 +734,19 @@ class Daemon:
         return {entry.name for batch in self.claiming for _, entry, _ in batch.plans}
 
     def _serve_requests(self, now: float) -> None:
-        """Apply requests the command line left in the database (`dropline retry`)."""
+        """Apply requests the command line left in the database (`dropline retry`,
+        `dropline reload`)."""
         if self.mono < self._next_requests:
             return
         self._next_requests = self.mono + _REQUESTS_EVERY
         assert self.state is not None and self.spool is not None
+        # Reloads first, and whatever the room or the disk: they move no file.
+        self._serve_reloads()
         room = self._room()
-        if room <= 0:
+        if room <= 0 or self.disk_problem:
             return
-        requests = self.state.open_requests(room)
+        # A reload request that came after the query above waits for the next look.
+        requests = [r for r in self.state.open_requests(room) if r[1] != RELOAD]
         if not requests:
             return
         retry_ids = [item_id for _, kind, item_id in requests if kind == "retry"]
@@ -1012,7 +1024,13 @@ class Daemon:
     # --- housekeeping -------------------------------------------------------
 
     def status_line(self) -> str:
-        paused = f"PAUSED, {self.disk_problem}; " if self.disk_problem else ""
+        refused = ""
+        if self.reload_refused:
+            error = self.reload_refused
+            if len(error) > _STATUS_ERROR_MAX:
+                error = error[: _STATUS_ERROR_MAX - 3] + "..."
+            refused = f"reload refused: {error}; running the previous configuration; "
+        paused = refused + (f"PAUSED, {self.disk_problem}; " if self.disk_problem else "")
         waiting = len(self.candidates) + len(self.settling)
         scanning = ", scanning" if self.scan is not None else ""
         return (
@@ -1128,27 +1146,61 @@ class Daemon:
 
     # --- reload -------------------------------------------------------------
 
-    def _reload(self) -> None:
+    def _serve_reloads(self) -> None:
+        """Answer `dropline reload`: one reading of the file, made after every request
+        it answers was left, so the verdict is about the file as it is now."""
+        assert self.state is not None
+        requests = self.state.open_requests(_RELOADS_AT_ONCE, kind=RELOAD)
+        if not requests:
+            return
+        verdict = self._reload().to_json()
+        with self.state.transaction():
+            self.state.finish_requests([(r[0], verdict) for r in requests], time.time())
+
+    def _reload(self) -> Verdict:
+        """Read the file again: apply it whole, or refuse it whole and keep the old one."""
         self.notifier.reloading()
         self.log.info("daemon.reloading", config=str(self.config.path))
         try:
             new = load_config(self.config.path)
             for key in ("data_dir", "state_db"):
-                if getattr(new, key) != getattr(self.config, key):
+                before, after = getattr(self.config, key), getattr(new, key)
+                if after != before:
                     raise ConfigError(
-                        f"{key} cannot change on reload; restart dropline",
+                        f"cannot change on reload (from {before} to {after}); restart dropline",
                         file=str(new.path),
+                        line=new.lines.get(key, 0),
                         key=key,
                     )
             check_paths(new)
             routes = Routes(new)
         except DroplineError as exc:
+            self.reload_refused = str(exc)
             self.log.error("config.rejected", error=str(exc), kept="the previous configuration")
+            verdict = Verdict(False, error=str(exc), config=str(self.config.path))
         else:
-            if new.metrics != self.metrics.config:
-                self.log.warning("config.metrics_unchanged", detail="metrics change on restart")
+            warnings = restart_needed(self.started_config, new)
+            for key, warning in warnings:
+                if key == "metrics":  # the event it has always had
+                    self.log.warning(
+                        "config.metrics_unchanged",
+                        detail="metrics change on restart",
+                        warning=warning,
+                    )
+                else:
+                    self.log.warning("config.restart_needed", key=key, warning=warning)
             self.config, self.routes = new, routes
+            # The spool's settings are read at each claim and finish: they apply now.
+            if self.spool is not None:
+                self.spool.max_file_size = new.max_file_size
+                self.spool.layout = new.archive_layout
             # A shorter rescan interval takes effect now, not after the old one runs out.
             self.next_rescan = min(self.next_rescan, self.mono + new.rescan_interval)
-            self.log.info("daemon.reloaded", pipelines=[p.name for p in routes.pipelines])
+            self.reload_refused = ""
+            names = tuple(p.name for p in routes.pipelines)
+            self.log.info("daemon.reloaded", pipelines=list(names))
+            verdict = Verdict(
+                True, warnings=tuple(w for _, w in warnings), config=str(new.path), pipelines=names
+            )
         self.notifier.ready(self.status_line())
+        return verdict

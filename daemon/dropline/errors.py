@@ -71,3 +71,7 @@ class StateUnavailableError(DroplineError):
 
 class NotFoundError(DroplineError):
     """A command named an item or a file the state database does not know (exit 1)."""
+
+
+class DaemonUnavailableError(DroplineError):
+    """No daemon runs to ask, or it did not answer in time (`dropline reload`, exit 1)."""

@@ -536,12 +536,22 @@ class State:
             ids.append(int(cur.lastrowid or 0))
         return ids
 
-    def open_requests(self, limit: int) -> list[tuple[int, str, str]]:
-        """Requests not yet done, oldest first: (id, kind, item_id)."""
-        rows = self._exec(
-            "SELECT id, kind, item_id FROM requests WHERE done_at IS NULL ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
+    def open_requests(self, limit: int, kind: str | None = None) -> list[tuple[int, str, str]]:
+        """Requests not yet done (of KIND, if given), oldest first: (id, kind, item_id).
+
+        Kinds: "retry" (item_id: the item), "reload" (item_id: the file the
+        command checked; result: the daemon's verdict as JSON, see reloading.py).
+        """
+        if kind is None:
+            sql = "SELECT id, kind, item_id FROM requests WHERE done_at IS NULL ORDER BY id LIMIT ?"
+            params: tuple[Any, ...] = (limit,)
+        else:
+            sql = (
+                "SELECT id, kind, item_id FROM requests WHERE done_at IS NULL AND kind = ? "
+                "ORDER BY id LIMIT ?"
+            )
+            params = (kind, limit)
+        rows = self._exec(sql, params).fetchall()
         return [(int(i), str(k), str(item)) for i, k, item in rows]
 
     def finish_requests(self, results: list[tuple[int, str]], now: float) -> None:
@@ -550,6 +560,15 @@ class State:
             "UPDATE requests SET done_at = ?, result = ? WHERE id = ?",
             [(now, result, request_id) for request_id, result in results],
         )
+
+    def withdraw_request(self, request_id: int, reason: str, now: float) -> bool:
+        """Close a request the daemon has not done yet (its command gave up waiting);
+        False if the daemon did it meanwhile (its result stands)."""
+        cur = self._exec(
+            "UPDATE requests SET done_at = ?, result = ? WHERE id = ? AND done_at IS NULL",
+            (now, reason, request_id),
+        )
+        return cur.rowcount == 1
 
     def request_results(self, request_ids: list[int]) -> dict[int, str | None]:
         """Result of each request (None while the daemon has not done it)."""

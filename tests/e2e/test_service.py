@@ -122,7 +122,9 @@ def test_journal_carries_event_fields(dropline: Container) -> None:
 
 
 def test_reload_applies_pipeline_and_refuses_broken_config(dropline: Container) -> None:
-    """`systemctl reload` applies a changed pipeline; a broken file is refused, service stays."""
+    """`systemctl reload` applies a changed pipeline; a broken file fails the reload
+    visibly (exit non-zero, the error in `systemctl status`, and STATUS=), the
+    service stays active on its previous configuration."""
     before = dropline.show(UNIT, "MainPID", "NRestarts")
 
     def count(event: str) -> int:
@@ -130,10 +132,9 @@ def test_reload_applies_pipeline_and_refuses_broken_config(dropline: Container) 
 
     reloaded = count("daemon.reloaded")
     dropline.put(CONFIG, RELOADED.encode())
-    dropline.systemctl("reload", UNIT)
-    wait_until(
-        lambda: count("daemon.reloaded") == reloaded + 1, 10, interval=0.1, what="daemon.reloaded"
-    )
+    dropline.systemctl("reload", UNIT)  # exits 0: the daemon applied it
+    # ExecReload= waited for the daemon's verdict: it is in the journal already.
+    assert count("daemon.reloaded") == reloaded + 1
 
     dropline.sh(drop_script(1, "reload-new-", ".txt"), user=DROPPER)
     archived_exactly_once(dropline, 1, "reload-new-", ".txt")
@@ -148,13 +149,30 @@ def test_reload_applies_pipeline_and_refuses_broken_config(dropline: Container) 
 
     rejected = count("config.rejected")
     dropline.put(CONFIG, BROKEN.encode())
-    dropline.systemctl("reload", UNIT)
+    refused = dropline.systemctl("reload", UNIT, check=False)
+    assert refused.returncode != 0, refused
+    assert f"Job for {UNIT} failed" in refused.stderr, refused.stderr
     wait_until(
         lambda: count("config.rejected") == rejected + 1, 10, interval=0.1, what="config.rejected"
     )
     error = dropline.journal("EVENT=config.rejected", f"_PID={before['MainPID']}")[-1]["ERROR"]
     assert CONFIG in error and "stagez" in error, error
     assert count("daemon.reloaded") == reloaded + 1
+    line = BROKEN.splitlines().index("    stagez: []") + 1
+    shown = f'dropline: error: {CONFIG}:{line}: pipelines[1].stagez: unknown key "stagez"'
+    status = wait_until(
+        lambda: (
+            (out := dropline.systemctl("status", UNIT, check=False).stdout)
+            and 'Status: "reload refused: ' in out
+            and out
+        ),
+        10,
+        interval=0.1,
+        what="STATUS= of the refused reload in systemctl status",
+    )
+    assert shown in status, status  # the output of ExecReload=
+    assert "running the previous configuration" in status, status
+    assert "Active: active (running)" in status, status
 
     after = dropline.wait_active()
     assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"])
@@ -167,6 +185,29 @@ def test_reload_applies_pipeline_and_refuses_broken_config(dropline: Container) 
         what="file.archived of reload-kept-0.txt",
     )[0]
     assert kept["PIPELINE"] == "texts", "the refused file replaced the running configuration"
+
+    # Valid when ExecReload= checks it, refused by the daemon: its reason, not the check's.
+    moved = RELOADED.replace(
+        "data_dir: /opt/automation/data", "data_dir: /opt/automation/elsewhere"
+    )
+    dropline.put(CONFIG, moved.encode())
+    refused = dropline.systemctl("reload", UNIT, check=False)
+    assert refused.returncode != 0, refused
+    status = dropline.systemctl("status", UNIT, check=False).stdout
+    assert f"dropline: error: {CONFIG}:1: data_dir: cannot change on reload" in status, status
+    assert "the daemon refused it and keeps running its previous configuration" in status
+
+    # Fixed: the reload succeeds and STATUS= no longer speaks of a refusal.
+    dropline.put(CONFIG, RELOADED.encode())
+    dropline.systemctl("reload", UNIT)
+    wait_until(
+        lambda: "reload refused" not in dropline.show(UNIT, "StatusText")["StatusText"],
+        10,
+        interval=0.1,
+        what="STATUS= without the refusal",
+    )
+    after = dropline.wait_active()
+    assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"])
 
 
 def test_dropper_umask_decides_readability(dropline: Container) -> None:
