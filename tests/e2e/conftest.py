@@ -138,7 +138,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     TIMINGS["wheelhouse built (host)"] = time.monotonic() - t0
     # Unique on the host even across PID namespaces: the name also names cgroups there.
     name = f"dropline-e2e-{os.getpid()}-{secrets.token_hex(3)}"
-    box = Container(name, tmp_path_factory.mktemp("systemd"))
+    lifetime = 1800 if os.environ.get("DROPLINE_SOAK") == "long" else 600  # make soak: longer
+    box = Container(name, tmp_path_factory.mktemp("systemd"), max_lifetime=lifetime)
     try:
         t_boot = time.monotonic()
         box.start()
