@@ -117,9 +117,11 @@ unit: venv postgresql-server
 test: lint typecheck unit
 
 # The long crash soak (10,000 files, dozens of SIGKILLs); make test runs a short one.
-# DROPLINE_SOAK_SEED=N replays a schedule the soak printed.
+# DROPLINE_SOAK_SEED=N replays a schedule the soak printed.  Then 100,000 files through
+# the installed service, every end in the journal (as root: the booted-systemd tier).
 soak: venv
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_soak.py -q -s
+	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/e2e/test_journal_burst.py -q -s -k soak
 
 # The benchmark (tests/bench): dropline against reference loops on the same workloads, one
 # table, also written as markdown to var/bench.md (BENCH_OUT=FILE).  It takes minutes: a

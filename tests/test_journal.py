@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import socket
 import struct
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,9 @@ import structlog
 
 from dropline import log as dlog
 from dropline.journal import JournalSender, field_name, stderr_is_journal
+from dropline.messages import NAMESPACE, message_id
+
+from .harness import REPO
 
 
 def _parse(datagram: bytes) -> dict[str, str]:
@@ -73,7 +81,7 @@ def test_event_fields_become_journal_fields(journal_socket: tuple[str, socket.so
     assert fields["ATTEMPT"] == "3"
     assert fields["PRIORITY"] == "3"
     assert fields["SYSLOG_IDENTIFIER"] == "dropline"
-    assert "file.failed" in fields["MESSAGE"] and "item=01ABC" in fields["MESSAGE"]
+    assert fields["MESSAGE_ID"] == message_id("file.failed")
     assert "TIMESTAMP" not in fields
 
 
@@ -111,3 +119,208 @@ def test_journal_stream_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert not stderr_is_journal(stream)
         monkeypatch.delenv("JOURNAL_STREAM")
         assert not stderr_is_journal(stream)
+
+
+# --- MESSAGE and MESSAGE_ID ---------------------------------------------------
+
+
+def _render(sender: JournalSender, method: str, event: str, **fields: object) -> None:
+    with pytest.raises(structlog.DropEvent):
+        dlog._JournalRenderer(sender)(None, method, {"event": event, "level": method, **fields})
+
+
+def test_message_is_a_sentence_and_the_fields_stay(
+    journal_socket: tuple[str, socket.socket],
+) -> None:
+    """MESSAGE reads as a sentence, not a dump of the fields; the fields are still fields."""
+    path, sock = journal_socket
+    sender = JournalSender(path)
+    _render(
+        sender,
+        "info",
+        "file.archived",
+        item="01ABC",
+        file="orders-7.csv",
+        pipeline="reports",
+        to="2026-11-28/orders-7.csv",
+    )
+    fields = _parse(sock.recv(65536))
+    assert fields["MESSAGE"] == (
+        "archived orders-7.csv to archive/2026-11-28/orders-7.csv (pipeline reports)"
+    )
+    assert (fields["FILE"], fields["TO"], fields["PIPELINE"]) == (
+        "orders-7.csv",
+        "2026-11-28/orders-7.csv",
+        "reports",
+    )
+    _render(sender, "error", "config.rejected", error="x.yaml:3: bad", kept="the previous one")
+    assert _parse(sock.recv(65536))["MESSAGE"] == (
+        "configuration rejected, the previous one kept: x.yaml:3: bad"
+    )
+    # An event with no sentence of its own (a stage's): its name and its detail.
+    _render(sender, "info", "load.rows", file="a.csv", rows=3, detail="3 rows")
+    assert _parse(sock.recv(65536))["MESSAGE"] == "load.rows a.csv: 3 rows"
+
+
+def test_message_id_is_stable_per_event() -> None:
+    """32 lowercase hex digits, one per event name, the same in every release."""
+    ids = {event: message_id(event) for event in ("file.archived", "file.failed", "x.y")}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids.values())
+    assert len(set(ids.values())) == len(ids)
+    # Pinned: a change here breaks every operator's `journalctl MESSAGE_ID=` and catalog.
+    assert ids["file.archived"] == uuid.uuid5(NAMESPACE, "file.archived").hex
+    assert ids["file.archived"] == "8ea546e783aa556ea461bd34d9b1397f"
+
+
+def test_readme_lists_the_message_ids() -> None:
+    """The README's table of MESSAGE_IDs is what the code sends."""
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([0-9a-f]{32})` \|", readme, re.M)
+    assert len(rows) >= 10
+    for event, value in rows:
+        assert message_id(event) == value, event
+
+
+# --- never blocking ---------------------------------------------------------
+
+
+def _seq_event(sender: JournalSender, event: str, n: int, level: str = "info") -> None:
+    sender.send(f"{event} {n}", level, {"EVENT": event, "seq": n})
+
+
+def _seq_events(sender: JournalSender, event: str, seqs: range, level: str = "info") -> None:
+    for n in seqs:
+        _seq_event(sender, event, n, level)
+
+
+def _drain(
+    sock: socket.socket, sender: JournalSender, deadline: float = 30.0
+) -> list[dict[str, str]]:
+    """Read until the sender has nothing left and the socket is empty."""
+    got: list[dict[str, str]] = []
+    sock.setblocking(False)
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            got.append(_parse(sock.recv(65536)))
+            continue
+        except BlockingIOError:
+            pass
+        if sender.flush() == 0:
+            try:
+                got.append(_parse(sock.recv(65536)))
+            except BlockingIOError:
+                return got
+    raise AssertionError(f"still waiting after {deadline} s: {sender.waiting}")
+
+
+def _in_thread(target: Callable[[], object], timeout: float = 20.0) -> None:
+    """Run TARGET in a thread; fail if it has not returned by TIMEOUT (it blocked)."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the sender blocked"
+
+
+def test_a_reader_that_does_not_read_never_blocks_and_nothing_is_lost(
+    journal_socket: tuple[str, socket.socket],
+) -> None:
+    """With nobody reading, 5,000 entries are taken at once; once read, all arrive, in order."""
+    path, sock = journal_socket
+    sender = JournalSender(path)
+    _in_thread(lambda: _seq_events(sender, "file.archived", range(5000)))
+    assert sender.waiting > 0  # the socket's queue is full: the rest waits, in order
+    got = _drain(sock, sender)
+    assert [int(f["SEQ"]) for f in got] == list(range(5000))
+    assert sender.dropped == 0
+    assert all(f["MESSAGE_ID"] == message_id("file.archived") for f in got)
+
+
+def test_full_queue_drops_progress_keeps_ends_and_says_so(
+    journal_socket: tuple[str, socket.socket],
+) -> None:
+    """Past its bound the queue drops progress entries, keeps ends and warnings, counts."""
+    path, sock = journal_socket
+    sender = JournalSender(path, queue_bytes=16 * 1024)
+
+    def burst() -> None:
+        for n in range(300):
+            _seq_event(sender, "file.claimed", n)
+            _seq_event(sender, "file.archived", n)
+            if n % 10 == 0:
+                _seq_event(sender, "stage.retrying", n, level="warning")
+
+    _in_thread(burst)
+    assert sender.dropped > 0 and sender.dropped_ends == 0
+    got = _drain(sock, sender)
+    by_event: dict[str, list[int]] = {}
+    for f in got:
+        by_event.setdefault(f["EVENT"], []).append(int(f.get("SEQ", -1)))
+    assert by_event["file.archived"] == list(range(300))  # every end, in order
+    assert by_event["stage.retrying"] == list(range(0, 300, 10))
+    claimed = by_event["file.claimed"]
+    assert claimed == sorted(claimed) and len(claimed) == 300 - sender.dropped
+    report = got[-1]  # once caught up: how many were dropped
+    assert report["EVENT"] == "journal.dropped"
+    assert (report["DROPPED"], report["ENDS"], report["PRIORITY"]) == (
+        str(sender.dropped),
+        "0",
+        "4",
+    )
+    assert report["MESSAGE"].startswith(f"{sender.dropped} journal entries were dropped")
+
+
+def test_past_the_hard_bound_even_ends_are_dropped_and_counted(
+    journal_socket: tuple[str, socket.socket],
+) -> None:
+    """Memory stays bounded: at four times the bound, ends are dropped too, and counted."""
+    path, sock = journal_socket
+    sender = JournalSender(path, queue_bytes=8 * 1024)
+    _in_thread(lambda: _seq_events(sender, "file.failed", range(2000), "error"))
+    assert sender.dropped_ends == sender.dropped > 0
+    got = _drain(sock, sender)
+    ends = [int(f["SEQ"]) for f in got if f["EVENT"] == "file.failed"]
+    assert ends == sorted(ends) and len(ends) == 2000 - sender.dropped
+    assert got[-1]["EVENT"] == "journal.dropped"
+    assert got[-1]["ENDS"] == str(sender.dropped)
+
+
+def test_behind_from_half_the_bound_until_an_eighth(
+    journal_socket: tuple[str, socket.socket],
+) -> None:
+    """behind() turns on at half the bound and off only once the queue is small again."""
+    path, sock = journal_socket
+    sender = JournalSender(path, queue_bytes=64 * 1024)
+    n = 0
+    while not sender.behind():
+        _seq_event(sender, "file.archived", n)
+        n += 1
+        assert n < 10_000
+    sock.setblocking(False)
+    seen = 0
+    while sender.behind():
+        with contextlib.suppress(BlockingIOError):
+            sock.recv(65536)
+            seen += 1
+        sender.flush()
+    assert sender.waiting * 3 < n  # it let go only well below where it turned on
+    assert seen > 0
+
+
+def test_threads_keep_their_order(journal_socket: tuple[str, socket.socket]) -> None:
+    """Entries of several threads arrive, each thread's in the order it logged them."""
+    path, sock = journal_socket
+    sender = JournalSender(path)
+
+    def one(tag: str) -> Callable[[], None]:
+        return lambda: _seq_events(sender, tag, range(1000))
+
+    threads = [threading.Thread(target=one(f"t.{i}")) for i in range(4)]
+    for t in threads:
+        t.start()
+    got = _drain(sock, sender)
+    for t in threads:
+        t.join()
+    got += _drain(sock, sender)
+    for i in range(4):
+        assert [int(f["SEQ"]) for f in got if f["EVENT"] == f"t.{i}"] == list(range(1000))

@@ -37,7 +37,7 @@ from .config import Config, check_paths, load_config
 from .crashpoints import crashpoint
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .hostcheck import free_space_problem
-from .log import get_logger, hold_lines, release_lines
+from .log import get_logger, hold_lines, journal_behind, journal_waiting, release_lines
 from .metrics import make_metrics
 from .mover import Mover
 from .notify import Notifier
@@ -93,6 +93,7 @@ _CLAIM_BYTES = 64 << 20
 _REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry` and `reload`
 _RELOADS_AT_ONCE = 64  # reload requests answered by one reading of the file
 _STATUS_ERROR_MAX = 300  # characters of a refused reload's error in STATUS= (the log has it all)
+_JOURNAL_RETRY = 0.02  # seconds between tries while entries wait for journald (journal.py)
 
 
 @dataclass
@@ -173,6 +174,7 @@ class Daemon:
         self._lock_fd = -1
         self.stranded: set[bytes] = set()
         self.disk_problem = ""  # non-empty while claiming is paused for lack of space
+        self.journal_paused = False  # claiming paused: entries wait for journald
         self._next_space_check = 0.0
         self._finish_retry_at = 0.0  # after ENOSPC while finishing
         self._next_requests = 0.0
@@ -332,7 +334,12 @@ class Daemon:
             return 0.0  # their answers are read in the next pass
         if not stopping and self.ready and len(self.running) < self.pool.size:
             return 0.0
-        claiming = not stopping and not self.disk_problem and self._has_capacity()
+        claiming = (
+            not stopping
+            and not self.disk_problem
+            and not self.journal_paused
+            and self._has_capacity()
+        )
         if claiming and (self.candidates or self.scan is not None):
             return 0.0
         deadlines = [self.next_rescan]
@@ -350,6 +357,8 @@ class Daemon:
             deadlines.append(min(r.deadline for r in self.running.values()) + _PY_TIMEOUT_GRACE)
         if self.notifier.watchdog_interval:
             deadlines.append(self._next_ping)
+        if self.journal_paused or journal_waiting():
+            deadlines.append(time.monotonic() + _JOURNAL_RETRY)
         if self.stopping_since is not None:
             deadlines.append(self.stopping_since + self.config.stop_timeout)
         return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
@@ -611,7 +620,7 @@ class Daemon:
             finish = plan_finish(self.spool, self.to_finish, now)
             self.to_finish = []
         claims: list[ClaimBatch] = []
-        if self.stopping_since is None and self._space_ok():
+        if self.stopping_since is None and self._space_ok() and self._journal_ok():
             while len(self.claiming) < _CLAIMS_AHEAD:
                 entries = self._next_entries(now)
                 if not entries:
@@ -992,6 +1001,21 @@ class Daemon:
         self.disk_problem = problem
         return not problem
 
+    def _journal_ok(self) -> bool:
+        """Whether claiming may go on: journald takes the entries as fast as they come.
+
+        While many wait for it (journal.py), no new file is claimed: the files in
+        flight still end and their ends still fit in the queue, so every file's
+        end reaches the journal; the loop, its stages and its watchdog go on.
+        """
+        behind = journal_behind()
+        if behind and not self.journal_paused:
+            self.log.warning("journal.behind", pending=journal_waiting(), action="claiming paused")
+        elif not behind and self.journal_paused:
+            self.log.info("journal.caught_up", action="claiming resumed")
+        self.journal_paused = behind
+        return not behind
+
     def _disk_full(self, exc: DiskFullError) -> None:
         """ENOSPC: pause claiming until the next check finds space again."""
         if not self.disk_problem:
@@ -1031,6 +1055,8 @@ class Daemon:
                 error = error[: _STATUS_ERROR_MAX - 3] + "..."
             refused = f"reload refused: {error}; running the previous configuration; "
         paused = refused + (f"PAUSED, {self.disk_problem}; " if self.disk_problem else "")
+        if self.journal_paused:
+            paused += "PAUSED, journald is not reading; "
         waiting = len(self.candidates) + len(self.settling)
         scanning = ", scanning" if self.scan is not None else ""
         return (

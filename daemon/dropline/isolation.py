@@ -121,7 +121,7 @@ class StageProcess:
 def _child_main(requests: Connection, results: Connection, log_format: str) -> None:
     """The child's loop: receive a stage attempt, run it, send how it ended."""
     from .errors import ConfigError
-    from .log import configure, get_logger
+    from .log import configure, get_logger, release_lines
     from .stages import StageContext, call_stage
     from .stages.python import load_python_stage
 
@@ -188,6 +188,7 @@ def _child_main(requests: Connection, results: Connection, log_format: str) -> N
                 tail = os.pread(1, _OUTPUT_TAIL, max(0, size - _OUTPUT_TAIL))
                 cut = f"[... {size - len(tail)} bytes omitted ...]" if size > len(tail) else ""
                 error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
+        release_lines()  # the stage's journal entries before its result
         try:
             results.send((outcome, error, metadata))
         except (OSError, ValueError, TypeError):

@@ -8,6 +8,7 @@ escape or invalid UTF-8 cannot forge a log line or repaint a terminal.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import structlog
 
 from .journal import JournalSender, stderr_is_journal
+from .messages import describe
 
 Logger = structlog.stdlib.BoundLogger | Any
 
@@ -70,19 +72,20 @@ def _level_time_escape(
 
 
 class _JournalRenderer:
-    """Sends the event to journald with its fields; prints nothing itself."""
+    """Sends the event to journald with its fields and a sentence (messages.py) as
+    MESSAGE; prints nothing itself."""
 
     def __init__(self, sender: JournalSender) -> None:
         self._sender = sender
-        self._console = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=22)
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
         fields = dict(event_dict)
         fields.pop("timestamp", None)  # the journal stamps every entry itself
         level = str(fields.pop("level", method))
-        message = self._console(logger, method, dict(fields))
-        fields["EVENT"] = fields.pop("event", "")
-        self._sender.send(str(message), level, fields)
+        event = str(fields.pop("event", ""))
+        message = describe(event, fields)
+        fields["EVENT"] = event
+        self._sender.send(message, level, fields)
         raise structlog.DropEvent
 
 
@@ -156,6 +159,7 @@ class LineWriter:
 
 
 _writer: LineWriter | None = None
+_journal: JournalSender | None = None  # set when the events go to journald
 
 
 def hold_lines() -> None:
@@ -165,9 +169,21 @@ def hold_lines() -> None:
 
 
 def release_lines() -> None:
-    """Write the lines held so far."""
+    """Write the lines held so far, and send the journal entries still waiting."""
     if _writer is not None:
         _writer.release()
+    if _journal is not None:
+        _journal.flush()
+
+
+def journal_waiting() -> int:
+    """Entries waiting for journald to read them (0 when the journal is not used)."""
+    return _journal.waiting if _journal is not None else 0
+
+
+def journal_behind() -> bool:
+    """Whether so many entries wait for journald that the daemon should claim nothing."""
+    return _journal is not None and _journal.behind()
 
 
 def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
@@ -176,13 +192,19 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     ``auto``: the journal's native protocol when stderr is the journal,
     aligned console lines on a terminal, JSON lines otherwise.
     """
-    global _writer
+    global _writer, _journal
     out = stream or sys.stderr
     use_console = log_format == "console" or (log_format == "auto" and out.isatty())
     writer = _writer = LineWriter(out)
     renderer: Any
+    if _journal is not None:
+        atexit.unregister(_journal.close)
+        _journal = None
     if log_format == "auto" and stderr_is_journal(out):
-        renderer = _JournalRenderer(JournalSender(fallback=out))
+        _journal = JournalSender(fallback=out)
+        # At exit, what still waits gets a few seconds (within TimeoutStopSec=).
+        atexit.register(_journal.close)
+        renderer = _JournalRenderer(_journal)
     elif use_console:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), pad_event_to=22)
     else:

@@ -9,6 +9,7 @@ always stopped (a hard lifetime cap kills it anyway if the run is killed).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -144,7 +145,10 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     t0 = time.monotonic()
     source, wheels = _snapshot(tmp_path_factory.mktemp("snapshot"))
     TIMINGS["wheelhouse built (host)"] = time.monotonic() - t0
-    box = Container(f"dropline-e2e-{os.getpid()}", tmp_path_factory.mktemp("systemd"))
+    # Unique on the host even across PID namespaces: the name also names cgroups there.
+    name = f"dropline-e2e-{os.getpid()}-{secrets.token_hex(3)}"
+    lifetime = 1800 if os.environ.get("DROPLINE_SOAK") == "long" else 600  # make soak: longer
+    box = Container(name, tmp_path_factory.mktemp("systemd"), max_lifetime=lifetime)
     try:
         t_boot = time.monotonic()
         box.start()

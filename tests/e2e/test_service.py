@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dropline.messages import message_id
+
 from ..harness import wait_until
 from .container import (
     CONFIG,
@@ -109,7 +111,10 @@ def test_journal_carries_event_fields(dropline: Container) -> None:
     assert archived["PIPELINE"] == "reports"
     assert archived["SYSLOG_IDENTIFIER"] == "dropline"
     assert archived["PRIORITY"] == "6"
-    assert "file.archived" in archived["MESSAGE"]
+    assert archived["MESSAGE"] == (
+        f"archived journal-probe-0.csv to archive/{archived['TO']} (pipeline reports)"
+    )
+    assert archived["MESSAGE_ID"] == message_id("file.archived")
     assert archived["_TRANSPORT"] == "journal"  # native protocol, not parsed stderr lines
 
     trail = dropline.journal(f"ITEM={archived['ITEM']}")
