@@ -85,7 +85,9 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert config.incoming == tmp_path / "data" / "incoming"
 
     csv, passthrough = config.pipelines
-    assert passthrough == PipelineConfig(name="passthrough", match=("*",), stages=(), line=30)
+    assert passthrough == PipelineConfig(
+        name="passthrough", match=("*",), stages=(), line=30, match_line=31
+    )
     assert csv.name == "csv"
     assert csv.match == ("*.csv", "*.CSV")
     assert csv.line == 16
@@ -98,6 +100,7 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
         retries=0,
         idempotent=False,
         line=19,
+        command_line=20,
         options=checksum.options,
     )
     assert validate.kind == "python"
@@ -141,7 +144,7 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
         path=path,
         data_dir=Path("/opt/automation/data"),
         state_db=Path("/var/lib/dropline/state.db"),
-        pipelines=(PipelineConfig(name="passthrough", match=("*",), line=3),),
+        pipelines=(PipelineConfig(name="passthrough", match=("*",), line=3, match_line=3),),
     )
     assert config == expected
     assert config.ignore == DEFAULT_IGNORE
