@@ -108,6 +108,9 @@ def check_programs(
                 except _UncertainError as exc:
                     notes.append(f"{config.path}:{line}: {key}: not judged: {exc}")
                     continue
+                except OSError as exc:  # a name too long, an I/O error: not the program's verdict
+                    notes.append(f"{config.path}:{line}: {key}: not judged: {exc}")
+                    continue
                 if problem is not None:
                     errors.append(ConfigError(problem, file=str(config.path), line=line, key=key))
     return errors, notes
