@@ -7,6 +7,8 @@ each row saying which line and key the error must name and what it must say.
 from __future__ import annotations
 
 import dataclasses
+import json
+import random
 import textwrap
 import types
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from dropline.config import (
     DEFAULT_IGNORE,
+    PLACEHOLDERS,
     Config,
     PipelineConfig,
     StageConfig,
@@ -22,6 +25,10 @@ from dropline.config import (
     load_config,
 )
 from dropline.errors import ConfigError
+from dropline.globs import overlaps, uncovered_name
+from dropline.pipeline import compile_globs, unreachable_pipelines
+from dropline.stages import StageContext
+from dropline.stages.command import substitutions
 from dropline.units import parse_duration, parse_size
 
 GOOD = """\
@@ -85,7 +92,9 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert config.incoming == tmp_path / "data" / "incoming"
 
     csv, passthrough = config.pipelines
-    assert passthrough == PipelineConfig(name="passthrough", match=("*",), stages=(), line=30)
+    assert passthrough == PipelineConfig(
+        name="passthrough", match=("*",), stages=(), line=30, match_line=31
+    )
     assert csv.name == "csv"
     assert csv.match == ("*.csv", "*.CSV")
     assert csv.line == 16
@@ -98,6 +107,7 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
         retries=0,
         idempotent=False,
         line=19,
+        command_line=20,
         options=checksum.options,
     )
     assert validate.kind == "python"
@@ -141,7 +151,7 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
         path=path,
         data_dir=Path("/opt/automation/data"),
         state_db=Path("/var/lib/dropline/state.db"),
-        pipelines=(PipelineConfig(name="passthrough", match=("*",), line=3),),
+        pipelines=(PipelineConfig(name="passthrough", match=("*",), line=3, match_line=3),),
     )
     assert config == expected
     assert config.ignore == DEFAULT_IGNORE
@@ -382,6 +392,32 @@ BAD = [
         8,
         "pipelines[0].stages[0].command[2]",
         "expected a string, got an integer 10; quote it",
+    ),
+    case(
+        "unknown-placeholder",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    stages:\n"
+        "      - name: s\n        command:\n          - nosuchprog\n          - '{paht}'\n",
+        10,
+        "pipelines[0].stages[0].command[1]",
+        'unknown placeholder "{paht}"; did you mean "{path}"?',
+        "allowed: {path}, {name}, {item_id}, {pipeline}, {stage}",
+        'take a space: "{ paht }"',
+    ),
+    case(
+        "unknown-placeholder-inside-an-argument",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    stages:\n"
+        "      - {name: s, command: [cp, '{path}', '/srv/out/{Name}.{date}']}\n",
+        7,
+        "pipelines[0].stages[0].command[2]",
+        'unknown placeholder "{Name}"; did you mean "{name}"?',
+    ),
+    case(
+        "unknown-placeholder-in-on-failure",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    on_failure:\n"
+        "      - {name: s, command: [logger, '{file}']}\n",
+        7,
+        "pipelines[0].on_failure[0].command[1]",
+        'unknown placeholder "{file}";',
     ),
     case(
         "command-with-options",
@@ -979,3 +1015,133 @@ def test_check_paths_accepts_a_writable_textfile_directory(tmp_path: Path) -> No
         f"metrics:\n  textfile: {tmp_path / 'd.prom'}\n"
     )
     check_paths(load_config(write(tmp_path, text)))
+
+
+# --- command placeholders -----------------------------------------------------------
+
+
+def test_placeholders_are_those_a_command_stage_substitutes(tmp_path: Path) -> None:
+    """The loader's list of placeholders is exactly what the command stage replaces."""
+    ctx = StageContext(
+        item_id="01J", path=tmp_path / "f", name="f", pipeline="p", stage="s", attempt=1
+    )
+    assert set(substitutions(ctx)) == set(PLACEHOLDERS)
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "{path}",
+        "--out={name}.{item_id}.{pipeline}.{stage}",
+        "echo ${HOME} $1",  # the shell's own braces
+        "%{http_code}",  # curl's
+        "{ print $1 }",  # awk's, with a space
+        "{}",  # find's and xargs'
+        '{"a": 1}',  # JSON
+        "{a,b}",  # brace expansion
+    ],
+)
+def test_braces_that_are_not_placeholders_load(tmp_path: Path, arg: str) -> None:
+    """Only "{word}" reads as a placeholder; the braces of other languages pass as written."""
+    body = HEAD + "pipelines:\n  - name: p\n    match: '*'\n    stages:\n"
+    body += f"      - name: s\n        command: [prog, {json.dumps(arg)}]\n"
+    config = load_config(write(tmp_path, body))
+    assert config.pipelines[0].stages[0].command == ("prog", arg)
+    assert config.pipelines[0].stages[0].command_line == 8
+
+
+# --- pipelines that can never receive a file ----------------------------------------
+
+
+def pipelines_config(
+    tmp_path: Path, matches: list[object], ignore: list[str] | None = None
+) -> Config:
+    lines = [HEAD.rstrip("\n")]
+    if ignore is not None:
+        lines.append(f"ignore: {json.dumps(ignore)}")
+    lines.append("pipelines:")
+    for i, match in enumerate(matches):
+        lines += [f"  - name: p{i}", f"    match: {json.dumps(match)}"]
+    return load_config(write(tmp_path, "\n".join(lines) + "\n"))
+
+
+@pytest.mark.parametrize(
+    ("matches", "ignore", "dead"),
+    [
+        (["*", "*.csv"], None, [1]),
+        (["*", "*"], None, [1]),
+        (["*.csv", "*.csv"], None, [1]),
+        (["*.csv", "orders-*.csv"], None, [1]),  # every orders-*.csv ends in .csv
+        (["orders-*.csv", "*.csv"], None, []),  # the other way round: reachable
+        (["*.csv", ["*.csv", "*.json"]], None, []),  # its *.json still arrives
+        (["?*", "*"], None, [1]),  # names are never empty
+        (["a*", "b*", "[ab]*"], None, [2]),  # taken by two pipelines together
+        (["a*", "b*", "[abc]*"], None, []),
+        (["report-[0-9]*", "report-[!0-9]*", "report-?*"], None, [2]),
+        (["report-[0-9]*", "report-[!0-9]*", "report-*"], None, []),  # "report-" itself
+        (["*.CSV", "*.csv"], None, []),  # case matters to routing
+        (["**", "x"], None, [1]),
+        (["*.tmp"], None, [0]),  # the default ignore has *.tmp: never claimed
+        (["*.tmp"], [], []),
+        ([".*", "*.csv"], [], []),
+    ],
+)
+def test_unreachable_pipelines_are_found_exactly(
+    tmp_path: Path, matches: list[object], ignore: list[str] | None, dead: list[int]
+) -> None:
+    """Reported when, and only when, every name a pipeline matches goes elsewhere first."""
+    config = pipelines_config(tmp_path, matches, ignore)
+    errors = unreachable_pipelines(config)
+    assert [e.key for e in errors] == [f"pipelines[{i}].match" for i in dead]
+    for error, i in zip(errors, dead, strict=True):
+        assert error.line == 5 + (1 if ignore is not None else 0) + 2 * i
+        assert str(error).startswith(f"{config.path}:{error.line}: pipelines[{i}].match: ")
+        assert f'pipeline "p{i}" can never receive a file' in error.detail
+
+
+def test_unreachable_pipeline_names_who_takes_its_files(tmp_path: Path) -> None:
+    """The message names the pipelines that take the names first, in routing order."""
+    config = pipelines_config(tmp_path, ["*.csv", "*", "orders-*.csv", "*.tmp"])
+    first, second = unreachable_pipelines(config)
+    assert 'taken first by pipeline "p0" (line 4, match "*.csv");' in first.detail
+    assert 'put it before "p0"' in first.detail
+    assert 'is ignored (ignore: [".*", "*.tmp", "*.part", "*.partial", "*~"])' in second.detail
+
+
+GLOB_PARTS = ["*", "?", "a", "b", ".", "[ab]", "[!a]", "[a-c]", "x", "[]]", "[!]a]"]
+NAMES_ALPHABET = "abcx.]z"  # every letter the globs name, and one none does
+
+
+def _names(max_len: int) -> list[str]:
+    names = [""]
+    out: list[str] = []
+    for _ in range(max_len):
+        names = [n + c for n in names for c in NAMES_ALPHABET]
+        out += names
+    return out
+
+
+def test_witness_agrees_with_routing_on_random_globs() -> None:
+    """Over many random globs, the answers hold against the compiled routing patterns.
+
+    A name given as witness must really match the glob and none of the others; when
+    there is none, no name of up to 4 letters may contradict it.
+    """
+    rng = random.Random(15)
+    names = _names(4)
+    for _ in range(400):
+        glob = "".join(rng.choice(GLOB_PARTS) for _ in range(rng.randint(1, 4)))
+        others = [
+            "".join(rng.choice(GLOB_PARTS) for _ in range(rng.randint(1, 4)))
+            for _ in range(rng.randint(1, 3))
+        ]
+        mine, theirs = compile_globs((glob,)), compile_globs(tuple(others))
+        found = uncovered_name(glob, others)
+        if found is not None:
+            assert found and mine.match(found) and not theirs.match(found), (glob, others, found)
+        else:
+            bad = [n for n in names if mine.match(n) and not theirs.match(n)]
+            assert not bad, (glob, others, bad[:3])
+        both = [n for n in names if mine.match(n) and theirs.match(n)]
+        if both:
+            assert overlaps(glob, others), (glob, others, both[:3])

@@ -388,6 +388,22 @@ def test_builtin_sha256_records_the_digest(tree: Tree) -> None:
     assert item["metadata"] == {"sha256": hashlib.sha256(payload).hexdigest()}
 
 
+def test_every_placeholder_is_substituted_once(tree: Tree, tmp_path: Path) -> None:
+    """Each placeholder becomes its value, and a value holding "{stage}" is left as it is."""
+    out = tmp_path / "args"
+    script = 'out=$1; shift; printf "%s\\n" "$@" > "$out"'
+    argv = [str(out), "{name}", "{item_id}", "{pipeline}", "{stage}", "path={path}"]
+    tree.write_config(pipeline_yaml([sh_stage("show", script, *argv)], name="pipe"))
+    name = "a{stage}{name}.txt"
+    (tree.incoming / name).write_bytes(b"x")
+    assert run_until_idle(tree) == 0
+    assert set(tree.archived()) == {name}
+    shown = out.read_text().splitlines()
+    ((item_id,),) = tree.query("SELECT id FROM items WHERE name = ?", (name.encode(),))
+    assert shown[:4] == [name, item_id, "pipe", "show"]
+    assert shown[4].startswith(f"path={tree.working}/") and shown[4].endswith(name)
+
+
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_unknown_builtin_is_a_config_error(tree: Tree, command: str) -> None:
     """An unknown builtin name exits 2 with file:line and the list of allowed builtins."""

@@ -23,6 +23,7 @@ from .errors import (
     StateLockedError,
     StateUnavailableError,
 )
+from .programs import SERVICE_PATH, SERVICE_USER
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -64,12 +65,32 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drain what is waiting (incoming/ and working/), then exit 0",
     )
-    sub.add_parser(
+    check = sub.add_parser(
         "check",
         parents=[common],
         help="validate the configuration and the host, like nginx -t",
         description="Validate the configuration, the folders, their permissions and the "
-        "state database. Exit 0 when all is well, 2 otherwise.",
+        "state database, every stage, and what the file can only mean by mistake: a "
+        "command's program the service cannot run (looked up with the service's PATH, as "
+        "its user), a pipeline that can never receive a file. Exit 0 when all is well, "
+        "2 otherwise.",
+        epilog="Examples:\n  dropline check\n"
+        "  dropline check --user dropper --path /opt/tools/bin:/usr/bin:/bin",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--user",
+        default=SERVICE_USER,
+        metavar="NAME",
+        help="judge programs as this user, the unit's User= (default: %(default)s; "
+        "when there is no such user, the current one, and check says so)",
+    )
+    check.add_argument(
+        "--path",
+        default=SERVICE_PATH,
+        metavar="PATH",
+        help="look programs up in this PATH, the unit's (default: systemd's for "
+        "services, %(default)s)",
     )
     reload = sub.add_parser(
         "reload",
@@ -261,16 +282,29 @@ def _prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check(config_path: str) -> int:
+def _check(args: argparse.Namespace) -> int:
     from .config import check_paths, load_config
     from .hostcheck import check_host
-    from .pipeline import Routes
+    from .pipeline import Routes, unreachable_pipelines
+    from .programs import check_programs, service_user
 
-    config = load_config(config_path)
+    config = load_config(args.config)
     check_paths(config)
     Routes(config)  # resolves every stage: builtins, Python imports
     for line in check_host(config):
         print(f"dropline: {line}")
+    # Not refused by the daemon itself (see the README), so all of them are told at once.
+    user, note = service_user(args.user)
+    if note:
+        print(f"dropline: note: {note}")
+    errors, notes = check_programs(config, args.path, user)
+    errors += unreachable_pipelines(config)
+    for line in notes:
+        print(f"dropline: note: {line}")
+    if errors:
+        for error in sorted(errors, key=lambda e: e.line):
+            print(f"dropline: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"dropline: configuration {config.path} is valid ({len(config.pipelines)} pipelines)")
     return EXIT_OK
 
@@ -294,7 +328,7 @@ def _run(config_path: str, exit_when_idle: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "check": lambda a: _check(a.config),
+        "check": _check,
         "run": lambda a: _run(a.config, a.exit_when_idle),
         "reload": _reload,
         "status": _status,

@@ -53,6 +53,7 @@ class StageConfig:
     isolation: Isolation = "process"  # python stages: in a worker process, or a thread
     memory_limit: int = 1024**3  # python stages in a process: address-space limit
     line: int = 0  # where the stage is declared, for later error messages
+    command_line: int = 0  # where its program (command[0]) is written
     # The line of every key under "with:" ("columns[2].type" -> 14): a builtin's
     # option error names the line of the very option.
     option_lines: Mapping[str, int] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class PipelineConfig:
     match: tuple[str, ...]
     stages: tuple[StageConfig, ...] = ()
     line: int = 0
+    match_line: int = 0  # where "match" is written
     # Run once when a file has failed, before it moves to failed/ (a webhook, say):
     # their own failures are recorded and logged, never change the outcome.
     on_failure: tuple[StageConfig, ...] = ()
@@ -182,6 +184,13 @@ _NAME_RULE = "1 to 64 characters from letters, digits, '.', '_' and '-', not onl
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _GLOB_RULE = 'a glob on the file name such as "*.csv" or "report-[0-9]*" (no "/")'
 _ARGV_EXAMPLE = '["sha256sum", "{path}"]'
+
+# The placeholders a command's arguments may hold (stages/command.py substitutes them).
+PLACEHOLDERS: tuple[str, ...] = ("path", "name", "item_id", "pipeline", "stage")
+# What reads as one: "{word}".  Not after "$", "%", "@" or "#", where braces belong to
+# the program's own language (the shell's "${HOME}", curl's "%{http_code}").
+_PLACEHOLDER_LIKE = re.compile(r"(?<![$%@#])\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDERS_ALLOWED = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
 _LISTEN_RULE = (
     'an address "host:port" such as "127.0.0.1:9464", "localhost:9464" or "[::1]:9464" '
     "(host an IP address or localhost, IPv6 in brackets; port 1 to 65535)"
@@ -664,6 +673,7 @@ class _Builder:
             match=match,
             stages=tuple(stages),
             line=_line(node),
+            match_line=_line(pairs["match"][1]),
             on_failure=tuple(on_failure),
         )
 
@@ -722,9 +732,11 @@ class _Builder:
         kind_node = pairs[kind][1]
         kind_key = f"{key}.{kind}"
         command: tuple[str, ...] = ()
+        command_node: Node | None = None
         python = builtin = ""
         if kind == "command":
             command = self.command(kind_node, kind_key)
+            command_node = cast(SequenceNode, kind_node).value[0]
         elif kind == "python":
             expected = 'a reference "module.path:function" such as "ingest.stages:validate"'
             python = self.string(kind_node, kind_key, expected)
@@ -794,6 +806,7 @@ class _Builder:
                 pairs, "idempotent", key, self.boolean, _STAGE_DEFAULTS.idempotent
             ),
             line=_line(node),
+            command_line=_line(command_node) if command_node is not None else 0,
             option_lines=types.MappingProxyType(option_lines),
         )
 
@@ -815,10 +828,27 @@ class _Builder:
                     item,
                     f"{key}[{i}]",
                 )
+            self.placeholders(arg, item, f"{key}[{i}]")
             argv.append(arg)
         if not argv[0]:
             raise self.error("expected a program name, got an empty string", items[0], f"{key}[0]")
         return tuple(argv)
+
+    def placeholders(self, arg: str, node: Node, key: str) -> None:
+        """An unknown "{word}" would reach the program as it is, for every file."""
+        for found in _PLACEHOLDER_LIKE.finditer(arg):
+            word = found.group(1)
+            if word in PLACEHOLDERS:
+                continue
+            close = difflib.get_close_matches(word.lower(), PLACEHOLDERS, n=1)
+            hint = f'; did you mean "{{{close[0]}}}"?' if close else ";"
+            raise self.error(
+                f'unknown placeholder "{{{word}}}"{hint} allowed: {_PLACEHOLDERS_ALLOWED}; '
+                f'braces meant for the program itself (awk\'s "{{print}}") take a space: '
+                f'"{{ {word} }}"',
+                node,
+                key,
+            )
 
     def options(self, node: Node, key: str) -> Mapping[str, Any]:
         pairs = self.mapping(node, key, allowed=None, required=(), what="a mapping of options")

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Config, PipelineConfig, StageConfig
+from .errors import ConfigError
+from .globs import TooComplexError, overlaps, uncovered_name, witness
 from .stages import StageFunc
 from .stages.builtin import BuildEnv, build_builtin
 from .stages.command import build_command_stage
@@ -146,3 +150,59 @@ class Routes:
 
     def get(self, name: str | None) -> Pipeline | None:
         return self._by_name.get(name) if name else None
+
+
+def unreachable_pipelines(config: Config) -> list[ConfigError]:
+    """Pipelines that can never receive a file, each an error at the line of its match.
+
+    A name goes to the first pipeline that matches it, and an ignored name to
+    none; a pipeline each of whose globs only matches names that `ignore` or
+    earlier pipelines take is dead.  Decided exactly (see globs.py): reported
+    only when it is certain.
+    """
+    errors: list[ConfigError] = []
+    for n, pipeline in enumerate(config.pipelines):
+        earlier = config.pipelines[:n]
+        taken = [*config.ignore, *(glob for p in earlier for glob in p.match)]
+        try:
+            if any(uncovered_name(glob, taken) is not None for glob in pipeline.match):
+                continue
+            # Who takes its names, in routing order: ignore, then each pipeline in turn.
+            takers: list[PipelineConfig] = []
+            before = list(config.ignore)
+            for p in earlier:
+                if any(witness(g, p.match, before) is not None for g in pipeline.match):
+                    takers.append(p)
+                before += p.match
+            ignored = _overlap(pipeline.match, config.ignore)
+            only_ignored = all(uncovered_name(g, config.ignore) is None for g in pipeline.match)
+        except TooComplexError:
+            continue
+        if only_ignored:
+            why = f"ignored (ignore: {_globs(config.ignore)})"
+            remedy = "take those globs out of ignore or change its match"
+        else:
+            named = [f'"{p.name}" (line {p.line}, match {_globs(p.match)})' for p in takers]
+            plural = "s" if len(named) > 1 else ""
+            why = f"taken first by pipeline{plural} {' and '.join(named)}"
+            if ignored:
+                why += " or ignored"
+            remedy = f'put it before "{takers[0].name}" or narrow that match'
+        errors.append(
+            ConfigError(
+                f'pipeline "{pipeline.name}" can never receive a file: every name its match '
+                f"{_globs(pipeline.match)} matches is {why}; {remedy}",
+                file=str(config.path),
+                line=pipeline.match_line or pipeline.line,
+                key=f"pipelines[{n}].match",
+            )
+        )
+    return errors
+
+
+def _overlap(globs: Sequence[str], others: Sequence[str]) -> bool:
+    return any(overlaps(glob, others) for glob in globs)
+
+
+def _globs(globs: Sequence[str]) -> str:
+    return json.dumps(globs[0] if len(globs) == 1 else list(globs), ensure_ascii=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import yaml
 from packaging.utils import canonicalize_name
 
 from ..harness import REPO
@@ -92,3 +93,48 @@ def test_installed_example_configuration_passes_check(dropline: Container) -> No
     )
     dropline.run("rm", "-f", example)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_check_judges_programs_as_the_service_user(dropline: Container) -> None:
+    """As root, `dropline check` still finds what the automation user cannot run."""
+    config = {
+        # Root's own folders: root checks its own tree, and judges programs for automation.
+        "data_dir": "/var/tmp/check/data",
+        "state_db": "/var/tmp/check/state/state.db",
+        "pipelines": [
+            {
+                "name": "tools",
+                "match": "*",
+                "stages": [
+                    {"name": "open", "command": ["/opt/check-tools/open.sh", "{path}"]},
+                    {"name": "closed", "command": ["/opt/check-tools/private/tool.sh"]},
+                    {"name": "found", "command": ["sha256sum", "{path}"]},
+                ],
+            }
+        ],
+    }
+    example = "/etc/dropline/check-tools.yaml"
+    dropline.put(example, yaml.safe_dump(config, sort_keys=False).encode())
+    dropline.sh(
+        "install -d -m 0755 /var/tmp/check/data /opt/check-tools && "
+        "install -d -m 0700 /var/tmp/check/state /opt/check-tools/private && "
+        "printf '#!/bin/sh\\n' > /opt/check-tools/open.sh && "
+        "chmod 0755 /opt/check-tools/open.sh && "
+        "cp /opt/check-tools/open.sh /opt/check-tools/private/tool.sh"
+    )
+    try:
+        done = dropline.run(
+            "/opt/automation/dropline/bin/dropline", "check", "--config", example, check=False
+        )
+    finally:
+        dropline.run("rm", "-rf", example, "/opt/check-tools", "/var/tmp/check")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no user" not in done.stdout  # the real service user, not a fallback
+    (error,) = done.stderr.splitlines()
+    uid = dropline.run("id", "-u", "automation").stdout.strip()
+    assert error.startswith(f"dropline: error: {example}:"), error
+    assert "pipelines[0].stages[1].command[0]" in error
+    assert (
+        f"cannot be started by automation (uid {uid}): "
+        "the directory /opt/check-tools/private (mode 0700, owner root, group root)"
+    ) in error

@@ -11,16 +11,30 @@ the file is bad and fails at once; anything else is retried.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import PLACEHOLDERS
 from ..errors import PermanentError
 from ..process import describe, run_command
 from . import StageContext, StageFunc, StageTimeout
 
 EX_DATAERR = 65
 OUTPUT_CAP = 64 * 1024
+_PLACEHOLDER = re.compile(rb"\{(%s)\}" % "|".join(PLACEHOLDERS).encode())
+
+
+def substitutions(ctx: StageContext) -> dict[str, bytes]:
+    """What each placeholder stands for; its keys are config.PLACEHOLDERS, no more, no less."""
+    return {
+        "path": os.fsencode(ctx.path),
+        "name": os.fsencode(ctx.name),
+        "item_id": ctx.item_id.encode(),
+        "pipeline": ctx.pipeline.encode(),
+        "stage": ctx.stage.encode(),
+    }
 
 
 def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
@@ -28,21 +42,11 @@ def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
     template = [arg.encode() for arg in argv]
 
     def stage(ctx: StageContext) -> Mapping[str, Any] | None:
-        path = os.fsencode(ctx.path)
-        name = os.fsencode(ctx.name)
-        values = {
-            b"{path}": path,
-            b"{name}": name,
-            b"{item_id}": ctx.item_id.encode(),
-            b"{pipeline}": ctx.pipeline.encode(),
-            b"{stage}": ctx.stage.encode(),
-        }
-        args = []
-        for arg in template:
-            for placeholder, value in values.items():
-                if placeholder in arg:
-                    arg = arg.replace(placeholder, value)
-            args.append(arg)
+        subs = substitutions(ctx)
+        path, name = subs["path"], subs["name"]
+        # One pass over the template: a value is never searched again, so a file
+        # named "a{stage}.csv" reaches the program as that name.
+        args = [_PLACEHOLDER.sub(lambda m: subs[m.group(1).decode()], arg) for arg in template]
         env = dict(os.environb)
         env.update(
             {
