@@ -8,6 +8,7 @@ command line wins):
     BENCH_RUNS=K           --runs K         drains of the backlog per subject, the median shown (3)
     BENCH_RATE=R           --rate R         live files per second (200)
     BENCH_LIVE_SECONDS=S   --live-seconds S (10)
+    BENCH_NOTIFY_STALL=S   --notify-stall S the notify reader stalled in a live run (4; 0 skips)
     BENCH_DIR=DIR          --dir DIR        where the data trees go (a new directory in /tmp)
     BENCH_OUT=FILE         --out FILE       the markdown table (var/bench.md)
     BENCH_KEEP=1           --keep           keep the data trees
@@ -62,6 +63,11 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         type=float,
         default=float(os.environ.get("BENCH_LIVE_SECONDS") or defaults.live_seconds),
     )
+    parser.add_argument(
+        "--notify-stall",
+        type=float,
+        default=float(os.environ.get("BENCH_NOTIFY_STALL") or defaults.notify_stall),
+    )
     parser.add_argument("--dir", default=os.environ.get("BENCH_DIR") or None)
     parser.add_argument(
         "--out", default=os.environ.get("BENCH_OUT") or str(REPO / "var" / "bench.md")
@@ -75,6 +81,7 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         skip_big=args.quick or args.big <= 0,
         rate=args.rate,
         live_seconds=args.live_seconds,
+        notify_stall=max(0.0, args.notify_stall),
         keep=args.keep,
     )
     return settings, (Path(args.dir) if args.dir else None), Path(args.out)
