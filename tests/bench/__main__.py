@@ -12,6 +12,9 @@ command line wins):
     BENCH_DIR=DIR          --dir DIR        where the data trees go (a new directory in /tmp)
     BENCH_OUT=FILE         --out FILE       the markdown table (var/bench.md)
     BENCH_KEEP=1           --keep           keep the data trees
+    BENCH_ONLY=W[,W]       --only W[,W]     only these workloads: backlog, live, stalled
+                                            (live with the notify reader stalled), sigterm,
+                                            cpu, big; the table shows the others as skipped
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from ..harness import REPO
 from .report import build
-from .workloads import Settings, run_benchmark
+from .workloads import WORKLOADS, Settings, run_benchmark
 
 
 def _env_sizes() -> tuple[int | None, int | None]:
@@ -73,7 +76,11 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         "--out", default=os.environ.get("BENCH_OUT") or str(REPO / "var" / "bench.md")
     )
     parser.add_argument("--keep", action="store_true", default=_flag("BENCH_KEEP"))
+    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""))
     args = parser.parse_args(argv)
+    only = frozenset(w for w in args.only.replace(" ", "").split(",") if w)
+    if only - set(WORKLOADS):
+        parser.error(f"--only: unknown {sorted(only - set(WORKLOADS))}; known: {WORKLOADS}")
     settings = Settings(
         backlog=args.backlog,
         backlog_runs=max(1, args.runs),
@@ -83,6 +90,7 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         live_seconds=args.live_seconds,
         notify_stall=max(0.0, args.notify_stall),
         keep=args.keep,
+        only=only,
     )
     return settings, (Path(args.dir) if args.dir else None), Path(args.out)
 

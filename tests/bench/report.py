@@ -477,7 +477,7 @@ def notes(results: Results) -> list[str]:
             "during a daemon-reload on a busy host"
         )
     else:
-        out.append("notify reader stalled: skipped (BENCH_NOTIFY_STALL=0)")
+        out.append("notify reader stalled: skipped (BENCH_NOTIFY_STALL=0, or BENCH_ONLY)")
     if s.run_big:
         created = (
             f", created in {results.big_created_s:.0f} s"
@@ -489,7 +489,9 @@ def notes(results: Results) -> list[str]:
             "on them, then each loop got the previous archive/ renamed to its incoming/"
         )
     else:
-        out.append("big backlog skipped (BENCH_QUICK=1 or --quick)")
+        out.append("big backlog skipped (BENCH_QUICK=1 or --quick, or BENCH_ONLY)")
+    if s.only:
+        out.append(f"only {', '.join(sorted(s.only))} (BENCH_ONLY): the rest skipped")
     cs = results.cpu_stage
     if cs is not None:
         out.append(

@@ -53,6 +53,8 @@ from .subjects import (
 )
 
 READY_TIMEOUT = 60.0
+# Each can be run alone (BENCH_ONLY), the others skipped.
+WORKLOADS = ("backlog", "live", "stalled", "sigterm", "cpu", "big")
 Progress = Callable[[str], None]
 
 
@@ -77,10 +79,14 @@ class Settings:
     inotify_grace: float = 2.0  # how long the inotifywait loop is watched on a backlog
     naive_big_limit: float = 300.0  # seconds the naive loop may be expected to take on `big`
     keep: bool = False  # keep the data trees
+    only: frozenset[str] = frozenset()  # the workloads to run (WORKLOADS); empty: all
+
+    def wants(self, workload: str) -> bool:
+        return not self.only or workload in self.only
 
     @property
     def run_big(self) -> bool:
-        return self.big > 0 and not self.skip_big
+        return self.big > 0 and not self.skip_big and self.wants("big")
 
     @property
     def live_files(self) -> int:
@@ -531,7 +537,7 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
     say(f"latency by {results.latency_method}" + (f" ({problem})" if problem else ""))
 
     runs: dict[str, list[Measurement]] = {kind.key: [] for kind in kinds}
-    for attempt in range(settings.backlog_runs):
+    for attempt in range(settings.backlog_runs if settings.wants("backlog") else 0):
         for kind in kinds:
             if attempt and kind is INOTIFYWAIT:
                 continue  # it moves none of a backlog: once shows that
@@ -542,16 +548,17 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
             runs[kind.key].append(m)
             _discard(tree.root, settings)
     for key, measured in runs.items():
-        results.backlog[key] = median_run(measured)
+        if measured:
+            results.backlog[key] = median_run(measured)
 
-    for kind in kinds:
+    for kind in kinds if settings.wants("live") else ():
         tree = make_tree(workdir / f"live-{kind.key}")
         m = live(kind, tree, settings, results.latency_method)
         say(f"live {settings.rate:g}/s x {settings.live_files:,}, {kind.title}: {_summary(m)}")
         results.live[kind.key] = m
         _discard(tree.root, settings)
 
-    if settings.notify_stall > 0:
+    if settings.notify_stall > 0 and settings.wants("stalled"):
         tree = make_tree(workdir / "live-stalled")
         m = live(
             DROPLINE, tree, settings, results.latency_method, notify_stall=settings.notify_stall
@@ -563,15 +570,16 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
         results.live_stalled = m
         _discard(tree.root, settings)
 
-    results.sigterm = sigterm_while_draining(workdir / "sigterm", settings)
-    s = results.sigterm
-    say(
-        f"SIGTERM while draining: exit {s.exit_s or 0:.2f} s (status {s.exit_code}), "
-        f"{s.archived_after:,}/{s.files:,} archived after restart"
-        + (f"; PROBLEMS: {s.problems}" if s.problems else "")
-    )
+    if settings.wants("sigterm"):
+        results.sigterm = s = sigterm_while_draining(workdir / "sigterm", settings)
+        say(
+            f"SIGTERM while draining: exit {s.exit_s or 0:.2f} s (status {s.exit_code}), "
+            f"{s.archived_after:,}/{s.files:,} archived after restart"
+            + (f"; PROBLEMS: {s.problems}" if s.problems else "")
+        )
 
-    results.cpu_stage = cpu_bound_stage(workdir, settings, say)
+    if settings.wants("cpu"):
+        results.cpu_stage = cpu_bound_stage(workdir, settings, say)
 
     if settings.run_big:
         big_backlog(results, kinds, say)
