@@ -241,6 +241,12 @@ class NotifyReady(ReadyWatch):
             self.stalls[-1] = (self.stalls[-1][0], time.monotonic())
         self._reading.set()
 
+    def stall_for(self, seconds: float) -> None:
+        """Stall, stay so SECONDS from the moment the queue is full, then resume."""
+        self.stall()
+        time.sleep(max(0.0, self.stalls[-1][0] + seconds - time.monotonic()))
+        self.resume()
+
     def close(self) -> None:
         self._closed.set()
         self._reading.set()

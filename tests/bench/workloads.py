@@ -319,10 +319,7 @@ def live(
         if notify_stall and isinstance(ready, NotifyReady):
             # In the middle of the writing: as many files before the stall as after it.
             begin = max(0.0, (files / settings.rate - notify_stall) / 2)
-            timers = [
-                threading.Timer(begin, ready.stall),
-                threading.Timer(begin + notify_stall, ready.resume),
-            ]
+            timers = [threading.Timer(begin, ready.stall_for, args=(notify_stall,))]
             for timer in timers:
                 timer.start()
         closed = _write_at_rate(tree.incoming, files, settings.rate, settings.file_size)
