@@ -78,6 +78,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert stalled is not None and not stalled.error, stalled
     assert stalled.notify_stalled_s is not None and stalled.notify_stalled_s >= 0.2
     assert len(stalled.latencies_ms) == SMOKE.live_files
+    assert 0 < len(stalled.stalled_ms) < SMOKE.live_files
 
     sigterm = results.sigterm
     assert sigterm is not None

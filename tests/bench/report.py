@@ -262,6 +262,10 @@ def build(results: Results) -> Report:
         t.dropline_only(f"{what}: latency p50 ms", _measured(stalled, _p(0.5), ".2f"))
         t.dropline_only(f"{what}: latency p99 ms", _measured(stalled, _p(0.99), ".2f"))
         t.dropline_only(f"{what}: latency max ms", _measured(stalled, _p(1.0), ".2f"))
+        t.dropline_only(
+            f"of them, the {len(stalled.stalled_ms):,} closed during the stall: p99 ms",
+            _measured(stalled, lambda m: m.latency(0.99, stalled=True), ".2f"),
+        )
     sig = results.sigterm
     if sig is not None:
         t.dropline_only(f"SIGTERM while draining {n}: s to exit", _num(sig.exit_s, ".2f"))

@@ -112,6 +112,7 @@ class Measurement:
     exit_code: int | None = None
     latencies_ms: list[float] = field(default_factory=list)
     notify_stalled_s: float | None = None  # how long the notify reader was stalled
+    stalled_ms: list[float] = field(default_factory=list)  # latencies of files closed meanwhile
     note: str = ""  # shown instead of figures: why there are none
     error: str = ""  # what went wrong
 
@@ -137,11 +138,13 @@ class Measurement:
     def maxrss_mib(self) -> float | None:
         return None if self.maxrss_kib is None or not self.ok else self.maxrss_kib / 1024
 
-    def latency(self, q: float) -> float | None:
-        """The Q-quantile (0..1) of the latencies in ms, nearest rank."""
-        if not self.ok or not self.latencies_ms:
+    def latency(self, q: float, *, stalled: bool = False) -> float | None:
+        """The Q-quantile (0..1) of the latencies in ms, nearest rank (STALLED: of the
+        files closed while the notify reader was stalled)."""
+        values = self.stalled_ms if stalled else self.latencies_ms
+        if not self.ok or not values:
             return None
-        ordered = sorted(self.latencies_ms)
+        ordered = sorted(values)
         rank = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
         return ordered[rank]
 
@@ -325,9 +328,11 @@ def live(
         closed = _write_at_rate(tree.incoming, files, settings.rate, settings.file_size)
         for timer in timers:
             timer.join()
+        stall_ns = (0, 0)
         if notify_stall and isinstance(ready, NotifyReady) and ready.stalls:
             stalled, resumed = ready.stalls[-1]
             m.notify_stalled_s = resumed - stalled
+            stall_ns = (int(stalled * 1e9), int(resumed * 1e9))
         deadline = time.monotonic() + 30.0
 
         def arrived() -> int:
@@ -350,6 +355,11 @@ def live(
                 for name in os.listdir(tree.archive)
             }
         m.latencies_ms = [ns / 1e6 for name, ns in stamps.items() if name in closed]
+        m.stalled_ms = [
+            ns / 1e6
+            for name, ns in stamps.items()
+            if name in closed and stall_ns[0] <= closed[name][0] < stall_ns[1]
+        ]
         if len(m.latencies_ms) != files:
             m.error = m.error or f"{len(m.latencies_ms)} of {files} arrivals seen"
         return m
@@ -560,9 +570,11 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
         m = live(
             DROPLINE, tree, settings, results.latency_method, notify_stall=settings.notify_stall
         )
+        during = m.latency(0.99, stalled=True) or 0.0
         say(
             f"live {settings.rate:g}/s x {settings.live_files:,}, dropline, notify reader "
-            f"stalled {m.notify_stalled_s or 0:.1f} s: {_summary(m)}"
+            f"stalled {m.notify_stalled_s or 0:.1f} s: {_summary(m)}; "
+            f"the {len(m.stalled_ms):,} closed meanwhile: p99 {during:.2f} ms"
         )
         results.live_stalled = m
         _discard(tree.root, settings)
