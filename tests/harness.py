@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -242,6 +243,37 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+# What fill_datagram_queue sends; a reader drops it when it reads again.
+FILLER = b"X-FILLER=1"
+
+
+def fill_datagram_queue(path: Path | str) -> list[socket.socket]:
+    """Fill the receive queue of the AF_UNIX datagram socket bound at PATH, as the
+    datagrams of other services fill systemd's while PID 1 is busy, whatever
+    net.unix.max_dgram_qlen is.  The returned senders must stay open until the
+    reader has read again (close them then).
+
+    A sender's own buffer fills too, so each sender sends until EAGAIN, and a new
+    one is tried; the queue is full when a fresh sender cannot send at all.
+    """
+    senders: list[socket.socket] = []
+    while True:
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.setblocking(False)
+        senders.append(sender)
+        sent = 0
+        while True:
+            try:
+                sender.sendto(FILLER, str(path))
+            except BlockingIOError:
+                break
+            sent += 1
+        if sent == 0:
+            return senders
+        if len(senders) > 1000:
+            raise AssertionError(f"{path}: the datagram queue never filled")
 
 
 def iter_files(root: Path) -> Iterator[Path]:

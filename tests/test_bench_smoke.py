@@ -19,6 +19,7 @@ SMOKE = Settings(
     big=600,
     rate=100.0,
     live_seconds=0.5,
+    notify_stall=0.2,
     sigterm_after=0.05,
     cpu_files=12,
     burn_ms=2.0,
@@ -46,7 +47,8 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert any(label.startswith("SIGTERM while draining") for label in labels)
     assert any("2 workers" in label for label in labels)
     assert text.startswith("machine: ")
-    assert len(report.goals) == 10
+    assert len(report.goals) == 11
+    assert any("notify reader stalled" in label for label in labels)
     assert {g.verdict for g in report.goals} <= {"PASS", "MISS", "SKIP"}, report.goals
 
     available = [k for k in KINDS if k.key not in results.unavailable]
@@ -71,6 +73,12 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert big.arrived == SMOKE.big and not big.error, (kind.key, big.error)
         assert backlog.cpu_s is not None and backlog.maxrss_kib, kind.key
         assert backlog.ready_s is not None, kind.key
+
+    stalled = results.live_stalled
+    assert stalled is not None and not stalled.error, stalled
+    assert stalled.notify_stalled_s is not None and stalled.notify_stalled_s >= 0.2
+    assert len(stalled.latencies_ms) == SMOKE.live_files
+    assert 0 < len(stalled.stalled_ms) < SMOKE.live_files
 
     sigterm = results.sigterm
     assert sigterm is not None

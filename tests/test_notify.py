@@ -5,11 +5,14 @@ subprocess as NOTIFY_SOCKET.  A reader thread stamps every datagram with
 ``time.monotonic()`` on receipt, so the tests can reason about order and
 timing: READY within a second of start, STATUS kept current, WATCHDOG paced at
 half of WATCHDOG_USEC (also across a wall-clock step), STOPPING on SIGTERM and
-RELOADING then READY on SIGHUP.
+RELOADING then READY on SIGHUP.  The socket can also stall (stop reading with its
+queue full, as PID 1 does during a daemon-reload): the work goes on, and what
+waited arrives in order once it reads again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -25,7 +28,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from .harness import REPO, DaemonProcess, Tree, run_until_idle, wait_until
+from .harness import (
+    FILLER,
+    REPO,
+    DaemonProcess,
+    Tree,
+    fill_datagram_queue,
+    run_until_idle,
+    wait_until,
+)
 
 T = TypeVar("T")
 
@@ -126,17 +137,28 @@ class NotifySocket:
         self._lock = threading.Lock()
         self._notices: list[Notice] = []
         self._closed = threading.Event()
+        self._reading = threading.Event()  # cleared while stalled
+        self._reading.set()
+        self._turn = threading.Lock()  # held by the reader around each read
+        self._fillers: list[socket.socket] = []
         self._thread = threading.Thread(target=self._read, name="notify-reader", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         while not self._closed.is_set():
-            try:
-                data = self._sock.recv(1 << 16)
-            except TimeoutError:
+            if not self._reading.wait(0.05):
                 continue
-            except OSError:
-                return
+            with self._turn:
+                if not self._reading.is_set():
+                    continue
+                try:
+                    data = self._sock.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+            if data == FILLER:
+                continue
             stamped = Notice(time.monotonic(), data)
             with self._lock:
                 self._notices.append(stamped)
@@ -196,10 +218,29 @@ class NotifySocket:
 
         return self.wait_for(first, timeout, f"{key}={value or '*'}", daemon)
 
+    def stall(self) -> float:
+        """Stop reading, and fill the queue as other services fill PID 1's while it is
+        busy (a daemon-reload): from now on a send to this socket finds it full.
+        When the stall began (monotonic)."""
+        self._reading.clear()
+        with self._turn:  # the reader is between two reads and waits for resume()
+            pass
+        self._fillers = fill_datagram_queue(self.path)
+        return time.monotonic()
+
+    def resume(self) -> float:
+        """Read again (the fillers are dropped); when reading resumed (monotonic)."""
+        resumed = time.monotonic()
+        self._reading.set()
+        return resumed
+
     def close(self) -> None:
         self._closed.set()
+        self._reading.set()
         self._thread.join(timeout=2)
         self._sock.close()
+        for sender in self._fillers:
+            sender.close()
 
 
 @pytest.fixture
@@ -618,3 +659,254 @@ def test_watchdog_stays_fed_while_a_big_file_is_hashed(
     assert archived - dropped > 0.5, "hashed too fast to show anything: use a bigger file"
     assert gap < 0.5, f"no WATCHDOG=1 for {gap:.2f} s while a big file was hashed"
     assert daemon.stop() == 0
+
+
+# --- a reader that stops reading -------------------------------------------------
+#
+# PID 1 stops reading its notify socket for seconds during a daemon-reload on a
+# busy host, and the datagrams of every service fill its queue meanwhile.
+# NotifySocket.stall() does the same: it stops reading and fills the queue, so
+# that any send finds it full (a blocking send would wait for resume()).
+
+SLOW_STOP = """
+- name: slow
+  match: "*"
+  stages:
+    - name: pause
+      command: ["sleep", "3"]
+"""
+
+
+class Dropper:
+    """Writes small files in place into a folder at a steady pace, in a thread."""
+
+    def __init__(self, directory: Path, rate: float) -> None:
+        self.directory = directory
+        self.rate = rate
+        self.names: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dropper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i in itertools.count():
+            if self._stop.wait(max(0.0, start + i / self.rate - time.monotonic())):
+                return
+            name = f"live{i:06d}.dat"
+            create_files(self.directory, [name])
+            self.names.append(name)
+
+    def stop(self) -> list[str]:
+        """Stop writing; every name written."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return list(self.names)
+
+
+def test_a_stalled_reader_does_not_stall_the_work(
+    tree: Tree, notify: NotifySocket, start_daemon: Any
+) -> None:
+    """The notify reader stops reading for 3 s or more during a live run (100 files/s):
+    files keep reaching archive/ while it is stalled, a reload is done meanwhile, and
+    once it reads again the RELOADING=1 stamped during the stall arrives, then READY=1,
+    WATCHDOG=1 and a current STATUS=; nothing is lost."""
+    tree.write_config(ALL)
+    daemon = start_daemon(env={**notify.env, "WATCHDOG_USEC": "2000000"})
+    notify.wait_notice("READY", "1", daemon=daemon)
+
+    def archived() -> int:
+        return len(os.listdir(tree.archive))
+
+    dropper = Dropper(tree.incoming, rate=100.0)
+    try:
+        wait_until(lambda: archived() >= 50, 10, what="the live run under way")
+        stalled = notify.stall()
+        try:
+            # Busy, the loop updates STATUS= every 0.25 s: a blocking send stops it here.
+            at_stall = archived()
+            wait_until(lambda: archived() >= at_stall + 100, 5, what="files archived while stalled")
+            hup = time.monotonic()
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_event("daemon.reloaded", timeout=5)
+            at_reload = archived()
+            wait_until(
+                lambda: archived() >= at_reload + 100,
+                5,
+                what="files archived while stalled, after the reload",
+            )
+            let_time_pass(stalled + 3.0 - time.monotonic())  # hold the stall for 3 s at least
+            during = archived() - at_stall
+            assert daemon.proc.poll() is None, daemon.text()[-4000:]
+        finally:
+            resumed = notify.resume()
+        print(f"{during} files archived in a stall of {resumed - stalled:.1f} s")
+
+        reloading = notify.wait_notice("RELOADING", "1", after=resumed, timeout=5, daemon=daemon)
+        ready = notify.wait_notice("READY", "1", after=reloading.at, timeout=5, daemon=daemon)
+        order = notify.notices()
+        assert order.index(reloading) < order.index(ready)
+        # Stamped when the SIGHUP was handled, during the stall: it waited for room.
+        usec = int(reloading.fields["MONOTONIC_USEC"])
+        assert hup - 0.01 <= usec / 1e6 <= resumed, (hup, usec, resumed)
+        notify.wait_notice("WATCHDOG", "1", after=resumed, timeout=5, daemon=daemon)
+        notify.wait_for(
+            status_reaching(at_stall + during, after=resumed), 5, "a current STATUS", daemon
+        )
+    finally:
+        names = dropper.stop()
+    wait_until(lambda: archived() >= len(names), 30, what="every file archived")
+    assert sorted(names_in(tree.archive)) == sorted(names)
+    assert not daemon.find("notify.failed")
+    signalled = time.monotonic()
+    assert daemon.stop() == 0
+    notify.wait_notice("STOPPING", "1", after=signalled, timeout=5)
+
+
+def test_stopping_waits_for_room_while_the_stop_goes_on(
+    tree: Tree, notify: NotifySocket, start_daemon: Any
+) -> None:
+    """SIGTERM while the reader is stalled and a stage runs: the daemon goes on
+    stopping (daemon.stopping is logged at once), STOPPING=1 arrives once the
+    reader reads again, and the daemon exits 0 when the stage has finished."""
+    tree.write_config(SLOW_STOP, stop_timeout="10s")  # the stage may end
+    daemon = start_daemon(env=notify.env)
+    notify.wait_notice("READY", "1", daemon=daemon)
+    (tree.incoming / "slow.txt").write_bytes(b"slow")
+    daemon.wait_event("stage.started", file="slow.txt")
+    notify.stall()
+    try:
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_event("daemon.stopping", timeout=2)
+    finally:
+        resumed = notify.resume()
+    notify.wait_notice("STOPPING", "1", after=resumed, timeout=2, daemon=daemon)
+    assert daemon.proc.poll() is None, "the stage still runs"
+    assert daemon.wait(timeout=10) == 0, daemon.text()[-4000:]
+    assert names_in(tree.archive) == ["slow.txt"]
+
+
+def test_a_reader_that_never_reads_again_does_not_hold_the_exit(
+    tree: Tree, notify: NotifySocket, start_daemon: Any
+) -> None:
+    """SIGTERM while the reader is stalled for good: STOPPING=1 gets a short last
+    try, then the daemon exits 0 all the same and says what it could not send."""
+    tree.write_config(ALL)
+    daemon = start_daemon(env=notify.env)
+    notify.wait_notice("READY", "1", daemon=daemon)
+    notify.stall()
+    signalled = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=10) == 0, daemon.text()[-4000:]
+    took = time.monotonic() - signalled
+    unsent = daemon.find("notify.unsent")
+    assert unsent and unsent[0]["messages"] == ["STOPPING=1"], daemon.text()[-4000:]
+    daemon.wait_event("daemon.stopped")
+    print(f"exit {took:.2f} s after SIGTERM")
+
+
+@contextlib.contextmanager
+def must_not_block(seconds: float) -> Iterator[None]:
+    """Fail (rather than hang) if the block takes longer than SECONDS: SIGALRM's handler
+    raises in the main thread, interrupting a blocked send."""
+
+    def blocked(signum: int, frame: Any) -> None:
+        raise AssertionError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_notifier_keeps_the_order_and_only_the_newest_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, against a real socket whose queue is full: no call blocks;
+    READY=1, RELOADING=1, WATCHDOG=1 and STOPPING=1 wait in order (one WATCHDOG=1
+    for several), STATUS= lines that found the queue full are dropped, and once
+    the reader reads again everything waiting goes, in order, then a new STATUS=."""
+    from dropline.notify import Notifier
+
+    listener = NotifySocket(tmp_path / "n.sock")
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(listener.path)})
+        notifier.ready("one")
+        listener.wait_notice("READY", "1", timeout=5)
+
+        listener.stall()
+        with must_not_block(5.0):
+            notifier.status("two")  # full: dropped
+            notifier.reloading()
+            notifier.status("three")  # behind RELOADING=1, then replaced by READY's line
+            notifier.ready("four")
+            notifier.watchdog()
+            notifier.watchdog()
+            notifier.stopping()
+        waiting = notifier.pending
+        assert [m.split("\n")[0] for m in waiting] == [
+            "RELOADING=1",
+            "READY=1",
+            "WATCHDOG=1",
+            "STOPPING=1",
+        ], waiting
+        assert waiting[1] == "READY=1\nSTATUS=four"
+        notifier.retry(time.monotonic() + 1)  # still full: nothing changes, nothing blocks
+        assert notifier.pending == waiting
+        assert notifier.due() is not None
+
+        resumed = listener.resume()
+
+        def sent_all() -> bool:
+            notifier.retry(time.monotonic() + 1)
+            return not notifier.pending
+
+        wait_until(sent_all, 5, what="every waiting message sent")
+        assert notifier.due() is None
+        notifier.status("four")  # what systemd shows already: not sent again
+        notifier.status("five")
+        listener.wait_notice("STATUS", "five", after=resumed, timeout=5)
+        got = [n.raw.decode() for n in listener.notices() if n.at >= resumed]
+        assert [g.split("\n")[0] for g in got] == [
+            "RELOADING=1",
+            "READY=1",
+            "WATCHDOG=1",
+            "STOPPING=1",
+            "STATUS=five",
+        ], got
+
+        # At exit: a short last try delivers what waits once the reader reads again.
+        listener.stall()
+        notifier.stopping()
+        assert notifier.pending == ["STOPPING=1"]
+        resumer = threading.Timer(0.1, listener.resume)
+        resumer.start()
+        closing = time.monotonic()
+        notifier.close(timeout=5.0)
+        resumer.join()
+        listener.wait_notice("STOPPING", "1", after=closing, timeout=5)
+        assert not notifier.enabled
+    finally:
+        listener.close()
+
+
+def test_notifier_gives_up_on_a_socket_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader gone (ECONNREFUSED) is no reason to keep or retry anything: the
+    message is given up, and nothing waits."""
+    from dropline.notify import Notifier
+
+    listener = NotifySocket(tmp_path / "n.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(listener.path)})
+    listener.close()
+    notifier.ready("x")
+    notifier.stopping()
+    assert notifier.pending == []
+    assert notifier.due() is None
+    notifier.close()

@@ -278,6 +278,8 @@ class Daemon:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        # Last: STOPPING=1 still waiting for room gets a short, bounded try.
+        self.notifier.close()
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -359,6 +361,9 @@ class Daemon:
             deadlines.append(self._next_ping)
         if self.journal_paused or journal_waiting():
             deadlines.append(time.monotonic() + _JOURNAL_RETRY)
+        notify_due = self.notifier.due()  # a message waiting for room in systemd's queue
+        if notify_due is not None:
+            deadlines.append(notify_due)
         if self.stopping_since is not None:
             deadlines.append(self.stopping_since + self.config.stop_timeout)
         return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
@@ -1082,6 +1087,8 @@ class Daemon:
             self._next_status = mono + _STATUS_EVERY
             self.notifier.status(self.status_line())
         self._feed_watchdog(mono)
+        # READY=1, STOPPING=1, ... that found systemd's queue full: never a blocking send.
+        self.notifier.retry(mono)
 
     def _check_watch(self) -> None:
         """About once a second: is the inotify reader still reading?"""

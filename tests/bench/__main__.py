@@ -8,9 +8,13 @@ command line wins):
     BENCH_RUNS=K           --runs K         drains of the backlog per subject, the median shown (3)
     BENCH_RATE=R           --rate R         live files per second (200)
     BENCH_LIVE_SECONDS=S   --live-seconds S (10)
+    BENCH_NOTIFY_STALL=S   --notify-stall S the notify reader stalled in a live run (4; 0 skips)
     BENCH_DIR=DIR          --dir DIR        where the data trees go (a new directory in /tmp)
     BENCH_OUT=FILE         --out FILE       the markdown table (var/bench.md)
     BENCH_KEEP=1           --keep           keep the data trees
+    BENCH_ONLY=W[,W]       --only W[,W]     only these workloads: backlog, live, stalled
+                                            (live with the notify reader stalled), sigterm,
+                                            cpu, big; the table shows the others as skipped
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from ..harness import REPO
 from .report import build
-from .workloads import Settings, run_benchmark
+from .workloads import WORKLOADS, Settings, run_benchmark
 
 
 def _env_sizes() -> tuple[int | None, int | None]:
@@ -62,12 +66,21 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         type=float,
         default=float(os.environ.get("BENCH_LIVE_SECONDS") or defaults.live_seconds),
     )
+    parser.add_argument(
+        "--notify-stall",
+        type=float,
+        default=float(os.environ.get("BENCH_NOTIFY_STALL") or defaults.notify_stall),
+    )
     parser.add_argument("--dir", default=os.environ.get("BENCH_DIR") or None)
     parser.add_argument(
         "--out", default=os.environ.get("BENCH_OUT") or str(REPO / "var" / "bench.md")
     )
     parser.add_argument("--keep", action="store_true", default=_flag("BENCH_KEEP"))
+    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""))
     args = parser.parse_args(argv)
+    only = frozenset(w for w in args.only.replace(" ", "").split(",") if w)
+    if only - set(WORKLOADS):
+        parser.error(f"--only: unknown {sorted(only - set(WORKLOADS))}; known: {WORKLOADS}")
     settings = Settings(
         backlog=args.backlog,
         backlog_runs=max(1, args.runs),
@@ -75,7 +88,9 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         skip_big=args.quick or args.big <= 0,
         rate=args.rate,
         live_seconds=args.live_seconds,
+        notify_stall=max(0.0, args.notify_stall),
         keep=args.keep,
+        only=only,
     )
     return settings, (Path(args.dir) if args.dir else None), Path(args.out)
 

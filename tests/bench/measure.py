@@ -10,8 +10,9 @@ for the reference loops:
 - ``NotifyReady`` is a real ``AF_UNIX`` datagram socket handed over as
   ``NOTIFY_SOCKET``: ``READY=1`` is stamped on receipt, and the subject's CPU
   time so far is read from ``/proc`` at that moment, so that start-up and the
-  work after it can be told apart.  ``LineReady`` does the same for a
-  subject that says it is ready by a line on stderr (inotifywait).
+  work after it can be told apart.  It can also stall (stop reading, its
+  queue full) as PID 1 does during a daemon-reload.  ``LineReady`` does the
+  same for a subject that says it is ready by a line on stderr (inotifywait).
 - ``ArchiveWatch`` stamps each name arriving in archive/ with inotify (a
   small ctypes binding), for latencies where a file's change time is too
   coarse to serve (``ctime_marks_renames`` checks that on the spot).
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from ..harness import FILLER, fill_datagram_queue
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path: 108 bytes, the last a NUL
@@ -192,6 +195,11 @@ class NotifyReady(ReadyWatch):
         self._sock.bind(str(path))
         self._sock.settimeout(0.05)
         self._closed = threading.Event()
+        self._reading = threading.Event()  # cleared while stalled
+        self._reading.set()
+        self._turn = threading.Lock()  # held by the reader around each read
+        self._fillers: list[socket.socket] = []
+        self.stalls: list[tuple[float, float]] = []  # (stalled, resumed), monotonic
         self._thread = threading.Thread(target=self._read, name="notify", daemon=True)
         self._thread.start()
 
@@ -201,20 +209,51 @@ class NotifyReady(ReadyWatch):
 
     def _read(self) -> None:
         while not self._closed.is_set():
-            try:
-                data = self._sock.recv(1 << 16)
-            except TimeoutError:
+            if not self._reading.wait(0.05):
                 continue
-            except OSError:
-                return
+            with self._turn:
+                if not self._reading.is_set():
+                    continue
+                try:
+                    data = self._sock.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+            if data == FILLER:
+                continue
             if b"READY=1" in data.split(b"\n"):
                 self._mark()
             self.messages.append((time.monotonic(), data))
 
+    def stall(self) -> None:
+        """Stop reading with the queue full, as PID 1 does during a daemon-reload on a
+        busy host (the other services' datagrams fill its queue meanwhile)."""
+        self._reading.clear()
+        with self._turn:  # the reader is between two reads and waits for resume()
+            pass
+        self._fillers += fill_datagram_queue(self.path)
+        self.stalls.append((time.monotonic(), 0.0))
+
+    def resume(self) -> None:
+        """Read again (the fillers are dropped as they are read)."""
+        if self.stalls and not self.stalls[-1][1]:
+            self.stalls[-1] = (self.stalls[-1][0], time.monotonic())
+        self._reading.set()
+
+    def stall_for(self, seconds: float) -> None:
+        """Stall, stay so SECONDS from the moment the queue is full, then resume."""
+        self.stall()
+        time.sleep(max(0.0, self.stalls[-1][0] + seconds - time.monotonic()))
+        self.resume()
+
     def close(self) -> None:
         self._closed.set()
+        self._reading.set()
         self._thread.join(timeout=2)
         self._sock.close()
+        for sender in self._fillers:
+            sender.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
         if self._own_dir is not None:

@@ -85,10 +85,18 @@ def dropline_env(ready: NotifyReady) -> dict[str, str]:
     return env
 
 
-def launch(kind: Kind, tree: Tree, *, count: int, exit_when_idle: bool = True) -> Subject:
+def launch(
+    kind: Kind,
+    tree: Tree,
+    *,
+    count: int,
+    exit_when_idle: bool = True,
+    env: dict[str, str] | None = None,
+) -> Subject:
     """Start KIND on TREE, to move COUNT files (dropline: until idle, or until SIGTERM).
 
-    dropline's configuration must have been written (``write_dropline_config``).
+    dropline's configuration must have been written (``write_dropline_config``);
+    ENV is added to dropline's environment.
     """
     root = tree.root
     if kind is INOTIFYWAIT:
@@ -104,7 +112,11 @@ def launch(kind: Kind, tree: Tree, *, count: int, exit_when_idle: bool = True) -
         args = ["--exit-when-idle"] if exit_when_idle else []
         argv = [sys.executable, "-m", "dropline", "run", "--config", str(tree.config), *args]
         return Subject(
-            argv, env=dropline_env(ready), cwd=root, ready=ready, log_path=root / "daemon.log"
+            argv,
+            env={**dropline_env(ready), **(env or {})},
+            cwd=root,
+            ready=ready,
+            log_path=root / "daemon.log",
         )
     argv = [sys.executable, str(REFS / _SCRIPTS[kind.key]), str(tree.data), "--count", str(count)]
     if kind in (NAIVE, BATCHED):

@@ -7,8 +7,11 @@
   ``close()``; latency is from that close to the file's arrival in archive/
   (inotify on archive/, or the file's ctime where renames set it finely);
 - the big backlog (a million files): the same as the backlog;
-- dropline alone: SIGTERM while draining (time to exit, then nothing lost),
-  and a CPU-bound Python stage with one worker process and with two.
+- dropline alone: the live run again with the notify reader stalled (it stops
+  reading, its queue full, as PID 1 does during a daemon-reload on a busy
+  host) for a few seconds in the middle; SIGTERM while draining (time to
+  exit, then nothing lost), and a CPU-bound Python stage with one worker
+  process and with two.
 
 Nothing here asserts a figure: a run that goes wrong (a subject that exits
 with an error, times out or loses files) is recorded with what went wrong.
@@ -21,6 +24,7 @@ import shutil
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +32,14 @@ from pathlib import Path
 
 from ..harness import Tree, make_tree
 from . import cpu_stage
-from .measure import ArchiveWatch, Subject, count_entries, create_files, ctime_marks_renames
+from .measure import (
+    ArchiveWatch,
+    NotifyReady,
+    Subject,
+    count_entries,
+    create_files,
+    ctime_marks_renames,
+)
 from .measure import payload as file_payload
 from .subjects import (
     DROPLINE,
@@ -42,6 +53,8 @@ from .subjects import (
 )
 
 READY_TIMEOUT = 60.0
+# Each can be run alone (BENCH_ONLY), the others skipped.
+WORKLOADS = ("backlog", "live", "stalled", "sigterm", "cpu", "big")
 Progress = Callable[[str], None]
 
 
@@ -58,6 +71,7 @@ class Settings:
     skip_big: bool = False  # BENCH_QUICK
     rate: float = 200.0  # live: files per second
     live_seconds: float = 10.0
+    notify_stall: float = 4.0  # live, dropline alone: the notify reader stalled this long
     file_size: int = 1024
     sigterm_after: float = 0.5  # seconds after READY
     cpu_files: int = 200
@@ -65,10 +79,14 @@ class Settings:
     inotify_grace: float = 2.0  # how long the inotifywait loop is watched on a backlog
     naive_big_limit: float = 300.0  # seconds the naive loop may be expected to take on `big`
     keep: bool = False  # keep the data trees
+    only: frozenset[str] = frozenset()  # the workloads to run (WORKLOADS); empty: all
+
+    def wants(self, workload: str) -> bool:
+        return not self.only or workload in self.only
 
     @property
     def run_big(self) -> bool:
-        return self.big > 0 and not self.skip_big
+        return self.big > 0 and not self.skip_big and self.wants("big")
 
     @property
     def live_files(self) -> int:
@@ -93,6 +111,8 @@ class Measurement:
     maxrss_kib: int | None = None  # peak VmHWM of the process or its group (sampled)
     exit_code: int | None = None
     latencies_ms: list[float] = field(default_factory=list)
+    notify_stalled_s: float | None = None  # how long the notify reader was stalled
+    stalled_ms: list[float] = field(default_factory=list)  # latencies of files closed meanwhile
     note: str = ""  # shown instead of figures: why there are none
     error: str = ""  # what went wrong
 
@@ -118,11 +138,13 @@ class Measurement:
     def maxrss_mib(self) -> float | None:
         return None if self.maxrss_kib is None or not self.ok else self.maxrss_kib / 1024
 
-    def latency(self, q: float) -> float | None:
-        """The Q-quantile (0..1) of the latencies in ms, nearest rank."""
-        if not self.ok or not self.latencies_ms:
+    def latency(self, q: float, *, stalled: bool = False) -> float | None:
+        """The Q-quantile (0..1) of the latencies in ms, nearest rank (STALLED: of the
+        files closed while the notify reader was stalled)."""
+        values = self.stalled_ms if stalled else self.latencies_ms
+        if not self.ok or not values:
             return None
-        ordered = sorted(self.latencies_ms)
+        ordered = sorted(values)
         rank = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
         return ordered[rank]
 
@@ -177,6 +199,7 @@ class Results:
     latency_method: str = ""
     backlog: dict[str, Measurement] = field(default_factory=dict)
     live: dict[str, Measurement] = field(default_factory=dict)
+    live_stalled: Measurement | None = None  # dropline, the notify reader stalled
     big: dict[str, Measurement] = field(default_factory=dict)
     big_created_s: float | None = None
     sigterm: SigtermResult | None = None
@@ -187,6 +210,8 @@ class Results:
         """Every measurement, labelled by its workload."""
         out = [("backlog", m) for m in self.backlog.values()]
         out += [("live", m) for m in self.live.values()]
+        if self.live_stalled is not None:
+            out.append(("live, notify stalled", self.live_stalled))
         out += [("big", m) for m in self.big.values()]
         if self.cpu_stage is not None:
             out += [("cpu-1", self.cpu_stage.one), ("cpu-2", self.cpu_stage.two)]
@@ -266,23 +291,48 @@ def drain(kind: Kind, tree: Tree, files: int, settings: Settings) -> Measurement
     return m
 
 
-def live(kind: Kind, tree: Tree, settings: Settings, method: str) -> Measurement:
-    """Files written in place at settings.rate while KIND runs; latency close -> archive/."""
+def live(
+    kind: Kind, tree: Tree, settings: Settings, method: str, *, notify_stall: float = 0.0
+) -> Measurement:
+    """Files written in place at settings.rate while KIND runs; latency close -> archive/.
+
+    With NOTIFY_STALL (dropline), the notify reader stops reading, its queue
+    full, for that many seconds in the middle of the writing; dropline then
+    runs with the installed unit's watchdog (WATCHDOG_USEC, 10 s) as well.
+    """
     files = settings.live_files
     m = Measurement(kind.key, files)
+    env: dict[str, str] = {}
     if kind is DROPLINE:
         write_dropline_config(tree, settle_time=None)
+        if notify_stall:
+            env["WATCHDOG_USEC"] = "10000000"
+    timers: list[threading.Timer] = []
     watch = ArchiveWatch(tree.archive) if method == "inotify" else None
     # The watcher's thread stamps an arrival once it holds the GIL: let it get it at once.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
-        subject = launch(kind, tree, count=files, exit_when_idle=False)
+        subject = launch(kind, tree, count=files, exit_when_idle=False, env=env)
         if not _wait_ready(subject):
             subject.finish(0)
             m.error = f"no READY: {subject.log_tail(5)[-300:]}"
             return m
+        ready = subject.ready
+        if notify_stall and isinstance(ready, NotifyReady):
+            # In the middle of the writing: as many files before the stall as after it.
+            begin = max(0.0, (files / settings.rate - notify_stall) / 2)
+            timers = [threading.Timer(begin, ready.stall_for, args=(notify_stall,))]
+            for timer in timers:
+                timer.start()
         closed = _write_at_rate(tree.incoming, files, settings.rate, settings.file_size)
+        for timer in timers:
+            timer.join()
+        stall_ns = (0, 0)
+        if notify_stall and isinstance(ready, NotifyReady) and ready.stalls:
+            stalled, resumed = ready.stalls[-1]
+            m.notify_stalled_s = resumed - stalled
+            stall_ns = (int(stalled * 1e9), int(resumed * 1e9))
         deadline = time.monotonic() + 30.0
 
         def arrived() -> int:
@@ -305,10 +355,17 @@ def live(kind: Kind, tree: Tree, settings: Settings, method: str) -> Measurement
                 for name in os.listdir(tree.archive)
             }
         m.latencies_ms = [ns / 1e6 for name, ns in stamps.items() if name in closed]
+        m.stalled_ms = [
+            ns / 1e6
+            for name, ns in stamps.items()
+            if name in closed and stall_ns[0] <= closed[name][0] < stall_ns[1]
+        ]
         if len(m.latencies_ms) != files:
             m.error = m.error or f"{len(m.latencies_ms)} of {files} arrivals seen"
         return m
     finally:
+        for timer in timers:
+            timer.cancel()
         sys.setswitchinterval(switch)
         if watch is not None:
             watch.close()
@@ -487,7 +544,7 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
     say(f"latency by {results.latency_method}" + (f" ({problem})" if problem else ""))
 
     runs: dict[str, list[Measurement]] = {kind.key: [] for kind in kinds}
-    for attempt in range(settings.backlog_runs):
+    for attempt in range(settings.backlog_runs if settings.wants("backlog") else 0):
         for kind in kinds:
             if attempt and kind is INOTIFYWAIT:
                 continue  # it moves none of a backlog: once shows that
@@ -498,24 +555,40 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
             runs[kind.key].append(m)
             _discard(tree.root, settings)
     for key, measured in runs.items():
-        results.backlog[key] = median_run(measured)
+        if measured:
+            results.backlog[key] = median_run(measured)
 
-    for kind in kinds:
+    for kind in kinds if settings.wants("live") else ():
         tree = make_tree(workdir / f"live-{kind.key}")
         m = live(kind, tree, settings, results.latency_method)
         say(f"live {settings.rate:g}/s x {settings.live_files:,}, {kind.title}: {_summary(m)}")
         results.live[kind.key] = m
         _discard(tree.root, settings)
 
-    results.sigterm = sigterm_while_draining(workdir / "sigterm", settings)
-    s = results.sigterm
-    say(
-        f"SIGTERM while draining: exit {s.exit_s or 0:.2f} s (status {s.exit_code}), "
-        f"{s.archived_after:,}/{s.files:,} archived after restart"
-        + (f"; PROBLEMS: {s.problems}" if s.problems else "")
-    )
+    if settings.notify_stall > 0 and settings.wants("stalled"):
+        tree = make_tree(workdir / "live-stalled")
+        m = live(
+            DROPLINE, tree, settings, results.latency_method, notify_stall=settings.notify_stall
+        )
+        during = m.latency(0.99, stalled=True) or 0.0
+        say(
+            f"live {settings.rate:g}/s x {settings.live_files:,}, dropline, notify reader "
+            f"stalled {m.notify_stalled_s or 0:.1f} s: {_summary(m)}; "
+            f"the {len(m.stalled_ms):,} closed meanwhile: p99 {during:.2f} ms"
+        )
+        results.live_stalled = m
+        _discard(tree.root, settings)
 
-    results.cpu_stage = cpu_bound_stage(workdir, settings, say)
+    if settings.wants("sigterm"):
+        results.sigterm = s = sigterm_while_draining(workdir / "sigterm", settings)
+        say(
+            f"SIGTERM while draining: exit {s.exit_s or 0:.2f} s (status {s.exit_code}), "
+            f"{s.archived_after:,}/{s.files:,} archived after restart"
+            + (f"; PROBLEMS: {s.problems}" if s.problems else "")
+        )
+
+    if settings.wants("cpu"):
+        results.cpu_stage = cpu_bound_stage(workdir, settings, say)
 
     if settings.run_big:
         big_backlog(results, kinds, say)
