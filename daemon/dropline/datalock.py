@@ -30,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import DataLockedError
+from .errors import DataLockedError, HostError
 
 
 def lock_holder(directory: Path) -> int | None:
@@ -85,6 +85,15 @@ def acquire_data_lock(data_dir: Path, state_lock_fd: int, wait: float = 0.0) -> 
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
+            except OSError as exc:
+                # A network filesystem may not lock a directory opened read-only
+                # (NFS maps flock to a write lock, EBADF).  Running unlocked would
+                # drop the guarantee silently; restarting cannot help (exit 2).
+                raise HostError(
+                    f"cannot lock the data folder {data_dir} ({exc.strerror}): dropline "
+                    "locks data_dir to keep one daemon per data folder; put data_dir on a "
+                    "filesystem that supports flock"
+                ) from None
     except BaseException:
         os.close(fd)
         raise
