@@ -46,7 +46,8 @@ def test_status_while_a_burst_drains(tree: Tree, start_daemon: Any) -> None:
         return doc if running else None
 
     doc = wait_until(busy, timeout=30, interval=0.05, what="a stage running in status")
-    assert doc["daemon"] == {"running": True, "pid": daemon.proc.pid}
+    pid = daemon.proc.pid
+    assert doc["daemon"] == {"running": True, "pid": pid, "data_folder_pid": pid}
     running = next(f for f in doc["in_flight"]["shown"] if f["running"])
     assert running["stage"] == "wait-a-bit"
     assert running["pipeline"] == "slow"
@@ -86,7 +87,7 @@ def test_status_without_a_daemon_counts_the_backlog(tree: Tree) -> None:
     (tree.incoming / ".hidden").write_bytes(b"")
     (tree.incoming / "half.part").write_bytes(b"")
     doc = cli_json(tree, "status", schema="status")
-    assert doc["daemon"] == {"running": False, "pid": None}
+    assert doc["daemon"] == {"running": False, "pid": None, "data_folder_pid": None}
     assert doc["counts"] == {"incoming": 5, "working": 0, "archived": 3, "failed": 0}
     assert doc["backlog"]["incoming"] == 5
     assert doc["backlog"]["oldest_seconds"] is not None

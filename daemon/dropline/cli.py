@@ -17,6 +17,7 @@ from . import __version__
 from .errors import (
     ConfigError,
     DaemonUnavailableError,
+    DataLockedError,
     FatalIOError,
     HostError,
     NotFoundError,
@@ -343,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (
         StateLockedError,
+        DataLockedError,
         StateUnavailableError,
         NotFoundError,
         DaemonUnavailableError,

@@ -35,6 +35,7 @@ from typing import Any
 
 from .config import Config, check_paths, load_config
 from .crashpoints import crashpoint
+from .datalock import acquire_data_lock
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .hostcheck import free_space_problem
 from .log import get_logger, hold_lines, journal_behind, journal_waiting, release_lines
@@ -172,6 +173,7 @@ class Daemon:
         self._next_status = 0.0
         self._next_ping = 0.0
         self._lock_fd = -1
+        self._data_lock_fd = -1
         self.stranded: set[bytes] = set()
         self.disk_problem = ""  # non-empty while claiming is paused for lack of space
         self.journal_paused = False  # claiming paused: entries wait for journald
@@ -205,6 +207,9 @@ class Daemon:
         self.mono = time.monotonic()
         # A command holding the lock while no daemon runs (`dropline retry`) is brief.
         self._lock_fd = acquire_lock(cfg.state_db, wait=3.0)
+        # Then the data folder's, before recovery looks at working/: a daemon of
+        # another state on this folder holds files there that are not ours to adopt.
+        self._data_lock_fd = acquire_data_lock(cfg.data_dir, self._lock_fd, wait=3.0)
         self.state = State(cfg.state_db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
         report = recover(self.state, self.spool, self.routes, now, self.log)
@@ -243,8 +248,8 @@ class Daemon:
         # their names are taken for as long as this daemon runs.
         known = {item.working_name for item in self.items.values()}
         self.stranded = set(self.spool.list_working()) - known
-        # It holds the lock too: no new daemon recovers while it still moves files.
-        self.mover = Mover(self.spool, keep_fds=(self._lock_fd,))
+        # It holds the locks too: no new daemon recovers while it still moves files.
+        self.mover = Mover(self.spool, keep_fds=(self._lock_fd, self._data_lock_fd))
         self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
         # The watch first, then the scan: a file arriving in between is seen by both.
         st = os.stat(cfg.incoming)
@@ -275,9 +280,10 @@ class Daemon:
             self.spool.close()
         if self.state is not None:
             self.state.close()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        for fd in (self._data_lock_fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._data_lock_fd = self._lock_fd = -1
         # Last: STOPPING=1 still waiting for room gets a short, bounded try.
         self.notifier.close()
 

@@ -62,6 +62,14 @@ class StateLockedError(DroplineError):
     """Another dropline process holds the lock on the state directory."""
 
 
+class DataLockedError(DroplineError):
+    """Another dropline process, of another state, holds the lock on the data folder (exit 1).
+
+    Not a StateLockedError: `dropline retry` takes that one to mean "a daemon
+    runs on this state, ask it", which no daemon of this state would answer.
+    """
+
+
 class StateUnavailableError(DroplineError):
     """The state database cannot be read: missing, unreadable, or not dropline's.
 

@@ -16,9 +16,9 @@ errno).  A crash of either process leaves what a crash of the single loop
 would: recovery completes or undoes each recorded intent.
 
 It is ``python -m dropline.mover`` (a fresh interpreter, not a fork of the
-threaded daemon), holding the daemon's directory descriptors and its lock
-on the state directory: a new daemon cannot start recovery while a mover
-of an old one still moves files.  It ignores SIGTERM and SIGINT (the
+threaded daemon), holding the daemon's directory descriptors and its locks
+on the state directory and the data folder: a new daemon cannot start
+recovery while a mover of an old one still moves files.  It ignores SIGTERM and SIGINT (the
 daemon decides when to stop; the mover ends when its pipe closes) and dies
 with the daemon (PR_SET_PDEATHSIG).
 """

@@ -667,7 +667,11 @@ def acquire_lock(state_db: Path, wait: float = 0.0) -> int:
                 time.sleep(0.05)
                 continue
             os.close(fd)
+            from .datalock import lock_holder
+
+            pid = lock_holder(directory)
+            who = f"pid {pid}, " if pid is not None else ""
             raise StateLockedError(
-                f"another dropline is running on the state in {directory} (its lock is held)"
+                f"another dropline is running on the state in {directory} ({who}its lock is held)"
             ) from None
         return fd

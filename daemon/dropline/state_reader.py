@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .datalock import lock_holder
 from .errors import StateUnavailableError
 
 _UNFINISHED = ("claiming", "active", "finishing", "requeuing")
@@ -218,27 +219,8 @@ class StateReader:
 
 
 def daemon_pid(state_db: Path) -> int | None:
-    """The pid holding the daemon's lock on the state directory, or None.
-
-    Read from /proc/locks rather than by trying the lock: a probe that took
-    the lock, even for a moment, could make a starting daemon wait for it.
-    """
-    try:
-        st = os.stat(state_db.parent)
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a waiter's line has "->"
-        # in the second field, so it never matches).
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
-            with contextlib.suppress(ValueError):
-                pid = int(fields[4])
-                return pid if pid > 0 else None
-    return None
+    """The pid holding the daemon's lock on the state directory, or None."""
+    return lock_holder(state_db.parent)
 
 
 __all__ = ["AttemptView", "EventView", "ItemView", "StateReader", "daemon_pid"]

@@ -2,9 +2,12 @@
 
 While the daemon runs, the command leaves requests in the state database and
 waits for the daemon to apply them (the daemon alone moves files in
-working/).  While it does not run, the command takes the daemon's lock and
-moves the files back to working/ itself; the daemon runs them when it
-starts.  Either way ``requeue.py`` does the moving, durably.
+working/).  While it does not run, the command takes the daemon's locks
+(the state's, then the data folder's, in the daemon's order) and moves the
+files back to working/ itself; the daemon runs them when it starts.  A
+daemon of another state that runs on the same data folder refuses it
+(exit 1): working/ is that daemon's.  Either way ``requeue.py`` does the
+moving, durably.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from .. import console as c
 from ..config import Config
+from ..datalock import acquire_data_lock
 from ..errors import NotFoundError, StateLockedError
 from ..state import State, acquire_lock
 from ..state_reader import StateReader
@@ -45,8 +49,8 @@ def select(
         return list(dict.fromkeys(ids))
 
 
-def _offline(config: Config, lock_fd: int, item_ids: list[str]) -> dict[str, str]:
-    """No daemon: move the files back to working/ here, holding its lock."""
+def _offline(config: Config, lock_fds: tuple[int, int], item_ids: list[str]) -> dict[str, str]:
+    """No daemon: move the files back to working/ here, holding its locks (LOCK_FDS)."""
     from ..pipeline import Routes
     from ..requeue import requeue_batch
     from ..spool import Spool
@@ -64,7 +68,8 @@ def _offline(config: Config, lock_fd: int, item_ids: list[str]) -> dict[str, str
     finally:
         spool.close()
         state.close()
-        os.close(lock_fd)
+        for fd in lock_fds:
+            os.close(fd)
     return results
 
 
@@ -95,7 +100,12 @@ def run(config: Config, item_ids: list[str], wait: float) -> dict[str, Any]:
         answers = _through_daemon(config, item_ids, wait)
         mode = "daemon"
     else:
-        answers = dict(_offline(config, lock_fd, item_ids))
+        try:
+            data_fd = acquire_data_lock(config.data_dir, lock_fd, wait=1.0)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        answers = dict(_offline(config, (lock_fd, data_fd), item_ids))
         mode = "offline"
     items = [
         {"item": item_id, "result": answer or "pending", "requeued": answer == "requeued"}

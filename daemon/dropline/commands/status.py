@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import console as c
 from ..config import Config
+from ..datalock import lock_holder
 from ..pipeline import compile_globs
 from ..state_reader import AttemptView, ItemView, StateReader, daemon_pid
 
@@ -60,6 +61,8 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     incoming, oldest = _count_folder(config.incoming, ignored, oldest=True)
     working, _ = _count_folder(config.working, ignored, oldest=False)
     pid = daemon_pid(config.state_db)
+    # Whoever holds the data folder: this state's daemon, or one of another state.
+    holder = lock_holder(config.data_dir)
     with StateReader(config.state_db) as reader, reader.snapshot():
         states = reader.counts()
         recent = reader.finished_since(now - RATE_WINDOW)
@@ -83,7 +86,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         in_flight.append(entry)
     done = recent["archived"] + recent["failed"]
     return {
-        "daemon": {"running": pid is not None, "pid": pid},
+        "daemon": {"running": pid is not None, "pid": pid, "data_folder_pid": holder},
         "counts": {
             "incoming": incoming,
             "working": working,
@@ -127,6 +130,9 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         head = out.paint("running", "green") + f" (pid {daemon['pid']})"
     else:
         head = out.paint("not running", "yellow")
+        other = daemon.get("data_folder_pid")
+        if other is not None:
+            head += f" (another dropline, pid {other}, runs on its data folder with another state)"
     out.line(f"dropline {head}; data {doc['data_dir']}, state {doc['state_db']}")
     out.line()
     counts = doc["counts"]
