@@ -227,9 +227,11 @@ def test_curl(tree: Tree, dropline: DaemonProcess, served: Served) -> None:
     need("curl")
     files = _files("fetched", 2)
     _source(served.root, files)
-    run(["curl", "-sSf", "-o", tree.incoming / "fetched0.csv", served.url("fetched0.csv")])
+    # --noproxy, --no-proxy: the server is on 127.0.0.1 whatever proxy the machine has.
+    run(["curl", "-sSf", "--noproxy", "*", "-o", tree.incoming / "fetched0.csv",
+         served.url("fetched0.csv")])  # fmt: skip
     sh(
-        f"curl -sSf -o .fetched1.csv.part {served.url('fetched1.csv')}"
+        f"curl -sSf --noproxy '*' -o .fetched1.csv.part {served.url('fetched1.csv')}"
         " && mv .fetched1.csv.part fetched1.csv",
         cwd=tree.incoming,
     )
@@ -241,8 +243,8 @@ def test_wget(tree: Tree, dropline: DaemonProcess, served: Served) -> None:
     need("wget")
     files = _files("got", 2)
     _source(served.root, files)
-    run(["wget", "-q", "-O", tree.incoming / "got0.csv", served.url("got0.csv")])
-    run(["wget", "-q", "-P", tree.incoming, served.url("got1.csv")])
+    run(["wget", "-q", "--no-proxy", "-O", tree.incoming / "got0.csv", served.url("got0.csv")])
+    run(["wget", "-q", "--no-proxy", "-P", tree.incoming, served.url("got1.csv")])
     judge(tree, dropline, files)
 
 
@@ -378,7 +380,7 @@ def test_vim_in_place(tree: Tree, dropline: DaemonProcess) -> None:
     """
     parked = tree.incoming / "notes.txt.part"
     parked.write_bytes(b"first\nsecond\n")
-    said = _vim_edit(_vim(), parked, "%s/second/2nd/", prefix=slowed("unlink,unlinkat"))
+    said = _vim_edit(_vim(), parked, "%s/second/2nd/", prefix=slowed("unlink,unlinkat", 250_000))
     parked.rename(tree.incoming / "notes.txt")
     judge(tree, dropline, {"notes.txt": b"first\n2nd\n"}, tool_errors=[said])
 
