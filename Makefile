@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNDIR ?= var
 
 .PHONY: run test lint typecheck unit venv clean install uninstall wheelhouse soak bench postgresql-server \
-	lock test-newest
+	writer-tools lock test-newest
 
 # The environments are built from the lock files in requirements/ (make lock writes
 # them from pyproject.toml): run.txt for running, test.txt for running and testing.
@@ -111,16 +111,37 @@ postgresql-server:
 	    apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1; } || \
 	  echo "test: could not install postgresql; the postgres-load tests are skipped"
 
-unit: venv postgresql-server
+# The tier of real writers (tests/test_real_writers.py) runs the tools operators write
+# into incoming/ with, and strace to hold a tool's race window open.  As root, Debian's
+# packages of those missing are installed (COMMAND:PACKAGE); where they cannot be, the
+# tests that need them skip, naming the tool.
+WRITER_TOOLS := rsync:rsync vim.tiny:vim-tiny sqlite3:sqlite3 tar:tar unzip:unzip zip:zip \
+	curl:curl wget:wget gzip:gzip strace:strace
+writer-tools:
+	@missing=""; for t in $(WRITER_TOOLS); do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	  [ -n "$$missing" ] || exit 0; \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || \
+	  { echo "test: not installed:$$missing; the real-writer tests that need them are skipped"; exit 0; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1; } || \
+	  echo "test: could not install$$missing; the real-writer tests that need them are skipped"
+
+unit: venv postgresql-server writer-tools
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
 
 # The long crash soak (10,000 files, dozens of SIGKILLs); make test runs a short one.
-# DROPLINE_SOAK_SEED=N replays a schedule the soak printed.  Then 100,000 files through
-# the installed service, every end in the journal (as root: the booted-systemd tier).
-soak: venv
+# DROPLINE_SOAK_SEED=N replays a schedule the soak printed.  Then the real writers'
+# plain repetitions (sed -i 2,000 times, a file rewritten 300 times, sqlite3 over many
+# transactions, vim saving 50 times), and 100,000 files through the installed service,
+# every end in the journal (as root: the booted-systemd tier).
+soak: venv writer-tools
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_soak.py -q -s
+	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_real_writers.py -q -rxX -k soak
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/e2e/test_journal_burst.py -q -s -k soak
 
 # The benchmark (tests/bench): dropline against reference loops on the same workloads, one
