@@ -81,7 +81,7 @@ lock:
 # versions that pyproject.toml allows, made anew each time: an upstream release
 # that breaks dropline fails here before a lock that takes it is written.
 NEWEST_VENV := .venv-newest
-test-newest: postgresql-server
+test-newest: postgresql-server writer-tools
 	rm -rf $(NEWEST_VENV)
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
