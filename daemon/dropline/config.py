@@ -73,6 +73,20 @@ class PipelineConfig:
     on_failure: tuple[StageConfig, ...] = ()
 
 
+# Tools whose temporary and auxiliary names are known (toolnames.py has the rules).
+TOOL_RULES: tuple[str, ...] = ("sqlite", "sed", "vim", "office")
+
+
+@dataclass(frozen=True)
+class ToolFilesConfig:
+    """Names common tools write beside a file: when they may be claimed (toolnames.py)."""
+
+    rules: tuple[str, ...] = TOOL_RULES  # [] claims such names as soon as any other
+    grace: float = 2.0  # a temporary-shaped name is claimed only if unchanged this long
+    held_warning: float = 300.0  # a name held longer is logged once and shown by status
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics: an HTTP endpoint, a textfile for node exporter, or both."""
@@ -101,6 +115,7 @@ class Config:
     state_db: Path
     pipelines: tuple[PipelineConfig, ...]
     ignore: tuple[str, ...] = DEFAULT_IGNORE
+    tool_files: ToolFilesConfig = ToolFilesConfig()
     settle_time: float = 2.0
     rescan_interval: float = 60.0
     archive_layout: ArchiveLayout = "daily"
@@ -145,6 +160,7 @@ TOP_KEYS: tuple[str, ...] = (
     "state_db",
     "pipelines",
     "ignore",
+    "tool_files",
     "settle_time",
     "rescan_interval",
     "archive_layout",
@@ -178,6 +194,7 @@ ARCHIVE_LAYOUTS: tuple[ArchiveLayout, ...] = ("flat", "daily")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 BACKOFF_KEYS: tuple[str, ...] = ("initial", "max")
 METRICS_KEYS: tuple[str, ...] = ("listen", "textfile", "interval")
+TOOL_FILES_KEYS: tuple[str, ...] = ("rules", "grace", "held_warning")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAME_RULE = "1 to 64 characters from letters, digits, '.', '_' and '-', not only dots"
@@ -201,6 +218,7 @@ _TEXTFILE_RULE = "an absolute path ending in .prom, e.g. /var/lib/node_exporter/
 _CONFIG_DEFAULTS = Config(path=Path(), data_dir=Path(), state_db=Path(), pipelines=())
 _STAGE_DEFAULTS = StageConfig(name="", kind="builtin")
 _METRICS_DEFAULTS = MetricsConfig()
+_TOOL_FILES_DEFAULTS = ToolFilesConfig()
 # One read-only empty mapping, so that no stage holds a dict someone could mutate.
 _NO_OPTIONS: Mapping[str, Any] = types.MappingProxyType({})
 
@@ -616,6 +634,7 @@ class _Builder:
             ignore=opt(
                 "ignore", lambda n, k: self.globs(n, k, single_ok=False, empty_ok=True), d.ignore
             ),
+            tool_files=opt("tool_files", self.tool_files, d.tool_files),
             settle_time=opt("settle_time", duration(False), d.settle_time),
             rescan_interval=opt("rescan_interval", duration(True), d.rescan_interval),
             archive_layout=opt(
@@ -914,6 +933,35 @@ class _Builder:
             ),
             lines=types.MappingProxyType({name: _line(pair[0]) for name, pair in pairs.items()}),
         )
+
+    def tool_files(self, node: Node, key: str) -> ToolFilesConfig:
+        what = f"a mapping with {_keys(TOOL_FILES_KEYS)}"
+        pairs = self.mapping(node, key, TOOL_FILES_KEYS, (), what)
+        d = _TOOL_FILES_DEFAULTS
+        return ToolFilesConfig(
+            rules=self.optional(pairs, "rules", key, self.tool_rules, d.rules),
+            grace=self.optional(
+                pairs, "grace", key, lambda n, k: self.duration(n, k, positive=False), d.grace
+            ),
+            held_warning=self.optional(
+                pairs,
+                "held_warning",
+                key,
+                lambda n, k: self.duration(n, k, positive=True),
+                d.held_warning,
+            ),
+            lines=types.MappingProxyType({name: _line(pair[0]) for name, pair in pairs.items()}),
+        )
+
+    def tool_rules(self, node: Node, key: str) -> tuple[str, ...]:
+        items = self.sequence(node, key, f"a list of rules (of {_keys(TOOL_RULES)}), or []")
+        rules: list[str] = []
+        for i, item in enumerate(items):
+            rule = self.choice(item, f"{key}[{i}]", TOOL_RULES)
+            if rule in rules:
+                raise self.error(f'"{rule}" is listed twice; give each rule once', item, key)
+            rules.append(rule)
+        return tuple(rules)
 
     def listen(self, node: Node, key: str) -> tuple[str, int]:
         if isinstance(node, SequenceNode):

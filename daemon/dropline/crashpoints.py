@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 # Every step of the protocol, in the order a file meets them.  The tests crash
 # at each in turn.
@@ -87,3 +88,17 @@ def fault(name: str) -> None:
     """Raise OSError(EIO) if the tests armed the fault NAME."""
     if _FAULT.fires(name):
         raise OSError(errno.EIO, f"injected fault at {name}")
+
+
+# Pauses: DROPLINE_PAUSE_AT=NAME:SECONDS makes the daemon sleep at step NAME each time
+# it passes there, holding a race window open (a writer's next step lands inside it)
+# that a test would otherwise hit once in hundreds of runs.
+PAUSES: tuple[str, ...] = ("intake.look",)  # before a name in incoming/ is looked at
+_PAUSE_NAME, _, _pause_for = os.environ.get("DROPLINE_PAUSE_AT", "").partition(":")
+_PAUSE_SECONDS = float(_pause_for or 0)
+
+
+def pausepoint(name: str) -> None:
+    """Sleep here if the tests armed the pause NAME."""
+    if name == _PAUSE_NAME:
+        time.sleep(_PAUSE_SECONDS)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, check_paths, load_config
-from .crashpoints import crashpoint
+from .crashpoints import crashpoint, pausepoint
 from .datalock import acquire_data_lock
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .hostcheck import free_space_problem
@@ -72,6 +72,7 @@ from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool
 from .stages import FAILURE, StageContext
 from .state import State, acquire_lock
+from .toolnames import Beside, Hold
 from .watch import FileReady, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
 
@@ -81,6 +82,9 @@ _WATCH_CHECK_EVERY = 1.0  # seconds between looks at the inotify reader thread
 _WATCH_FAILURES_ALLOWED = 5
 _WATCH_FAILURE_WINDOW = 60.0
 _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan later
+# Seconds between looks at a name held while a file beside it is there (toolnames.py).
+_HOLD_RECHECK = 1.0
+_HELD_LOG_EVERY = 60.0  # seconds: a name held again within this is not logged again
 _STATUS_EVERY = 0.25  # seconds between STATUS updates when busy
 _PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
 _SPACE_CHECK_EVERY = 1.0  # seconds between free-space checks (and retries after ENOSPC)
@@ -115,6 +119,18 @@ class Item:
     # means someone still writes to it.
     fingerprint: tuple[int, int] | None = None
     fingerprint_pass: int = -1  # the loop's pass that took it (see _changed_under_us)
+
+
+@dataclass(slots=True)
+class Held:
+    """A name in incoming/ that a rule of toolnames.py keeps waiting."""
+
+    rule: str
+    since: float  # monotonic: when it was first held
+    # On a file beside it (not a grace): it waits for that, and does not keep
+    # --exit-when-idle from exiting.
+    waits: bool
+    warned: bool = False  # logged as held too long
 
 
 @dataclass
@@ -157,6 +173,9 @@ class Daemon:
         self.results_pending: list[tuple[StageResult, Item, Running]] = []
         self.candidates: dict[bytes, None] = {}
         self.settling: dict[bytes, float] = {}
+        self.held: dict[bytes, Held] = {}  # names kept waiting by a rule, each in settling too
+        self.held_logged: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self.beside: Beside | None = None
         self.refused: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
         self.scan: Any = None
         self.scan_seen = 0
@@ -212,6 +231,7 @@ class Daemon:
         self._data_lock_fd = acquire_data_lock(cfg.data_dir, self._lock_fd, wait=3.0)
         self.state = State(cfg.state_db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
+        self.beside = Beside(self.spool.incoming_fd)
         report = recover(self.state, self.spool, self.routes, now, self.log)
         self.spool.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
         if report.changed:
@@ -659,10 +679,11 @@ class Daemon:
 
     def _next_entries(self, now: float) -> list[Entry]:
         """The next files to claim (up to the room left): checked, settled, not refused."""
-        assert self.spool is not None
+        assert self.spool is not None and self.beside is not None
         room = self._room()
         if room <= 0:
             return []
+        tool_names = self.routes.tool_names
         entries: list[Entry] = []
         seen: set[bytes] = set()
         in_flight = self._names_being_claimed()
@@ -679,13 +700,22 @@ class Daemon:
                     self.settling[name] = self.mono
                 continue
             seen.add(name)
+            pausepoint("intake.look")
             found = self.spool.inspect_incoming(name)
             if found is None:
+                if self.held:
+                    self.held.pop(name, None)
                 continue
             if isinstance(found, Refusal):
                 self._refuse(found)
                 continue
             age = now - max(found.mtime_ns, found.ctime_ns) / 1e9
+            hold = tool_names.hold(name, found.size, age, self.beside)
+            if hold is not None:
+                self._hold(name, hold, age)
+                continue
+            if self.held:
+                self.held.pop(name, None)
             if not notified and age < self.config.settle_time:
                 # Found by a scan and still changing: its writer may be at work.
                 if len(self.settling) < _MAX_SETTLING:
@@ -696,6 +726,36 @@ class Daemon:
             entries.append(found)
             size += found.size
         return entries
+
+    def _hold(self, name: bytes, hold: Hold, age: float) -> None:
+        """Keep NAME waiting, as a rule says; logged once if that lasts too long."""
+        held = self.held.get(name)
+        if held is None:
+            held = self.held[name] = Held(hold.rule, self.mono, hold.grace is None)
+            # A journal made again by each transaction is logged once a minute, not each time.
+            logged = self.held_logged.get(name)
+            if logged is None or self.mono - logged >= _HELD_LOG_EVERY:
+                self.held_logged[name] = self.mono
+                self.held_logged.move_to_end(name)
+                if len(self.held_logged) > _MAX_REFUSED:
+                    self.held_logged.popitem(last=False)
+                self.log.info("file.held", file=name, rule=hold.rule, reason=hold.reason)
+        elif not held.warned and self.mono - held.since >= self.routes.tool_names.held_warning:
+            held.warned = True
+            self.log.warning(
+                "file.held_long",
+                file=name,
+                rule=hold.rule,
+                reason=hold.reason,
+                seconds=round(self.mono - held.since),
+                detail="not claimed while this lasts; see tool_files in the configuration",
+            )
+        # A grace ends at a known age; a file beside it may go at any time.
+        wait = _HOLD_RECHECK if hold.grace is None else max(hold.grace - age, 0.0) + 0.01
+        if len(self.settling) < _MAX_SETTLING:
+            self.settling[name] = self.mono + wait
+        else:
+            self.rescan_pending = self.rescan_pending or "settling"
 
     def _goes_straight_on(self, c: Claimed) -> bool:
         """Whether a file just claimed has no stage to run: it is finished this pass."""
@@ -1154,12 +1214,18 @@ class Daemon:
         return not (
             self.items
             or self.candidates
-            or self.settling
+            or (self.settling and not self._only_held_waiting())
             or self.scan is not None
             or self.to_finish
             or self.claiming
             or self.finishing
         )
+
+    def _only_held_waiting(self) -> bool:
+        """Whether every name settling is held until a file beside it goes: waiting on
+        a writer that may never come back, so not work left for --exit-when-idle."""
+        held = self.held
+        return all(name in held and held[name].waits for name in self.settling)
 
     def _should_exit(self) -> bool:
         if self.stopping_since is not None:

@@ -22,6 +22,7 @@ from .stages import StageFunc
 from .stages.builtin import BuildEnv, build_builtin
 from .stages.command import build_command_stage
 from .stages.python import load_python_stage
+from .toolnames import ToolNames
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Routes:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._ignore = compile_globs(config.ignore)
+        self.tool_names = ToolNames(config.tool_files)
         self.pipelines: tuple[Pipeline, ...] = tuple(
             Pipeline(
                 pc,

@@ -17,15 +17,25 @@ from ..config import Config
 from ..datalock import lock_holder
 from ..pipeline import compile_globs
 from ..state_reader import AttemptView, ItemView, StateReader, daemon_pid
+from ..toolnames import Beside, ToolNames
 
 RATE_WINDOW = 60.0  # seconds: files/s over the last minute
 IN_FLIGHT_SHOWN = 20
 FAILURES_SHOWN = 5
 _OLDEST_LIMIT = 10_000  # beyond this many waiting files, the oldest is not looked for
+HELD_SHOWN = 20
+_SHAPED_LIMIT = 10_000  # names shaped like a tool's looked at, at most
 
 
-def _count_folder(path: Path, ignored: re.Pattern[str], oldest: bool) -> tuple[int, float | None]:
-    """Entries a daemon would look at (not IGNORED names); the oldest mtime."""
+def _count_folder(
+    path: Path,
+    ignored: re.Pattern[str],
+    oldest: bool,
+    rules: ToolNames | None = None,
+    shaped: list[bytes] | None = None,
+) -> tuple[int, float | None]:
+    """Entries a daemon would look at (not IGNORED names); the oldest mtime.  Names
+    shaped like a tool's (RULES) are added to SHAPED."""
     count = 0
     first: float | None = None
     try:
@@ -33,6 +43,10 @@ def _count_folder(path: Path, ignored: re.Pattern[str], oldest: bool) -> tuple[i
             for entry in it:
                 if ignored.match(entry.name):
                     continue
+                if rules is not None and shaped is not None and len(shaped) < _SHAPED_LIMIT:
+                    name = os.fsencode(entry.name)
+                    if rules.shaped(name) is not None:
+                        shaped.append(name)
                 count += 1
                 if oldest and count <= _OLDEST_LIMIT:
                     try:
@@ -43,6 +57,43 @@ def _count_folder(path: Path, ignored: re.Pattern[str], oldest: bool) -> tuple[i
     except OSError:
         return 0, None
     return count, (first if count <= _OLDEST_LIMIT else None)
+
+
+def _held(config: Config, rules: ToolNames, names: list[bytes], now: float) -> list[dict[str, Any]]:
+    """The names in incoming/ that a rule of tool_files holds and that have not changed
+    for longer than its held_warning: what the daemon logs as file.held_long.  NAMES
+    are those shaped like a tool's; a database held by its journal is found by it."""
+    if not names:
+        return []
+    try:
+        fd = os.open(config.incoming, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    held: dict[bytes, dict[str, Any]] = {}
+    try:
+        beside = Beside(fd)
+        look = []
+        for name in names:
+            look.append(name)
+            base = rules.sqlite_base(name)
+            if base is not None:
+                look.append(base)
+        for name in look:
+            st = beside.stat(name)
+            if name in held or st is None:
+                continue
+            age = now - max(st.st_mtime, st.st_ctime)
+            hold = rules.hold(name, st.st_size, age, beside)
+            if hold is not None and age >= config.tool_files.held_warning:
+                held[name] = {
+                    "file": c.name(name),
+                    "rule": hold.rule,
+                    "reason": hold.reason,
+                    "unchanged_seconds": round(age, 3),
+                }
+    finally:
+        os.close(fd)
+    return sorted(held.values(), key=lambda h: -float(h["unchanged_seconds"]))
 
 
 def _stage_of(item: ItemView, running: AttemptView | None, config: Config) -> str:
@@ -58,7 +109,10 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     """The status as one JSON-ready document."""
     now = time.time() if now is None else now
     ignored = compile_globs(config.ignore)
-    incoming, oldest = _count_folder(config.incoming, ignored, oldest=True)
+    rules = ToolNames(config.tool_files)
+    names: list[bytes] = []
+    incoming, oldest = _count_folder(config.incoming, ignored, True, rules, names)
+    held = _held(config, rules, names, now)
     working, _ = _count_folder(config.working, ignored, oldest=False)
     pid = daemon_pid(config.state_db)
     # Whoever holds the data folder: this state's daemon, or one of another state.
@@ -97,6 +151,11 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "backlog": {
             "incoming": incoming,
             "oldest_seconds": round(now - oldest, 3) if oldest is not None else None,
+        },
+        "held": {
+            "count": len(held),
+            "after_seconds": config.tool_files.held_warning,
+            "shown": held[:HELD_SHOWN],
         },
         "in_flight": {"count": unfinished, "shown": in_flight},
         "rate": {
@@ -153,6 +212,20 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         f"Throughput: {rate['files_per_second']:.1f} files/s over the last minute "
         f"({rate['archived']:,} archived, {rate['failed']:,} failed)"
     )
+    held = doc["held"]
+    if held["count"]:
+        out.line()
+        more = held["count"] - len(held["shown"])
+        out.line(
+            f"Held:       {held['count']:,} in incoming/ kept waiting by a rule of tool_files "
+            f"for over {c.span(held['after_seconds'])}"
+            + (f" ({HELD_SHOWN} shown)" if more > 0 else "")
+        )
+        rows = [
+            [c.shorten(h["file"], 40), h["rule"], c.span(h["unchanged_seconds"]), h["reason"]]
+            for h in held["shown"]
+        ]
+        out.table(["FILE", "RULE", "UNCHANGED", "WAITS BECAUSE"], rows, right=(2,))
     flight = doc["in_flight"]
     out.line()
     if not flight["count"]:
