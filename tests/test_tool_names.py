@@ -171,6 +171,13 @@ def test_a_database_waits_while_a_transaction_or_its_log_is_beside(
     assert judge(folder, "sales") is None  # no database: nothing of SQLite's waits for it
 
 
+def test_a_name_too_long_for_a_journal_beside_it(folder: tuple[Path, Beside]) -> None:
+    path, _ = folder
+    for name in ("a" * 255, "sed" + "a" * 252, "~$" + "b" * 253):
+        (path / name).write_text("x\n")
+        assert judge(folder, name, age=5.0) is None
+
+
 def test_rules_can_be_turned_off(folder: tuple[Path, Beside]) -> None:
     path, beside = folder
     (path / "db").write_bytes(DATABASE)

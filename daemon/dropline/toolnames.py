@@ -25,6 +25,7 @@ beside it?) and no wait.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -77,10 +78,14 @@ class Beside:
         self.dir_fd = dir_fd
 
     def stat(self, name: bytes) -> os.stat_result | None:
+        """lstat NAME; None if there is no such file (or no such name can be: a name of
+        255 bytes has no "-journal" beside it)."""
         try:
             return os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                return None
+            raise
 
     def head(self, name: bytes, size: int) -> bytes:
         """The first SIZE bytes of a regular file; b"" if it cannot be read.
