@@ -58,11 +58,7 @@ from .real_writers import (
 SOAK = os.environ.get("DROPLINE_SOAK", "") == "long"
 soak_only = pytest.mark.skipif(not SOAK, reason="make soak only (DROPLINE_SOAK=long)")
 
-SED_TEMPORARY = "sed -i's temporary sedXXXXXX is claimed between its close and its rename"
-VIM_4913 = "vim's write test file 4913 is claimed between its close and its removal"
-SQLITE_JOURNAL = "SQLite's rollback journal NAME-journal is claimed while sqlite3 holds it"
 FOLDERS = "a folder dropped into incoming/ is never processed and stays there"
-MKSTEMP_TEMPORARY = "tempfile's tmpXXXXXXXX is claimed between its close and its rename"
 STRANDED = "a file that cannot be put back is stranded in working/ and its name blocked"
 
 
@@ -333,7 +329,6 @@ def test_gzip_and_gunzip_in_place(tree: Tree, dropline: DaemonProcess) -> None:
 # --- editors in place: sed, vim -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=SED_TEMPORARY)
 def test_sed_in_place(tree: Tree, dropline: DaemonProcess) -> None:
     """sed -i on a file parked as NAME.part, then renamed to its final name.
 
@@ -370,7 +365,6 @@ def _vim_edit(vim: str, path: Path, *commands: str, prefix: Sequence[str] = ()) 
     return attempt([*prefix, *args, "-c", "wq", path])
 
 
-@pytest.mark.xfail(strict=True, reason=VIM_4913)
 def test_vim_in_place(tree: Tree, dropline: DaemonProcess) -> None:
     """vim saving an existing file first tries a file named 4913 beside it, then removes it.
 
@@ -413,7 +407,6 @@ def _sqlite(
     return {"shop.db": reference.read_bytes()}, said
 
 
-@pytest.mark.xfail(strict=True, reason=SQLITE_JOURNAL)
 def test_sqlite3_rollback_journal(tree: Tree, dropline: DaemonProcess) -> None:
     """Each commit closes NAME-journal, then deletes it: the deletion is held back (strace)."""
     expected, said = _sqlite(tree, "DELETE", 20, slowed("unlink,unlinkat", 100_000))
@@ -456,7 +449,6 @@ def test_python_mkstemp_hidden_then_replace(tree: Tree, dropline: DaemonProcess)
     judge(tree, dropline, files, tool_errors=said)
 
 
-@pytest.mark.xfail(strict=True, reason=MKSTEMP_TEMPORARY)
 def test_python_mkstemp_default_name_then_replace(tree: Tree, dropline: DaemonProcess) -> None:
     """mkstemp's default name tmpXXXXXXXX is no ignored name: a slow rename loses the file."""
     files = _files("pyd", 1)
@@ -468,7 +460,6 @@ def test_python_mkstemp_default_name_then_replace(tree: Tree, dropline: DaemonPr
 
 
 @soak_only
-@pytest.mark.xfail(strict=True, reason=SED_TEMPORARY)
 def test_soak_sed_in_place_2000_times(tree: Tree, dropline: DaemonProcess) -> None:
     """sed -i 2,000 times on one parked file, then renamed to its final name."""
     need("sed")
@@ -498,7 +489,6 @@ def test_soak_shell_loop_rewrites_one_file_300_times(tree: Tree, dropline: Daemo
 
 
 @soak_only
-@pytest.mark.xfail(strict=True, reason=SQLITE_JOURNAL)
 def test_soak_sqlite3_rollback_journal_many_transactions(
     tree: Tree, dropline: DaemonProcess
 ) -> None:
@@ -515,7 +505,7 @@ def test_soak_sqlite3_wal_many_transactions(tree: Tree, dropline: DaemonProcess)
 @soak_only
 @pytest.mark.xfail(
     strict=False,  # it fails in some runs only: a strict mark would fail the others
-    reason=f"{STRANDED}; {VIM_4913}",
+    reason=STRANDED,
 )
 def test_soak_vim_saves_50_times(tree: Tree, dropline: DaemonProcess) -> None:
     """One vim session saving notes.txt in incoming/ 50 times, a few ms to 40 ms apart.

@@ -95,6 +95,9 @@ def judge(folder: tuple[Path, Beside], name: str, age: float = 0.0) -> str | Non
         ("db-shm", "sqlite"),
         ("-journal", None),
         ("db.journal", None),
+        ("tmpk3_9xq2a", "python"),
+        ("tmpK3_9xq2a", None),
+        ("tmpfile.csv", None),
         ("orders.csv", None),
     ],
 )
@@ -106,7 +109,7 @@ def test_a_temporary_shape_waits_its_grace_then_is_claimed(
     folder: tuple[Path, Beside],
 ) -> None:
     path, _ = folder
-    for name in ("sedKpt1vQ", "sediments", "~$report.docx"):
+    for name in ("sedKpt1vQ", "sediments", "~$report.docx", "tmpk3_9xq2a"):
         (path / name).write_text("x\n")
         assert judge(folder, name, age=0.5) is not None, name
         assert judge(folder, name, age=2.0) is None, name  # still there after the grace
@@ -205,7 +208,7 @@ def write_config(tmp_path: Path, tool_files: str) -> Path:
 
 def test_configuration_defaults_and_overrides(tmp_path: Path) -> None:
     assert load_config(write_config(tmp_path, "")).tool_files == ToolFilesConfig()
-    assert ToolFilesConfig().rules == ("sqlite", "sed", "vim", "office")
+    assert ToolFilesConfig().rules == ("sqlite", "sed", "vim", "office", "python")
     config = load_config(
         write_config(tmp_path, "tool_files: {rules: [sqlite], grace: 5s, held_warning: 10m}")
     )

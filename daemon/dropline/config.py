@@ -74,7 +74,7 @@ class PipelineConfig:
 
 
 # Tools whose temporary and auxiliary names are known (toolnames.py has the rules).
-TOOL_RULES: tuple[str, ...] = ("sqlite", "sed", "vim", "office")
+TOOL_RULES: tuple[str, ...] = ("sqlite", "sed", "vim", "office", "python")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ is still claimed, a little later:
 - ``vim``: vim's write test, an empty file named ``4913`` (or 5036, 5159, ...:
   vim steps by 123 from 4913 until a name is free), removed right after its
   close;
-- ``office``: ``~$NAME``, the owner file of Microsoft Office.
+- ``office``: ``~$NAME``, the owner file of Microsoft Office;
+- ``python``: ``tmp`` and 8 characters of its alphabet, the default name of
+  Python's ``tempfile.mkstemp`` and ``NamedTemporaryFile``, written and then
+  renamed by many programs.
 
 The last three are claimed only if they are still there ``grace`` after their
 last change.  Every other name costs two lstats (is there a journal or a log
@@ -51,12 +54,15 @@ _AUX = re.compile(rb"(.+)-(journal|wal|shm)\Z", re.DOTALL)
 _SED = re.compile(rb"sed[A-Za-z0-9]{6}\Z")
 _VIM = re.compile(rb"[1-9][0-9]{3,8}\Z")
 _OFFICE = re.compile(rb"~\$.", re.DOTALL)
+# tempfile's names: its prefix "tmp" and 8 of "abcdefghijklmnopqrstuvwxyz0123456789_".
+_PYTHON = re.compile(rb"tmp[a-z0-9_]{8}\Z")
 _VIM_FIRST, _VIM_STEP = 4913, 123
 _SHAPES = {
     "sqlite": rb"(?:.+-(?:journal|wal|shm)\Z)",
     "sed": rb"(?:sed[A-Za-z0-9]{6}\Z)",
     "vim": rb"(?:[1-9][0-9]{3,8}\Z)",
     "office": rb"(?:~\$.)",
+    "python": rb"(?:tmp[a-z0-9_]{8}\Z)",
 }
 
 
@@ -136,6 +142,8 @@ class ToolNames:
                 return "vim"
         if "office" in self.rules and _OFFICE.match(name):
             return "office"
+        if "python" in self.rules and _PYTHON.match(name):
+            return "python"
         return None
 
     def sqlite_base(self, name: bytes) -> bytes | None:
@@ -227,4 +235,6 @@ _GRACE_WHY = {
     "renames over the file it edits",
     "vim": "an empty file shaped like vim's write test (4913, 5036, ...), which vim removes",
     "office": "shaped like an owner file of Microsoft Office (~$NAME), which Office removes",
+    "python": "shaped like a temporary file of Python's tempfile (tmp and 8 characters), "
+    "which its program renames or removes",
 }
