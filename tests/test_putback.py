@@ -186,3 +186,26 @@ def test_delay_hook_without_its_marker_ends_after_its_seconds(tree: Tree) -> Non
     )
     assert proc.wait(30) == 0
     assert [p.read_bytes() for p in _archived_files(tree)] == [b"a"]
+
+
+def test_claimed_file_grown_too_large_goes_back_under_a_unique_name(
+    tree: Tree, start_daemon: Any
+) -> None:
+    """Written past max_file_size during its claim, with its name taken again in
+    incoming/: it cannot be claimed, so it goes back into incoming/ under a unique
+    name and is refused there (logged once); the new file is archived."""
+    tree.write_config(PASSTHROUGH, max_file_size=25)
+    daemon = start_daemon(env=delay_env(tree))
+    wrote = rewrite_during_claim(tree, daemon, "big.txt", again=True)
+    assert len(wrote.first) > 25
+    refused = daemon.wait_event("entry.refused")
+    assert refused["file"].startswith("big.") and refused["file"] != "big.txt", refused
+    assert "too large" in refused["reason"]
+    wait_until(lambda: _archived_files(tree), timeout=10, what="the second version archived")
+    assert [p.read_bytes() for p in _archived_files(tree)] == [wrote.second]
+    wait_until(lambda: not os.listdir(tree.working), timeout=5, what="working/ empty")
+    assert sorted(os.listdir(tree.incoming)) == [refused["file"]]
+    assert (tree.incoming / refused["file"]).read_bytes() == wrote.first
+    assert daemon.stop() == 0
+    assert len(daemon.find("entry.refused")) == 1
+    _assert_rows_match_archive(tree)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .pipeline import Routes
 from .protocol import Claimed, Held
-from .spool import Refusal, Spool
+from .spool import ChangedError, Refusal, Spool
 
 _LOOK_AGAIN_MIN = 0.05  # seconds: never look again sooner than this
 GONE = "gone from working/"
@@ -41,7 +41,7 @@ def look(
 ) -> Claimed | Refusal | None:
     """Claimed once the file has settled; None while it has not (``waiting.due``
     moves on); a Refusal when it is no longer an acceptable file (too large by
-    now, or gone): it cannot be claimed and must leave working/."""
+    now, unreadable, or gone): it cannot be claimed and must leave working/."""
     held = waiting.held
     entry = spool.working_entry(held.working_name)
     if entry is None:
@@ -56,10 +56,12 @@ def look(
         return None
     try:
         sha256, size, ctime_ns = spool.hash_working(held.working_name, expect=entry)
-    except ValueError:  # changed while read (ChangedError), or replaced: look again
+    except ChangedError:  # written again while read: look again once settled
         waiting.seen = None
         waiting.due = mono + max(settle_time, _LOOK_AGAIN_MIN)
         return None
+    except ValueError as exc:  # cannot be read safely: never claimable, never waited for
+        return Refusal(held.working_name, str(exc), entry.dev, entry.ino)
     pipeline = routes.route(held.name)
     return Claimed(
         held.item_id,
