@@ -63,7 +63,6 @@ VIM_4913 = "vim's write test file 4913 is claimed between its close and its remo
 SQLITE_JOURNAL = "SQLite's rollback journal NAME-journal is claimed while sqlite3 holds it"
 FOLDERS = "a folder dropped into incoming/ is never processed and stays there"
 MKSTEMP_TEMPORARY = "tempfile's tmpXXXXXXXX is claimed between its close and its rename"
-STRANDED = "a file that cannot be put back is stranded in working/ and its name blocked"
 
 
 def _source(root: Path, files: dict[str, bytes]) -> Path:
@@ -489,7 +488,6 @@ def test_soak_sed_in_place_2000_times(tree: Tree, dropline: DaemonProcess) -> No
 
 
 @soak_only
-@pytest.mark.xfail(strict=True, reason=STRANDED)
 def test_soak_shell_loop_rewrites_one_file_300_times(tree: Tree, dropline: DaemonProcess) -> None:
     """`seq ... > loop.txt` 300 times: each version may be archived, the last one must be."""
     sh("for i in $(seq 1 300); do seq 1 $((1000 + i)) > loop.txt; done", cwd=tree.incoming)
@@ -515,7 +513,7 @@ def test_soak_sqlite3_wal_many_transactions(tree: Tree, dropline: DaemonProcess)
 @soak_only
 @pytest.mark.xfail(
     strict=False,  # it fails in some runs only: a strict mark would fail the others
-    reason=f"{STRANDED}; {VIM_4913}",
+    reason=VIM_4913,
 )
 def test_soak_vim_saves_50_times(tree: Tree, dropline: DaemonProcess) -> None:
     """One vim session saving notes.txt in incoming/ 50 times, a few ms to 40 ms apart.
