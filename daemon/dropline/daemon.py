@@ -766,19 +766,20 @@ class Daemon:
             found = look(self.spool, self.routes, waiting, now, self.mono, self.config.settle_time)
             if found is None:
                 continue
-            del self.held[item_id]
             if isinstance(found, Refusal):
-                # Too large by now (or removed by hand): it cannot be claimed;
-                # back into incoming/, where it is refused like any such file.
+                # Too large by now, unreadable (or removed by hand): it cannot be
+                # claimed; back into incoming/, where it is refused like any such file.
                 back = None
                 if found.reason != GONE:
                     held = waiting.held
                     back = self.spool.unclaim_somewhere(held.working_name, held.name, item_id)
-                    if back is None:
-                        self.stranded.add(held.working_name)
+                    if back is None:  # the filesystem is full: kept, tried again later
+                        waiting.due = self.mono + max(self.config.settle_time, 1.0)
+                        continue
                 given_up.append((waiting, found, back))
             else:
                 claimed.append(found)
+            del self.held[item_id]
         if not claimed and not given_up:
             return
         if given_up:
