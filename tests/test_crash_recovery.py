@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from dropline.spool import Spool
 from dropline.state import State
 
 from .harness import Tree, crash_run, run_until_idle
+from .rewrites import delay_env, rewrite_during_claim
 
 PIPELINES = """
 - name: good
@@ -100,12 +103,14 @@ def _assert_all_final(tree: Tree, files: dict[str, bytes]) -> None:
 ACROSS_FILESYSTEMS = {"finish.copied", "finish.copy_renamed"}
 # Reached only by `dropline retry`: test_retry.py.
 RETRY = {"retry.intent_committed", "retry.moved", "retry.synced"}
+# Reached only when a file is rewritten while it is claimed: the test below.
+REWRITTEN = {"claim.put_back", "claim.held"}
 
 # Each case: the crash points armed in successive runs before the clean one.
 CASES: list[tuple[str, ...]] = [
     (point,)
     for point in POINTS
-    if not point.startswith("recovery") and point not in ACROSS_FILESYSTEMS | RETRY
+    if not point.startswith("recovery") and point not in ACROSS_FILESYSTEMS | RETRY | REWRITTEN
 ]
 CASES += [
     ("claim.renamed#3",),
@@ -137,7 +142,43 @@ def test_crash_points_cover_the_protocol() -> None:
     """Every declared crash point is reached by some test case (here, across filesystems
     or in the retry tests)."""
     armed = {p.split("#")[0] for case in CASES for p in case}
-    assert armed | ACROSS_FILESYSTEMS | RETRY == set(POINTS)
+    assert armed | ACROSS_FILESYSTEMS | RETRY | REWRITTEN == set(POINTS)
+    assert {point for point, _ in REWRITE_CASES} == REWRITTEN
+
+
+# (crash point, whether the writer makes a new file of the name during the claim)
+REWRITE_CASES = [
+    ("claim.put_back", False),  # back in incoming/, not yet synced; the row says "claiming"
+    ("claim.held", True),  # kept in working/ (its name taken again), the row "claiming"
+]
+
+
+@pytest.mark.parametrize("point, again", REWRITE_CASES, ids=[p for p, _ in REWRITE_CASES])
+def test_crash_in_a_claim_that_cannot_complete(
+    tree: Tree, start_daemon: Any, point: str, again: bool
+) -> None:
+    """A file rewritten while it is claimed (the race window held open), the daemon
+    killed as it puts the file back or keeps it: after the restart every version
+    ends once, intact, and recovery run twice changes nothing the second time."""
+    tree.write_config(PIPELINES)
+    daemon = start_daemon(env=delay_env(tree, {"DROPLINE_CRASH_AT": point}))
+    wrote = rewrite_during_claim(tree, daemon, "loop.txt", again=again)
+    assert daemon.wait(30) == -signal.SIGKILL, f"{point} was never reached:\n{daemon.text()}"
+    _recover_in_process(tree)
+    once = _snapshot(tree)
+    _recover_in_process(tree)
+    assert _snapshot(tree) == once, "recovery run twice changed something the second time"
+    assert run_until_idle(tree) == 0
+    expected = sorted(v for v in (wrote.first, wrote.second) if v is not None)
+    final = tree.all_final()
+    assert sorted(p.read_bytes() for p in final) == expected
+    assert all(p.parent == tree.archive for p in final)
+    assert not list(tree.incoming.iterdir())
+    assert not list(tree.working.iterdir())
+    assert tree.query("PRAGMA integrity_check") == [("ok",)]
+    rows = tree.query("SELECT state, sha256 FROM items")
+    assert sorted(h for _, h in rows) == sorted(hashlib.sha256(v).hexdigest() for v in expected)
+    assert {s for s, _ in rows} == {"archived"}
 
 
 def test_recovery_is_idempotent_on_a_clean_state(tree: Tree) -> None:

@@ -31,13 +31,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .harness import REPO, Tree, make_tree
+from .harness import REPO, Tree, make_tree, wait_until
 
 STRACE = shutil.which("strace")
 NO_STRACE = "strace is not installed: these checks read the daemon's system calls with it"
@@ -540,7 +541,12 @@ class TracedRun:
         )
 
 
-def run_traced(tree: Tree, *strace_args: str, wrapper: Sequence[str] = ()) -> TracedRun:
+def run_traced(
+    tree: Tree,
+    *strace_args: str,
+    wrapper: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
+) -> TracedRun:
     """Run ``dropline run --exit-when-idle`` on TREE under strace and parse the trace.
 
     WRAPPER, if given, is the command that runs strace (for a private mount namespace).
@@ -551,6 +557,7 @@ def run_traced(tree: Tree, *strace_args: str, wrapper: Sequence[str] = ()) -> Tr
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "DROPLINE_CRASH_AT"):
         env.pop(name, None)
     env["PYTHONPATH"] = str(REPO / "daemon")
+    env.update(extra_env or {})
     command = [
         *wrapper,
         STRACE,
@@ -789,6 +796,105 @@ def test_new_date_folder_is_durable_before_the_source_goes(traced_across: Traced
     """
     _, violations = traced_across.check()
     assert not [v for v in violations if v.rule == "copy-new-folder"], _report(violations)
+
+
+def _traced_rewrite(tree: Tree, *, again: bool) -> tuple[TracedRun, list[Event]]:
+    """slow.txt claimed while its writer still writes it (the window held open by
+    DROPLINE_DELAY_AT), and if AGAIN a new slow.txt made meanwhile; under strace.
+    Returns the run and the renames of working/slow.txt back to incoming/."""
+    tree.write_config(PIPELINES, archive_layout="daily")
+    go = tree.root / "go"
+    env = {"DROPLINE_DELAY_AT": "claim.synced@1:60", "DROPLINE_DELAY_UNTIL": str(go)}
+    writer = (tree.incoming / "slow.txt").open("wb")
+    writer.write(b"begun\n")
+    writer.flush()
+    failures: list[BaseException] = []
+
+    def write_on() -> None:
+        try:
+            wait_until(lambda: (tree.working / "slow.txt").exists(), 30, what="the claim")
+            writer.write(b"ended\n")
+            writer.close()
+            if again:
+                (tree.incoming / "slow.txt").write_bytes(b"second\n")
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+        finally:
+            writer.close()
+            go.touch()
+
+    thread = threading.Thread(target=write_on, daemon=True)
+    thread.start()
+    run = run_traced(tree, extra_env=env)
+    thread.join(30)
+    assert not failures, failures
+    assert run.returncode == 0, run.output[-4000:]
+    working, incoming = f"{run.data_dir}/working", f"{run.data_dir}/incoming"
+    back = [
+        e
+        for e in run.events
+        if e.kind == "rename"
+        and e.path == f"{working}/slow.txt"
+        and e.target == f"{incoming}/slow.txt"
+    ]
+    return run, back
+
+
+def _synced(events: Sequence[Event], folder: str, after: int, before: int) -> bool:
+    return any(
+        e.kind == "sync" and e.ok and e.path == folder and after < e.start and e.end < before
+        for e in events
+    )
+
+
+@needs_strace
+def test_put_back_is_synced_before_its_row_is_forgotten(tmp_path: Path) -> None:
+    """A file found still being written goes back to incoming/: incoming/ and working/
+    are fsynced after that rename and before the next commit (which forgets its
+    "claiming" row); until then a crash leaves a claim recovery undoes."""
+    tree = make_tree(tmp_path)
+    run, back = _traced_rewrite(tree, again=False)
+    assert [e.ok for e in back] == [True], back
+    commits = find_commits(run.events, run.wal)
+    after = [c for c in commits if c.start > back[0].end]
+    assert after, "no commit after the put-back"
+    for folder in ("incoming", "working"):
+        path = f"{run.data_dir}/{folder}"
+        assert _synced(run.events, path, back[0].end, after[0].start), f"{folder}/ not fsynced"
+    assert sorted(p.read_bytes() for p in tree.archive.rglob("*") if p.is_file()) == [
+        b"begun\nended\n"
+    ]
+
+
+@needs_strace
+def test_file_kept_after_a_failed_put_back_moves_only_once_recorded(tmp_path: Path) -> None:
+    """The put-back meets a new file of the name (EEXIST): the file stays in working/
+    and leaves it only after a commit recorded its destination; both deliveries
+    end in archive/, each with its row."""
+    tree = make_tree(tmp_path)
+    run, back = _traced_rewrite(tree, again=True)
+    assert [e.ok for e in back] == [False], back
+    working = f"{run.data_dir}/working"
+    leaving = [
+        e
+        for e in run.events
+        if e.kind == "rename" and e.ok and e.path.startswith(working) and e.start > back[0].end
+    ]
+    assert len(leaving) == 2, leaving
+    commits = find_commits(run.events, run.wal)
+    for move in leaving:
+        final_name = os.path.basename(move.target)
+        recorded = [
+            c
+            for c in commits
+            if c.end < move.start
+            and b"finishing" in c.frames
+            and os.fsencode(final_name) in c.frames
+        ]
+        assert recorded, f"{move.path} moved to {move.target} before its destination was committed"
+    contents = sorted(p.read_bytes() for p in tree.archive.rglob("*") if p.is_file())
+    assert contents == [b"begun\nended\n", b"second\n"]
+    assert sorted(s for (s,) in tree.query("SELECT state FROM items")) == ["archived", "archived"]
 
 
 # --- the checker itself ----------------------------------------------------------------

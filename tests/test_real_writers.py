@@ -59,7 +59,6 @@ SOAK = os.environ.get("DROPLINE_SOAK", "") == "long"
 soak_only = pytest.mark.skipif(not SOAK, reason="make soak only (DROPLINE_SOAK=long)")
 
 FOLDERS = "a folder dropped into incoming/ is never processed and stays there"
-STRANDED = "a file that cannot be put back is stranded in working/ and its name blocked"
 
 
 def _source(root: Path, files: dict[str, bytes]) -> Path:
@@ -480,7 +479,6 @@ def test_soak_sed_in_place_2000_times(tree: Tree, dropline: DaemonProcess) -> No
 
 
 @soak_only
-@pytest.mark.xfail(strict=True, reason=STRANDED)
 def test_soak_shell_loop_rewrites_one_file_300_times(tree: Tree, dropline: DaemonProcess) -> None:
     """`seq ... > loop.txt` 300 times: each version may be archived, the last one must be."""
     sh("for i in $(seq 1 300); do seq 1 $((1000 + i)) > loop.txt; done", cwd=tree.incoming)
@@ -503,10 +501,6 @@ def test_soak_sqlite3_wal_many_transactions(tree: Tree, dropline: DaemonProcess)
 
 
 @soak_only
-@pytest.mark.xfail(
-    strict=False,  # it fails in some runs only: a strict mark would fail the others
-    reason=STRANDED,
-)
 def test_soak_vim_saves_50_times(tree: Tree, dropline: DaemonProcess) -> None:
     """One vim session saving notes.txt in incoming/ 50 times, a few ms to 40 ms apart.
 

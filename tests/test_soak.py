@@ -4,10 +4,12 @@ A writer thread drops files into incoming/ at a steady pace broken by a few
 bursts of 50 to 200 files at once: some written in place (sometimes in two
 writes with a pause between), some written under a temporary name
 (``.NAME.tmp`` or ``NAME.part``) and renamed in, a few of those left under
-their temporary name for a while.  Their names route them to pipelines whose
-stages take some time (the sha256 builtin then a command; a Python stage in
-a worker process), fail once then succeed after a backoff, or fail for good
-(exit 65); some match no pipeline.
+their temporary name for a while, and some rewritten in place three to 30
+times in a row, as ``for i in ...; do ... > NAME; done`` does (each version
+the daemon takes must end once, complete; the last one always does).
+Their names route them to pipelines whose stages take some time (the sha256
+builtin then a command; a Python stage in a worker process), fail once then
+succeed after a backoff, or fail for good (exit 65); some match no pipeline.
 
 Meanwhile a killer loop starts the real daemon and SIGKILLs it, dozens of
 times, each kill aimed somewhere: at a random moment, during start-up
@@ -36,6 +38,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -74,6 +77,9 @@ CATEGORIES: tuple[tuple[str, int], ...] = (
 )
 EXPECT_FAILED = {"bad", "unmatched"}
 METHODS = ("inplace", "inplace2", "tmp", "part")
+REWRITE_SHARE = 0.25  # of the "plain" files: rewritten in place several times in a row
+# A rewritten name's versions after the first archived: NAME's stem, .ITEMID, its extension.
+SUFFIXED = re.compile(r"(?P<stem>.+)\.[0-9A-Z]{26}(?:-\d+)?(?P<ext>\.txt)")
 
 # Where the kills are aimed, and how often each is picked once all had a turn.
 KINDS: tuple[tuple[str, int], ...] = (
@@ -171,6 +177,8 @@ class Drop:
     method: str
     hold: int = 0  # a temporary name stays this many files before it is renamed in
     at: float = 0.0  # when the writer drops it, in seconds after it starts
+    # method "rewrite": every version written over NAME in turn; data is the last.
+    versions: tuple[bytes, ...] = ()
 
 
 def _name(i: int, category: str) -> str:
@@ -214,7 +222,14 @@ def _plan(rng: random.Random, count: int, rate: float) -> list[Drop]:
         name = _name(i, category)
         hold = rng.randint(20, 120) if method in ("tmp", "part") and rng.random() < 0.1 else 0
         data = name.encode() + b"\n" + rng.randbytes(size)
-        drops.append(Drop(name, data, category, method, hold, times[i]))
+        versions: tuple[bytes, ...] = ()
+        if category == "plain" and rng.random() < REWRITE_SHARE:
+            method = "rewrite"
+            count = rng.randint(3, 30)
+            versions = tuple(b"%s\nversion %d\n" % (name.encode(), v) for v in range(count))
+            versions = tuple(v + rng.randbytes(rng.randint(0, 4_000)) for v in versions)
+            data = versions[-1]
+        drops.append(Drop(name, data, category, method, hold, times[i], versions))
     return drops
 
 
@@ -261,6 +276,20 @@ class Writer(threading.Thread):
 
     def _drop(self, i: int, drop: Drop, held: list[tuple[int, str, str]]) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if drop.method == "rewrite":
+            # Truncated and written again while the daemon may be claiming it; the
+            # pauses are a shell's, which opens the file before the program writing
+            # into it has started, and that program's, writing in two goes.
+            for version in drop.versions:
+                fd = os.open(self.incoming / drop.name, flags & ~os.O_EXCL | os.O_TRUNC, 0o644)
+                try:
+                    time.sleep(0.001)
+                    _write_fully(fd, version[: len(version) // 2])
+                    time.sleep(0.001)
+                    _write_fully(fd, version[len(version) // 2 :])
+                finally:
+                    os.close(fd)
+            return
         if drop.method in ("inplace", "inplace2"):
             fd = os.open(self.incoming / drop.name, flags, 0o644)
             try:
@@ -384,6 +413,8 @@ class Figures:
     retries: int = 0
     retry_commands: int = 0  # `dropline retry --all-failed` run beside a daemon
     requeued: int = 0  # file.requeued logged: failed files sent through again
+    put_back: int = 0  # file.busy: claimed while still written, back to incoming/
+    kept: int = 0  # file.busy: could not go back (its name taken again), kept in working/
     soak_seconds: float = 0.0
     drain_seconds: float = 0.0
 
@@ -409,6 +440,7 @@ class Figures:
             f"  daemons started {self.starts} (restarts {max(self.starts - 1, 0)}); "
             f"recovery did: {recovery or 'nothing'}; retries logged {self.retries}; "
             f"dropline retry run {self.retry_commands} times, files requeued {self.requeued}\n"
+            f"  claimed while still written: put back {self.put_back}, kept {self.kept}\n"
             f"  soak {self.soak_seconds:.1f} s, clean finish {self.drain_seconds:.1f} s"
         )
 
@@ -503,6 +535,11 @@ class Soak:
                     self.temp_claims.append(f"run {run}: {e}")
             elif event in ("file.archived", "file.failed"):
                 self.ends[str(e.get("file"))] += 1
+            elif event == "file.busy":
+                if "kept in working/" in str(e.get("detail")):
+                    self.figures.kept += 1
+                else:
+                    self.figures.put_back += 1
             elif event == "file.requeued":
                 self.requeues[str(e.get("file"))] += 1
                 self.figures.requeued += 1
@@ -609,14 +646,64 @@ def _as_bytes(value: Any) -> bytes:
     return os.fsencode(value) if isinstance(value, str) else bytes(value)
 
 
+def _check_rewrites(tree: Tree, drops: list[Drop], about: str) -> set[str]:
+    """The names rewritten in place: each version the daemon took ended once, complete,
+    in archive/ (or in failed/ as modified after its claim: the writer truncated it
+    just before the claim and wrote after it), each with its row; the last always.
+    Returns the names of their files in failed/."""
+    rewritten = {d.name: d for d in drops if d.versions}
+    ended = [p for p in tree.all_final() if _dropped_as(p.name) in rewritten]
+    final: dict[str, list[bytes]] = collections.defaultdict(list)
+    failed: set[str] = set()
+    for path in ended:
+        final[_dropped_as(path.name)].append(path.read_bytes())
+        if path.parent == tree.failed:
+            doc = json.loads((tree.failed / f"{path.name}.error.json").read_text())
+            assert "modified after it was claimed" in doc["error"], f"{path}: {doc}{about}"
+            failed.add(path.name)
+    for name, drop in rewritten.items():
+        contents = final.get(name, [])
+        assert drop.data in contents, f"{name}: its last version is not at its end{about}"
+        assert set(contents) <= set(drop.versions), f"{name}: a version never written{about}"
+        assert len(set(contents)) == len(contents), f"{name}: a version ended twice{about}"
+    # The hashes are not compared: the claim of a version the writer has just
+    # truncated records an empty file (telling a file held open is not the
+    # claim protocol's part); each row names one file, each file has its row.
+    rows = [
+        (state, d, n)
+        for raw, state, d, n in tree.query("SELECT name, state, final_dir, final_name FROM items")
+        if os.fsdecode(_as_bytes(raw)) in rewritten
+    ]
+    assert {state for state, _, _ in rows} <= {"archived", "failed"}, f"{rows[:10]}{about}"
+    ends = sorted(
+        os.path.join("failed" if state == "failed" else "archive", d or "", _str(n))
+        for state, d, n in rows
+    )
+    files = sorted(os.path.relpath(p, tree.data) for p in ended)
+    assert ends == files, f"rows and files of rewritten names differ{about}"
+    return failed
+
+
+def _str(value: Any) -> str:
+    return os.fsdecode(_as_bytes(value)) if value is not None else ""
+
+
+def _dropped_as(file_name: str) -> str:
+    """The name a file in archive/ or failed/ was dropped under (a taken name got .ITEMID)."""
+    match = SUFFIXED.fullmatch(file_name)
+    return f"{match['stem']}{match['ext']}" if match else file_name
+
+
 def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> None:
     """Every file once, intact, where it belongs; the database intact and consistent."""
     figures = soak.figures
     about = "\n" + figures.summary()
-    by_name = {d.name: d for d in drops}
+    rewritten = {d.name for d in drops if d.versions}
+    failed_rewrites = _check_rewrites(tree, drops, about)
+    by_name = {d.name: d for d in drops if not d.versions}
     expect_failed = {d.name for d in drops if d.category in EXPECT_FAILED}
 
-    final = tree.all_final()
+    final = [p for p in tree.all_final() if _dropped_as(p.name) not in rewritten]
     counts = collections.Counter(p.name for p in final)
     twice = sorted(n for n, c in counts.items() if c > 1)
     assert not twice, f"files in two places: {twice[:20]}{about}"
@@ -627,7 +714,7 @@ def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> N
     differ = [p.name for p in final if p.read_bytes() != by_name[p.name].data]
     assert not differ, f"files not byte-identical: {differ[:20]}{about}"
 
-    failed_names = set(tree.failed_files())
+    failed_names = set(tree.failed_files()) - failed_rewrites
     assert failed_names == expect_failed, (
         f"failed unexpectedly: {sorted(failed_names - expect_failed)[:20]}; "
         f"not failed: {sorted(expect_failed - failed_names)[:20]}{about}"
@@ -637,17 +724,19 @@ def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> N
         why = "permanent error" if by_name[name].category == "bad" else "no pipeline matches"
         assert why in doc["error"], f"{name}: {doc}{about}"
         assert doc["sha256"] == hashlib.sha256(by_name[name].data).hexdigest(), f"{name}{about}"
+    in_failed = failed_names | failed_rewrites
     strays = sorted(
         p.name
         for p in tree.failed.iterdir()
-        if not (p.name in failed_names or p.name.removesuffix(".error.json") in failed_names)
+        if not (p.name in in_failed or p.name.removesuffix(".error.json") in in_failed)
     )
     assert not strays, f"stray entries in failed/: {strays[:20]}{about}"
     assert not os.listdir(tree.incoming), f"left in incoming/: {os.listdir(tree.incoming)[:20]}"
     assert not os.listdir(tree.working), f"left in working/: {os.listdir(tree.working)[:20]}"
 
     assert tree.query("PRAGMA integrity_check") == [("ok",)], about
-    rows = tree.query("SELECT name, working_name, state, sha256, metadata FROM items")
+    all_rows = tree.query("SELECT name, working_name, state, sha256, metadata FROM items")
+    rows = [r for r in all_rows if os.fsdecode(_as_bytes(r[0])) not in rewritten]
     names = collections.Counter(_as_bytes(r[0]) for r in rows)
     assert not [n for n, c in names.items() if c > 1], f"a name with two items{about}"
     temporary = [r for r in rows if _is_temporary(os.fsdecode(_as_bytes(r[0])))]
@@ -655,7 +744,8 @@ def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> N
     assert not temporary, f"temporary names claimed: {temporary[:10]}{about}"
     assert not soak.temp_claims, f"temporary names claimed: {soak.temp_claims[:10]}{about}"
     states = collections.Counter(r[2] for r in rows)
-    assert states == {"archived": len(drops) - len(expect_failed), "failed": len(expect_failed)}, (
+    plain = len(by_name)
+    assert states == {"archived": plain - len(expect_failed), "failed": len(expect_failed)}, (
         f"item states {dict(states)}{about}"
     )
     for raw_name, _, state, sha256, metadata in rows:
@@ -667,7 +757,7 @@ def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> N
     open_attempts = tree.query("SELECT item_id, stage FROM attempts WHERE ended_at IS NULL")
     assert not open_attempts, f"attempts never ended: {open_attempts[:10]}{about}"
     assert not soak.anomalies, "\n".join(soak.anomalies[:20]) + about
-    claimed_twice = sorted(n for n, c in soak.claims.items() if c > 1)
+    claimed_twice = sorted(n for n, c in soak.claims.items() if c > 1 and n not in rewritten)
     assert not claimed_twice, f"file.claimed logged twice: {claimed_twice[:20]}{about}"
     # A failed file sent through again by `dropline retry` ends once more: each
     # retry is an event row, committed with the intent (a kill can lose the log
@@ -679,7 +769,9 @@ def _check_final(tree: Tree, drops: list[Drop], soak: Soak, final_log: str) -> N
         )
     )
     assert all(soak.requeues[n] <= retried[n] for n in soak.requeues), f"requeues{about}"
-    ended_twice = sorted(n for n, c in soak.ends.items() if c > 1 + retried[n])
+    ended_twice = sorted(
+        n for n, c in soak.ends.items() if c > 1 + retried[n] and n not in rewritten
+    )
     assert not ended_twice, f"file.archived/failed logged twice: {ended_twice[:20]}{about}"
     assert figures.retries > 0, f"the flaky pipeline never retried{about}"
     assert "daemon.stopped" in final_log, final_log[-4000:]

@@ -5,7 +5,7 @@ The race windows: sed renames its temporary and vim removes its write test
 microseconds after closing them, so a run of the real tool under strace with
 that one system call delayed (``inject=...:delay_enter``) holds the window open
 every time; sqlite3's next transaction recreates its journal while the daemon
-is paused (DROPLINE_PAUSE_AT) between the close event of the last one and its
+is paused (DROPLINE_DELAY_AT) between the close event of the last one and its
 look at the name.
 """
 
@@ -273,7 +273,7 @@ def test_sqlite3_rollback_journal_recreated_inside_the_window(tree: Tree, daemon
     open: it waits while the database is beside it, and the database waits while its
     journal is there.  Everything committed is in the archived database."""
     need("sqlite3")
-    proc = daemon(env={"DROPLINE_PAUSE_AT": "intake.look:1.5"})
+    proc = daemon(env={"DROPLINE_DELAY_AT": "intake.look:1.5"})
     db = tree.incoming / "ledger.db"
     journal = tree.incoming / "ledger.db-journal"
     shell = subprocess.Popen(

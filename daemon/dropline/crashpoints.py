@@ -5,7 +5,12 @@ at each step where a crash would leave a distinct state on disk.  When the
 environment variable DROPLINE_CRASH_AT names that step (``NAME`` or
 ``NAME#N`` for its N-th passage), the process kills itself with SIGKILL there,
 as SQLite's crash-test VFS crashes at sync k.  Unset, a crash point costs one
-call and one comparison.
+call and two comparisons.
+
+DROPLINE_DELAY_AT=NAME:SECONDS (or NAME#N:SECONDS, NAME@N:SECONDS) makes the
+process wait there instead, for SECONDS or until the file named by
+DROPLINE_DELAY_UNTIL exists: a race window held open, so that a test can do
+what a writer would do inside it (a file rewritten while it is being claimed).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ POINTS: tuple[str, ...] = (
     "claim.intent_committed",  # rows say "claiming", nothing renamed yet
     "claim.renamed",  # first file of the batch is in working/, not yet fsynced
     "claim.synced",  # renames durable, rows still say "claiming"
+    "claim.put_back",  # a file still being written is back in incoming/, row still "claiming"
+    "claim.held",  # one that could not go back (its name taken again) kept in working/
     "claim.committed",  # claim recorded
     "stage.start_committed",  # stage recorded as started, not yet run
     "stage.finished",  # stage ran, its outcome not yet recorded
@@ -43,8 +50,8 @@ class _Trigger:
     """An environment variable NAME or NAME#N: fires from the N-th passage of NAME on;
     NAME@N: at the N-th passage only."""
 
-    def __init__(self, variable: str) -> None:
-        value = os.environ.get(variable, "")
+    def __init__(self, variable: str, value: str | None = None) -> None:
+        value = os.environ.get(variable, "") if value is None else value
         self.once = "@" in value
         self.name, _, nth = value.replace("@", "#").partition("#")
         self.remaining = int(nth) if nth else 1
@@ -58,6 +65,8 @@ class _Trigger:
 
 _CRASH = _Trigger("DROPLINE_CRASH_AT")
 _FAULT = _Trigger("DROPLINE_FAULT")
+_DELAY_AT, _, _DELAY_SECONDS = os.environ.get("DROPLINE_DELAY_AT", "").partition(":")
+_DELAY = _Trigger("DROPLINE_DELAY_AT", _DELAY_AT)
 
 
 _ALSO_KILL: list[int] = []
@@ -74,6 +83,16 @@ def crashpoint(name: str) -> None:
         for pid in _ALSO_KILL:
             os.kill(pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+    if _DELAY.fires(name):
+        _wait_here()
+
+
+def _wait_here() -> None:
+    """DROPLINE_DELAY_AT: wait its seconds, or until DROPLINE_DELAY_UNTIL exists."""
+    until = os.environ.get("DROPLINE_DELAY_UNTIL", "")
+    deadline = time.monotonic() + float(_DELAY_SECONDS or 0)
+    while time.monotonic() < deadline and not (until and os.path.exists(until)):
+        time.sleep(0.01)
 
 
 # Faults: DROPLINE_FAULT=NAME (or NAME#N) makes that I/O step fail with EIO, as
@@ -90,15 +109,12 @@ def fault(name: str) -> None:
         raise OSError(errno.EIO, f"injected fault at {name}")
 
 
-# Pauses: DROPLINE_PAUSE_AT=NAME:SECONDS makes the daemon sleep at step NAME each time
-# it passes there, holding a race window open (a writer's next step lands inside it)
-# that a test would otherwise hit once in hundreds of runs.
+# Steps where a test may only hold a race window open (DROPLINE_DELAY_AT), never
+# crash: nothing durable happens there.
 PAUSES: tuple[str, ...] = ("intake.look",)  # before a name in incoming/ is looked at
-_PAUSE_NAME, _, _pause_for = os.environ.get("DROPLINE_PAUSE_AT", "").partition(":")
-_PAUSE_SECONDS = float(_pause_for or 0)
 
 
 def pausepoint(name: str) -> None:
-    """Sleep here if the tests armed the pause NAME."""
-    if name == _PAUSE_NAME:
-        time.sleep(_PAUSE_SECONDS)
+    """Wait here if DROPLINE_DELAY_AT names the step NAME (every passage, or #N, @N)."""
+    if _DELAY.fires(name):
+        _wait_here()

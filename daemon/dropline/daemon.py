@@ -37,6 +37,7 @@ from .config import Config, check_paths, load_config
 from .crashpoints import crashpoint, pausepoint
 from .datalock import acquire_data_lock
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
+from .holding import GONE, Waiting, look
 from .hostcheck import free_space_problem
 from .log import get_logger, hold_lines, journal_behind, journal_waiting, release_lines
 from .metrics import make_metrics
@@ -77,6 +78,7 @@ from .watch import FileReady, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
 
 _MAX_REFUSED = 100_000  # refusals remembered, so each is logged once
+_MAX_BUSY = 10_000  # names put back remembered, so each is logged once until claimed
 _WATCH_CHECK_EVERY = 1.0  # seconds between looks at the inotify reader thread
 # A watch that keeps failing is not replaced for ever: the daemon exits, systemd restarts it.
 _WATCH_FAILURES_ALLOWED = 5
@@ -194,6 +196,10 @@ class Daemon:
         self._lock_fd = -1
         self._data_lock_fd = -1
         self.stranded: set[bytes] = set()
+        # Files that could not be put back, kept in working/ until they settle (holding.py).
+        self.kept: dict[str, Waiting] = {}
+        # Names put back since their last claim: logged once, not at every put-back.
+        self.busy: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.disk_problem = ""  # non-empty while claiming is paused for lack of space
         self.journal_paused = False  # claiming paused: entries wait for journald
         self._next_space_check = 0.0
@@ -381,6 +387,8 @@ class Daemon:
             deadlines.append(self.retry_heap[0][0])
         if self.settling:
             deadlines.append(min(self.settling.values()))
+        if self.kept and not stopping:
+            deadlines.append(min(w.due for w in self.kept.values()))
         if self.running:
             deadlines.append(min(r.deadline for r in self.running.values()) + _PY_TIMEOUT_GRACE)
         if self.notifier.watchdog_interval:
@@ -439,6 +447,8 @@ class Daemon:
         # claims, their intents in one commit.  So the mover is never idle while
         # the loop records, and the loop makes two commits per pass.
         self._record_answers(now)
+        if self.kept and self.stopping_since is None:
+            self._look_at_kept(now)
         self._dispatch(now)
         self._send_next(now)
         if self.stopping_since is None:
@@ -770,9 +780,85 @@ class Daemon:
             self._refuse(refusal)
         for name in result.busy:
             # Put back: claimed once its writer closes it, or once it settles.
-            self.log.info("file.busy", file=name, detail="still being written; put back")
+            # Logged once, not at each put-back of a file written for long.
+            if name not in self.busy:
+                self.log.info("file.busy", file=name, detail="still being written; put back")
+                self.busy[name] = None
+                if len(self.busy) > _MAX_BUSY:
+                    self.busy.popitem(last=False)
             self.settling[name] = self.mono + self.config.settle_time
+        for held in result.held:
+            self.kept[held.item_id] = Waiting(held, self.mono + self.config.settle_time)
+            self.log.info(
+                "file.busy",
+                item=held.item_id,
+                file=held.name,
+                detail="still being written, and a new file of its name came meanwhile: "
+                "kept in working/ as an earlier delivery, claimed once it settles",
+            )
+        for name, working_name in result.taken:
+            # Only dropline writes into working/; an entry it did not know of has
+            # that name: taken from now on, the file is claimed under another name.
+            self.stranded.add(working_name)
+            self.candidates[name] = None
+            self.log.warning(
+                "claim.name_taken",
+                file=name,
+                working=working_name,
+                detail="an entry unknown to dropline has this name in working/; "
+                "claimed again under a unique name",
+            )
+        for name in result.lost:
+            self.log.info("file.gone", file=name, detail="gone from incoming/ before its claim")
+        self.stranded.update(result.stranded)
         for c in result.claimed:
+            self._admitted(c, now)
+
+    def _look_at_kept(self, now: float) -> None:
+        """Claim the kept files that have settled (holding.py); give back the
+        ones that can no longer be claimed."""
+        assert self.spool is not None and self.state is not None
+        claimed: list[Claimed] = []
+        given_up: list[tuple[Waiting, Refusal, bytes | None]] = []
+        for item_id, waiting in list(self.kept.items()):
+            if waiting.due > self.mono:
+                continue
+            found = look(self.spool, self.routes, waiting, now, self.mono, self.config.settle_time)
+            if found is None:
+                continue
+            if isinstance(found, Refusal):
+                # Too large by now, unreadable (or removed by hand): it cannot be
+                # claimed; back into incoming/, where it is refused like any such file.
+                back = None
+                if found.reason != GONE:
+                    held = waiting.held
+                    back = self.spool.unclaim_somewhere(held.working_name, held.name, item_id)
+                    if back is None:  # the filesystem is full: kept, tried again later
+                        waiting.due = self.mono + max(self.config.settle_time, 1.0)
+                        continue
+                given_up.append((waiting, found, back))
+            else:
+                claimed.append(found)
+            del self.kept[item_id]
+        if not claimed and not given_up:
+            return
+        if given_up:
+            self.spool.sync()
+        with self.state.transaction():
+            record_active(self.state, claimed, now)
+            for c in claimed:
+                self.state.add_event(
+                    c.item_id, "claimed", now, "an earlier delivery kept in working/, now settled"
+                )
+            for waiting, _, _ in given_up:
+                self.state.delete_item(waiting.held.item_id)
+        crashpoint("claim.committed")
+        for waiting, refusal, back in given_up:
+            if back is not None:
+                self._refuse(Refusal(back, refusal.reason, refusal.dev, refusal.ino, refusal.kind))
+            else:
+                self.log.error("file.vanished", item=waiting.held.item_id, file=waiting.held.name)
+        for c in claimed:
             self._admitted(c, now)
 
     def _track(self, c: Claimed) -> Item:
@@ -793,18 +879,21 @@ class Daemon:
 
     def _admitted(self, c: Claimed, now: float) -> None:
         item = self._track(c)
+        if self.busy:
+            self.busy.pop(c.name, None)
         self.log.info(
             "file.claimed", item=item.id, file=item.name, pipeline=item.pipeline, size=c.size
         )
 
     def _room(self) -> int:
         """How many more files may be taken into working/ in this pass."""
-        claiming = sum(len(batch.plans) for batch in self.claiming)
+        claiming = sum(len(batch.plans) for batch in self.claiming) + len(self.kept)
         return min(self.config.max_in_flight - len(self.items) - claiming, self.config.batch_size)
 
     def _names_in_working(self) -> set[bytes]:
         """The names taken in working/ (only dropline writes there), or about to be."""
         names = {item.working_name for item in self.items.values()} | self.stranded
+        names |= {waiting.held.working_name for waiting in self.kept.values()}
         for batch in self.claiming:
             names |= batch.working_names
         return names
@@ -1219,6 +1308,7 @@ class Daemon:
             or self.to_finish
             or self.claiming
             or self.finishing
+            or self.kept
         )
 
     def _only_held_waiting(self) -> bool:

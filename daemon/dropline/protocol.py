@@ -16,6 +16,23 @@ process (``mover.py``) while the loop records another batch; the
 steps of each batch stay in this order.  Recovery and a move to another
 filesystem do them here.
 
+A claim that cannot complete never strands its file:
+- the rename finds the file gone (ENOENT: renamed or removed by its writer):
+  its row is forgotten, the file is wherever its writer put it;
+- the rename finds the working name taken (EEXIST: an entry dropline did not
+  know of): the file stays in incoming/, its row is forgotten, the name is
+  taken from then on and the file is claimed again under a unique working name;
+- the file changed while it was read (its writer is still at work): it is put
+  back as incoming/NAME and its row forgotten, claimed again once settled;
+- it cannot be put back because NAME is taken again in incoming/ (its writer
+  made a new file of that name meanwhile): it is an earlier delivery of NAME,
+  so it is kept in working/ as its own item, its row still "claiming", and
+  claimed there once it has settled (``holding.py``); a crash meanwhile leaves
+  a claim that recovery completes.  Nothing is discarded and nothing is
+  overwritten;
+- an entry swapped for something else than a regular file during the claim
+  goes back into incoming/ (under a unique name if NAME is taken) and is refused.
+
 A crash between any two steps leaves a state that recovery completes or
 undoes (``recovery.py``).  One transaction and one fsync per folder per batch,
 never per file.  A full filesystem stops a batch where it is: the files not
@@ -37,7 +54,7 @@ from .ids import new_item_id
 from .log import escape_text
 from .mover import ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
-from .spool import FULL_ERRNOS, ChangedError, Entry, Refusal, Spool
+from .spool import FULL_ERRNOS, Entry, Refusal, Spool
 from .state import State
 
 
@@ -76,13 +93,33 @@ class Finish:
 
 
 @dataclass
+class Held:
+    """A file claimed while still being written that could not be put back (its
+    name was taken again in incoming/): kept in working/, its row "claiming",
+    claimed there once it has settled."""
+
+    item_id: str
+    name: bytes
+    working_name: bytes
+    created_at: float
+    source: tuple[int, int] = (0, 0)  # (dev, ino) when another file than was checked
+
+
+@dataclass
 class ClaimResult:
     """What a claim batch did."""
 
     claimed: list[Claimed] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     busy: list[bytes] = field(default_factory=list)  # still being written: put back
+    held: list[Held] = field(default_factory=list)  # still being written, and NAME taken again
     gone: list[str] = field(default_factory=list)  # item ids not claimed: rows to forget
+    lost: list[bytes] = field(default_factory=list)  # gone from incoming/ before the rename
+    # (name, working name): the working name was taken by an entry nobody knew of;
+    # the file is still in incoming/.
+    taken: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Working names of entries left in working/ (not regular files, disk full): taken.
+    stranded: list[bytes] = field(default_factory=list)
     full: DiskFullError | None = None  # the disk-full error that stopped the batch
 
 
@@ -136,27 +173,21 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
         if err == 0:
             moved.append(plan)
             continue
-        item_id, entry, _ = plan
+        item_id, entry, working_name = plan
         if err in FULL_ERRNOS and result.full is None:
             result.full = DiskFullError(f"claim of {entry.name!r}: {os.strerror(err)}")
+        elif err == errno.ENOENT:
+            result.lost.append(entry.name)  # renamed or removed by its writer: a lost race
+        elif err == errno.EEXIST:
+            result.taken.append((entry.name, working_name))
         gone.append(item_id)  # gone, or not tried: still in incoming/, claimed later
     crashpoint("claim.synced")
 
     for item_id, entry, working_name in moved:
         try:
             sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry)
-        except ChangedError:
-            # Its writer is still at work: back to incoming/, claimed once it is done.
-            spool.unclaim(working_name, entry.name)
-            result.busy.append(entry.name)
-            gone.append(item_id)
-            continue
         except ValueError as exc:
-            # The name was swapped between our check and the rename: give the
-            # entry back untouched and refuse it.
-            spool.unclaim(working_name, entry.name)
-            refused.append(Refusal(entry.name, f"changed while being claimed: {exc}", 0, 0))
-            gone.append(item_id)
+            _not_claimed(spool, result, item_id, entry, working_name, exc, batch.now)
             continue
         pipeline = routes.route(entry.name)
         claimed.append(
@@ -176,6 +207,49 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
     return result
 
 
+def _not_claimed(
+    spool: Spool,
+    result: ClaimResult,
+    item_id: str,
+    entry: Entry,
+    working_name: bytes,
+    exc: ValueError,
+    now: float,
+) -> None:
+    """A file renamed into working/ that cannot be claimed as it is: back to
+    incoming/, or kept in working/ as its own item (see the module docstring)."""
+    seen = spool.working_entry(working_name)
+    if seen is None:
+        # Removed from working/ behind dropline's back: nothing left to keep.
+        result.lost.append(entry.name)
+        result.gone.append(item_id)
+        return
+    if isinstance(seen, Entry):
+        # Its writer is still at work (ChangedError), or the name was given to
+        # another file between the look and the rename: a delivery all the same.
+        # Back to incoming/, claimed once it is done; if NAME is taken again
+        # there, it is an earlier delivery of NAME: kept as its own item.
+        if spool.unclaim(working_name, entry.name):
+            result.busy.append(entry.name)
+            result.gone.append(item_id)
+        else:
+            other = (seen.dev, seen.ino) != (entry.dev, entry.ino)
+            source = (seen.dev, seen.ino) if other else (0, 0)
+            result.held.append(Held(item_id, entry.name, working_name, now, source))
+            crashpoint("claim.held")
+        return
+    # Something else than a regular file was swapped in: never processed; back
+    # where it came from (under a unique name if NAME is taken) and refused.
+    back = spool.unclaim_somewhere(working_name, entry.name, item_id)
+    result.gone.append(item_id)
+    if back is None:
+        result.stranded.append(working_name)
+        result.refused.append(Refusal(working_name, f"left in working/: {exc}", 0, 0, seen.kind))
+        return
+    reason = f"changed while being claimed: {exc}"
+    result.refused.append(Refusal(back, reason, seen.dev, seen.ino, seen.kind))
+
+
 def record_claimed(
     state: State, batch: ClaimBatch, result: ClaimResult, later: Collection[str] = ()
 ) -> None:
@@ -188,6 +262,9 @@ def record_claimed(
     """
     for item_id in result.gone:
         state.delete_item(item_id)
+    for held in result.held:
+        if held.source != (0, 0):  # recovery completes a claim of this inode only
+            state.set_claim_source(held.item_id, *held.source, batch.now)
     record_active(state, [c for c in result.claimed if c.item_id not in later], batch.now)
 
 

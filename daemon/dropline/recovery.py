@@ -12,7 +12,10 @@ The folders are the truth.  For each unfinished row:
 - "requeuing" (``dropline retry``): the move back from failed/ is completed
   (``requeue.py``).
 A file in working/ that no row knows (copied there by hand) is adopted, but
-for a stage's temporary (``.dropline-tmp-*``), which is removed.
+for a stage's temporary (``.dropline-tmp-*``), which is removed; one whose
+"claiming" row was forgotten because it is another file than the one that
+row names (swapped during the claim) is adopted under the name of that row:
+nothing is left in working/ that no row knows.
 Running recovery twice changes nothing the second time.
 """
 
@@ -78,7 +81,8 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
     """Bring folders and database into agreement; see the module docstring."""
     report = RecoveryReport()
     rows = state.unfinished_items()
-    known = {row.working_name for row in rows}
+    # Working names of claims forgotten below: a file there is adopted under its name.
+    forgotten_as: dict[bytes, bytes] = {}
 
     # Claims: the rename may or may not have happened; working/ says which.
     claiming = [row for row in rows if row.state == "claiming"]
@@ -104,6 +108,8 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 state.delete_item(row.id)
         report.claims_completed = len(completed)
         report.claims_forgotten = len(forgotten)
+        forgotten_as = {row.working_name: row.name for row in forgotten}
+    known = {row.working_name for row in rows} - set(forgotten_as)
 
     # Retries interrupted on their way back from failed/.
     requeuing = [row for row in rows if row.state == "requeuing"]
@@ -124,7 +130,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         report.vanished += len(requeue_result.vanished)
 
     # Files in working/ that no row knows.
-    adopted: list[tuple[str, bytes, str, int, int, str | None]] = []
+    adopted: list[tuple[str, bytes, bytes, str, int, int, str | None]] = []
     for name in spool.list_working():
         if name in known:
             continue
@@ -136,13 +142,14 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
             log.warning("recovery.skipped", file=name, reason=seen.reason if seen else "gone")
             continue
         sha256, size, ctime_ns = spool.hash_working(name)
-        pipeline = routes.route(name)
+        dropped_as = forgotten_as.get(name, name)
+        pipeline = routes.route(dropped_as)
         route = pipeline.name if pipeline else None
-        adopted.append((new_item_id(now), name, sha256, size, ctime_ns, route))
+        adopted.append((new_item_id(now), dropped_as, name, sha256, size, ctime_ns, route))
     if adopted:
         with state.transaction():
-            for item_id, name, sha256, size, ctime_ns, pipeline_name in adopted:
-                state.insert_claiming(item_id, name, name, 0, 0, now)
+            for item_id, name, working_name, sha256, size, ctime_ns, pipeline_name in adopted:
+                state.insert_claiming(item_id, name, working_name, 0, 0, now)
                 state.mark_active(item_id, pipeline_name, sha256, size, ctime_ns, now)
                 state.add_event(item_id, "claimed", now, "adopted from working/ by recovery")
         report.adopted = len(adopted)

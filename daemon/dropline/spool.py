@@ -364,14 +364,48 @@ class Spool:
     # --- moving ----------------------------------------------------------
 
     def unclaim(self, working_name: bytes, name: bytes) -> bool:
-        """Put a claimed entry back into incoming/ (used for entries swapped in a race)."""
+        """Put a claimed entry back as incoming/NAME; False if it cannot go back now.
+
+        False: NAME is taken again in incoming/ (its writer made a new file of
+        that name meanwhile: never overwritten) or the filesystem is full; the
+        entry is still in working/.  Durable after the next ``sync()``.
+        """
         try:
             rename_noreplace(self.working_fd, working_name, self.incoming_fd, name)
-        except OSError:
+        except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                return False
+            raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
         self._mark(self.incoming_fd, "incoming")
         self._mark(self.working_fd, "working")
+        crashpoint("claim.put_back")
         return True
+
+    def unclaim_somewhere(self, working_name: bytes, name: bytes, item_id: str) -> bytes | None:
+        """Put a claimed entry back into incoming/ under NAME or, if that is taken,
+        a unique name (NAME.ITEMID, as in archive/); returns the name it got, or
+        None if the filesystem is full (it stays in working/).
+
+        For entries that must not stay in working/ (a symbolic link or a FIFO
+        swapped in during the claim: never processed, refused where it came
+        from).  Durable after the next ``sync()``.
+        """
+        for candidate in self._name_candidates(name, item_id, 0):
+            try:
+                rename_noreplace(self.working_fd, working_name, self.incoming_fd, candidate)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno in FULL_ERRNOS:
+                    return None
+                raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
+            self._mark(self.incoming_fd, "incoming")
+            self._mark(self.working_fd, "working")
+            crashpoint("claim.put_back")
+            return candidate
+        raise FatalIOError(f"no free name in incoming/ to put {working_name!r} back")
 
     def choose_destination(
         self, outcome: str, name: bytes, item_id: str, day: str, taken: set[tuple[str, bytes]]

@@ -319,6 +319,13 @@ class State:
             (pipeline, sha256, size, ctime_ns, now, item_id),
         )
 
+    def set_claim_source(self, item_id: str, dev: int, ino: int, now: float) -> None:
+        """The inode a "claiming" row's file has in working/ (recovery matches it)."""
+        self._exec(
+            "UPDATE items SET src_dev = ?, src_ino = ?, updated_at = ? WHERE id = ?",
+            (dev, ino, now, item_id),
+        )
+
     def set_fingerprint(self, item_id: str, size: int, ctime_ns: int, now: float) -> None:
         """The working file as a stage left it (a stage may rewrite it on purpose)."""
         self._exec(
