@@ -9,7 +9,11 @@ from .harness import Tree, wait_until
 
 
 def test_write_after_claim_fails_the_file(tree: Tree, start_daemon: Any) -> None:
-    """A writer that keeps the file open and writes after the claim: the file fails, named why."""
+    """A writer that keeps the file open and writes after the claim: the file fails, named why.
+
+    Claimed while open only where leases are refused (the probe would keep it
+    in incoming/: tests/test_lease.py): the fallback's own safety net.
+    """
     marker = tree.root / "go"
     tree.write_config(
         f"""
@@ -22,7 +26,7 @@ def test_write_after_claim_fails_the_file(tree: Tree, start_daemon: Any) -> None
         settle_time="0.3s",
         rescan_interval="0.2s",
     )
-    daemon = start_daemon()
+    daemon = start_daemon(env={"DROPLINE_LEASE_REFUSE": "EINVAL"})
     daemon.wait_event("daemon.ready")
     with (tree.incoming / "held.txt").open("wb") as writer:
         writer.write(b"first part\n")

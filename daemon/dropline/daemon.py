@@ -39,6 +39,7 @@ from .datalock import acquire_data_lock
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .holding import GONE, Waiting, look
 from .hostcheck import free_space_problem
+from .lease import LeaseProbe, catch_lease_breaks, keep_capabilities_to_ourselves
 from .log import get_logger, hold_lines, journal_behind, journal_waiting, release_lines
 from .metrics import make_metrics
 from .mover import Mover
@@ -101,6 +102,9 @@ _REQUESTS_EVERY = 0.5  # seconds between looks for requests from `dropline retry
 _RELOADS_AT_ONCE = 64  # reload requests answered by one reading of the file
 _STATUS_ERROR_MAX = 300  # characters of a refused reload's error in STATUS= (the log has it all)
 _JOURNAL_RETRY = 0.02  # seconds between tries while entries wait for journald (journal.py)
+# Seconds at least between two looks at a file held open for writing (its close
+# event brings it back at once; this is for a close that inotify did not tell).
+_OPEN_RECHECK = 0.5
 
 
 @dataclass
@@ -179,6 +183,10 @@ class Daemon:
         self.held_logged: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self.beside: Beside | None = None
         self.refused: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
+        # Files found held open for writing, each logged once per episode: names in
+        # incoming/ (with their (dev, ino)) and items in working/.
+        self.held_open: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
+        self.held_items: set[str] = set()
         self.scan: Any = None
         self.scan_seen = 0
         self.rescan_pending = ""  # why a rescan is due before its interval: "" when none is
@@ -238,6 +246,10 @@ class Daemon:
         self.state = State(cfg.state_db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
         self.beside = Beside(self.spool.incoming_fd)
+        # Before the first lease: a lease break (SIGIO) must never end the daemon.
+        catch_lease_breaks()
+        self.spool.leases = LeaseProbe(self._leases_refused)
+        keep_capabilities_to_ourselves()  # before the mover and the workers start
         report = recover(self.state, self.spool, self.routes, now, self.log)
         self.spool.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
         if report.changed:
@@ -733,6 +745,11 @@ class Daemon:
                 else:
                     self.rescan_pending = self.rescan_pending or "settling"
                 continue
+            if self.spool.incoming_held_open(found):
+                # Evidence beats timing: a close event or a settled file whose
+                # writer still holds it open (another descriptor, or reopened).
+                self._found_held_open(found)
+                continue
             entries.append(found)
             size += found.size
         return entries
@@ -766,6 +783,33 @@ class Daemon:
             self.settling[name] = self.mono + wait
         else:
             self.rescan_pending = self.rescan_pending or "settling"
+
+    def _found_held_open(self, entry: Entry) -> None:
+        """Not claimed: a process holds it open for writing.  Looked at again at its
+        close event, or after a while; logged once per file and episode."""
+        key = (entry.dev, entry.ino)
+        if self.held_open.get(entry.name) != key:
+            self.held_open[entry.name] = key
+            self.held_open.move_to_end(entry.name)
+            if len(self.held_open) > _MAX_REFUSED:
+                self.held_open.popitem(last=False)
+            self.log.info(
+                "file.held_open",
+                file=entry.name,
+                detail="a process holds it open for writing; claimed once it is closed",
+            )
+        if len(self.settling) < _MAX_SETTLING:
+            self.settling[entry.name] = self.mono + max(self.config.settle_time, _OPEN_RECHECK)
+        else:
+            self.rescan_pending = self.rescan_pending or "settling"
+
+    def _leases_refused(self, why: str) -> None:
+        self.log.warning(
+            "lease.unavailable",
+            reason=why,
+            detail="cannot tell whether a writer holds a file open; "
+            "close events and settle_time decide alone",
+        )
 
     def _goes_straight_on(self, c: Claimed) -> bool:
         """Whether a file just claimed has no stage to run: it is finished this pass."""
@@ -878,6 +922,8 @@ class Daemon:
         return item
 
     def _admitted(self, c: Claimed, now: float) -> None:
+        if self.held_open:
+            self.held_open.pop(c.name, None)  # the episode ends
         item = self._track(c)
         if self.busy:
             self.busy.pop(c.name, None)
@@ -984,6 +1030,8 @@ class Daemon:
             if not done and (stopping or len(self.running) + len(jobs) >= self.pool.size):
                 deferred.append(item_id)
                 continue
+            if done and self._still_held_open(item):
+                continue
             if self._changed_under_us(item):
                 continue
             if done and isinstance(failure, dict):
@@ -1036,6 +1084,32 @@ class Daemon:
             )
             log.info("stage.started", attempt=attempt)
             self.pool.submit(StageJob(item.id, self._token, stage, ctx))
+
+    def _still_held_open(self, item: Item) -> bool:
+        """Whether a process still holds the file open for writing as it is about
+        to leave working/: then it waits (looked at again after a while), and
+        once closed its fingerprint decides (``_changed_under_us``)."""
+        assert self.spool is not None
+        if item.fingerprint_pass == self.passes:
+            # Probed at its claim this very pass, after the rename: in working/
+            # no new writer can open it since.
+            return False
+        held = self.spool.working_held_open(item.working_name)
+        if not held:
+            self.held_items.discard(item.id)
+            return False
+        if item.id not in self.held_items:
+            self.held_items.add(item.id)
+            self.log.warning(
+                "file.held_open",
+                item=item.id,
+                file=item.name,
+                detail="a process still holds it open for writing in working/; "
+                "it leaves once closed",
+            )
+        recheck = max(self.config.settle_time, _OPEN_RECHECK)
+        heapq.heappush(self.retry_heap, (self.mono + recheck, item.id))
+        return True
 
     def _changed_under_us(self, item: Item) -> bool:
         """Fail the file if its content changed since the claim (or since the last stage).

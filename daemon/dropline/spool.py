@@ -39,6 +39,7 @@ from typing import Any
 
 from .crashpoints import crashpoint, fault
 from .errors import DiskFullError, FatalIOError
+from .lease import LeaseProbe
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -115,6 +116,10 @@ class ChangedError(ValueError):
     """The file changed while it was being claimed: a writer is still at work."""
 
 
+class HeldOpenError(ChangedError):
+    """A process held the file open for writing when it was claimed."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """An entry dropline will not touch, and why."""
@@ -189,6 +194,9 @@ class Spool:
         self.layout = layout
         # Called while a big file is read (the daemon keeps its watchdog fed).
         self.reading_tick: Callable[[], None] | None = None
+        # Asks the kernel whether a file is held open for writing (the daemon
+        # sets it); None: never asked, timing alone decides.
+        self.leases: LeaseProbe | None = None
         self._fds: dict[str, int] = {}
         self._dirty: dict[int, str] = {}
         self._day_fds: dict[str, int] = {}
@@ -250,6 +258,40 @@ class Spool:
         if st.st_gid in self._groups:
             return bool(st.st_mode & stat.S_IRGRP)
         return bool(st.st_mode & stat.S_IROTH)
+
+    def incoming_held_open(self, entry: Entry) -> bool | None:
+        """Whether a process holds incoming/NAME open for writing now (``lease.py``);
+        None when that cannot be told (no probe, leases refused, or the name no
+        longer the file checked: the claim's own checks see to that)."""
+        if self.leases is None:
+            return None
+        try:
+            fd = os.open(entry.name, _FILE_FLAGS, dir_fd=self.incoming_fd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_dev) != (entry.ino, entry.dev):
+                return None
+            return self.leases.held_open(fd)
+        finally:
+            os.close(fd)
+
+    def working_held_open(self, name: bytes) -> bool | None:
+        """Whether a process holds working/NAME open for writing now; None when
+        that cannot be told."""
+        if self.leases is None:
+            return None
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return self.leases.held_open(fd)
+        finally:
+            os.close(fd)
 
     def scan_incoming(self) -> Iterator[bytes]:
         """Stream the names in incoming/, never holding the whole listing."""
@@ -321,9 +363,11 @@ class Spool:
         With EXPECT (what was checked in incoming/) the inode must be that one
         (ValueError: swapped between the check and the rename), and
         ChangedError says the content changed meanwhile: its writer still
-        holds it open.  A write after the fstat shows here as a size that
-        differs, or later, before a stage or the archive move, as a ctime that
-        moved.
+        holds it open; HeldOpenError, that a process holds it open for writing
+        now (the lease probe, when there is one: after it, no new writer can
+        reach the file in working/, so what was read is what stays).  A write
+        after the fstat shows here as a size that differs, or later, before a
+        stage or the archive move, as a ctime that moved.
         """
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=self.working_fd)
@@ -357,6 +401,11 @@ class Spool:
                 expect.mtime_ns,
             ):
                 raise ChangedError("still being written")
+            if expect is not None and self.leases is not None:
+                if self.leases.held_open(fd):
+                    raise HeldOpenError("held open for writing")
+                if os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
+                    raise ChangedError("written while it was read")
             return digest.hexdigest(), size, st.st_ctime_ns
         finally:
             os.close(fd)
