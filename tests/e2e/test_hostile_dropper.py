@@ -3,11 +3,12 @@
 Everything here is done by DROPPER, a member of droppers and not root, in the
 service's own incoming/: links to secrets, a FIFO, a socket, a directory, a
 file rewritten after its drop, a file held open while written, odd names,
-a descriptor kept open past the claim.  None is followed, none blocks, no
-secret reaches archive/, failed/, a stage or the journal, no name is
-executed, the service stays up, and each refusal is logged once, with its
-reason.  The same input dropped by root (device
-nodes included) is covered against a bare daemon by tests/test_hostile.py.
+a descriptor kept open after a close (not claimed while held: the lease
+probe).  None is followed, none blocks, no secret reaches archive/, failed/,
+a stage or the journal, no name is executed, the service stays up, and each
+refusal is logged once, with its reason.  The same input dropped by root
+(device nodes included) is covered against a bare daemon by
+tests/test_hostile.py.
 """
 
 from __future__ import annotations
@@ -111,8 +112,20 @@ exec 3>&-
 """
 
 
-# Writes through one descriptor and closes it (IN_CLOSE_WRITE: claimed at once),
-# keeps a second one, and writes through it once GO exists.
+# Writes through one descriptor and closes it (IN_CLOSE_WRITE), keeps a second
+# one open, and writes through it once $1 exists.
+KEPT_OPEN = f"""
+exec 3> {INCOMING}/kept.csv
+echo part1 >&3
+exec 4>> {INCOMING}/kept.csv
+exec 3>&-
+while [ ! -e "$1" ]; do sleep 0.05; done
+echo part2 >&4
+exec 4>&-
+"""
+CAP_LEASE = 1 << 28
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What lstat (and readlink) say of an entry: any change by the daemon shows here."""
@@ -429,6 +442,59 @@ def test_file_held_open_while_written_is_claimed_complete(dropline: Container) -
         assert path.read_text() == "part1\npart2\n", "archived before its writer finished"
         assert len(box.journal("EVENT=file.claimed", "FILE=held.csv")) == 1
     assert not os.path.lexists(box.path(f"{INCOMING}/held.csv"))
+    assert_still_up(box, before)
+
+
+def _capabilities(box: Container, pid: str) -> dict[str, int]:
+    """CapEff, CapAmb... of process PID inside the container."""
+    status = box.sh(f"cat /proc/{pid}/status").stdout
+    return {
+        key: int(value, 16)
+        for key, _, value in (line.partition(":\t") for line in status.splitlines())
+        if key.startswith("Cap")
+    }
+
+
+def test_file_kept_open_by_the_dropper_is_not_claimed_until_closed(dropline: Container) -> None:
+    """The dropper closes one descriptor (IN_CLOSE_WRITE) while it holds another:
+    the lease probe, with the unit's CAP_LEASE, sees the writer; the file stays
+    in incoming/, logged once, and is archived whole once closed.  Only the
+    daemon has CAP_LEASE: the mover (and any stage) runs without it."""
+    box = dropline
+    before = box.wait_active()
+    go = "/run/dropline-e2e-go-kept"  # made by root, seen by the dropper
+    box.sh(f"rm -f {go}")
+    writer = box.popen_sh(KEPT_OPEN, go, user=DROPPER)
+    try:
+        wait_until(
+            lambda: box.journal("EVENT=file.held_open", "FILE=kept.csv"),
+            15,
+            interval=0.1,
+            what="file.held_open for kept.csv",
+        )
+        assert os.path.exists(box.path(f"{INCOMING}/kept.csv"))
+        assert not archived(box, b"kept.csv")
+        assert not box.journal("EVENT=lease.unavailable")
+        daemon = _capabilities(box, before["MainPID"])
+        assert daemon["CapEff"] & CAP_LEASE, daemon
+        assert daemon["CapAmb"] == 0, daemon  # cleared at start: not passed on
+        children = box.sh(f"cat /proc/{before['MainPID']}/task/*/children").stdout.split()
+        assert children, "the mover runs"
+        for child in children:
+            assert _capabilities(box, child)["CapEff"] == 0
+        box.sh(f"touch {go}")
+        assert writer.wait(15) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    (path,) = wait_until(
+        lambda: archived(box, b"kept.csv"), 15, interval=0.05, what="kept.csv archived"
+    )
+    assert path.read_text() == "part1\npart2\n"
+    assert len(box.journal("EVENT=file.held_open", "FILE=kept.csv")) == 1
+    assert len(box.journal("EVENT=file.claimed", "FILE=kept.csv")) == 1
+    box.sh(f"rm -f {go}")
     assert_still_up(box, before)
 
 
