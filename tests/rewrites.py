@@ -8,6 +8,11 @@ still holds open (now in working/), and, if asked, makes a new file of the
 same name in incoming/ (the next turn of ``while :; do seq ... > NAME; done``).
 So the claim finds the file changed (put back), and the put-back finds its
 name taken (kept as an earlier delivery): deterministically, at every run.
+
+The read-lease probe would not claim a file its writer still holds open
+(``lease.py``; tests/test_lease.py), so these run as where leases are
+refused (DROPLINE_LEASE_REFUSE=EINVAL): a filesystem without leases, or a
+writer the probe cannot see, is what leaves these paths to the claim.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ def delay_env(tree: Tree, extra: dict[str, str] | None = None) -> dict[str, str]
     env = {
         "DROPLINE_DELAY_AT": "claim.synced@1:60",
         "DROPLINE_DELAY_UNTIL": str(tree.root / "go"),
+        "DROPLINE_LEASE_REFUSE": "EINVAL",
     }
     env.update(extra or {})
     return env
