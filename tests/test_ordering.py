@@ -804,7 +804,14 @@ def _traced_rewrite(tree: Tree, *, again: bool) -> tuple[TracedRun, list[Event]]
     Returns the run and the renames of working/slow.txt back to incoming/."""
     tree.write_config(PIPELINES, archive_layout="daily")
     go = tree.root / "go"
-    env = {"DROPLINE_DELAY_AT": "claim.synced@1:60", "DROPLINE_DELAY_UNTIL": str(go)}
+    env = {
+        "DROPLINE_DELAY_AT": "claim.synced@1:60",
+        "DROPLINE_DELAY_UNTIL": str(go),
+        # A file its writer holds open is claimed only where leases are refused:
+        # the put-back path exists for those filesystems (and for a writer that
+        # reopens the file after the probe).
+        "DROPLINE_LEASE_REFUSE": "EINVAL",
+    }
     writer = (tree.incoming / "slow.txt").open("wb")
     writer.write(b"begun\n")
     writer.flush()
