@@ -307,14 +307,20 @@ def mount_tmpfs_fixture() -> Iterator[Mounter]:
 
 
 @pytest.fixture(name="dropline")
-def dropline_fixture(tree: Tree, start_daemon: Any) -> DaemonProcess:
-    """A daemon on TREE: one passthrough pipeline, default settings, ready."""
+def dropline_fixture(
+    tree: Tree, start_daemon: Any, request: pytest.FixtureRequest
+) -> DaemonProcess:
+    """A daemon on TREE: one passthrough pipeline, default settings (but those a
+    test's ``settings`` mark names), ready."""
+    marker = request.node.get_closest_marker("settings")
+    settings = list(marker.args) if marker is not None else []
     tree.config.write_text(
         "\n".join(
             [
                 f"data_dir: {tree.data}",
                 f"state_db: {tree.state_db}",
                 "log_format: json",
+                *settings,
                 "pipelines:",
                 *("  " + line for line in PASSTHROUGH.strip("\n").splitlines()),
             ]

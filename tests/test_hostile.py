@@ -35,12 +35,15 @@ HOSTILE_KINDS: dict[str, str] = {
     "hardlink-to-secret": "hard link",
     "fifo": "FIFO",
     "socket": "socket",
-    "directory": "directory",
+    "directory": "recursive is off",
     "device": "device",
 }
 
 INSIDE = b"a file inside a dropped directory\n"
 RESCAN = "0.3s"  # several rescans fit in a second: a refusal must not repeat on each
+# A folder is refused only where recursive is off (on, its files are processed:
+# tests/test_folders.py); here it is off, so that the folder is refused and its
+# file stays untouched.
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def test_hostile_entries_dropped_while_running_are_refused_once(
     inotify event).  A FIFO without a writer would hang a blocking open; the
     normal file dropped after them being archived shows the daemon never blocked.
     """
-    tree.write_config(ALL_FILES, rescan_interval=RESCAN)
+    tree.write_config(ALL_FILES, rescan_interval=RESCAN, recursive=False)
     secret = make_secret(tree)
     daemon = start_daemon()
     daemon.wait_event("daemon.ready")
@@ -194,7 +197,7 @@ def test_hostile_entries_present_before_start_are_refused_once(
     tree: Tree, start_daemon: Any
 ) -> None:
     """The same entries waiting in incoming/ at start-up: the first scan refuses each once."""
-    tree.write_config(ALL_FILES, rescan_interval=RESCAN)
+    tree.write_config(ALL_FILES, rescan_interval=RESCAN, recursive=False)
     secret = make_secret(tree)
     names = make_hostile(tree.incoming, secret)
     (tree.incoming / "before.txt").write_bytes(b"waiting since before the start\n")

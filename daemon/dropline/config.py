@@ -118,6 +118,10 @@ class Config:
     tool_files: ToolFilesConfig = ToolFilesConfig()
     settle_time: float = 2.0
     rescan_interval: float = 60.0
+    # Files inside folders dropped into incoming/ are processed (off: a folder is refused).
+    recursive: bool = True
+    # An emptied folder in incoming/ is removed once unchanged this long; None: never.
+    remove_empty_folders_after: float | None = 60.0
     archive_layout: ArchiveLayout = "daily"
     max_file_size: int = 4 * 1024**3
     min_free_space: int = 64 * 1024**2  # below this on any folder's filesystem, claiming pauses
@@ -163,6 +167,8 @@ TOP_KEYS: tuple[str, ...] = (
     "tool_files",
     "settle_time",
     "rescan_interval",
+    "recursive",
+    "remove_empty_folders_after",
     "archive_layout",
     "max_file_size",
     "min_free_space",
@@ -529,6 +535,12 @@ class _Builder:
             raise self.error(f"the duration must be greater than 0; expected {expected}", node, key)
         return seconds
 
+    def duration_or_never(self, node: Node, key: str) -> float | None:
+        expected = f'a duration 0 or more ({DURATION_FORMS}), or "never"'
+        if self.scalar(node, key, expected) == "never":
+            return None
+        return self.duration(node, key, positive=False)
+
     def size(self, node: Node, key: str) -> int:
         expected = f"a size greater than 0: {SIZE_FORMS}"
         value = self.scalar(node, key, expected)
@@ -637,6 +649,10 @@ class _Builder:
             tool_files=opt("tool_files", self.tool_files, d.tool_files),
             settle_time=opt("settle_time", duration(False), d.settle_time),
             rescan_interval=opt("rescan_interval", duration(True), d.rescan_interval),
+            recursive=opt("recursive", self.boolean, d.recursive),
+            remove_empty_folders_after=opt(
+                "remove_empty_folders_after", self.duration_or_never, d.remove_empty_folders_after
+            ),
             archive_layout=opt(
                 "archive_layout", lambda n, k: self.choice(n, k, ARCHIVE_LAYOUTS), d.archive_layout
             ),

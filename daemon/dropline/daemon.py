@@ -37,6 +37,7 @@ from .config import Config, check_paths, load_config
 from .crashpoints import crashpoint, pausepoint
 from .datalock import acquire_data_lock
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
+from .folders import DroppedFolders
 from .holding import GONE, Waiting, look
 from .hostcheck import free_space_problem
 from .lease import LeaseProbe, catch_lease_breaks, keep_capabilities_to_ourselves
@@ -71,11 +72,11 @@ from .requeue import requeue_batch
 from .retry import compute_backoff
 from .scratch import remove as remove_scratch
 from .scratch import scratch_root, sweep
-from .spool import Entry, Refusal, Spool
+from .spool import Entry, Refusal, Spool, open_folder, split_name
 from .stages import FAILURE, StageContext
 from .state import State, acquire_lock
 from .toolnames import Beside, Hold
-from .watch import FileReady, IncomingWatch, Overflow, RescanNeeded, WatchLost
+from .watch import FileReady, FolderFound, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
 
 _MAX_REFUSED = 100_000  # refusals remembered, so each is logged once
@@ -187,6 +188,8 @@ class Daemon:
         # incoming/ (with their (dev, ino)) and items in working/.
         self.held_open: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
         self.held_items: set[str] = set()
+        # Folders dropped into incoming/: their files are looked for every second.
+        self.folders = DroppedFolders(lambda name: self.routes.is_ignored(name))
         self.scan: Any = None
         self.scan_seen = 0
         self.rescan_pending = ""  # why a rescan is due before its interval: "" when none is
@@ -389,6 +392,9 @@ class Daemon:
         if claiming and (self.candidates or self.scan is not None):
             return 0.0
         deadlines = [self.next_rescan]
+        folders_due = self.folders.due()
+        if folders_due is not None:
+            deadlines.append(folders_due)
         if not stopping:
             deadlines.append(self._next_requests)
         if self.disk_problem:
@@ -419,6 +425,8 @@ class Daemon:
             return
         if isinstance(message, FileReady):
             self.candidates[message.name] = None
+        elif isinstance(message, FolderFound):
+            self._folder_found(message.name)
         elif isinstance(message, StageResult):
             self._apply_result(message)
         elif isinstance(message, Overflow):
@@ -705,7 +713,6 @@ class Daemon:
         room = self._room()
         if room <= 0:
             return []
-        tool_names = self.routes.tool_names
         entries: list[Entry] = []
         seen: set[bytes] = set()
         in_flight = self._names_being_claimed()
@@ -729,10 +736,13 @@ class Daemon:
                     self.held.pop(name, None)
                 continue
             if isinstance(found, Refusal):
-                self._refuse(found)
+                if found.kind == "directory" and b"/" not in name:
+                    self._folder_found(name, found)
+                else:
+                    self._refuse(found)
                 continue
             age = now - max(found.mtime_ns, found.ctime_ns) / 1e9
-            hold = tool_names.hold(name, found.size, age, self.beside)
+            hold = self._tool_hold(name, found.size, age)
             if hold is not None:
                 self._hold(name, hold, age)
                 continue
@@ -753,6 +763,66 @@ class Daemon:
             entries.append(found)
             size += found.size
         return entries
+
+    def _tool_hold(self, name: bytes, size: int, age: float) -> Hold | None:
+        """What a rule of tool_files says of NAME, judged among the names beside it."""
+        assert self.spool is not None and self.beside is not None
+        folder, base = split_name(name)
+        if not folder:
+            return self.routes.tool_names.hold(name, size, age, self.beside)
+        try:
+            fd = open_folder(self.spool.incoming_fd, folder)
+        except OSError:
+            return None  # gone: its claim finds that out
+        try:
+            return self.routes.tool_names.hold(base, size, age, Beside(fd))
+        finally:
+            os.close(fd)
+
+    # --- folders dropped into incoming/ (folders.py) -------------------------
+
+    def _folder_found(self, name: bytes, seen: Refusal | None = None) -> None:
+        """A folder directly in incoming/: its files processed, or refused if
+        ``recursive`` is off.  SEEN: what a look at it said, if one was made."""
+        assert self.spool is not None
+        if self.routes.is_ignored(name):
+            return  # hidden or temporary: rsync's --partial-dir, for one
+        if self.config.recursive:
+            if self.folders.found(name, self.mono):
+                self.log.info("folder.found", file=name)
+            return
+        if seen is None:
+            found = self.spool.inspect_incoming(name)
+            if not isinstance(found, Refusal):
+                return  # gone, or not a folder after all: a look at it decides
+            seen = found
+        self._refuse(
+            Refusal(
+                name,
+                "a folder (recursive is off: only files directly in incoming/ are processed)",
+                seen.dev,
+                seen.ino,
+                "directory",
+            )
+        )
+
+    def _look_into_folders(self) -> None:
+        """Every second while there are folders: their files join the names that
+        settle (found by a look, not by inotify), emptied folders go."""
+        assert self.spool is not None
+        look = self.folders.look(
+            self.spool, self.mono, _MAX_SETTLING, self.config.remove_empty_folders_after
+        )
+        settling = self.settling
+        for name in look.names:
+            if len(settling) >= _MAX_SETTLING:
+                break
+            if name not in settling and name not in self.candidates:
+                settling[name] = self.mono
+        for refusal in look.refused:
+            self._refuse(refusal)
+        for folder in look.removed:
+            self.log.info("folder.removed", file=folder, detail="emptied")
 
     def _hold(self, name: bytes, hold: Hold, age: float) -> None:
         """Keep NAME waiting, as a rule says; logged once if that lasts too long."""
@@ -1302,6 +1372,8 @@ class Daemon:
     def _housekeeping(self) -> None:
         mono = self.mono
         self._check_watch()
+        if self.folders.known and mono >= self.folders.next_look:
+            self._look_into_folders()
         if self.scan is None and (self.rescan_pending or mono >= self.next_rescan):
             if self.rescan_pending in ("overflow", "watch"):
                 self.log.info("scan.started", reason=self.rescan_pending)
@@ -1379,6 +1451,7 @@ class Daemon:
             or self.candidates
             or (self.settling and not self._only_held_waiting())
             or self.scan is not None
+            or self.folders.unlooked
             or self.to_finish
             or self.claiming
             or self.finishing
@@ -1465,6 +1538,10 @@ class Daemon:
                 self.spool.layout = new.archive_layout
             # A shorter rescan interval takes effect now, not after the old one runs out.
             self.next_rescan = min(self.next_rescan, self.mono + new.rescan_interval)
+            if not new.recursive and self.folders.known:
+                # Its folders are refused from now on: the rescan finds them again.
+                self.folders.known.clear()
+                self.rescan_pending = self.rescan_pending or "reload"
             self.reload_refused = ""
             names = tuple(p.name for p in routes.pipelines)
             self.log.info("daemon.reloaded", pipelines=list(names))

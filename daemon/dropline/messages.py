@@ -63,6 +63,8 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "stage.failed": _stage_failed,
     "stage.interrupted": "stage {stage} on {file} interrupted by the stop; it runs again",
     "entry.refused": "refused {file}: {reason}",
+    "folder.found": "folder {file} dropped into incoming/: its files are processed",
+    "folder.removed": "folder {file} removed from incoming/ ({detail})",
     "daemon.ready": "ready: watching {data_dir}/incoming ({resumed} files resumed)",
     "daemon.reloading": "reloading the configuration {config}",
     "daemon.reloaded": "configuration reloaded",

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .crashpoints import crash_together_with, crashpoint
 from .errors import FatalIOError
-from .spool import DIR_FLAGS, FULL_ERRNOS, fsync_dir, rename_noreplace
+from .spool import DIR_FLAGS, FULL_ERRNOS, fsync_dir, open_folder, rename_noreplace, split_name
 
 if TYPE_CHECKING:  # the mover itself imports only what moving files needs
     import subprocess
@@ -57,6 +57,9 @@ ClaimMove = tuple[bytes, bytes]
 FinishMove = tuple[bytes, str, bytes]
 
 _ACCEPTED = (0, errno.ENOENT, errno.EEXIST, *FULL_ERRNOS)
+# A claim from a sub-folder of incoming/ that a dropper changed meanwhile (removed,
+# swapped for a symlink, made unwritable): not claimed this time, nothing moved.
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM)
 
 
 class Folders:
@@ -101,44 +104,91 @@ def claim(folders: Folders, moves: Sequence[ClaimMove]) -> list[int]:
     """Rename each file into working/, then fsync both folders once."""
     answers: list[int] = []
     full = False
-    for name, working_name in moves:
-        if full:
-            answers.append(SKIPPED)
-            continue
-        err = _rename(folders.incoming, name, folders.working, working_name)
-        if err == 0:
-            crashpoint("claim.renamed")
-        full = err in FULL_ERRNOS
-        answers.append(err)
-    if 0 in answers:
-        fsync_dir(folders.working, "working")
-        fsync_dir(folders.incoming, "incoming")
+    subs: dict[bytes, int] = {}  # sub-folders of incoming/ claimed from, fsynced at the end
+    try:
+        for name, working_name in moves:
+            if full:
+                answers.append(SKIPPED)
+                continue
+            folder, base = split_name(name)
+            if not folder:
+                err = _rename(folders.incoming, name, folders.working, working_name)
+            else:
+                err = _claim_from(folders, subs, folder, base, working_name)
+            if err == 0:
+                crashpoint("claim.renamed")
+            full = err in FULL_ERRNOS
+            answers.append(err)
+        if 0 in answers:
+            fsync_dir(folders.working, "working")
+            fsync_dir(folders.incoming, "incoming")
+            for folder, fd in subs.items():
+                fsync_dir(fd, "incoming/" + os.fsdecode(folder))
+    finally:
+        for fd in subs.values():
+            os.close(fd)
     return answers
+
+
+def _claim_from(
+    folders: Folders, subs: dict[bytes, int], folder: bytes, base: bytes, working_name: bytes
+) -> int:
+    """Claim incoming/FOLDER/BASE; the folder opened without following anything."""
+    fd = subs.get(folder)
+    if fd is None:
+        try:
+            fd = subs[folder] = open_folder(folders.incoming, folder)
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                raise FatalIOError(f"opening incoming/{folder!r}: {exc.strerror}") from exc
+            return errno.ENOENT
+    try:
+        rename_noreplace(fd, base, folders.working, working_name)
+    except OSError as exc:
+        if exc.errno in _NOT_THERE:
+            return errno.ENOENT
+        if exc.errno not in _ACCEPTED:
+            raise FatalIOError(f"rename of {base!r}: {exc.strerror}") from exc
+        return exc.errno
+    return 0
 
 
 def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
     """Rename each file from working/ to its end, then fsync the folders it touched."""
     answers: list[int] = []
     touched: dict[int, str] = {}
+    subs: dict[tuple[str, bytes], int] = {}  # folders a file keeps from incoming/
     full = False
-    for working_name, folder, final_name in moves:
-        if full:
-            answers.append(SKIPPED)
-            continue
-        try:
-            dir_fd = folders.destination(folder)
-        except OSError as exc:
-            raise FatalIOError(f"cannot open {folder}: {exc.strerror}") from exc
-        err = _rename(folders.working, working_name, dir_fd, final_name)
-        if err == 0:
-            touched[dir_fd] = folder
-            crashpoint("finish.renamed")
-        full = err in FULL_ERRNOS
-        answers.append(err)
-    if touched:
-        for dir_fd, folder in touched.items():
-            fsync_dir(dir_fd, folder)
-        fsync_dir(folders.working, "working")
+    try:
+        for working_name, folder, final_name in moves:
+            if full:
+                answers.append(SKIPPED)
+                continue
+            sub, base = split_name(final_name)
+            try:
+                dir_fd = folders.destination(folder)
+                if sub:
+                    key = (folder, sub)
+                    if key not in subs:
+                        # Made (durably) by the loop when it chose this destination;
+                        # made again if it went since (recovery moving an old batch).
+                        subs[key] = open_folder(dir_fd, sub, 0o750)
+                    dir_fd = subs[key]
+            except OSError as exc:
+                raise FatalIOError(f"cannot open {folder}: {exc.strerror}") from exc
+            err = _rename(folders.working, working_name, dir_fd, base)
+            if err == 0:
+                touched[dir_fd] = folder
+                crashpoint("finish.renamed")
+            full = err in FULL_ERRNOS
+            answers.append(err)
+        if touched:
+            for dir_fd, folder in touched.items():
+                fsync_dir(dir_fd, folder)
+            fsync_dir(folders.working, "working")
+    finally:
+        for fd in subs.values():
+            os.close(fd)
     folders.close_old_days()
     return answers
 

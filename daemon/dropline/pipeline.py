@@ -140,11 +140,14 @@ class Routes:
         self._by_name = {p.name: p for p in self.pipelines}
 
     def is_ignored(self, name: bytes) -> bool:
-        """Hidden and temporary names: never claimed, so write-then-rename works."""
-        return self._ignore.match(os.fsdecode(name)) is not None
+        """Hidden and temporary names: never claimed, so write-then-rename works.
+        Judged by the base name: a file in a folder is named like any other."""
+        return self._ignore.match(os.fsdecode(name.rpartition(b"/")[2])) is not None
 
     def route(self, name: bytes) -> Pipeline | None:
-        text = os.fsdecode(name)
+        """The first pipeline whose match fits the base name (a file's folder in
+        incoming/ does not decide its pipeline)."""
+        text = os.fsdecode(name.rpartition(b"/")[2])
         for pipeline in self.pipelines:
             if pipeline.pattern.match(text):
                 return pipeline

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import json
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,8 @@ SUBDIRS = ("incoming", "working", "archive", "failed")
 # (transform with archive: transformed); never a dropped file.
 WORKING_TEMP_PREFIX = b".dropline-tmp-"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Folders in incoming/ nested deeper than this are refused (a tar bomb of empty folders).
+MAX_FOLDER_DEPTH = 32
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2: Any = getattr(_libc, "renameat2", None)
@@ -90,6 +94,40 @@ def _io_error(what: str, exc: OSError) -> DiskFullError | FatalIOError:
     if exc.errno in FULL_ERRNOS:
         return DiskFullError(f"{what}: {exc.strerror}")
     return FatalIOError(f"{what}: {exc}")
+
+
+def split_name(name: bytes) -> tuple[bytes, bytes]:
+    """(folder, base) of a name relative to a data folder: b"" for a file directly in it."""
+    folder, _, base = name.rpartition(b"/")
+    return folder, base
+
+
+def open_folder(root_fd: int, folder: bytes, create_mode: int | None = None) -> int:
+    """A new descriptor of ROOT/FOLDER, opened one component at a time with
+    O_NOFOLLOW: a symlink anywhere on the way fails (ELOOP or ENOTDIR), never
+    followed, which a path given whole to openat would do for all but its last
+    component.  With CREATE_MODE, missing folders are made, each durable (its
+    parent fsynced) before anything goes into it."""
+    fd = os.dup(root_fd)
+    try:
+        for part in folder.split(b"/"):
+            if part in (b"", b".", b".."):
+                raise OSError(errno.EINVAL, "not a plain folder name", os.fsdecode(folder))
+            try:
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create_mode is None:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, create_mode, dir_fd=fd)
+                fsync_dir(fd, os.fsdecode(folder))
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _exists(dir_fd: int, name: bytes) -> bool:
@@ -141,6 +179,7 @@ REFUSAL_KINDS: tuple[str, ...] = (
     "hard_link",
     "unreadable",
     "too_large",
+    "unwritable_folder",
     "other",
 )
 
@@ -175,6 +214,15 @@ def classify(name: bytes, st: os.stat_result, max_size: int) -> Entry | Refusal:
     return Entry(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+@dataclass
+class FolderWalk:
+    """What one look into a folder dropped into incoming/ found."""
+
+    names: list[bytes] = field(default_factory=list)  # relative to incoming/
+    refused: list[Refusal] = field(default_factory=list)
+    gone: bool = False  # no longer a folder there
+
+
 def fit_name(name: bytes, tag: str, reserve: int = 0) -> bytes:
     """NAME with ``.TAG`` before its extension, shortened to fit NAME_MAX - RESERVE."""
     stem, dot, ext = name.rpartition(b".")
@@ -200,6 +248,9 @@ class Spool:
         self._fds: dict[str, int] = {}
         self._dirty: dict[int, str] = {}
         self._day_fds: dict[str, int] = {}
+        # Folders under archive/, failed/ or incoming/ that a move touched (a file
+        # dropped in a sub-folder keeps its place): open until sync() fsynced them.
+        self._sub_fds: dict[tuple[int, bytes], int] = {}
         try:
             data_fd = os.open(data_dir, DIR_FLAGS)
         except OSError as exc:
@@ -222,20 +273,55 @@ class Spool:
         self.failed_fd = self._fds["failed"]
 
     def close(self) -> None:
-        for fd in list(self._fds.values()) + list(self._day_fds.values()):
+        for fd in [*self._fds.values(), *self._day_fds.values(), *self._sub_fds.values()]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
         self._day_fds.clear()
+        self._sub_fds.clear()
+
+    def _place(self, root_fd: int, name: bytes, *, create: bool = False) -> tuple[int, bytes]:
+        """(folder descriptor, base name) of NAME under ROOT_FD: ROOT_FD itself for a
+        plain name, else its sub-folder (made if CREATE), open until the next sync()."""
+        folder, base = split_name(name)
+        if not folder:
+            return root_fd, name
+        key = (root_fd, folder)
+        fd = self._sub_fds.get(key)
+        if fd is None:
+            fd = open_folder(root_fd, folder, 0o750 if create else None)
+            self._sub_fds[key] = fd
+            self._devs[fd] = os.fstat(fd).st_dev
+        return fd, base
+
+    def _label(self, root_fd: int, name: bytes) -> str:
+        """The folder of NAME for messages: "failed", "archive/2026-12-06/batch", ..."""
+        root = next((k for k, v in self._fds.items() if v == root_fd), "")
+        root = root or "archive/" + next((k for k, v in self._day_fds.items() if v == root_fd), "")
+        folder = split_name(name)[0]
+        return f"{root}/{os.fsdecode(folder)}" if folder else root
 
     # --- looking ---------------------------------------------------------
 
     def inspect_incoming(self, name: bytes) -> Entry | Refusal | None:
-        """lstat NAME in incoming/; None if it is gone."""
+        """lstat NAME in incoming/ (or in a sub-folder: NAME is relative); None if it
+        is gone, or if a folder on its way is not a folder any more."""
+        folder, base = split_name(name)
         try:
-            st = os.stat(name, dir_fd=self.incoming_fd, follow_symlinks=False)
+            if not folder:
+                st = os.stat(name, dir_fd=self.incoming_fd, follow_symlinks=False)
+            else:
+                fd = open_folder(self.incoming_fd, folder)
+                try:
+                    st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+                finally:
+                    os.close(fd)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EACCES, errno.EINVAL):
+                return None  # a symlink swapped in on the way: never followed
+            raise
         found = classify(name, st, self.max_file_size)
         if isinstance(found, Entry) and not self._readable(st):
             # Claiming it would strand it in working/: nothing could read it there.
@@ -265,8 +351,16 @@ class Spool:
         longer the file checked: the claim's own checks see to that)."""
         if self.leases is None:
             return None
+        folder, base = split_name(entry.name)
         try:
-            fd = os.open(entry.name, _FILE_FLAGS, dir_fd=self.incoming_fd)
+            if not folder:
+                fd = os.open(entry.name, _FILE_FLAGS, dir_fd=self.incoming_fd)
+            else:
+                dir_fd = open_folder(self.incoming_fd, folder)
+                try:
+                    fd = os.open(base, _FILE_FLAGS, dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
         except OSError:
             return None
         try:
@@ -302,6 +396,129 @@ class Spool:
                     yield os.fsencode(entry.name)
         finally:
             os.close(fd)
+
+    def walk_folder(self, folder: bytes, skip: Callable[[bytes], bool], limit: int) -> FolderWalk:
+        """The entries under incoming/FOLDER, up to LIMIT, as names relative to incoming/.
+
+        SKIP: base names never looked at (hidden and temporary ones, folders too:
+        rsync's partial-dir stays its own).  Nothing is followed: every folder is
+        opened with O_NOFOLLOW from the one above it.  A folder that dropline
+        could not empty (no write permission for its user) is refused whole: a
+        file claimed from it could be taken but its folder never removed, and a
+        file put back could not go back.
+        """
+        walk = FolderWalk()
+        try:
+            top = open_folder(self.incoming_fd, folder)
+        except OSError:
+            walk.gone = True
+            return walk
+        stack: list[tuple[int, bytes]] = [(top, folder)]
+        try:
+            while stack and len(walk.names) < limit:
+                fd, path = stack.pop()
+                try:
+                    if self._euid != 0 and not os.access(
+                        ".", os.W_OK | os.X_OK, dir_fd=fd, effective_ids=True
+                    ):
+                        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                        walk.refused.append(self._unwritable(fd, path, mode))
+                        continue
+                    entries = self._list(fd)
+                    for name, is_dir in entries:
+                        if skip(name):
+                            continue
+                        relative = path + b"/" + name
+                        if not is_dir:
+                            walk.names.append(relative)
+                            continue
+                        if relative.count(b"/") >= MAX_FOLDER_DEPTH:
+                            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                            walk.refused.append(
+                                Refusal(
+                                    relative,
+                                    f"folder nested deeper than {MAX_FOLDER_DEPTH} levels",
+                                    st.st_dev,
+                                    st.st_ino,
+                                    "directory",
+                                )
+                            )
+                            continue
+                        with contextlib.suppress(OSError):  # gone, or swapped for a symlink
+                            stack.append((os.open(name, DIR_FLAGS, dir_fd=fd), relative))
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
+        return walk
+
+    @staticmethod
+    def _list(fd: int) -> list[tuple[bytes, bool]]:
+        """(name, is a folder) of each entry; d_type only, never a stat or a follow."""
+        listing = os.dup(fd)
+        try:
+            with os.scandir(listing) as it:
+                return [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+        finally:
+            os.close(listing)
+
+    @staticmethod
+    def _unwritable(fd: int, path: bytes, mode: int) -> Refusal:
+        st = os.fstat(fd)
+        return Refusal(
+            path,
+            f"a folder the dropline user cannot empty (mode {mode:04o}, no write permission): "
+            "its files stay where they are; give the folder group write permission, or "
+            "let incoming/'s default ACL apply (a tool that sets folder modes takes it away)",
+            st.st_dev,
+            st.st_ino,
+            "unwritable_folder",
+        )
+
+    def remove_empty_folder(self, folder: bytes, quiet: float) -> bool:
+        """rmdir incoming/FOLDER and the folders under it that are empty and have not
+        changed for QUIET seconds (a writer pausing between two files finds its
+        folder still there); True once FOLDER is gone.  rmdir itself refuses a
+        folder that is not empty, so a file that arrives meanwhile is never lost."""
+        parent_name, base = split_name(folder)
+        try:
+            parent = open_folder(self.incoming_fd, parent_name) if parent_name else None
+        except OSError:
+            return True
+        try:
+            return self._remove_if_empty(
+                self.incoming_fd if parent is None else parent, base, quiet, time.time(), 0
+            )
+        finally:
+            if parent is not None:
+                os.close(parent)
+
+    def _remove_if_empty(
+        self, parent: int, name: bytes, quiet: float, now: float, depth: int
+    ) -> bool:
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            return exc.errno == errno.ENOENT
+        try:
+            st = os.fstat(fd)
+            # Judged before its own empty folders go: removing them changes its times.
+            was_quiet = now - max(st.st_mtime, st.st_ctime) >= quiet
+            if depth < MAX_FOLDER_DEPTH:
+                for child, is_dir in self._list(fd):
+                    if is_dir:
+                        self._remove_if_empty(fd, child, quiet, now, depth + 1)
+        finally:
+            os.close(fd)
+        if not was_quiet:
+            return False
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except OSError:
+            return False  # not empty (a file came, or one dropline does not take)
+        # Not made durable: after a crash an empty folder is back and goes again.
+        return True
 
     def list_working(self) -> list[bytes]:
         """The names in working/ (bounded by max_in_flight, so a list is fine)."""
@@ -350,6 +567,7 @@ class Spool:
         without asking the filesystem; a rename that meets one anyway fails
         (RENAME_NOREPLACE) rather than overwrite.
         """
+        name = split_name(name)[1]  # working/ is flat; the item keeps the folder
         if name not in in_use:
             return name
         return fit_name(name, item_id)
@@ -420,14 +638,15 @@ class Spool:
         entry is still in working/.  Durable after the next ``sync()``.
         """
         try:
-            rename_noreplace(self.working_fd, working_name, self.incoming_fd, name)
+            dir_fd, base = self._place(self.incoming_fd, name, create=True)
+            rename_noreplace(self.working_fd, working_name, dir_fd, base)
         except FileExistsError:
             return False
         except OSError as exc:
             if exc.errno in FULL_ERRNOS:
                 return False
             raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
-        self._mark(self.incoming_fd, "incoming")
+        self._mark(dir_fd, self._label(self.incoming_fd, name))
         self._mark(self.working_fd, "working")
         crashpoint("claim.put_back")
         return True
@@ -443,14 +662,15 @@ class Spool:
         """
         for candidate in self._name_candidates(name, item_id, 0):
             try:
-                rename_noreplace(self.working_fd, working_name, self.incoming_fd, candidate)
+                dir_fd, base = self._place(self.incoming_fd, candidate, create=True)
+                rename_noreplace(self.working_fd, working_name, dir_fd, base)
             except FileExistsError:
                 continue
             except OSError as exc:
                 if exc.errno in FULL_ERRNOS:
                     return None
                 raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
-            self._mark(self.incoming_fd, "incoming")
+            self._mark(dir_fd, self._label(self.incoming_fd, candidate))
             self._mark(self.working_fd, "working")
             crashpoint("claim.put_back")
             return candidate
@@ -471,25 +691,50 @@ class Spool:
             # the caller chooses again; failed/ is checked first because the reason
             # is written there before the file.
             if reserve and (
-                _exists(self.failed_fd, candidate)
-                or _exists(self.failed_fd, candidate + _ERROR_SUFFIX)
+                self._exists_at(self.failed_fd, candidate)
+                or self._exists_at(self.failed_fd, candidate + _ERROR_SUFFIX)
             ):
                 continue
+            folder = split_name(candidate)[0]
+            if folder:
+                # The file keeps the folder it was dropped in: made (durably) now,
+                # before the mover is asked to move the file into it.
+                try:
+                    os.close(open_folder(self._end_dir(outcome, subdir), folder, 0o750))
+                except OSError as exc:
+                    raise _io_error(f"cannot create the folder of {candidate!r}", exc) from exc
             return subdir, candidate
         raise FatalIOError(f"no free name for {name!r} in {outcome}")
 
     @staticmethod
     def _name_candidates(name: bytes, item_id: str, reserve: int) -> Iterator[bytes]:
-        """NAME, then NAME.ITEMID, then NAME.ITEMID-N: built only as far as needed."""
-        if len(name) + reserve <= _NAME_MAX:
+        """NAME, then NAME.ITEMID, then NAME.ITEMID-N: built only as far as needed.
+        A name in a folder keeps it; only its base name changes."""
+        folder, base = split_name(name)
+        prefix = folder + b"/" if folder else b""
+        if len(base) + reserve <= _NAME_MAX:
             yield name
-        yield fit_name(name, item_id, reserve)
+        yield prefix + fit_name(base, item_id, reserve)
         for n in range(1, 100):
-            yield fit_name(name, f"{item_id}-{n}", reserve)
+            yield prefix + fit_name(base, f"{item_id}-{n}", reserve)
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
         dir_fd = self.failed_fd if outcome == "failed" else self._archive_dir(subdir, create=False)
-        return dir_fd is not None and _exists(dir_fd, name)
+        return dir_fd is not None and self._exists_at(dir_fd, name)
+
+    def _exists_at(self, root_fd: int, name: bytes) -> bool:
+        """Whether NAME (maybe in a sub-folder) exists under ROOT_FD."""
+        folder, base = split_name(name)
+        if not folder:
+            return _exists(root_fd, name)
+        try:
+            dir_fd = open_folder(root_fd, folder)
+        except FileNotFoundError:
+            return False
+        try:
+            return _exists(dir_fd, base)
+        finally:
+            os.close(dir_fd)
 
     def in_working(self, working_name: bytes) -> bool:
         return _exists(self.working_fd, working_name)
@@ -524,8 +769,12 @@ class Spool:
 
         For a failure, its reason (``write_error``) must already be durable.
         """
-        dir_fd = self._end_dir(outcome, subdir)
-        label = f"{outcome}/{subdir}"
+        end_fd = self._end_dir(outcome, subdir)
+        label = self._label(end_fd, final_name)
+        try:
+            dir_fd, final_name = self._place(end_fd, final_name, create=True)
+        except OSError as exc:
+            raise _io_error(f"cannot create the folder of {final_name!r}", exc) from exc
         if not self._beside_working(dir_fd):
             if not _exists(self.working_fd, working_name):
                 return False
@@ -621,7 +870,16 @@ class Spool:
 
     def failed_entry(self, name: bytes) -> Entry | Refusal | None:
         """lstat failed/NAME; None if it is gone."""
-        return self._entry_in(self.failed_fd, name)
+        try:
+            dir_fd, base = self._place(self.failed_fd, name)
+        except FileNotFoundError:
+            return None
+        found = self._entry_in(dir_fd, base)
+        if isinstance(found, Entry):
+            found.name = name
+        elif found is not None:
+            found = dataclasses.replace(found, name=name)
+        return found
 
     def requeue(self, final_name: bytes, working_name: bytes) -> bool:
         """Move failed/FINAL_NAME back to working/WORKING_NAME; False if it is gone.
@@ -629,18 +887,22 @@ class Spool:
         Durable after the next ``sync()``; its reason is removed afterwards
         (``remove_error``), so a crash never leaves a failed file without one.
         """
-        if self._devs[self.failed_fd] != self._devs[self.working_fd]:
-            if not _exists(self.failed_fd, final_name):
+        try:
+            src_fd, base = self._place(self.failed_fd, final_name)
+        except FileNotFoundError:
+            return _exists(self.working_fd, working_name)
+        if self._devs[src_fd] != self._devs[self.working_fd]:
+            if not _exists(src_fd, base):
                 return _exists(self.working_fd, working_name)
-            self._copy_across(self.failed_fd, final_name, self.working_fd, working_name, "working")
+            self._copy_across(src_fd, base, self.working_fd, working_name, "working")
         else:
             try:
-                rename_noreplace(self.failed_fd, final_name, self.working_fd, working_name)
+                rename_noreplace(src_fd, base, self.working_fd, working_name)
             except FileNotFoundError:
                 return False
             except OSError as exc:
                 raise _io_error(f"move of {final_name!r} from failed/ to working/", exc) from exc
-        self._mark(self.failed_fd, "failed")
+        self._mark(src_fd, self._label(self.failed_fd, final_name))
         self._mark(self.working_fd, "working")
         return True
 
@@ -656,6 +918,12 @@ class Spool:
             names = [final_name]
         if dir_fd is None:
             return 0
+        if b"/" in final_name:
+            try:
+                dir_fd, _ = self._place(dir_fd, final_name)
+            except FileNotFoundError:
+                return 0
+            names = [split_name(n)[1] for n in names]
         freed = 0
         for name in names:
             try:
@@ -685,9 +953,9 @@ class Spool:
             old = self._day_fds.pop(day, None)
             if old is not None:
                 os.close(old)
-            try:
-                os.rmdir(day, dir_fd=self.archive_fd)
-            except OSError:
+            # With the empty folders that files dropped in folders kept (days are
+            # past: nothing moves into them any more).
+            if not self._remove_if_empty(self.archive_fd, day.encode(), 0.0, time.time(), 0):
                 continue  # not empty (or not a folder): kept
             removed.append(day)
             self._mark(self.archive_fd, "archive")
@@ -699,7 +967,10 @@ class Spool:
         The rename is durable after the next ``sync()``, which the caller does
         before the file itself is moved beside it.
         """
-        name = final_name + _ERROR_SUFFIX
+        try:
+            failed_fd, name = self._place(self.failed_fd, final_name + _ERROR_SUFFIX, create=True)
+        except OSError as exc:
+            raise _io_error(f"cannot create the folder of {final_name!r} in failed/", exc) from exc
         tmp = b".tmp-" + name[: _NAME_MAX - 5]
         data = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True).encode() + b"\n"
         try:
@@ -707,7 +978,7 @@ class Spool:
                 tmp,
                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o640,
-                dir_fd=self.failed_fd,
+                dir_fd=failed_fd,
             )
             try:
                 view = memoryview(data)
@@ -718,18 +989,19 @@ class Spool:
             finally:
                 os.close(fd)
             # Replaces (atomically) a reason left by an earlier, interrupted attempt.
-            os.rename(tmp, name, src_dir_fd=self.failed_fd, dst_dir_fd=self.failed_fd)
+            os.rename(tmp, name, src_dir_fd=failed_fd, dst_dir_fd=failed_fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.failed_fd)
+                os.unlink(tmp, dir_fd=failed_fd)
             raise _io_error(f"writing {name!r} in failed/", exc) from exc
-        self._mark(self.failed_fd, "failed")
+        self._mark(failed_fd, self._label(self.failed_fd, final_name))
 
     def remove_error(self, final_name: bytes) -> None:
         """Remove a reason written for a destination that turned out to be taken."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(final_name + _ERROR_SUFFIX, dir_fd=self.failed_fd)
-            self._mark(self.failed_fd, "failed")
+            failed_fd, name = self._place(self.failed_fd, final_name + _ERROR_SUFFIX)
+            os.unlink(name, dir_fd=failed_fd)
+            self._mark(failed_fd, self._label(self.failed_fd, final_name))
 
     def _archive_dir(self, subdir: str, *, create: bool) -> int | None:
         if not subdir:
@@ -779,3 +1051,7 @@ class Spool:
         # The day folder before archive/: the folder must be durable before its entry.
         for fd, label in sorted(dirty.items(), key=lambda kv: kv[1].count("/"), reverse=True):
             fsync_dir(fd, label)
+        for fd in self._sub_fds.values():
+            self._devs.pop(fd, None)
+            os.close(fd)
+        self._sub_fds.clear()

@@ -29,10 +29,12 @@ from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyFD
 from .crashpoints import WATCH_FAULT, fault
 
 # A file written in place is ready when its writer closes it; one renamed in is
-# ready at once.  Creation alone says nothing (the writer is still writing).
+# ready at once.  Creation alone says nothing of a file (the writer is still
+# writing) but tells of a folder made in incoming/ (tar, unzip, cp -r).
 _MASK = Mask(
     InotifyConstants.IN_CLOSE_WRITE
     | InotifyConstants.IN_MOVED_TO
+    | InotifyConstants.IN_CREATE
     | InotifyConstants.IN_DELETE_SELF
     | InotifyConstants.IN_MOVE_SELF
     | InotifyConstants.IN_UNMOUNT
@@ -44,6 +46,13 @@ _MASK = Mask(
 @dataclass(frozen=True)
 class FileReady:
     """A name in incoming/ that inotify says is complete."""
+
+    name: bytes
+
+
+@dataclass(frozen=True)
+class FolderFound:
+    """A folder made in, or moved into, incoming/."""
 
     name: bytes
 
@@ -80,9 +89,13 @@ class _Callback:
     def on_event(self, event: Any) -> None:
         # The tests make this raise, as a callback watchdog calls and we lack would.
         fault(WATCH_FAULT)
-        if event.is_close_write or event.is_moved_to:
+        if event.is_close_write or (event.is_moved_to and not event.is_directory):
             if event.name:
                 self._out.put(FileReady(bytes(event.name)))
+        elif event.is_create or event.is_moved_to:
+            # A file's creation is dropped here: its close or rename tells when it is whole.
+            if event.is_directory and event.name:
+                self._out.put(FolderFound(bytes(event.name)))
         elif event.is_delete_self or event.is_move_self:
             self._lost("incoming/ was deleted or moved")
         elif event.mask & InotifyConstants.IN_UNMOUNT:

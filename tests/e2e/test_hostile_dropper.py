@@ -49,7 +49,7 @@ HOSTILE_KINDS: dict[tuple[str, str], str] = {
     ("hardlink-to-own-file", ".csv"): "hard links",
     ("fifo", ".csv"): "FIFO",
     ("socket", ""): "socket",
-    ("directory", ""): "directory",
+    ("directory", ""): "recursive is off",
 }
 MOVED = "-moved"
 HOSTILE: dict[str, str] = {
@@ -241,7 +241,11 @@ def test_hostile_entries_refused_once_and_never_followed(dropline: Container) ->
     try:
         # Rescans every second, so that "once" is seen over several.  A restart,
         # not a reload: a reload keeps the next rescan where the old 60 s put it.
-        rescans = original_config.replace(b"rescan_interval: 60s", b"rescan_interval: 1s")
+        # And recursive off: a folder is then refused, its file left as it is (on,
+        # the default, its files are processed: tests/test_folders.py).
+        rescans = original_config.replace(
+            b"rescan_interval: 60s", b"rescan_interval: 1s\nrecursive: false"
+        )
         assert rescans != original_config
         box.put(CONFIG, rescans)
         box.systemctl("restart", UNIT)

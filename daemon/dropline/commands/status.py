@@ -16,6 +16,7 @@ from .. import console as c
 from ..config import Config
 from ..datalock import lock_holder
 from ..pipeline import compile_globs
+from ..spool import Refusal, classify
 from ..state_reader import AttemptView, ItemView, StateReader, daemon_pid
 from ..toolnames import Beside, ToolNames
 
@@ -24,6 +25,8 @@ IN_FLIGHT_SHOWN = 20
 FAILURES_SHOWN = 5
 _OLDEST_LIMIT = 10_000  # beyond this many waiting files, the oldest is not looked for
 HELD_SHOWN = 20
+REFUSED_SHOWN = 20
+_FOLDER_LIMIT = 100_000  # entries looked at inside folders dropped into incoming/
 _SHAPED_LIMIT = 10_000  # names shaped like a tool's looked at, at most
 
 
@@ -57,6 +60,79 @@ def _count_folder(
     except OSError:
         return 0, None
     return count, (first if count <= _OLDEST_LIMIT else None)
+
+
+def _in_folders(
+    incoming: Path, folders: list[str], ignored: re.Pattern[str]
+) -> tuple[int, list[tuple[str, str]]]:
+    """Files waiting inside the folders dropped into incoming/ (recursive on), and
+    the entries in them that the daemon refuses: (relative name, reason)."""
+    count = 0
+    refused: list[tuple[str, str]] = []
+    looked = 0
+    stack = list(folders)
+    while stack and looked < _FOLDER_LIMIT:
+        folder = stack.pop()
+        try:
+            with os.scandir(incoming / folder) as it:
+                for entry in it:
+                    looked += 1
+                    if ignored.match(entry.name):
+                        continue
+                    relative = f"{folder}/{entry.name}"
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(relative)
+                    elif entry.is_file(follow_symlinks=False):
+                        count += 1
+                    else:
+                        refused.append((relative, _why_refused(entry)))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return count, refused
+
+
+def _why_refused(entry: os.DirEntry[str]) -> str:
+    """Why the daemon refuses an entry that is not a regular file."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return "gone"
+    found = classify(os.fsencode(entry.name), st, 1 << 62)
+    return found.reason if isinstance(found, Refusal) else "not a regular file"
+
+
+def _look_at_incoming(
+    config: Config, ignored: re.Pattern[str], rules: ToolNames, shaped: list[bytes]
+) -> tuple[int, float | None, list[tuple[str, str]]]:
+    """Files waiting in incoming/ (inside its folders too when ``recursive`` is on),
+    the oldest mtime, and the entries refused (symlinks, FIFOs, and folders when
+    ``recursive`` is off): refused entries are not waiting."""
+    count, oldest = _count_folder(config.incoming, ignored, True, rules, shaped)
+    refused: list[tuple[str, str]] = []
+    folders: list[str] = []
+    try:
+        with os.scandir(config.incoming) as it:
+            for entry in it:
+                if ignored.match(entry.name) or entry.is_file(follow_symlinks=False):
+                    continue
+                count -= 1  # counted above as if it were a file
+                if entry.is_dir(follow_symlinks=False):
+                    if config.recursive:
+                        folders.append(entry.name)
+                    else:
+                        refused.append(
+                            (
+                                entry.name,
+                                "a folder (recursive is off: only files directly in "
+                                "incoming/ are processed)",
+                            )
+                        )
+                else:
+                    refused.append((entry.name, _why_refused(entry)))
+    except OSError:
+        pass
+    inside, refused_inside = _in_folders(config.incoming, folders, ignored)
+    return count + inside, oldest, refused + refused_inside
 
 
 def _held(config: Config, rules: ToolNames, names: list[bytes], now: float) -> list[dict[str, Any]]:
@@ -111,7 +187,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     ignored = compile_globs(config.ignore)
     rules = ToolNames(config.tool_files)
     names: list[bytes] = []
-    incoming, oldest = _count_folder(config.incoming, ignored, True, rules, names)
+    incoming, oldest, refused = _look_at_incoming(config, ignored, rules, names)
     held = _held(config, rules, names, now)
     working, _ = _count_folder(config.working, ignored, oldest=False)
     pid = daemon_pid(config.state_db)
@@ -151,6 +227,12 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "backlog": {
             "incoming": incoming,
             "oldest_seconds": round(now - oldest, 3) if oldest is not None else None,
+        },
+        "refused": {
+            "count": len(refused),
+            "shown": [{"file": c.name(os.fsencode(n)), "reason": r} for n, r in refused][
+                :REFUSED_SHOWN
+            ],
         },
         "held": {
             "count": len(held),
@@ -212,6 +294,16 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         f"Throughput: {rate['files_per_second']:.1f} files/s over the last minute "
         f"({rate['archived']:,} archived, {rate['failed']:,} failed)"
     )
+    refused = doc["refused"]
+    if refused["count"]:
+        out.line()
+        more = refused["count"] - len(refused["shown"])
+        out.line(
+            f"Refused:    {refused['count']:,} in incoming/ that dropline will not take"
+            + (f" ({REFUSED_SHOWN} shown)" if more > 0 else "")
+        )
+        rows = [[c.shorten(r["file"], 40), r["reason"]] for r in refused["shown"]]
+        out.table(["ENTRY", "REFUSED BECAUSE"], rows)
     held = doc["held"]
     if held["count"]:
         out.line()
