@@ -32,6 +32,8 @@ DROPPER = "alice"  # made a member of "droppers" (not root) by the container fix
 
 # Seconds, printed in the summary at the end of the run.
 TIMINGS: dict[str, float] = {}
+# Lines of what a test measured (a table, say), printed in the summary too.
+MEASURED: list[str] = []
 
 
 class CommandFailedError(AssertionError):

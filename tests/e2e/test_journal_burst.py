@@ -77,7 +77,12 @@ def ends_in_journal(box: Container, prefix: str, pid: str) -> tuple[int, int]:
     its owner can read; warnings are rate-limited apart from the info entries.
     """
     marker = f"{prefix}marker"
-    box.sh(f"umask 077; echo x > {DATA}/incoming/{marker}", user=DROPPER)
+    # Made owner-only under a hidden name, then renamed in: written in place,
+    # incoming/'s default ACL would leave it readable by automation whatever the umask.
+    box.sh(
+        f"cd {DATA}/incoming; echo x > .{marker}; chmod 0600 .{marker}; mv .{marker} {marker}",
+        user=DROPPER,
+    )
     wait_until(
         lambda: box.journal("EVENT=entry.refused", f"FILE={marker}"),
         60,

@@ -215,11 +215,19 @@ def test_reload_applies_pipeline_and_refuses_broken_config(dropline: Container) 
     assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"])
 
 
-def test_dropper_umask_decides_readability(dropline: Container) -> None:
-    """A group-readable file (umask 027) is archived; an owner-only one is refused, left alone."""
-    dropline.sh(f"umask 027; echo 0 > {DATA}/incoming/umask-027-0.csv", user=DROPPER)
-    archived_exactly_once(dropline, 1, "umask-027-", ".csv")
-    dropline.sh(f"umask 077; echo private > {DATA}/incoming/umask-077.csv", user=DROPPER)
+def test_dropper_umask_no_longer_decides_readability(dropline: Container) -> None:
+    """A file written in incoming/ is archived whatever the dropper's umask: incoming/'s
+    default ACL gives automation read (and replaces the umask).  A file made owner-only
+    elsewhere and moved in keeps its mode and no ACL: refused, left alone."""
+    for umask in ("022", "027", "077"):
+        dropline.sh(f"umask {umask}; echo 0 > {DATA}/incoming/umask-{umask}-0.csv", user=DROPPER)
+        archived_exactly_once(dropline, 1, f"umask-{umask}-", ".csv")
+    home = f"/home/{DROPPER}"
+    dropline.run("install", "-d", "-o", DROPPER, "-g", DROPPER, "-m", "0755", home)
+    dropline.sh(
+        f"umask 077; echo private > {home}/umask-077.csv; mv {home}/umask-077.csv {DATA}/incoming/",
+        user=DROPPER,
+    )
     refused = wait_until(
         lambda: dropline.journal("EVENT=entry.refused", "FILE=umask-077.csv"),
         10,
@@ -229,3 +237,4 @@ def test_dropper_umask_decides_readability(dropline: Container) -> None:
     assert "not readable by the dropline user" in refused[0]["REASON"]
     assert dropline.path(f"{DATA}/incoming/umask-077.csv").exists()
     assert not dropline.path(f"{DATA}/working/umask-077.csv").exists()
+    dropline.run("rm", "-f", f"{DATA}/incoming/umask-077.csv")
