@@ -26,8 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 from ..harness import wait_until
 from .conftest import INSIDE, SERVICE_CONFIG
@@ -366,7 +365,6 @@ def batch_archive() -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason="FOLDERS: sub-folders are not processed yet")
 def test_dropped_folder_archived_keeping_its_path_and_removed(dropline: Container) -> None:
     """A dropper's tar -x of batch/a.csv and batch/deep/b.csv: both archived under
     batch/ (their path kept), nothing left in working/, incoming/batch removed once
@@ -429,3 +427,35 @@ def test_dropped_folder_archived_keeping_its_path_and_removed(dropline: Containe
         box.put(CONFIG, original)
         box.systemctl("reset-failed", UNIT, check=False)
         box.systemctl("restart", UNIT, check=False)
+
+
+def test_folder_the_daemon_cannot_empty_is_refused_until_its_writer_opens_it(
+    dropline: Container,
+) -> None:
+    """A dropper's folder made 0755 (its group bits narrow the ACL to r-x): refused
+    once, as a folder the dropline user cannot empty, its file left where it is;
+    once the dropper gives it group write, its file is taken and archived."""
+    box = dropline
+    token = os.urandom(4).hex()
+    folder = f"{INCOMING}/narrow-{token}"
+    box.sh(
+        f'mkdir -m 0755 {shlex.quote(folder)} && echo "id,amount" > {shlex.quote(folder)}/c.csv',
+        user=DROPPER,
+    )
+    name = f"narrow-{token}"
+
+    def refused() -> list[dict[str, Any]]:
+        return box.journal("EVENT=entry.refused", f"FILE={name}")
+
+    entries = wait_until(refused, 20, interval=0.1, what=f"{name} refused")
+    assert "cannot empty" in entries[0]["REASON"], entries[0]
+    assert box.path(f"{folder}/c.csv").read_text() == "id,amount\n"
+    box.sh(f"chmod -R g+rwX {shlex.quote(folder)}", user=DROPPER)
+    archive_dir = box.path(f"{DATA}/archive")
+    wait_until(
+        lambda: [p for p in archive_dir.rglob("c.csv") if p.parent.name == name],
+        20,
+        interval=0.1,
+        what=f"{name}/c.csv archived",
+    )
+    assert len(refused()) == 1
