@@ -186,3 +186,33 @@ def test_a_finish_batch_across_many_day_folders(tmp_path: Path) -> None:
     for day in days:
         assert (data / "archive" / day / f"{day}.txt").read_bytes() == day.encode()
     assert not list((data / "working").iterdir())
+
+
+def test_claims_from_folders_never_go_through_a_symlink(tmp_path: Path) -> None:
+    """A claim of incoming/FOLDER/NAME opens each folder without following: a folder
+    swapped for a symlink to elsewhere answers ENOENT (not claimed) and what lies
+    behind the link stays where it is; a real folder's file is claimed, and its
+    finish keeps the folder under archive/."""
+    data = tmp_path / "data"
+    for sub in ("incoming", "working", "archive", "failed"):
+        (data / sub).mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_bytes(b"secret")
+    os.symlink(elsewhere, data / "incoming" / "swapped")
+    (data / "incoming" / "batch" / "deep").mkdir(parents=True)
+    (data / "incoming" / "batch" / "deep" / "a.txt").write_bytes(b"a")
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    fds = [os.open(data / sub, flags) for sub in ("incoming", "working", "archive", "failed")]
+    try:
+        folders = mover.Folders(*fds)
+        claims = [(b"swapped/secret.txt", b"secret.txt"), (b"batch/deep/a.txt", b"a.txt")]
+        assert mover.claim(folders, claims) == [errno.ENOENT, 0]
+        assert mover.finish(folders, [(b"a.txt", "archive", b"batch/deep/a.txt")]) == [0]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert (elsewhere / "secret.txt").read_bytes() == b"secret"
+    assert not (data / "working" / "secret.txt").exists()
+    assert (data / "archive" / "batch" / "deep" / "a.txt").read_bytes() == b"a"
+    assert not list((data / "working").iterdir())

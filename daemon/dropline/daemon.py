@@ -736,10 +736,11 @@ class Daemon:
                     self.held.pop(name, None)
                 continue
             if isinstance(found, Refusal):
-                if found.kind == "directory" and b"/" not in name:
-                    self._folder_found(name, found)
-                else:
+                if found.kind != "directory":
                     self._refuse(found)
+                elif b"/" not in name:
+                    self._folder_found(name, found)
+                # (A folder inside a folder: the next look goes into it.)
                 continue
             age = now - max(found.mtime_ns, found.ctime_ns) / 1e9
             hold = self._tool_hold(name, found.size, age)
