@@ -158,18 +158,24 @@ def test_a_writer_opening_during_the_probe_breaks_the_lease_harmlessly(
 ) -> None:
     """The lease is held (the hook keeps it 1.5 s) when a writer opens the file:
     the kernel sends the daemon SIGIO, its open() waits for the release; the
-    daemon lives on, sees the writer, and takes the file only once it is closed."""
+    daemon lives on, sees the writer, puts the file back, and takes it only once
+    it is closed.
+
+    The claim's probe is the one after its rename (the file in working/: the
+    writer opens it there, as one that found it by its inode would); a file
+    found held open there is probed before the rename from then on."""
     tree.write_config(PASSTHROUGH)
     daemon = start_daemon(env={"DROPLINE_LEASE_HOLD": "1.5"})
     daemon.wait_event("daemon.ready")
     tmp = tree.incoming / ".drop.tmp"
     tmp.write_bytes(b"a" * 100)
-    os.rename(tmp, tree.incoming / "drop.txt")  # IN_MOVED_TO: probed at once
+    os.rename(tmp, tree.incoming / "drop.txt")  # IN_MOVED_TO: claimed at once
+    claimed = tree.working / "drop.txt"
     wait_until(
-        lambda: _lease_held(daemon.proc.pid, tree.incoming / "drop.txt"),
-        what="the daemon's lease on drop.txt",
+        lambda: claimed.exists() and _lease_held(daemon.proc.pid, claimed),
+        what="the lease on drop.txt in working/",
     )
-    writer = Writer(tree.incoming / "drop.txt")
+    writer = Writer(claimed)
     writers.append(writer)
     began = time.monotonic()
     writer.send("open")
@@ -177,11 +183,14 @@ def test_a_writer_opening_during_the_probe_breaks_the_lease_harmlessly(
     assert time.monotonic() - began < 5
     daemon.wait_event("file.held_open", file="drop.txt")
     assert daemon.proc.poll() is None, daemon.text()[-2000:]
+    # Put back where it was dropped; the writer's descriptor goes with it.
     assert (tree.incoming / "drop.txt").exists() and not tree.archived()
+    assert not daemon.find("file.busy")
     writer.do("write 50", "close")
     wait_until(
         lambda: _archived_whole(tree, "drop.txt", 150), timeout=20, what="drop.txt archived whole"
     )
+    assert len(daemon.find("file.held_open", file="drop.txt")) == 1
     assert daemon.stop() == 0
 
 

@@ -54,7 +54,7 @@ from .ids import new_item_id
 from .log import escape_text
 from .mover import ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
-from .spool import FULL_ERRNOS, Entry, Refusal, Spool
+from .spool import FULL_ERRNOS, Entry, HeldOpenError, Refusal, Spool
 from .state import State
 
 
@@ -112,6 +112,8 @@ class ClaimResult:
     claimed: list[Claimed] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     busy: list[bytes] = field(default_factory=list)  # still being written: put back
+    # Held open for writing (the lease probe at the hash): put back, logged as such.
+    held_open: list[Entry] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)  # still being written, and NAME taken again
     gone: list[str] = field(default_factory=list)  # item ids not claimed: rows to forget
     lost: list[bytes] = field(default_factory=list)  # gone from incoming/ before the rename
@@ -202,7 +204,7 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
                 batch.now,
             )
         )
-    if refused or result.busy:
+    if refused or result.busy or result.held_open:
         spool.sync()
     return result
 
@@ -230,7 +232,10 @@ def _not_claimed(
         # Back to incoming/, claimed once it is done; if NAME is taken again
         # there, it is an earlier delivery of NAME: kept as its own item.
         if spool.unclaim(working_name, entry.name):
-            result.busy.append(entry.name)
+            if isinstance(exc, HeldOpenError):
+                result.held_open.append(entry)
+            else:
+                result.busy.append(entry.name)
             result.gone.append(item_id)
         else:
             other = (seen.dev, seen.ino) != (entry.dev, entry.ino)
