@@ -11,7 +11,6 @@ look at the name.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
@@ -491,48 +490,3 @@ def test_rules_off_claims_at_once(tree: Tree, daemon: Any) -> None:
     (tree.incoming / "sedKpt1vQ").write_text("x\n")
     wait_until(lambda: settled(tree, {"sedKpt1vQ"}), 10, what="archived")
     assert not proc.find("file.held")
-
-
-@pytest.mark.parametrize("how", ["written in place", "renamed in"])
-def test_a_journal_left_while_the_daemon_runs_holds_its_database(
-    tree: Tree, daemon: Any, how: str
-) -> None:
-    """Once its first scan is done the daemon knows each journal in incoming/ from
-    inotify (its creation, or its rename in) and looks for none with lstat: a hot
-    journal left by a writer that died (nobody holds either file open, so the lease
-    probe sees nothing) still holds its database; once it goes, the database is
-    claimed."""
-    proc = daemon(tool_files={"held_warning": "1h"})
-    proc.wait_event("scan.completed")
-    journal = tree.incoming / "crashed.db-journal"
-    with contextlib.ExitStack() as open_files:
-        if how == "renamed in":
-            (tree.root / "staged-journal").write_bytes(HOT_JOURNAL)
-            (tree.root / "staged-journal").rename(journal)
-        else:
-            # Kept open: only its creation tells of it (no close event before the
-            # database's), and the database itself is held open by nobody.
-            writer = open_files.enter_context(journal.open("wb"))
-            writer.write(HOT_JOURNAL)
-            writer.flush()
-        (tree.incoming / "crashed.db").write_bytes(DATABASE)
-        (tree.incoming / "after.txt").write_text("after\n")
-        wait_until(lambda: settled(tree, {"after.txt"}), 10, what="after.txt archived")
-        proc.wait_event("file.held", file="crashed.db")
-        assert "rollback journal" in proc.find("file.held", file="crashed.db")[0]["reason"]
-        assert (tree.incoming / "crashed.db").exists()
-    journal.rename(tree.root / "crashed.db-journal")
-    wait_until(lambda: settled(tree, {"crashed.db"}), 15, what="crashed.db archived")
-
-
-def test_beside_known_skips_only_names_certainly_absent(folder: tuple[Path, Beside]) -> None:
-    path, beside = folder
-    (path / "db-journal").write_bytes(HOT_JOURNAL)
-    (path / "db").write_bytes(DATABASE)
-    assert judge(folder, "db", age=0.0) == "sqlite"
-    beside.known = frozenset({b"db-journal"})
-    assert judge(folder, "db", age=0.0) == "sqlite"  # known: looked at
-    beside.known = frozenset()
-    assert judge(folder, "db", age=0.0) is None  # certainly none beside: no lstat
-    beside.known = None
-    assert judge(folder, "db", age=0.0) == "sqlite"

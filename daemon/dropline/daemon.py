@@ -75,20 +75,11 @@ from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool, open_folder, split_name
 from .stages import FAILURE, StageContext
 from .state import State, acquire_lock
-from .toolnames import BLOCKING_SUFFIXES, Beside, Hold
-from .watch import (
-    FileReady,
-    FolderFound,
-    IncomingWatch,
-    JournalCreated,
-    Overflow,
-    RescanNeeded,
-    WatchLost,
-)
+from .toolnames import Beside, Hold
+from .watch import FileReady, FolderFound, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
 
 _MAX_REFUSED = 100_000  # refusals remembered, so each is logged once
-_MAX_JOURNALS = 10_000  # journal names remembered; beyond, they are looked for again
 _MAX_BUSY = 10_000  # names put back remembered, so each is logged once until claimed
 _WATCH_CHECK_EVERY = 1.0  # seconds between looks at the inotify reader thread
 # A watch that keeps failing is not replaced for ever: the daemon exits, systemd restarts it.
@@ -199,12 +190,6 @@ class Daemon:
         self.held_items: set[str] = set()
         # Folders dropped into incoming/: their files are looked for every second.
         self.folders = DroppedFolders(lambda name: self.routes.is_ignored(name))
-        # SQLite journal and log names seen in incoming/ (created, closed, renamed
-        # in, or found by a scan): while every one is known, a database's look
-        # for one beside it costs no lstat (toolnames.Beside.known).
-        self.journals: set[bytes] = set()
-        self.journals_known = False  # a scan completed with no event lost since it began
-        self._journals_lost = True  # events may have been lost since the current scan began
         self.scan: Any = None
         self.scan_seen = 0
         self.rescan_pending = ""  # why a rescan is due before its interval: "" when none is
@@ -440,21 +425,15 @@ class Daemon:
             return
         if isinstance(message, FileReady):
             self.candidates[message.name] = None
-            if message.name.endswith(BLOCKING_SUFFIXES):
-                self._journal_seen(message.name)
-        elif isinstance(message, JournalCreated):
-            self._journal_seen(message.name)
         elif isinstance(message, FolderFound):
             self._folder_found(message.name)
         elif isinstance(message, StageResult):
             self._apply_result(message)
         elif isinstance(message, Overflow):
-            self._journals_unknown()
             self.log.warning("scan.overflow", detail="inotify queue overflowed; rescanning")
             self.metrics.overflow()
             self.rescan_pending = "overflow"
         elif isinstance(message, RescanNeeded):
-            self._journals_unknown()
             self.log.warning("scan.needed", detail=message.reason)
             self.rescan_pending = "watch"
         elif (
@@ -621,21 +600,8 @@ class Daemon:
     def _has_capacity(self) -> bool:
         return len(self.items) < self.config.max_in_flight
 
-    def _journal_seen(self, name: bytes) -> None:
-        self.journals.add(name)
-        if len(self.journals) > _MAX_JOURNALS:
-            self.journals.clear()  # the next scan finds those still there
-            self._journals_unknown()
-
-    def _journals_unknown(self) -> None:
-        """Events were lost (or not kept): look for journals with lstat until a
-        scan begun after now completes."""
-        self.journals_known = False
-        self._journals_lost = True
-
     def _start_scan(self) -> None:
         assert self.spool is not None
-        self._journals_lost = False
         self.scan = self.spool.scan_incoming()
         self.scan_seen = 0
         self.rescan_pending = ""
@@ -663,10 +629,7 @@ class Daemon:
                 if scanned is None:
                     self.log.info("scan.completed", entries=self.scan_seen)
                     self.scan = None
-                    self.journals_known = not self._journals_lost
                     break
-                if scanned.endswith(BLOCKING_SUFFIXES):
-                    self._journal_seen(scanned)
                 budget -= 1
                 self.scan_seen += 1
                 names.append((scanned, False))
@@ -750,9 +713,6 @@ class Daemon:
         room = self._room()
         if room <= 0:
             return []
-        # Journals known only where the lease probe sees a live writer (toolnames.Beside).
-        known = self.journals_known and self.spool.leases is not None
-        self.beside.known = self.journals if known else None
         entries: list[Entry] = []
         seen: set[bytes] = set()
         in_flight = self._names_being_claimed()
@@ -1455,7 +1415,6 @@ class Daemon:
         if self.stopping_since is not None or self.watch is None:
             return
         self.log.error("watch.failed", reason=reason)
-        self._journals_unknown()
         old = self.watch
         old.close()
         now = self.mono

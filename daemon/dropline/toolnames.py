@@ -23,8 +23,7 @@ is still claimed, a little later:
 
 The last three are claimed only if they are still there ``grace`` after their
 last change.  Every other name costs two lstats (is there a journal or a log
-beside it?) and no wait; none while the daemon knows every journal and log in
-incoming/ (``Beside.known``).
+beside it?) and no wait.
 """
 
 from __future__ import annotations
@@ -51,8 +50,6 @@ DATABASE_MAGIC = b"SQLite format 3\0"
 WAL_MAGICS = (bytes.fromhex("377f0682"), bytes.fromhex("377f0683"))
 
 _AUX = re.compile(rb"(.+)-(journal|wal|shm)\Z", re.DOTALL)
-# What a database waits for while it is beside it (``ToolNames._database``).
-BLOCKING_SUFFIXES = (b"-journal", b"-wal")
 # glibc's mkstemp fills XXXXXX from these 62 characters; GNU sed's template is "sedXXXXXX".
 _SED = re.compile(rb"sed[A-Za-z0-9]{6}\Z")
 _VIM = re.compile(rb"[1-9][0-9]{3,8}\Z")
@@ -81,24 +78,10 @@ class Hold:
 
 
 class Beside:
-    """Looks at other names in the folder of the file judged (by its descriptor).
-
-    ``known``: when not None, every journal and write-ahead log name
-    (BLOCKING_SUFFIXES) that can be in the folder is in it, so a name not in it
-    needs no lstat.  The daemon keeps it for incoming/ from inotify's creation
-    events and its scans, and only while the lease probe works: a journal
-    created a moment before its event is read belongs to a writer that holds
-    the database open, which the probe sees.  After a crash of that writer
-    the journal's creation (or the scan that found it) is known.
-    """
+    """Looks at other names in the folder of the file judged (by its descriptor)."""
 
     def __init__(self, dir_fd: int) -> None:
         self.dir_fd = dir_fd
-        self.known: set[bytes] | frozenset[bytes] | None = None
-
-    def may_be_there(self, name: bytes) -> bool:
-        """False only when NAME is certainly not in the folder."""
-        return self.known is None or name in self.known
 
     def stat(self, name: bytes) -> os.stat_result | None:
         """lstat NAME; None if there is no such file (or no such name can be: a name of
@@ -203,8 +186,6 @@ class ToolNames:
     def _database(self, name: bytes, size: int, beside: Beside) -> Hold | None:
         """NAME waits while the journal of a transaction, or a write-ahead log, is beside it."""
         journal, wal = name + b"-journal", name + b"-wal"
-        if not (beside.may_be_there(journal) or beside.may_be_there(wal)):
-            return None  # nearly every file, while the journals are known: no lstat
         st, wal_st = beside.stat(journal), beside.stat(wal)
         if st is None and wal_st is None:
             return None  # nearly every file: two lstats, and done

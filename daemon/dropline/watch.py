@@ -27,7 +27,6 @@ from typing import Any
 from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyFD, Mask
 
 from .crashpoints import WATCH_FAULT, fault
-from .toolnames import BLOCKING_SUFFIXES
 
 # A file written in place is ready when its writer closes it; one renamed in is
 # ready at once.  Creation alone says nothing of a file (the writer is still
@@ -54,14 +53,6 @@ class FileReady:
 @dataclass(frozen=True)
 class FolderFound:
     """A folder made in, or moved into, incoming/."""
-
-    name: bytes
-
-
-@dataclass(frozen=True)
-class JournalCreated:
-    """A name shaped like SQLite's journal or log was created in incoming/: a
-    database beside it must wait (toolnames.py), known before its close."""
 
     name: bytes
 
@@ -102,12 +93,9 @@ class _Callback:
             if event.name:
                 self._out.put(FileReady(bytes(event.name)))
         elif event.is_create or event.is_moved_to:
-            # A file's creation is dropped here: its close or rename tells when it is
-            # whole.  But a database must wait for a journal from its creation on.
+            # A file's creation is dropped here: its close or rename tells when it is whole.
             if event.is_directory and event.name:
                 self._out.put(FolderFound(bytes(event.name)))
-            elif event.name and bytes(event.name).endswith(BLOCKING_SUFFIXES):
-                self._out.put(JournalCreated(bytes(event.name)))
         elif event.is_delete_self or event.is_move_self:
             self._lost("incoming/ was deleted or moved")
         elif event.mask & InotifyConstants.IN_UNMOUNT:
