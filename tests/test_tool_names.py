@@ -347,8 +347,18 @@ def test_sqlite3_in_wal_mode(tree: Tree, daemon: Any) -> None:
         shell.stdin.flush()
         wal = tree.incoming / "events.db-wal"
         wait_until(lambda: wal.exists() and wal.stat().st_size > 0, 10, what="a WAL")
-        for name in ("events.db-wal", "events.db-shm", "events.db"):
+        for name in ("events.db-wal", "events.db-shm"):
             proc.wait_event("file.held", file=name, rule="sqlite", timeout=10)
+        # The database waits too: the session holds it open (the claim's lease
+        # probe finds that first and puts it back), and its log is beside it.
+        wait_until(
+            lambda: (
+                proc.find("file.held_open", file="events.db")
+                or proc.find("file.held", file="events.db", rule="sqlite")
+            ),
+            10,
+            what="events.db held",
+        )
         assert not names_in(tree.archive)
         _out, err = shell.communicate(".quit\n", timeout=30)
     finally:
@@ -490,3 +500,43 @@ def test_rules_off_claims_at_once(tree: Tree, daemon: Any) -> None:
     (tree.incoming / "sedKpt1vQ").write_text("x\n")
     wait_until(lambda: settled(tree, {"sedKpt1vQ"}), 10, what="archived")
     assert not proc.find("file.held")
+
+
+def test_a_database_with_a_hot_journal_goes_back_from_its_claim_then_waits(
+    tree: Tree, daemon: Any
+) -> None:
+    """Nobody holds either file open (its writer died mid-commit), so only the rule
+    keeps the database: the claim reads its first bytes, finds a database with a hot
+    journal beside it and puts it back, unchanged; from then on it is asked about
+    before any claim, and waits in incoming/ until the journal goes."""
+    proc = daemon()
+    proc.wait_event("scan.completed")
+    (tree.incoming / "crashed.db-journal").write_bytes(HOT_JOURNAL)
+    (tree.incoming / "crashed.db").write_bytes(DATABASE)
+    event = proc.wait_event("file.held", file="crashed.db")
+    assert event["rule"] == "sqlite" and "rollback journal" in event["reason"], event
+    wait_until((tree.incoming / "crashed.db").exists, 5, what="crashed.db back in incoming/")
+    inode = (tree.incoming / "crashed.db").stat().st_ino
+    (tree.incoming / "plain.txt").write_text("x\n")
+    wait_until(lambda: settled(tree, {"plain.txt"}), 10, what="plain.txt archived")
+    assert (tree.incoming / "crashed.db").stat().st_ino == inode
+    assert (tree.incoming / "crashed.db").read_bytes() == DATABASE
+    assert not list(tree.working.iterdir())
+    (tree.incoming / "crashed.db-journal").rename(tree.root / "crashed.db-journal")
+    wait_until(lambda: settled(tree, {"crashed.db"}), 15, what="crashed.db archived")
+    assert len(proc.find("file.held", file="crashed.db")) == 1
+
+
+def test_database_waits_judges_by_the_first_bytes(folder: tuple[Path, Beside]) -> None:
+    path, beside = folder
+    (path / "db-journal").write_bytes(HOT_JOURNAL)
+    names = rules()
+    hold = names.database_waits(b"db", DATABASE[:16], beside)
+    assert hold is not None and hold.rule == "sqlite"
+    assert names.database_waits(b"db", b"", beside) is not None  # empty: just created
+    assert names.database_waits(b"db", b"id,amount\n1,2\n", beside) is None
+    assert names.database_waits(b"other", DATABASE[:16], beside) is None  # no journal
+    # Before the claim an ordinary name costs no lstat; a database found so, two.
+    (path / "db").write_bytes(DATABASE)
+    assert names.hold(b"db", len(DATABASE), 0.0, beside, journals=False) is None
+    assert names.hold(b"db", len(DATABASE), 0.0, beside, journals=True) is not None

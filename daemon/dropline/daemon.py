@@ -181,6 +181,9 @@ class Daemon:
         self.candidates: dict[bytes, None] = {}
         self.settling: dict[bytes, float] = {}
         self.held: dict[bytes, Held] = {}  # names kept waiting by a rule, each in settling too
+        # Databases the claim found with a journal beside them (toolnames.py): asked
+        # about before their claim from then on.
+        self.databases: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.held_logged: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self.beside: Beside | None = None
         self.refused: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
@@ -252,6 +255,7 @@ class Daemon:
         # Before the first lease: a lease break (SIGIO) must never end the daemon.
         catch_lease_breaks()
         self.spool.leases = LeaseProbe(self._leases_refused)
+        self.spool.judge_claimed = self._database_claimed
         keep_capabilities_to_ourselves()  # before the mover and the workers start
         report = recover(self.state, self.spool, self.routes, now, self.log)
         self.spool.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
@@ -774,14 +778,36 @@ class Daemon:
         """What a rule of tool_files says of NAME, judged among the names beside it."""
         assert self.spool is not None and self.beside is not None
         folder, base = split_name(name)
+        # A database's wait for its journal is asked by the claim, once it has read
+        # the file's first bytes (_database_claimed); here only for one found so.
+        journals = name in self.databases
         if not folder:
-            return self.routes.tool_names.hold(name, size, age, self.beside)
+            return self.routes.tool_names.hold(name, size, age, self.beside, journals)
         try:
             fd = open_folder(self.spool.incoming_fd, folder)
         except OSError:
             return None  # gone: its claim finds that out
         try:
-            return self.routes.tool_names.hold(base, size, age, Beside(fd))
+            return self.routes.tool_names.hold(base, size, age, Beside(fd), journals)
+        finally:
+            os.close(fd)
+
+    def _database_claimed(self, name: bytes, head: bytes) -> Hold | None:
+        """Asked by the claim of each file it read (spool.judge_claimed): a SQLite
+        database with a journal or a log beside it in incoming/ goes back there."""
+        assert self.spool is not None and self.beside is not None
+        rules = self.routes.tool_names
+        if not rules.sqlite:
+            return None
+        folder, base = split_name(name)
+        if not folder:
+            return rules.database_waits(name, head, self.beside)
+        try:
+            fd = open_folder(self.spool.incoming_fd, folder)
+        except OSError:
+            return None
+        try:
+            return rules.database_waits(base, head, Beside(fd))
         finally:
             os.close(fd)
 
@@ -900,6 +926,12 @@ class Daemon:
             self._refuse(refusal)
         for entry in result.held_open:
             self._found_held_open(entry)
+        for entry, why in result.kept_by_rule:
+            assert isinstance(why, Hold)
+            self.databases[entry.name] = None
+            if len(self.databases) > _MAX_REFUSED:
+                self.databases.popitem(last=False)
+            self._hold(entry.name, why, 0.0)
         for name in result.busy:
             # Put back: claimed once its writer closes it, or once it settles.
             # Logged once, not at each put-back of a file written for long.
@@ -1002,6 +1034,8 @@ class Daemon:
     def _admitted(self, c: Claimed, now: float) -> None:
         if self.held_open:
             self.held_open.pop(c.name, None)  # the episode ends
+        if self.databases:
+            self.databases.pop(c.name, None)
         item = self._track(c)
         if self.busy:
             self.busy.pop(c.name, None)

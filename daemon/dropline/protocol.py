@@ -54,7 +54,7 @@ from .ids import new_item_id
 from .log import escape_text
 from .mover import ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
-from .spool import FULL_ERRNOS, Entry, HeldOpenError, Refusal, Spool
+from .spool import FULL_ERRNOS, Entry, HeldOpenError, KeptByRuleError, Refusal, Spool
 from .state import State
 
 
@@ -114,6 +114,8 @@ class ClaimResult:
     busy: list[bytes] = field(default_factory=list)  # still being written: put back
     # Held open for writing (the lease probe at the hash): put back, logged as such.
     held_open: list[Entry] = field(default_factory=list)
+    # A rule says wait (a database with its journal beside it): put back, and why.
+    kept_by_rule: list[tuple[Entry, object]] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)  # still being written, and NAME taken again
     gone: list[str] = field(default_factory=list)  # item ids not claimed: rows to forget
     lost: list[bytes] = field(default_factory=list)  # gone from incoming/ before the rename
@@ -187,7 +189,7 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
 
     for item_id, entry, working_name in moved:
         try:
-            sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry)
+            sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry, judge=True)
         except ValueError as exc:
             _not_claimed(spool, result, item_id, entry, working_name, exc, batch.now)
             continue
@@ -204,7 +206,7 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
                 batch.now,
             )
         )
-    if refused or result.busy or result.held_open:
+    if refused or result.busy or result.held_open or result.kept_by_rule:
         spool.sync()
     return result
 
@@ -234,6 +236,8 @@ def _not_claimed(
         if spool.unclaim(working_name, entry.name):
             if isinstance(exc, HeldOpenError):
                 result.held_open.append(entry)
+            elif isinstance(exc, KeptByRuleError):
+                result.kept_by_rule.append((entry, exc.why))
             else:
                 result.busy.append(entry.name)
             result.gone.append(item_id)

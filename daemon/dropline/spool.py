@@ -49,6 +49,7 @@ _RENAME_NOREPLACE = 1
 _NAME_MAX = 255
 _ERROR_SUFFIX = b".error.json"
 _CHUNK = 1 << 20
+_HEAD = 16  # first bytes of a claimed file kept for judge_claimed (SQLite's magic)
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem or quota: not fatal
 SUBDIRS = ("incoming", "working", "archive", "failed")
 # Temporaries a stage writes in working/ before renaming them over its file
@@ -158,6 +159,15 @@ class HeldOpenError(ChangedError):
     """A process held the file open for writing when it was claimed."""
 
 
+class KeptByRuleError(ChangedError):
+    """What the claim read says the file must wait (a database with its journal
+    beside it): WHY is what ``Spool.judge_claimed`` answered."""
+
+    def __init__(self, why: object) -> None:
+        super().__init__("must wait, as a rule of tool_files says")
+        self.why = why
+
+
 @dataclass(frozen=True)
 class Refusal:
     """An entry dropline will not touch, and why."""
@@ -245,6 +255,9 @@ class Spool:
         # Asks the kernel whether a file is held open for writing (the daemon
         # sets it); None: never asked, timing alone decides.
         self.leases: LeaseProbe | None = None
+        # Asked with (name in incoming/, first bytes) of each file the claim read;
+        # an answer that is not None puts the file back (KeptByRuleError).
+        self.judge_claimed: Callable[[bytes, bytes], object | None] | None = None
         self._fds: dict[str, int] = {}
         self._dirty: dict[int, str] = {}
         self._day_fds: dict[str, int] = {}
@@ -572,7 +585,9 @@ class Spool:
             return name
         return fit_name(name, item_id)
 
-    def hash_working(self, name: bytes, expect: Entry | None = None) -> tuple[str, int, int]:
+    def hash_working(
+        self, name: bytes, expect: Entry | None = None, *, judge: bool = False
+    ) -> tuple[str, int, int]:
         """SHA-256, size and ctime of working/NAME.
 
         Postfix's safe_open: opened with O_NOFOLLOW|O_NONBLOCK (a symlink fails
@@ -602,10 +617,13 @@ class Spool:
                 raise ValueError("replaced while being claimed")
             digest = hashlib.sha256()
             size = 0
+            head = b""
             # Ask for what fstat saw, plus one byte: a small file costs one small read,
             # and no 1 MiB buffer (malloc would mmap, mremap and munmap it per file).
             want = min(st.st_size + 1, _CHUNK)
             while chunk := os.read(fd, want):
+                if not size:
+                    head = chunk[:_HEAD]
                 digest.update(chunk)
                 size += len(chunk)
                 if len(chunk) < want:
@@ -624,6 +642,11 @@ class Spool:
                     raise HeldOpenError("held open for writing")
                 if os.fstat(fd).st_ctime_ns != st.st_ctime_ns:
                     raise ChangedError("written while it was read")
+            # JUDGE: a claim from incoming/ (a file kept in working/ is taken already).
+            if judge and expect is not None and self.judge_claimed is not None:
+                why = self.judge_claimed(expect.name, head)
+                if why is not None:
+                    raise KeptByRuleError(why)
             return digest.hexdigest(), size, st.st_ctime_ns
         finally:
             os.close(fd)

@@ -22,8 +22,10 @@ is still claimed, a little later:
   renamed by many programs.
 
 The last three are claimed only if they are still there ``grace`` after their
-last change.  Every other name costs two lstats (is there a journal or a log
-beside it?) and no wait.
+last change.  Every other name waits for nothing: whether a database has a
+journal or a log beside it is asked once the claim has read its first bytes
+(``database_waits``; a database that must wait goes back to incoming/, and
+from then on its name is asked about before any claim).
 """
 
 from __future__ import annotations
@@ -151,9 +153,13 @@ class ToolNames:
         aux = _AUX.match(name) if self.sqlite else None
         return aux.group(1) if aux else None
 
-    def hold(self, name: bytes, size: int, age: float, beside: Beside) -> Hold | None:
+    def hold(
+        self, name: bytes, size: int, age: float, beside: Beside, journals: bool = True
+    ) -> Hold | None:
         """Why NAME (SIZE bytes, unchanged for AGE seconds) must not be claimed now;
-        None when it may be."""
+        None when it may be.  JOURNALS false: a database's own wait for a journal
+        beside it is left to the claim (``database_waits``, once its first bytes
+        are read): two lstats a file spared."""
         if not self.rules:
             return None
         rule = self.shaped(name)
@@ -168,9 +174,17 @@ class ToolNames:
                 )
         elif rule is not None and (rule != "vim" or size == 0) and age < self.grace:
             return Hold(rule, _GRACE_WHY[rule], self.grace)
-        if self.sqlite:
+        if self.sqlite and journals:
             return self._database(name, size, beside)
         return None
+
+    def database_waits(self, name: bytes, head: bytes, beside: Beside) -> Hold | None:
+        """For a file just claimed, whose first bytes are HEAD: if it is a SQLite
+        database (or empty: one just created), why it must wait for a journal or
+        a log beside it, as ``hold`` would have said before the claim."""
+        if not self.sqlite or not (head == b"" or head.startswith(DATABASE_MAGIC)):
+            return None
+        return self._database(name, 0 if head == b"" else len(head), beside, database=True)
 
     @staticmethod
     def _is_database(name: bytes, beside: Beside, size: int | None = None) -> bool:
@@ -183,13 +197,16 @@ class ToolNames:
             size = st.st_size
         return size == 0 or beside.head(name, len(DATABASE_MAGIC)) == DATABASE_MAGIC
 
-    def _database(self, name: bytes, size: int, beside: Beside) -> Hold | None:
-        """NAME waits while the journal of a transaction, or a write-ahead log, is beside it."""
+    def _database(
+        self, name: bytes, size: int, beside: Beside, database: bool = False
+    ) -> Hold | None:
+        """NAME waits while the journal of a transaction, or a write-ahead log, is
+        beside it.  DATABASE: NAME is known to be one (its bytes were read)."""
         journal, wal = name + b"-journal", name + b"-wal"
         st, wal_st = beside.stat(journal), beside.stat(wal)
         if st is None and wal_st is None:
             return None  # nearly every file: two lstats, and done
-        if not self._is_database(name, beside, size):
+        if not database and not self._is_database(name, beside, size):
             return None
         if (
             st is not None
