@@ -75,7 +75,7 @@ from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool, open_folder, split_name
 from .stages import FAILURE, StageContext
 from .state import State, acquire_lock
-from .toolnames import Beside, Hold
+from .toolnames import DATABASE_MAGIC, Beside, Hold
 from .watch import FileReady, FolderFound, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
 
@@ -777,12 +777,12 @@ class Daemon:
     def _tool_hold(self, name: bytes, size: int, age: float) -> Hold | None:
         """What a rule of tool_files says of NAME, judged among the names beside it."""
         assert self.spool is not None and self.beside is not None
-        folder, base = split_name(name)
         # A database's wait for its journal is asked by the claim, once it has read
         # the file's first bytes (_database_claimed); here only for one found so.
         journals = name in self.databases
-        if not folder:
+        if b"/" not in name:
             return self.routes.tool_names.hold(name, size, age, self.beside, journals)
+        folder, base = split_name(name)
         try:
             fd = open_folder(self.spool.incoming_fd, folder)
         except OSError:
@@ -797,8 +797,8 @@ class Daemon:
         database with a journal or a log beside it in incoming/ goes back there."""
         assert self.spool is not None and self.beside is not None
         rules = self.routes.tool_names
-        if not rules.sqlite:
-            return None
+        if not rules.sqlite or not (head == b"" or head.startswith(DATABASE_MAGIC)):
+            return None  # nearly every file: not a database
         folder, base = split_name(name)
         if not folder:
             return rules.database_waits(name, head, self.beside)

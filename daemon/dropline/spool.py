@@ -99,6 +99,8 @@ def _io_error(what: str, exc: OSError) -> DiskFullError | FatalIOError:
 
 def split_name(name: bytes) -> tuple[bytes, bytes]:
     """(folder, base) of a name relative to a data folder: b"" for a file directly in it."""
+    if b"/" not in name:
+        return b"", name  # nearly every file: no tuple of three, no slicing
     folder, _, base = name.rpartition(b"/")
     return folder, base
 
@@ -580,7 +582,8 @@ class Spool:
         without asking the filesystem; a rename that meets one anyway fails
         (RENAME_NOREPLACE) rather than overwrite.
         """
-        name = split_name(name)[1]  # working/ is flat; the item keeps the folder
+        if b"/" in name:
+            name = split_name(name)[1]  # working/ is flat; the item keeps the folder
         if name not in in_use:
             return name
         return fit_name(name, item_id)
