@@ -263,6 +263,14 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     }
 
 
+def _section(out: c.Console, label: str, group: dict[str, Any], what: str) -> None:
+    """A list's first line: LABEL, how many WHAT, and how many of them are shown."""
+    out.line()
+    shown = len(group["shown"])
+    more = f" ({shown} shown)" if group["count"] > shown else ""
+    out.line(f"{label:<12}{group['count']:,} {what}{more}")
+
+
 def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> None:
     """The status for people."""
     now = time.time() if now is None else now
@@ -296,22 +304,17 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
     )
     refused = doc["refused"]
     if refused["count"]:
-        out.line()
-        more = refused["count"] - len(refused["shown"])
-        out.line(
-            f"Refused:    {refused['count']:,} in incoming/ that dropline will not take"
-            + (f" ({REFUSED_SHOWN} shown)" if more > 0 else "")
-        )
+        _section(out, "Refused:", refused, "in incoming/ that dropline will not take")
         rows = [[c.shorten(r["file"], 40), r["reason"]] for r in refused["shown"]]
         out.table(["ENTRY", "REFUSED BECAUSE"], rows)
     held = doc["held"]
     if held["count"]:
-        out.line()
-        more = held["count"] - len(held["shown"])
-        out.line(
-            f"Held:       {held['count']:,} in incoming/ kept waiting by a rule of tool_files "
-            f"for over {c.span(held['after_seconds'])}"
-            + (f" ({HELD_SHOWN} shown)" if more > 0 else "")
+        _section(
+            out,
+            "Held:",
+            held,
+            "in incoming/ kept waiting by a rule of tool_files "
+            f"for over {c.span(held['after_seconds'])}",
         )
         rows = [
             [c.shorten(h["file"], 40), h["rule"], c.span(h["unchanged_seconds"]), h["reason"]]
