@@ -36,7 +36,6 @@ class FolderLook:
     names: list[bytes] = field(default_factory=list)  # files, relative to incoming/
     refused: list[Refusal] = field(default_factory=list)
     removed: list[bytes] = field(default_factory=list)  # emptied folders removed
-    gone: list[bytes] = field(default_factory=list)  # moved or removed by someone else
 
 
 class DroppedFolders:
@@ -69,9 +68,8 @@ class DroppedFolders:
         look = FolderLook()
         for folder in list(self.known):
             walk = spool.walk_folder(folder, self.skip, max(room - len(look.names), 0))
-            if walk.gone:
+            if walk.gone:  # moved or removed by someone else: nothing to look into
                 del self.known[folder]
-                look.gone.append(folder)
                 continue
             look.names.extend(walk.names)
             look.refused.extend(walk.refused)

@@ -663,6 +663,11 @@ class Spool:
         that name meanwhile: never overwritten) or the filesystem is full; the
         entry is still in working/.  Durable after the next ``sync()``.
         """
+        return self._put_back(working_name, name) is True
+
+    def _put_back(self, working_name: bytes, name: bytes) -> bool | None:
+        """Rename working/WORKING_NAME to incoming/NAME (its folder made again if it
+        went): True once done, False if NAME is taken, None if the disk is full."""
         try:
             dir_fd, base = self._place(self.incoming_fd, name, create=True)
             rename_noreplace(self.working_fd, working_name, dir_fd, base)
@@ -670,7 +675,7 @@ class Spool:
             return False
         except OSError as exc:
             if exc.errno in FULL_ERRNOS:
-                return False
+                return None
             raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
         self._mark(dir_fd, self._label(self.incoming_fd, name))
         self._mark(self.working_fd, "working")
@@ -687,19 +692,11 @@ class Spool:
         from).  Durable after the next ``sync()``.
         """
         for candidate in self._name_candidates(name, item_id, 0):
-            try:
-                dir_fd, base = self._place(self.incoming_fd, candidate, create=True)
-                rename_noreplace(self.working_fd, working_name, dir_fd, base)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                if exc.errno in FULL_ERRNOS:
-                    return None
-                raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
-            self._mark(dir_fd, self._label(self.incoming_fd, candidate))
-            self._mark(self.working_fd, "working")
-            crashpoint("claim.put_back")
-            return candidate
+            done = self._put_back(working_name, candidate)
+            if done is None:
+                return None
+            if done:
+                return candidate
         raise FatalIOError(f"no free name in incoming/ to put {working_name!r} back")
 
     def choose_destination(

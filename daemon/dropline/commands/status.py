@@ -36,15 +36,20 @@ def _count_folder(
     oldest: bool,
     rules: ToolNames | None = None,
     shaped: list[bytes] | None = None,
+    others: list[os.DirEntry[str]] | None = None,
 ) -> tuple[int, float | None]:
     """Entries a daemon would look at (not IGNORED names); the oldest mtime.  Names
-    shaped like a tool's (RULES) are added to SHAPED."""
+    shaped like a tool's (RULES) are added to SHAPED.  With OTHERS, the entries
+    that are not regular files go there instead of being counted (one listing)."""
     count = 0
     first: float | None = None
     try:
         with os.scandir(path) as it:
             for entry in it:
                 if ignored.match(entry.name):
+                    continue
+                if others is not None and not entry.is_file(follow_symlinks=False):
+                    others.append(entry)
                     continue
                 if rules is not None and shaped is not None and len(shaped) < _SHAPED_LIMIT:
                     name = os.fsencode(entry.name)
@@ -107,30 +112,24 @@ def _look_at_incoming(
     """Files waiting in incoming/ (inside its folders too when ``recursive`` is on),
     the oldest mtime, and the entries refused (symlinks, FIFOs, and folders when
     ``recursive`` is off): refused entries are not waiting."""
-    count, oldest = _count_folder(config.incoming, ignored, True, rules, shaped)
+    others: list[os.DirEntry[str]] = []
+    count, oldest = _count_folder(config.incoming, ignored, True, rules, shaped, others)
     refused: list[tuple[str, str]] = []
     folders: list[str] = []
-    try:
-        with os.scandir(config.incoming) as it:
-            for entry in it:
-                if ignored.match(entry.name) or entry.is_file(follow_symlinks=False):
-                    continue
-                count -= 1  # counted above as if it were a file
-                if entry.is_dir(follow_symlinks=False):
-                    if config.recursive:
-                        folders.append(entry.name)
-                    else:
-                        refused.append(
-                            (
-                                entry.name,
-                                "a folder (recursive is off: only files directly in "
-                                "incoming/ are processed)",
-                            )
-                        )
-                else:
-                    refused.append((entry.name, _why_refused(entry)))
-    except OSError:
-        pass
+    for entry in others:
+        if entry.is_dir(follow_symlinks=False):
+            if config.recursive:
+                folders.append(entry.name)
+            else:
+                refused.append(
+                    (
+                        entry.name,
+                        "a folder (recursive is off: only files directly in "
+                        "incoming/ are processed)",
+                    )
+                )
+        else:
+            refused.append((entry.name, _why_refused(entry)))
     inside, refused_inside = _in_folders(config.incoming, folders, ignored)
     return count + inside, oldest, refused + refused_inside
 
