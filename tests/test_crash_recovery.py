@@ -22,7 +22,7 @@ from dropline.log import get_logger
 from dropline.pipeline import Routes
 from dropline.recovery import recover
 from dropline.spool import Spool
-from dropline.state import State
+from dropline.state import Database, ItemLog
 
 from .harness import Tree, crash_run, run_until_idle
 from .rewrites import delay_env, rewrite_during_claim
@@ -71,13 +71,13 @@ def _snapshot(tree: Tree) -> tuple[list[tuple[str, str]], list[str]]:
 
 def _recover_in_process(tree: Tree) -> None:
     config = load_config(tree.config)
-    state = State(config.state_db)
+    db = Database(config.state_db)
     spool = Spool(config.data_dir, max_file_size=config.max_file_size, layout="flat")
     try:
-        recover(state, spool, Routes(config), 1_000_000_000.0, get_logger())
+        recover(ItemLog(db), spool, Routes(config), 1_000_000_000.0, get_logger())
     finally:
         spool.close()
-        state.close()
+        db.close()
 
 
 def _assert_all_final(tree: Tree, files: dict[str, bytes]) -> None:

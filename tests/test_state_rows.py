@@ -14,39 +14,39 @@ from typing import Any
 
 import pytest
 
-from dropline import ids, state
-from dropline.state import State
-from dropline.state_reader import StateReader
+from dropline import ids
+from dropline.state import MIGRATIONS, Database, ItemLog, StateReader, items
 
-ROWS = 150  # more than two chunks of state._CHUNK_ROWS
+ROWS = 150  # more than two chunks of items._CHUNK_ROWS
 
 
 def _write_batches(path: Path) -> list[tuple[Any, ...]]:
-    db = State(path)
+    db = Database(path)
+    log = ItemLog(db)
     now = 1_700_000_000.0
     item_ids = [f"ID{i:04d}" for i in range(ROWS)]
     with db.transaction():
-        db.insert_claiming_many(
+        log.insert_claiming_many(
             [(i, f"n{k}".encode(), f"w{k}".encode(), 7, 100 + k) for k, i in enumerate(item_ids)],
             now,
         )
     with db.transaction():
-        db.mark_active_many(
+        log.mark_active_many(
             [("p", f"h{k}", k, 10 * k, i) for k, i in enumerate(item_ids[:40])], now + 1
         )
-        db.mark_claimed_finishing_many(
+        log.mark_claimed_finishing_many(
             [
                 ("q", f"s{k}", k, 20 * k, "archived", "", "2026-11-29", f"f{k}".encode(), i)
                 for k, i in enumerate(item_ids[40:], 40)
             ],
             now + 2,
         )
-        db.mark_finishing_many(
+        log.mark_finishing_many(
             [("failed", f"why {k}", "", f"e{k}".encode(), i) for k, i in enumerate(item_ids[:40])],
             now + 3,
         )
     with db.transaction():
-        db.mark_finished_many(
+        log.mark_finished_many(
             [("archived" if k % 3 else "vanished", i) for k, i in enumerate(item_ids[40:], 40)],
             now + 4,
         )
@@ -67,7 +67,7 @@ def test_rows_in_chunks_equal_rows_one_by_one(
 ) -> None:
     """VALUES-list statements and one statement per row write the same rows."""
     chunked = _write_batches(tmp_path / "chunked.db")
-    monkeypatch.setattr(state, "_UPDATE_FROM", False)
+    monkeypatch.setattr(items, "_UPDATE_FROM", False)
     one_by_one = _write_batches(tmp_path / "rows.db")
     assert chunked == one_by_one
     assert len(chunked) == ROWS
@@ -117,7 +117,7 @@ def test_schema_3_migrates_without_the_name_index(tmp_path: Path) -> None:
     and a look-up by name (history, retry) still finds them."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    for number, migration in enumerate(state.MIGRATIONS[:3], 1):
+    for number, migration in enumerate(MIGRATIONS[:3], 1):
         conn.executescript(migration)
         conn.execute(f"PRAGMA user_version = {number}")
     conn.execute(
@@ -128,8 +128,8 @@ def test_schema_3_migrates_without_the_name_index(tmp_path: Path) -> None:
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'items_name'").fetchone()
     conn.close()
 
-    db = State(path)
-    assert db.schema_version == len(state.MIGRATIONS) >= 4
+    db = Database(path)
+    assert db.schema_version == len(MIGRATIONS) >= 4
     db.close()
     conn = sqlite3.connect(path)
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

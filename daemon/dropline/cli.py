@@ -221,7 +221,7 @@ def _status(args: argparse.Namespace) -> int:
 def _history(args: argparse.Namespace) -> int:
     from .commands import history
     from .config import load_config
-    from .state_reader import StateReader
+    from .state import StateReader
 
     config = load_config(args.config)
     with StateReader(config.state_db) as reader:

@@ -74,7 +74,7 @@ from .scratch import remove as remove_scratch
 from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool, open_folder, split_name
 from .stages import FAILURE, StageContext
-from .state import State, acquire_lock
+from .state import Database, ItemLog, RequestQueue, acquire_lock
 from .toolnames import DATABASE_MAGIC, Beside, Hold
 from .watch import FileReady, FolderFound, IncomingWatch, Overflow, RescanNeeded, WatchLost
 from .workers import StageJob, StageResult, WorkerPool
@@ -220,7 +220,9 @@ class Daemon:
         self._finish_retry_at = 0.0  # after ENOSPC while finishing
         self._next_requests = 0.0
         self.mono = time.monotonic()
-        self.state: State | None = None
+        self.db: Database | None = None
+        self.item_log: ItemLog | None = None
+        self.requests: RequestQueue | None = None
         self.spool: Spool | None = None
         self.watch: IncomingWatch | None = None
         self._incoming_id: tuple[int, int] | None = None  # (st_dev, st_ino) of incoming/
@@ -249,7 +251,9 @@ class Daemon:
         # Then the data folder's, before recovery looks at working/: a daemon of
         # another state on this folder holds files there that are not ours to adopt.
         self._data_lock_fd = acquire_data_lock(cfg.data_dir, self._lock_fd, wait=3.0)
-        self.state = State(cfg.state_db)
+        self.db = Database(cfg.state_db)
+        self.item_log = ItemLog(self.db)
+        self.requests = RequestQueue(self.db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
         self.beside = Beside(self.spool.incoming_fd)
         # Before the first lease: a lease break (SIGIO) must never end the daemon.
@@ -257,16 +261,16 @@ class Daemon:
         self.spool.leases = LeaseProbe(self._leases_refused)
         self.spool.judge_claimed = self._database_claimed
         keep_capabilities_to_ourselves()  # before the mover and the workers start
-        report = recover(self.state, self.spool, self.routes, now, self.log)
+        report = recover(self.item_log, self.spool, self.routes, now, self.log)
         self.spool.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
         if report.changed:
             self.log.info("recovery.done", **describe_recovery(report))
         for f in report.finished:
             if f.state:  # the others are still "finishing": loaded below, tried again
                 self._log_finish(f)
-        counts = self.state.counts()
+        counts = self.item_log.counts()
         self.counts = {"archived": counts.get("archived", 0), "failed": counts.get("failed", 0)}
-        for row in self.state.unfinished_items():
+        for row in self.item_log.unfinished_items():
             item = Item(
                 row.id,
                 row.name,
@@ -323,8 +327,8 @@ class Daemon:
             self.mover = None
         if self.spool is not None:
             self.spool.close()
-        if self.state is not None:
-            self.state.close()
+        if self.db is not None:
+            self.db.close()
         for fd in (self._data_lock_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
@@ -491,8 +495,8 @@ class Daemon:
 
     def _commit_results(self, now: float) -> None:
         pending, self.results_pending = self.results_pending, []
-        assert self.state is not None
-        with self.state.transaction():
+        assert self.db is not None
+        with self.db.transaction():
             logs = [
                 self._record_result(result, item, running, now) for result, item, running in pending
             ]
@@ -508,7 +512,7 @@ class Daemon:
         self, result: StageResult, item: Item, running: Running, now: float
     ) -> tuple[Item, Running, str, str, dict[str, Any]]:
         """Record how an attempt ended and decide what comes next; returns the log event."""
-        assert self.state is not None
+        assert self.item_log is not None
         pipeline = self.routes.get(item.pipeline)
         stage = pipeline.stage_at(running.stage_index) if pipeline else None
         stage_cfg = stage.config if stage else None
@@ -520,17 +524,17 @@ class Daemon:
             result.duration or self.mono - running.started,  # 0 when abandoned
         )
         if result.outcome == "succeeded":
-            self.state.record_stage_end(running.attempt_id, "succeeded", "", now)
+            self.item_log.record_stage_end(running.attempt_id, "succeeded", "", now)
             item.next_stage = running.stage_index + 1
             item.attempt = 0
             item.next_at = None
             item.metadata.update(result.metadata)
-            self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+            self.item_log.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
             assert self.spool is not None
             seen = self.spool.fingerprint(item.working_name)
             if stage_cfg and stage_cfg.modifies and seen is not None and seen != item.fingerprint:
                 item.fingerprint = seen  # the stage rewrote it, as it declares it may
-                self.state.set_fingerprint(item.id, seen[0], seen[1], now)
+                self.item_log.set_fingerprint(item.id, seen[0], seen[1], now)
             self.ready.append(item.id)
             return item, running, "info", "stage.succeeded", {"seconds": round(result.duration, 3)}
         if self.stopping_since is not None and running.cancel.is_set():
@@ -540,12 +544,12 @@ class Daemon:
                     f'indeterminate: stage "{running.stage}" is not idempotent and was '
                     "interrupted (crash or stop); it is not run again"
                 )
-                self.state.record_stage_end(running.attempt_id, "indeterminate", reason, now)
+                self.item_log.record_stage_end(running.attempt_id, "indeterminate", reason, now)
                 item.attempt += 1
                 self._fail(item, reason, running.stage, now, stopping=True)
                 return item, running, "error", "stage.failed", {"error": reason}
             # We stopped it: not the stage's failure; it runs again after the restart.
-            self.state.record_stage_end(running.attempt_id, "interrupted", result.error, now)
+            self.item_log.record_stage_end(running.attempt_id, "interrupted", result.error, now)
             return item, running, "info", "stage.interrupted", {"error": result.error}
         failures = item.attempt + 1
         retries = stage_cfg.retries if stage_cfg else 0
@@ -553,8 +557,8 @@ class Daemon:
             delay = compute_backoff(failures, stage_cfg.backoff_initial, stage_cfg.backoff_max)
             item.attempt = failures
             item.next_at = now + delay
-            self.state.record_stage_end(running.attempt_id, "retrying", result.error, now)
-            self.state.set_progress(
+            self.item_log.record_stage_end(running.attempt_id, "retrying", result.error, now)
+            self.item_log.set_progress(
                 item.id, item.next_stage, failures, item.next_at, item.metadata, now
             )
             heapq.heappush(self.retry_heap, (self.mono + delay, item.id))
@@ -567,7 +571,7 @@ class Daemon:
             }
             return item, running, "warning", "stage.retrying", fields
         item.attempt = failures
-        self.state.record_stage_end(running.attempt_id, "failed", result.error, now)
+        self.item_log.record_stage_end(running.attempt_id, "failed", result.error, now)
         kind = (
             "permanent error"
             if result.outcome == "permanent"
@@ -579,7 +583,7 @@ class Daemon:
             item.next_stage = running.stage_index + 1
             item.attempt = 0
             item.next_at = None
-            self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+            self.item_log.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
             self.ready.append(item.id)
         else:
             reason = f"{running.stage}: {kind}: {result.error}"
@@ -642,7 +646,12 @@ class Daemon:
     def _record_answers(self, now: float) -> None:
         """Read the mover's answers for the oldest claim batch and the finishes in
         flight, and record them all in one transaction."""
-        assert self.spool is not None and self.state is not None and self.mover is not None
+        assert (
+            self.spool is not None
+            and self.db is not None
+            and self.item_log is not None
+            and self.mover is not None
+        )
         claim = self.claiming.popleft() if self.claiming else None
         # While claims keep it busy, the finishes sent last pass wait a pass more:
         # the mover does them after the claim read here, and the loop is not
@@ -656,18 +665,18 @@ class Daemon:
             result = judge_claim(self.spool, self.routes, claim, answers)
         for batch in finishes:
             assert batch.ticket is not None
-            take_answers(self.state, self.spool, batch, self.mover.answer(batch.ticket))
+            take_answers(self.item_log, self.spool, batch, self.mover.answer(batch.ticket))
         if finishes:
             crashpoint("finish.synced")
         if claim is None and not finishes:
             return
         if result is not None:
             self.unrecorded = {c.item_id: c for c in result.claimed if self._goes_straight_on(c)}
-        with self.state.transaction():
+        with self.db.transaction():
             if claim is not None and result is not None:
-                record_claimed(self.state, claim, result, later=self.unrecorded)
+                record_claimed(self.item_log, claim, result, later=self.unrecorded)
             for batch in finishes:
-                record_finished(self.state, batch)
+                record_finished(self.item_log, batch)
         if result is not None:
             crashpoint("claim.committed")
             self._claimed(result, now)
@@ -679,7 +688,12 @@ class Daemon:
     def _send_next(self, now: float) -> None:
         """Plan the next finishes and claims, commit their intents at once, hand
         their moves to the mover (finishes first: their answers are read first)."""
-        assert self.spool is not None and self.state is not None and self.mover is not None
+        assert (
+            self.spool is not None
+            and self.db is not None
+            and self.item_log is not None
+            and self.mover is not None
+        )
         finish = None
         if self.to_finish and self.mono >= self._finish_retry_at:
             finish = plan_finish(self.spool, self.to_finish, now)
@@ -694,14 +708,14 @@ class Daemon:
                 self.claiming.append(claim)  # its names are taken from now on
                 claims.append(claim)
         if (finish is not None and finish.fresh) or claims or self.unrecorded:
-            with self.state.transaction():
+            with self.db.transaction():
                 if finish is not None:
-                    record_finish_intent(self.state, finish, self.unrecorded)
+                    record_finish_intent(self.item_log, finish, self.unrecorded)
                 # Not finishing after all (finishing is paused after ENOSPC): active.
-                record_active(self.state, list(self.unrecorded.values()), now)
+                record_active(self.item_log, list(self.unrecorded.values()), now)
                 self.unrecorded = {}
                 for claim in claims:
-                    record_claim_intent(self.state, claim)
+                    record_claim_intent(self.item_log, claim)
             if finish is not None and finish.fresh:
                 crashpoint("finish.intent_committed")
             if claims:
@@ -971,7 +985,7 @@ class Daemon:
     def _look_at_kept(self, now: float) -> None:
         """Claim the kept files that have settled (holding.py); give back the
         ones that can no longer be claimed."""
-        assert self.spool is not None and self.state is not None
+        assert self.spool is not None and self.db is not None and self.item_log is not None
         claimed: list[Claimed] = []
         given_up: list[tuple[Waiting, Refusal, bytes | None]] = []
         for item_id, waiting in list(self.kept.items()):
@@ -998,14 +1012,14 @@ class Daemon:
             return
         if given_up:
             self.spool.sync()
-        with self.state.transaction():
-            record_active(self.state, claimed, now)
+        with self.db.transaction():
+            record_active(self.item_log, claimed, now)
             for c in claimed:
-                self.state.add_event(
+                self.item_log.add_event(
                     c.item_id, "claimed", now, "an earlier delivery kept in working/, now settled"
                 )
             for waiting, _, _ in given_up:
-                self.state.delete_item(waiting.held.item_id)
+                self.item_log.delete_item(waiting.held.item_id)
         crashpoint("claim.committed")
         for waiting, refusal, back in given_up:
             if back is not None:
@@ -1066,19 +1080,24 @@ class Daemon:
         if self.mono < self._next_requests:
             return
         self._next_requests = self.mono + _REQUESTS_EVERY
-        assert self.state is not None and self.spool is not None
+        assert (
+            self.db is not None
+            and self.item_log is not None
+            and self.requests is not None
+            and self.spool is not None
+        )
         # Reloads first, and whatever the room or the disk: they move no file.
         self._serve_reloads()
         room = self._room()
         if room <= 0 or self.disk_problem:
             return
         # A reload request that came after the query above waits for the next look.
-        requests = [r for r in self.state.open_requests(room) if r[1] != RELOAD]
+        requests = [r for r in self.requests.open_requests(room) if r[1] != RELOAD]
         if not requests:
             return
         retry_ids = [item_id for _, kind, item_id in requests if kind == "retry"]
         result = requeue_batch(
-            self.state, self.spool, self.routes, retry_ids, now, self._names_in_working()
+            self.item_log, self.spool, self.routes, retry_ids, now, self._names_in_working()
         )
         answers = []
         for request_id, kind, item_id in requests:
@@ -1086,8 +1105,8 @@ class Daemon:
                 answers.append((request_id, f"unknown request {kind!r}"))
             else:
                 answers.append((request_id, result.answer(item_id)))
-        with self.state.transaction():
-            self.state.finish_requests(answers, now)
+        with self.db.transaction():
+            self.requests.finish_requests(answers, now)
         for r in result.requeued:
             self.counts["failed"] = max(0, self.counts["failed"] - 1)
             self._track(r)
@@ -1118,7 +1137,7 @@ class Daemon:
             self.ready.append(item.id)
 
     def _dispatch(self, now: float) -> None:
-        assert self.state is not None and self.pool is not None
+        assert self.db is not None and self.item_log is not None and self.pool is not None
         jobs: list[tuple[Item, Pipeline, int, int]] = []
         stopping = self.stopping_since is not None
         deferred: list[str] = []
@@ -1157,10 +1176,12 @@ class Daemon:
         if not jobs:
             return
         started: list[tuple[Item, Pipeline, int, int, int]] = []
-        with self.state.transaction():
+        with self.db.transaction():
             for item, pipeline, index, attempt in jobs:
                 stage = pipeline.stages_all[index]
-                attempt_id = self.state.record_stage_start(item.id, index, stage.name, attempt, now)
+                attempt_id = self.item_log.record_stage_start(
+                    item.id, index, stage.name, attempt, now
+                )
                 started.append((item, pipeline, index, attempt, attempt_id))
         crashpoint("stage.start_committed")
         for item, pipeline, index, attempt, attempt_id in started:
@@ -1256,7 +1277,7 @@ class Daemon:
         The failure is recorded in the item's metadata (FAILURE), which the
         on_failure stages read and a restart resumes from.
         """
-        assert self.state is not None
+        assert self.db is not None and self.item_log is not None
         pipeline = self.routes.get(item.pipeline)
         earlier = item.metadata.get(FAILURE)
         if isinstance(earlier, dict):  # failed again while notifying: the first reason stands
@@ -1269,11 +1290,11 @@ class Daemon:
         item.next_stage = len(pipeline.stages)
         item.attempt = 0
         item.next_at = None
-        if self.state.in_transaction:
-            self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+        if self.db.in_transaction:
+            self.item_log.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
         else:
-            with self.state.transaction():
-                self.state.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
+            with self.db.transaction():
+                self.item_log.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
         self.ready.append(item.id)
 
     def _finish_failure(self, item: Item, failure: dict[str, Any]) -> None:
@@ -1301,7 +1322,12 @@ class Daemon:
 
     def _move_finishes(self, batch: FinishBatch) -> None:
         """The reasons of the failures first, then the moves: by the mover, or here."""
-        assert self.state is not None and self.spool is not None and self.mover is not None
+        assert (
+            self.db is not None
+            and self.item_log is not None
+            and self.spool is not None
+            and self.mover is not None
+        )
         write_reasons(self.spool, batch)
         moves = None if batch.full else batch.moves(self.spool)
         if moves is not None:
@@ -1310,10 +1336,10 @@ class Daemon:
             return
         # A full disk stopped the reasons, or a destination on another
         # filesystem needs a copy: this batch is moved here, at once.
-        move_here(self.state, self.spool, batch)
+        move_here(self.item_log, self.spool, batch)
         crashpoint("finish.synced")
-        with self.state.transaction():
-            record_finished(self.state, batch)
+        with self.db.transaction():
+            record_finished(self.item_log, batch)
         crashpoint("finish.committed")
         self._ended(batch)
 
@@ -1522,8 +1548,8 @@ class Daemon:
         if not (self.exit_when_idle and self.idle()):
             return False
         # Idle, but a `dropline retry` may be waiting for an answer: serve it first.
-        assert self.state is not None
-        if self.stopping_since is None and self.state.open_requests(1):
+        assert self.requests is not None
+        if self.stopping_since is None and self.requests.open_requests(1):
             self._next_requests = self.mono
             return False
         return True
@@ -1533,13 +1559,13 @@ class Daemon:
     def _serve_reloads(self) -> None:
         """Answer `dropline reload`: one reading of the file, made after every request
         it answers was left, so the verdict is about the file as it is now."""
-        assert self.state is not None
-        requests = self.state.open_requests(_RELOADS_AT_ONCE, kind=RELOAD)
+        assert self.db is not None and self.requests is not None
+        requests = self.requests.open_requests(_RELOADS_AT_ONCE, kind=RELOAD)
         if not requests:
             return
         verdict = self._reload().to_json()
-        with self.state.transaction():
-            self.state.finish_requests([(r[0], verdict) for r in requests], time.time())
+        with self.db.transaction():
+            self.requests.finish_requests([(r[0], verdict) for r in requests], time.time())
 
     def _reload(self) -> Verdict:
         """Read the file again: apply it whole, or refuse it whole and keep the old one."""

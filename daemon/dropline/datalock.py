@@ -1,6 +1,6 @@
 """One daemon per data folder: a flock on data_dir itself.
 
-The lock on the state directory (``state.acquire_lock``) keeps two daemons
+The lock on the state directory (``state.db.acquire_lock``) keeps two daemons
 off one state database, but two daemons with different ``state_db`` on one
 data folder would each take the other's files in working/ for files of its
 own: recovery adopts every file in working/ that its database does not

@@ -55,7 +55,7 @@ from .log import escape_text
 from .mover import ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
 from .spool import FULL_ERRNOS, Entry, HeldOpenError, KeptByRuleError, Refusal, Spool
-from .state import State
+from .state import ItemLog
 
 
 @dataclass
@@ -158,9 +158,9 @@ def plan_claim(spool: Spool, entries: list[Entry], now: float, in_use: set[bytes
     return ClaimBatch(plans, now)
 
 
-def record_claim_intent(state: State, batch: ClaimBatch) -> None:
+def record_claim_intent(items: ItemLog, batch: ClaimBatch) -> None:
     """Rows "claiming" (in the caller's transaction, committed before any move)."""
-    state.insert_claiming_many(
+    items.insert_claiming_many(
         [(item_id, e.name, working_name, e.dev, e.ino) for item_id, e, working_name in batch.plans],
         batch.now,
     )
@@ -260,7 +260,7 @@ def _not_claimed(
 
 
 def record_claimed(
-    state: State, batch: ClaimBatch, result: ClaimResult, later: Collection[str] = ()
+    items: ItemLog, batch: ClaimBatch, result: ClaimResult, later: Collection[str] = ()
 ) -> None:
     """Rows "active" for the files claimed, the others' rows deleted (caller's transaction).
 
@@ -270,16 +270,16 @@ def record_claimed(
     and recovery would complete the claim, as after a crash before this step.
     """
     for item_id in result.gone:
-        state.delete_item(item_id)
+        items.delete_item(item_id)
     for held in result.held:
         if held.source != (0, 0):  # recovery completes a claim of this inode only
-            state.set_claim_source(held.item_id, *held.source, batch.now)
-    record_active(state, [c for c in result.claimed if c.item_id not in later], batch.now)
+            items.set_claim_source(held.item_id, *held.source, batch.now)
+    record_active(items, [c for c in result.claimed if c.item_id not in later], batch.now)
 
 
-def record_active(state: State, claimed: list[Claimed], now: float) -> None:
+def record_active(items: ItemLog, claimed: list[Claimed], now: float) -> None:
     """Rows "active" for CLAIMED (caller's transaction)."""
-    state.mark_active_many(
+    items.mark_active_many(
         [(c.pipeline, c.sha256, c.size, c.ctime_ns, c.item_id) for c in claimed], now
     )
 
@@ -304,7 +304,7 @@ def _iso(ts: float) -> str:
 
 
 def _move_to_end(
-    state: State, spool: Spool, f: Finish, day: str, now: float, *, taken: bool = False
+    items: ItemLog, spool: Spool, f: Finish, day: str, now: float, *, taken: bool = False
 ) -> bool:
     """Move one file to its recorded destination; choose (and record) again if taken.
 
@@ -326,8 +326,10 @@ def _move_to_end(
         f.final_dir, f.final_name = spool.choose_destination(
             f.outcome, f.name, f.item_id, day, taken_names
         )
-        with state.transaction():
-            state.mark_finishing(f.item_id, f.outcome, f.reason, f.final_dir, f.final_name, now)
+        with items.db.transaction():
+            items.mark_finishing_many(
+                [(f.outcome, f.reason, f.final_dir, f.final_name, f.item_id)], now
+            )
         if f.outcome == "failed":
             spool.write_error(f.final_name, error_document(f, now))
             spool.sync()
@@ -378,7 +380,7 @@ def plan_finish(spool: Spool, finishes: list[Finish], now: float) -> FinishBatch
 
 
 def record_finish_intent(
-    state: State, batch: FinishBatch, claimed: dict[str, Claimed] | None = None
+    items: ItemLog, batch: FinishBatch, claimed: dict[str, Claimed] | None = None
 ) -> None:
     """Rows "finishing" with their destinations (caller's transaction, committed
     before the reasons are written and before any move).
@@ -396,8 +398,8 @@ def record_finish_intent(
         else:
             claim = (c.pipeline, c.sha256, c.size, c.ctime_ns)
             with_claim.append((*claim, f.outcome, f.reason, f.final_dir, f.final_name, f.item_id))
-    state.mark_finishing_many(plain, batch.now)
-    state.mark_claimed_finishing_many(with_claim, batch.now)
+    items.mark_finishing_many(plain, batch.now)
+    items.mark_claimed_finishing_many(with_claim, batch.now)
 
 
 def write_reasons(spool: Spool, batch: FinishBatch) -> None:
@@ -415,14 +417,14 @@ def write_reasons(spool: Spool, batch: FinishBatch) -> None:
     spool.sync()
 
 
-def move_here(state: State, spool: Spool, batch: FinishBatch) -> None:
+def move_here(items: ItemLog, spool: Spool, batch: FinishBatch) -> None:
     """Move the batch's files in this process (any filesystem), then fsync."""
     full = batch.full
     for f in batch.finishes:
         if full:
             continue
         try:
-            moved = _move_to_end(state, spool, f, batch.day, batch.now)
+            moved = _move_to_end(items, spool, f, batch.day, batch.now)
         except DiskFullError:
             full = True
             continue
@@ -441,7 +443,7 @@ def _moved_before_or_vanished(spool: Spool, f: Finish) -> None:
         f.state = "vanished"
 
 
-def take_answers(state: State, spool: Spool, batch: FinishBatch, answers: list[int]) -> None:
+def take_answers(items: ItemLog, spool: Spool, batch: FinishBatch, answers: list[int]) -> None:
     """What the mover's renames did (``mover.finish``); a taken name is chosen again
     here (recorded in a transaction of its own: call outside any)."""
     again = False
@@ -452,7 +454,7 @@ def take_answers(state: State, spool: Spool, batch: FinishBatch, answers: list[i
             _moved_before_or_vanished(spool, f)
         elif err == errno.EEXIST:
             # Someone put a file under the chosen name: choose, record, move here.
-            if _move_to_end(state, spool, f, batch.day, batch.now, taken=True):
+            if _move_to_end(items, spool, f, batch.day, batch.now, taken=True):
                 f.state = f.outcome
             else:
                 _moved_before_or_vanished(spool, f)
@@ -462,12 +464,12 @@ def take_answers(state: State, spool: Spool, batch: FinishBatch, answers: list[i
         spool.sync()
 
 
-def record_finished(state: State, batch: FinishBatch) -> None:
+def record_finished(items: ItemLog, batch: FinishBatch) -> None:
     """Rows "archived", "failed" or "vanished" for the files moved (caller's transaction)."""
-    state.mark_finished_many([(f.state, f.item_id) for f in batch.finishes if f.state], batch.now)
+    items.mark_finished_many([(f.state, f.item_id) for f in batch.finishes if f.state], batch.now)
 
 
-def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
+def finish_batch(items: ItemLog, spool: Spool, finishes: list[Finish], now: float) -> list[Finish]:
     """Move FINISHES to archive/ or failed/ in this process, each step durable before
     the next; returns them with ``state`` set.
 
@@ -478,13 +480,13 @@ def finish_batch(state: State, spool: Spool, finishes: list[Finish], now: float)
         return []
     batch = plan_finish(spool, finishes, now)
     if batch.fresh:
-        with state.transaction():
-            record_finish_intent(state, batch)
+        with items.db.transaction():
+            record_finish_intent(items, batch)
         crashpoint("finish.intent_committed")
     write_reasons(spool, batch)
-    move_here(state, spool, batch)
+    move_here(items, spool, batch)
     crashpoint("finish.synced")
-    with state.transaction():
-        record_finished(state, batch)
+    with items.db.transaction():
+        record_finished(items, batch)
     crashpoint("finish.committed")
     return finishes

@@ -31,7 +31,7 @@ from .protocol import Finish, finish_batch
 from .requeue import RequeueResult, complete_requeue
 from .spool import WORKING_TEMP_PREFIX, Entry, Spool
 from .stages import FAILURE
-from .state import ItemRow, State
+from .state import ItemLog, ItemRow
 
 
 @dataclass
@@ -77,10 +77,10 @@ def finish_for(row: ItemRow, outcome: str, reason: str, stage: str | None) -> Fi
     )
 
 
-def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) -> RecoveryReport:
+def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) -> RecoveryReport:
     """Bring folders and database into agreement; see the module docstring."""
     report = RecoveryReport()
-    rows = state.unfinished_items()
+    rows = items.unfinished_items()
     # Working names of claims forgotten below: a file there is adopted under its name.
     forgotten_as: dict[bytes, bytes] = {}
 
@@ -100,12 +100,12 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
             else:
                 forgotten.append(row)
         crashpoint("recovery.repaired")
-        with state.transaction():
+        with items.db.transaction():
             for row, sha256, size, ctime_ns, pipeline_name in completed:
-                state.mark_active(row.id, pipeline_name, sha256, size, ctime_ns, now)
-                state.add_event(row.id, "claimed", now, "completed by recovery")
+                items.mark_active_many([(pipeline_name, sha256, size, ctime_ns, row.id)], now)
+                items.add_event(row.id, "claimed", now, "completed by recovery")
             for row in forgotten:
-                state.delete_item(row.id)
+                items.delete_item(row.id)
         report.claims_completed = len(completed)
         report.claims_forgotten = len(forgotten)
         forgotten_as = {row.working_name: row.name for row in forgotten}
@@ -115,7 +115,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
     requeuing = [row for row in rows if row.state == "requeuing"]
     if requeuing:
         requeue_result = RequeueResult()
-        complete_requeue(state, spool, routes, requeuing, now, requeue_result)
+        complete_requeue(items, spool, routes, requeuing, now, requeue_result)
         report.requeued = len(requeue_result.requeued)
         for c in requeue_result.requeued:
             log.info(
@@ -147,18 +147,18 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
         route = pipeline.name if pipeline else None
         adopted.append((new_item_id(now), dropped_as, name, sha256, size, ctime_ns, route))
     if adopted:
-        with state.transaction():
+        with items.db.transaction():
             for item_id, name, working_name, sha256, size, ctime_ns, pipeline_name in adopted:
-                state.insert_claiming(item_id, name, working_name, 0, 0, now)
-                state.mark_active(item_id, pipeline_name, sha256, size, ctime_ns, now)
-                state.add_event(item_id, "claimed", now, "adopted from working/ by recovery")
+                items.insert_claiming_many([(item_id, name, working_name, 0, 0)], now)
+                items.mark_active_many([(pipeline_name, sha256, size, ctime_ns, item_id)], now)
+                items.add_event(item_id, "claimed", now, "adopted from working/ by recovery")
         report.adopted = len(adopted)
 
     # Active files: interrupted stages, vanished files.
     finishes: list[Finish] = []
     interrupted: list[int] = []
     vanished: list[ItemRow] = []
-    for row in state.unfinished_items():
+    for row in items.unfinished_items():
         if row.state == "finishing":
             finishes.append(finish_for(row, row.outcome or "failed", row.reason or "", None))
             continue
@@ -168,7 +168,7 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
             vanished.append(row)
             continue
         pipeline = routes.get(row.pipeline)
-        for attempt in state.open_attempts(row.id):
+        for attempt in items.open_attempts(row.id):
             stage_cfg = None
             stage = pipeline.stage_at(attempt.stage_index) if pipeline else None
             if stage is not None:
@@ -178,8 +178,8 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                     f'indeterminate: stage "{attempt.stage}" is not idempotent and was '
                     "interrupted (crash or stop); it is not run again"
                 )
-                with state.transaction():
-                    state.record_stage_end(attempt.id, "indeterminate", reason, now)
+                with items.db.transaction():
+                    items.record_stage_end(attempt.id, "indeterminate", reason, now)
                 failure = row.metadata.get(FAILURE)
                 if isinstance(failure, dict):  # an on_failure stage: it had failed already
                     reason = f"{failure.get('reason')} (then {reason})"
@@ -189,16 +189,16 @@ def recover(state: State, spool: Spool, routes: Routes, now: float, log: Any) ->
                 break
             interrupted.append(attempt.id)
     if interrupted or vanished:
-        with state.transaction():
+        with items.db.transaction():
             for attempt_id in interrupted:
-                state.record_stage_end(attempt_id, "interrupted", "interrupted by a stop", now)
+                items.record_stage_end(attempt_id, "interrupted", "interrupted by a stop", now)
             for row in vanished:
-                state.mark_finished(row.id, "vanished", now)
-                state.add_event(row.id, "vanished", now, "missing from working/ at start-up")
+                items.mark_finished_many([("vanished", row.id)], now)
+                items.add_event(row.id, "vanished", now, "missing from working/ at start-up")
                 log.error("file.vanished", item=row.id, file=row.name)
     report.interrupted = len(interrupted)
     report.vanished += len(vanished)
-    report.finished = finish_batch(state, spool, finishes, now)
+    report.finished = finish_batch(items, spool, finishes, now)
     return report
 
 

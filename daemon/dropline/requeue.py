@@ -24,7 +24,7 @@ from .log import escape_text
 from .pipeline import Routes
 from .protocol import Claimed
 from .spool import Refusal, Spool
-from .state import ItemRow, State
+from .state import ItemLog, ItemRow
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _why_not(row: ItemRow | None, spool: Spool) -> str:
 
 
 def requeue_batch(
-    state: State,
+    items: ItemLog,
     spool: Spool,
     routes: Routes,
     item_ids: list[str],
@@ -73,9 +73,9 @@ def requeue_batch(
     result = RequeueResult()
     plans: list[tuple[ItemRow, bytes]] = []
     taken = set(in_use)
-    with state.transaction():
+    with items.db.transaction():
         for item_id in item_ids:
-            row = state.item(item_id)
+            row = items.item(item_id)
             why = _why_not(row, spool)
             if why:
                 result.refused[item_id] = why
@@ -83,23 +83,23 @@ def requeue_batch(
             assert row is not None and row.final_name is not None
             working_name = spool.free_working_name(row.name, item_id, taken)
             taken.add(working_name)
-            if not state.mark_requeuing(item_id, working_name, now):
+            if not items.mark_requeuing(item_id, working_name, now):
                 result.refused[item_id] = "it is no longer failed"
                 continue
             # Its end is about to be reset: the earlier failure stays in its history.
             where = f"failed/{escape_text(row.final_name)}"
             failed_at = row.finished_at or now
-            state.add_event(item_id, "failed", failed_at, f"to {where}: {row.reason}")
-            state.add_event(item_id, "retry", now, f"back from {where}")
+            items.add_event(item_id, "failed", failed_at, f"to {where}: {row.reason}")
+            items.add_event(item_id, "retry", now, f"back from {where}")
             row.working_name = working_name
             plans.append((row, working_name))
     crashpoint("retry.intent_committed")
-    complete_requeue(state, spool, routes, [row for row, _ in plans], now, result)
+    complete_requeue(items, spool, routes, [row for row, _ in plans], now, result)
     return result
 
 
 def complete_requeue(
-    state: State,
+    items: ItemLog,
     spool: Spool,
     routes: Routes,
     rows: list[ItemRow],
@@ -124,20 +124,20 @@ def complete_requeue(
             spool.remove_error(row.final_name)
     spool.sync()
     crashpoint("retry.synced")
-    with state.transaction():
+    with items.db.transaction():
         for row in moved:
             sha256, size, ctime_ns = spool.hash_working(row.working_name)
             pipeline = routes.route(row.name)
             name = pipeline.name if pipeline else None
-            state.mark_requeued(row.id, name, sha256, size, ctime_ns, now)
+            items.mark_requeued(row.id, name, sha256, size, ctime_ns, now)
             result.requeued.append(
                 Claimed(
                     row.id, row.name, row.working_name, name, sha256, size, ctime_ns, row.created_at
                 )
             )
         for item_id in result.vanished:
-            state.mark_finished(item_id, "vanished", now)
-            state.add_event(item_id, "vanished", now, "missing from failed/ while retried")
+            items.mark_finished_many([("vanished", item_id)], now)
+            items.add_event(item_id, "vanished", now, "missing from failed/ while retried")
 
 
 __all__ = ["RequeueResult", "complete_requeue", "requeue_batch"]

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from .spool import Spool
-from .state import State
+from .state import Pruning
 
 BATCH = 500  # rows per transaction: a few milliseconds of the daemon's time
 
@@ -54,42 +54,42 @@ def _count(report: PruneReport, outcome: str, size: int) -> None:
     report.bytes += size
 
 
-def plan(state: State, before: float, include_failed: bool) -> PruneReport:
+def plan(pruning: Pruning, before: float, include_failed: bool) -> PruneReport:
     """What a prune would delete, without deleting anything."""
     report = PruneReport()
-    for outcome, count, size in state.prunable(targets(include_failed), before):
+    for outcome, count, size in pruning.prunable(targets(include_failed), before):
         setattr(report, outcome, count)
         report.bytes += size if outcome != "vanished" else 0
     return report
 
 
 def prune(
-    state: State, spool: Spool, before: float, include_failed: bool, now: float
+    pruning: Pruning, spool: Spool, before: float, include_failed: bool, now: float
 ) -> PruneReport:
     """Delete files finished before BEFORE, with their rows; see the module docstring."""
     report = PruneReport()
     states = targets(include_failed)
     # Rows left "pruning" by an interrupted run first, then batch after batch.
-    _delete_marked(state, spool, report)
+    _delete_marked(pruning, spool, report)
     while True:
-        item_ids = state.select_for_pruning(states, before, BATCH)
+        item_ids = pruning.select_for_pruning(states, before, BATCH)
         if not item_ids:
             break
-        with state.transaction():
-            state.mark_pruning(item_ids, states)
-        _delete_marked(state, spool, report)
-    with state.transaction():
-        report.requests = state.delete_old_requests(before)
+        with pruning.db.transaction():
+            pruning.mark_pruning(item_ids, states)
+        _delete_marked(pruning, spool, report)
+    with pruning.db.transaction():
+        report.requests = pruning.delete_old_requests(before)
     day = time.strftime("%Y-%m-%d", time.localtime(min(before, now - 2 * 86400)))
     report.days_removed = len(spool.remove_empty_days(day))
     spool.sync()
-    state.checkpoint()
+    pruning.db.checkpoint()
     return report
 
 
-def _delete_marked(state: State, spool: Spool, report: PruneReport) -> None:
+def _delete_marked(pruning: Pruning, spool: Spool, report: PruneReport) -> None:
     while True:
-        rows = state.pruning_items(BATCH)
+        rows = pruning.pruning_items(BATCH)
         if not rows:
             return
         for _, outcome, final_dir, final_name in rows:
@@ -98,8 +98,8 @@ def _delete_marked(state: State, spool: Spool, report: PruneReport) -> None:
                 size = spool.remove_final(outcome, final_dir or "", final_name)
             _count(report, outcome, size)
         spool.sync()
-        with state.transaction():
-            state.delete_pruned([row[0] for row in rows])
+        with pruning.db.transaction():
+            pruning.delete_pruned([row[0] for row in rows])
 
 
 __all__ = ["PruneReport", "plan", "prune", "targets"]

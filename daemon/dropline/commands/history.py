@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import console as c
 from ..errors import NotFoundError
-from ..state_reader import AttemptView, ItemView, StateReader
+from ..state import AttemptView, ItemView, StateReader
 
 _ITEM_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 

@@ -9,7 +9,7 @@ from .. import console as c
 from ..config import Config
 from ..retention import PruneReport, plan, prune
 from ..spool import Spool
-from ..state import State
+from ..state import Database, Pruning
 
 
 def run(config: Config, older_than: float, dry_run: bool, include_failed: bool) -> dict[str, Any]:
@@ -22,20 +22,20 @@ def run(config: Config, older_than: float, dry_run: bool, include_failed: bool) 
         doc["note"] = "no state database yet"
         doc["state_db"] = str(config.state_db)
         return doc
-    state = State(config.state_db)
+    db = Database(config.state_db)
     try:
         if dry_run:
-            report = plan(state, before, include_failed)
+            report = plan(Pruning(db), before, include_failed)
         else:
             spool = Spool(
                 config.data_dir, max_file_size=config.max_file_size, layout=config.archive_layout
             )
             try:
-                report = prune(state, spool, before, include_failed, now)
+                report = prune(Pruning(db), spool, before, include_failed, now)
             finally:
                 spool.close()
     finally:
-        state.close()
+        db.close()
     return _doc(report, before, dry_run, include_failed)
 
 

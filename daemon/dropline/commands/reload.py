@@ -33,7 +33,7 @@ from pathlib import Path
 from ..config import Config, load_config
 from ..errors import ConfigError, DaemonUnavailableError, StateLockedError
 from ..reloading import KIND, Verdict
-from ..state import State, acquire_lock
+from ..state import Database, RequestQueue, acquire_lock
 
 _POLL = 0.05  # seconds between looks for the daemon's answer
 _ALIVE_EVERY = 0.5  # seconds between looks at whether the daemon still runs
@@ -93,21 +93,22 @@ def _daemon_runs(config: Config) -> bool:
 
 def _ask(config: Config, wait: float) -> Verdict:
     """Leave a reload request and wait (up to WAIT seconds) for the daemon's verdict."""
-    state = State(config.state_db)
+    db = Database(config.state_db)
+    requests = RequestQueue(db)
     try:
-        with state.transaction():
-            [request] = state.add_requests(KIND, [str(config.path)], time.time())
+        with db.transaction():
+            [request] = requests.add_requests(KIND, [str(config.path)], time.time())
         deadline = time.monotonic() + wait
         next_alive = time.monotonic() + _ALIVE_EVERY
         while True:
-            answer = state.request_results([request]).get(request)
+            answer = requests.request_results([request]).get(request)
             if answer is not None:
                 return Verdict.from_json(answer)
             now = time.monotonic()
             gone = now >= next_alive and not _daemon_runs(config)
             if gone or now > deadline:
                 why = "the daemon stopped" if gone else f"no answer within {wait:g} s"
-                if state.withdraw_request(request, f"withdrawn: {why}", time.time()):
+                if requests.withdraw_request(request, f"withdrawn: {why}", time.time()):
                     if gone:
                         raise DaemonUnavailableError(
                             "the daemon stopped before it answered the reload; "
@@ -122,7 +123,7 @@ def _ask(config: Config, wait: float) -> Verdict:
                 next_alive = now + _ALIVE_EVERY
             time.sleep(_POLL)
     finally:
-        state.close()
+        db.close()
 
 
 def run(config_path: str, pid: int | None, wait: float) -> Outcome:

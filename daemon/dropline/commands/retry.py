@@ -20,8 +20,7 @@ from .. import console as c
 from ..config import Config
 from ..datalock import acquire_data_lock
 from ..errors import NotFoundError, StateLockedError
-from ..state import State, acquire_lock
-from ..state_reader import StateReader
+from ..state import Database, ItemLog, RequestQueue, StateReader, acquire_lock
 
 _BATCH = 256
 _POLL = 0.1
@@ -56,18 +55,18 @@ def _offline(config: Config, lock_fds: tuple[int, int], item_ids: list[str]) -> 
     from ..spool import Spool
 
     results: dict[str, str] = {}
-    state = State(config.state_db)
+    db = Database(config.state_db)
     spool = Spool(config.data_dir, max_file_size=config.max_file_size, layout=config.archive_layout)
     try:
         routes = Routes(config)
         for start in range(0, len(item_ids), _BATCH):
             chunk = item_ids[start : start + _BATCH]
             in_use = set(spool.list_working())
-            result = requeue_batch(state, spool, routes, chunk, time.time(), in_use)
+            result = requeue_batch(ItemLog(db), spool, routes, chunk, time.time(), in_use)
             results.update({item_id: result.answer(item_id) for item_id in chunk})
     finally:
         spool.close()
-        state.close()
+        db.close()
         for fd in lock_fds:
             os.close(fd)
     return results
@@ -75,18 +74,19 @@ def _offline(config: Config, lock_fds: tuple[int, int], item_ids: list[str]) -> 
 
 def _through_daemon(config: Config, item_ids: list[str], wait: float) -> dict[str, str | None]:
     """The daemon runs: leave requests, wait (up to WAIT seconds) for its answers."""
-    state = State(config.state_db)
+    db = Database(config.state_db)
+    requests = RequestQueue(db)
     try:
-        with state.transaction():
-            request_ids = state.add_requests("retry", item_ids, time.time())
+        with db.transaction():
+            request_ids = requests.add_requests("retry", item_ids, time.time())
         deadline = time.monotonic() + wait
         while True:
-            answers = state.request_results(request_ids)
+            answers = requests.request_results(request_ids)
             if all(answers.get(r) is not None for r in request_ids) or time.monotonic() > deadline:
                 break
             time.sleep(_POLL)
     finally:
-        state.close()
+        db.close()
     return {item_id: answers.get(r) for item_id, r in zip(item_ids, request_ids, strict=True)}
 
 

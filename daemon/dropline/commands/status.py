@@ -17,7 +17,7 @@ from ..config import Config
 from ..datalock import lock_holder
 from ..pipeline import compile_globs
 from ..spool import Refusal, classify
-from ..state_reader import AttemptView, ItemView, StateReader, daemon_pid
+from ..state import AttemptView, ItemView, StateReader, daemon_pid
 from ..toolnames import Beside, ToolNames
 
 RATE_WINDOW = 60.0  # seconds: files/s over the last minute

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .datalock import lock_holder
-from .errors import StateUnavailableError
-
-_UNFINISHED = ("claiming", "active", "finishing", "requeuing")
+from ..datalock import lock_holder
+from ..errors import StateUnavailableError
+from .schema import UNFINISHED
 
 
 @dataclass
@@ -162,10 +161,10 @@ class StateReader:
 
     def in_flight(self, limit: int) -> list[tuple[ItemView, AttemptView | None]]:
         """Unfinished items, oldest first, each with its stage attempt now running (if any)."""
-        marks = ",".join("?" * len(_UNFINISHED))
+        marks = ",".join("?" * len(UNFINISHED))
         rows = self._q(
             f"{_ITEM_SQL} WHERE state IN ({marks}) ORDER BY created_at LIMIT ?",
-            (*_UNFINISHED, limit),
+            (*UNFINISHED, limit),
         )
         out = []
         for row in rows:

@@ -1,0 +1,37 @@
+"""The state database: SQLite, the log of dropline's intentions and of every attempt.
+
+The folders are the truth; this is the record of what dropline meant to do
+and did, so that start-up recovery can reconcile the two.  ``db`` owns the
+connection, transactions, migrations and the lock; ``items``, ``requests``
+and ``pruning`` put their SQL through one ``Database``; ``reader`` is the
+read-only view of the commands.  No SQL lives outside this package, and
+nothing here knows about files.
+"""
+
+from __future__ import annotations
+
+from .db import Database, acquire_lock
+from .items import ItemLog, ItemRow, OpenAttempt
+from .pruning import Pruning
+from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid
+from .requests import RequestQueue
+from .schema import FINISHED, MIGRATIONS, UNFINISHED, ItemState
+
+__all__ = [
+    "FINISHED",
+    "MIGRATIONS",
+    "UNFINISHED",
+    "AttemptView",
+    "Database",
+    "EventView",
+    "ItemLog",
+    "ItemRow",
+    "ItemState",
+    "ItemView",
+    "OpenAttempt",
+    "Pruning",
+    "RequestQueue",
+    "StateReader",
+    "acquire_lock",
+    "daemon_pid",
+]
