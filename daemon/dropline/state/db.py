@@ -21,7 +21,7 @@ from ..errors import FatalIOError
 from .schema import MIGRATIONS
 
 
-def fatal(exc: sqlite3.Error) -> FatalIOError:
+def _fatal(exc: sqlite3.Error) -> FatalIOError:
     return FatalIOError(f"state database: {exc}")
 
 
@@ -74,7 +74,7 @@ class Database:
         try:
             self.connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise fatal(exc) from exc
+            raise _fatal(exc) from exc
         self._in_tx = True
         try:
             yield self
@@ -91,7 +91,7 @@ class Database:
                     self.connection.execute("ROLLBACK")
                 raise FatalIOError(f"state database: commit failed: {exc}") from exc
             except sqlite3.Error as exc:
-                raise fatal(exc) from exc
+                raise _fatal(exc) from exc
         finally:
             self._in_tx = False
 
@@ -109,13 +109,13 @@ class Database:
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:
-            raise fatal(exc) from exc
+            raise _fatal(exc) from exc
 
     def run(self, sql: str, params: list[Any]) -> None:
         try:
             self.connection.execute(sql, params)
         except sqlite3.Error as exc:
-            raise fatal(exc) from exc
+            raise _fatal(exc) from exc
 
     def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -123,7 +123,7 @@ class Database:
         try:
             self.connection.executemany(sql, rows)
         except sqlite3.Error as exc:
-            raise fatal(exc) from exc
+            raise _fatal(exc) from exc
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database so freed pages are reused, not appended."""
@@ -166,4 +166,4 @@ def acquire_lock(state_db: Path, wait: float = 0.0) -> int:
         return fd
 
 
-__all__ = ["Database", "acquire_lock", "fatal"]
+__all__ = ["Database", "acquire_lock"]

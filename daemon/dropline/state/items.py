@@ -137,6 +137,10 @@ class ItemLog:
             (size, ctime_ns, now, item_id),
         )
 
+    # The state changes take lists of rows only: one file (recovery, a taken
+    # destination, a retried file gone) is a list of one, written by the same SQL
+    # as a batch, so there is one writer per change to keep right.
+
     def insert_claiming_many(
         self, rows: list[tuple[str, bytes, bytes, int, int]], now: float
     ) -> None:
