@@ -190,7 +190,7 @@ def test_the_mover_holds_the_data_folder_lock_too(tree: Tree, start_daemon: Any)
     movers = [
         p
         for p in _children(daemon.proc.pid)
-        if b"dropline.mover" in Path(f"/proc/{p}/cmdline").read_bytes()
+        if b"dropline.spool.mover" in Path(f"/proc/{p}/cmdline").read_bytes()
     ]
     assert len(movers) == 1
     assert holds_data(movers[0])

@@ -337,22 +337,22 @@ def test_a_writer_that_kept_the_file_open_across_the_rename_is_found_at_the_hash
     path = tree.incoming / "late.txt"
     path.write_bytes(b"late\n")
     spool = Spool(tree.data, max_file_size=1 << 20)
-    spool.leases = LeaseProbe()
+    spool.settings.leases = LeaseProbe()
     try:
-        entry = spool.inspect_incoming(b"late.txt")
+        entry = spool.incoming.inspect(b"late.txt")
         assert isinstance(entry, Entry)
-        assert spool.incoming_held_open(entry) is False
+        assert spool.incoming.held_open(entry) is False
         writer = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
-            assert spool.incoming_held_open(entry) is True
+            assert spool.incoming.held_open(entry) is True
             os.rename(path, tree.working / "late.txt")
             with pytest.raises(HeldOpenError):
-                spool.hash_working(b"late.txt", expect=entry)
-            assert spool.working_held_open(b"late.txt") is True
+                spool.working.hash(b"late.txt", expect=entry)
+            assert spool.working.held_open(b"late.txt") is True
         finally:
             os.close(writer)
-        assert spool.working_held_open(b"late.txt") is False
-        _, size, _ = spool.hash_working(b"late.txt", expect=entry)
+        assert spool.working.held_open(b"late.txt") is False
+        _, size, _ = spool.working.hash(b"late.txt", expect=entry)
         assert size == 5
     finally:
         spool.close()

@@ -1,6 +1,6 @@
 """The mover process: it moves, the daemon decides; neither outlives the other.
 
-Real daemons, a real mover (``python -m dropline.mover``), real signals.
+Real daemons, a real mover (``python -m dropline.spool.mover``), real signals.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dropline import mover
+from dropline.spool import mover
 
 from .harness import Tree, run_until_idle, wait_until
 
@@ -44,7 +44,7 @@ def _mover_of(daemon_pid: int) -> int:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"dropline.mover" in cmdline:
+            if b"dropline.spool.mover" in cmdline:
                 return pid
         return None
 

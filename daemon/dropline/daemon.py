@@ -43,7 +43,6 @@ from .hostcheck import free_space_problem
 from .lease import LeaseProbe, catch_lease_breaks, keep_capabilities_to_ourselves
 from .log import get_logger, hold_lines, journal_behind, journal_waiting, release_lines
 from .metrics import make_metrics
-from .mover import Mover
 from .notify import Notifier
 from .pipeline import Pipeline, Routes
 from .protocol import (
@@ -73,6 +72,7 @@ from .retry import compute_backoff
 from .scratch import remove as remove_scratch
 from .scratch import scratch_root, sweep
 from .spool import Entry, Refusal, Spool, open_folder, split_name
+from .spool.mover import Mover
 from .stages import FAILURE, StageContext
 from .state import Database, ItemLog, RequestQueue, acquire_lock
 from .toolnames import DATABASE_MAGIC, Beside, Hold
@@ -255,14 +255,14 @@ class Daemon:
         self.item_log = ItemLog(self.db)
         self.requests = RequestQueue(self.db)
         self.spool = Spool(cfg.data_dir, max_file_size=cfg.max_file_size, layout=cfg.archive_layout)
-        self.beside = Beside(self.spool.incoming_fd)
+        self.beside = Beside(self.spool.dirs.incoming)
         # Before the first lease: a lease break (SIGIO) must never end the daemon.
         catch_lease_breaks()
-        self.spool.leases = LeaseProbe(self._leases_refused)
-        self.spool.judge_claimed = self._database_claimed
+        self.spool.settings.leases = LeaseProbe(self._leases_refused)
+        self.spool.settings.judge_claimed = self._database_claimed
         keep_capabilities_to_ourselves()  # before the mover and the workers start
         report = recover(self.item_log, self.spool, self.routes, now, self.log)
-        self.spool.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
+        self.spool.settings.reading_tick = self._feed_watchdog  # from here on the loop keeps it fed
         if report.changed:
             self.log.info("recovery.done", **describe_recovery(report))
         for f in report.finished:
@@ -296,7 +296,7 @@ class Daemon:
         # Entries recovery would not adopt (not regular files) stay in working/:
         # their names are taken for as long as this daemon runs.
         known = {item.working_name for item in self.items.values()}
-        self.stranded = set(self.spool.list_working()) - known
+        self.stranded = set(self.spool.working.names()) - known
         # It holds the locks too: no new daemon recovers while it still moves files.
         self.mover = Mover(self.spool, keep_fds=(self._lock_fd, self._data_lock_fd))
         self.pool = WorkerPool(cfg.workers, self.inbox, cfg.log_format)
@@ -531,7 +531,7 @@ class Daemon:
             item.metadata.update(result.metadata)
             self.item_log.set_progress(item.id, item.next_stage, 0, None, item.metadata, now)
             assert self.spool is not None
-            seen = self.spool.fingerprint(item.working_name)
+            seen = self.spool.working.fingerprint(item.working_name)
             if stage_cfg and stage_cfg.modifies and seen is not None and seen != item.fingerprint:
                 item.fingerprint = seen  # the stage rewrote it, as it declares it may
                 self.item_log.set_fingerprint(item.id, seen[0], seen[1], now)
@@ -610,7 +610,7 @@ class Daemon:
 
     def _start_scan(self) -> None:
         assert self.spool is not None
-        self.scan = self.spool.scan_incoming()
+        self.scan = self.spool.incoming.scan()
         self.scan_seen = 0
         self.rescan_pending = ""
         self.next_rescan = self.mono + self.config.rescan_interval
@@ -748,7 +748,7 @@ class Daemon:
                 continue
             seen.add(name)
             pausepoint("intake.look")
-            found = self.spool.inspect_incoming(name)
+            found = self.spool.incoming.inspect(name)
             if found is None:
                 if self.held:
                     self.held.pop(name, None)
@@ -776,12 +776,12 @@ class Daemon:
                 continue
             # Evidence beats timing: a close event or a settled file whose writer
             # still holds it open (another descriptor, or reopened).  The claim
-            # asks the kernel after its rename (spool.hash_working), which sees
+            # asks the kernel after its rename (spool.working.hash), which sees
             # every writer: a file found held open there is put back and, from
             # then on, asked about here first, before any rename.  So a file
             # held open long costs one claim and put-back, not one a look; and
             # every other file one lease probe, not two (measured: 10 us a file).
-            if found.name in self.held_open and self.spool.incoming_held_open(found):
+            if found.name in self.held_open and self.spool.incoming.held_open(found):
                 self._found_held_open(found)
                 continue
             entries.append(found)
@@ -798,7 +798,7 @@ class Daemon:
             return self.routes.tool_names.hold(name, size, age, self.beside, journals)
         folder, base = split_name(name)
         try:
-            fd = open_folder(self.spool.incoming_fd, folder)
+            fd = open_folder(self.spool.dirs.incoming, folder)
         except OSError:
             return None  # gone: its claim finds that out
         try:
@@ -807,7 +807,7 @@ class Daemon:
             os.close(fd)
 
     def _database_claimed(self, name: bytes, head: bytes) -> Hold | None:
-        """Asked by the claim of each file it read (spool.judge_claimed): a SQLite
+        """Asked by the claim of each file it read (spool.settings.judge_claimed): a SQLite
         database with a journal or a log beside it in incoming/ goes back there."""
         assert self.spool is not None and self.beside is not None
         rules = self.routes.tool_names
@@ -817,7 +817,7 @@ class Daemon:
         if not folder:
             return rules.database_waits(name, head, self.beside)
         try:
-            fd = open_folder(self.spool.incoming_fd, folder)
+            fd = open_folder(self.spool.dirs.incoming, folder)
         except OSError:
             return None
         try:
@@ -838,7 +838,7 @@ class Daemon:
                 self.log.info("folder.found", file=name)
             return
         if seen is None:
-            found = self.spool.inspect_incoming(name)
+            found = self.spool.incoming.inspect(name)
             if not isinstance(found, Refusal):
                 return  # gone, or not a folder after all: a look at it decides
             seen = found
@@ -1000,7 +1000,9 @@ class Daemon:
                 back = None
                 if found.reason != GONE:
                     held = waiting.held
-                    back = self.spool.unclaim_somewhere(held.working_name, held.name, item_id)
+                    back = self.spool.working.unclaim_somewhere(
+                        held.working_name, held.name, item_id
+                    )
                     if back is None:  # the filesystem is full: kept, tried again later
                         waiting.due = self.mono + max(self.config.settle_time, 1.0)
                         continue
@@ -1227,7 +1229,7 @@ class Daemon:
             # Probed at its claim this very pass, after the rename: in working/
             # no new writer can open it since.
             return False
-        held = self.spool.working_held_open(item.working_name)
+        held = self.spool.working.held_open(item.working_name)
         if not held:
             self.held_items.discard(item.id)
             return False
@@ -1256,7 +1258,7 @@ class Daemon:
             # Taken by this very pass (the claim's fstat, milliseconds ago): a second
             # look now would narrow no window the move itself does not leave open.
             return False
-        seen = self.spool.fingerprint(item.working_name)
+        seen = self.spool.working.fingerprint(item.working_name)
         if item.fingerprint is None or seen is None or seen == item.fingerprint:
             return False
         reason = (
@@ -1602,8 +1604,8 @@ class Daemon:
             self.config, self.routes = new, routes
             # The spool's settings are read at each claim and finish: they apply now.
             if self.spool is not None:
-                self.spool.max_file_size = new.max_file_size
-                self.spool.layout = new.archive_layout
+                self.spool.settings.max_file_size = new.max_file_size
+                self.spool.settings.layout = new.archive_layout
             # A shorter rescan interval takes effect now, not after the old one runs out.
             self.next_rescan = min(self.next_rescan, self.mono + new.rescan_interval)
             if not new.recursive and self.folders.known:

@@ -67,7 +67,7 @@ class DroppedFolders:
         self.unlooked = False
         look = FolderLook()
         for folder in list(self.known):
-            walk = spool.walk_folder(folder, self.skip, max(room - len(look.names), 0))
+            walk = spool.incoming.walk_folder(folder, self.skip, max(room - len(look.names), 0))
             if walk.gone:  # moved or removed by someone else: nothing to look into
                 del self.known[folder]
                 continue
@@ -77,7 +77,7 @@ class DroppedFolders:
                 not walk.names
                 and not walk.refused
                 and remove_after is not None
-                and spool.remove_empty_folder(folder, remove_after)
+                and spool.incoming.remove_empty_folder(folder, remove_after)
             ):
                 del self.known[folder]
                 look.removed.append(folder)

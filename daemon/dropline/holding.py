@@ -43,7 +43,7 @@ def look(
     moves on); a Refusal when it is no longer an acceptable file (too large by
     now, unreadable, or gone): it cannot be claimed and must leave working/."""
     held = waiting.held
-    entry = spool.working_entry(held.working_name)
+    entry = spool.working.entry(held.working_name)
     if entry is None:
         return Refusal(held.working_name, GONE, 0, 0)
     if isinstance(entry, Refusal):
@@ -55,7 +55,7 @@ def look(
         waiting.due = mono + max(settle_time - max(age, 0.0), _LOOK_AGAIN_MIN)
         return None
     try:
-        sha256, size, ctime_ns = spool.hash_working(held.working_name, expect=entry)
+        sha256, size, ctime_ns = spool.working.hash(held.working_name, expect=entry)
     except ChangedError:  # written again while read: look again once settled
         waiting.seen = None
         waiting.due = mono + max(settle_time, _LOOK_AGAIN_MIN)

@@ -26,9 +26,10 @@ import sys
 import tempfile
 import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from .spool.ipc import Pipe, start_helper
 
 _POLL = 0.05  # seconds between checks of the timeout and the stop request
 _OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
@@ -37,36 +38,19 @@ _OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
 class StageProcess:
     """One child process running Python stages for one worker thread.
 
-    The child is ``python -m dropline.isolation`` with two pipes, not a
-    multiprocessing.Process: a child whose parent dies before it has read its
-    first request then ends quietly, where multiprocessing's spawn prints a
-    traceback into the daemon's log.
+    The child is ``python -m dropline.isolation`` on two pipes (``spool/ipc.py``).
     """
 
     def __init__(self, log_format: str) -> None:
         self._log_format = log_format
         self._proc: subprocess.Popen[bytes] | None = None
-        self._requests: Connection | None = None
-        self._results: Connection | None = None
+        self._requests: Pipe | None = None
+        self._results: Pipe | None = None
 
-    def _start(self) -> tuple[Connection, Connection]:
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        try:
-            command = [sys.executable, "-m", "dropline.isolation"]
-            self._proc = subprocess.Popen(
-                [*command, str(req_r), str(res_w), self._log_format],
-                pass_fds=(req_r, res_w),
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-        finally:
-            os.close(req_r)
-            os.close(res_w)
-        self._requests = Connection(req_w, readable=False)
-        self._results = Connection(res_r, writable=False)
+    def _start(self) -> tuple[Pipe, Pipe]:
+        self._proc, self._requests, self._results = start_helper(
+            "dropline.isolation", [self._log_format]
+        )
         return self._requests, self._results
 
     def run(
@@ -111,14 +95,13 @@ class StageProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(5)
             self._proc = None
-        for conn in (self._requests, self._results):
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    conn.close()
+        for pipe in (self._requests, self._results):
+            if pipe is not None:
+                pipe.close()
         self._requests = self._results = None
 
 
-def _child_main(requests: Connection, results: Connection, log_format: str) -> None:
+def _child_main(requests: Pipe, results: Pipe, log_format: str) -> None:
     """The child's loop: receive a stage attempt, run it, send how it ended."""
     from .errors import ConfigError
     from .log import configure, get_logger, release_lines
@@ -197,8 +180,4 @@ def _child_main(requests: Connection, results: Connection, log_format: str) -> N
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        _child_main(
-            Connection(int(sys.argv[1]), writable=False),
-            Connection(int(sys.argv[2]), readable=False),
-            sys.argv[3],
-        )
+        _child_main(Pipe(int(sys.argv[1])), Pipe(int(sys.argv[2])), sys.argv[3])

@@ -52,9 +52,17 @@ from .crashpoints import crashpoint
 from .errors import DiskFullError
 from .ids import new_item_id
 from .log import escape_text
-from .mover import ClaimMove, FinishMove, Ticket
 from .pipeline import Routes
-from .spool import FULL_ERRNOS, Entry, HeldOpenError, KeptByRuleError, Refusal, Spool
+from .spool import (
+    FULL_ERRNOS,
+    Entry,
+    HeldOpenError,
+    KeptByRuleError,
+    Refusal,
+    Spool,
+    free_working_name,
+)
+from .spool.mover import ClaimMove, FinishMove, Ticket
 from .state import ItemLog
 
 
@@ -152,7 +160,7 @@ def plan_claim(spool: Spool, entries: list[Entry], now: float, in_use: set[bytes
     taken = set(in_use)
     for entry in entries:
         item_id = new_item_id(now)
-        working_name = spool.free_working_name(entry.name, item_id, taken)
+        working_name = free_working_name(entry.name, item_id, taken)
         taken.add(working_name)
         plans.append((item_id, entry, working_name))
     return ClaimBatch(plans, now)
@@ -189,7 +197,7 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
 
     for item_id, entry, working_name in moved:
         try:
-            sha256, size, ctime_ns = spool.hash_working(working_name, expect=entry, judge=True)
+            sha256, size, ctime_ns = spool.working.hash(working_name, expect=entry, judge=True)
         except ValueError as exc:
             _not_claimed(spool, result, item_id, entry, working_name, exc, batch.now)
             continue
@@ -222,7 +230,7 @@ def _not_claimed(
 ) -> None:
     """A file renamed into working/ that cannot be claimed as it is: back to
     incoming/, or kept in working/ as its own item (see the module docstring)."""
-    seen = spool.working_entry(working_name)
+    seen = spool.working.entry(working_name)
     if seen is None:
         # Removed from working/ behind dropline's back: nothing left to keep.
         result.lost.append(entry.name)
@@ -233,7 +241,7 @@ def _not_claimed(
         # another file between the look and the rename: a delivery all the same.
         # Back to incoming/, claimed once it is done; if NAME is taken again
         # there, it is an earlier delivery of NAME: kept as its own item.
-        if spool.unclaim(working_name, entry.name):
+        if spool.working.unclaim(working_name, entry.name):
             if isinstance(exc, HeldOpenError):
                 result.held_open.append(entry)
             elif isinstance(exc, KeptByRuleError):
@@ -249,7 +257,7 @@ def _not_claimed(
         return
     # Something else than a regular file was swapped in: never processed; back
     # where it came from (under a unique name if NAME is taken) and refused.
-    back = spool.unclaim_somewhere(working_name, entry.name, item_id)
+    back = spool.working.unclaim_somewhere(working_name, entry.name, item_id)
     result.gone.append(item_id)
     if back is None:
         result.stranded.append(working_name)
@@ -314,16 +322,16 @@ def _move_to_end(
     while True:
         if not taken:
             try:
-                return spool.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
+                return spool.ends.finish(f.working_name, f.outcome, f.final_dir, f.final_name)
             except FileExistsError:
                 pass
         taken = False
         # Someone put a file under the chosen name.  The new choice is recorded
         # (and, for a failure, its reason written and made durable) before the move.
         if f.outcome == "failed":
-            spool.remove_error(f.final_name)
+            spool.ends.remove_error(f.final_name)
         taken_names.add((f.final_dir, f.final_name))
-        f.final_dir, f.final_name = spool.choose_destination(
+        f.final_dir, f.final_name = spool.ends.choose_destination(
             f.outcome, f.name, f.item_id, day, taken_names
         )
         with items.db.transaction():
@@ -331,7 +339,7 @@ def _move_to_end(
                 [(f.outcome, f.reason, f.final_dir, f.final_name, f.item_id)], now
             )
         if f.outcome == "failed":
-            spool.write_error(f.final_name, error_document(f, now))
+            spool.ends.write_error(f.final_name, error_document(f, now))
             spool.sync()
 
 
@@ -354,7 +362,7 @@ class FinishBatch:
         for f in self.finishes:
             key = (f.outcome, f.final_dir)
             if key not in folders:
-                folders[key] = spool.rename_folder(*key)
+                folders[key] = spool.ends.rename_folder(*key)
             folder = folders[key]
             if folder is None:
                 return None
@@ -372,7 +380,7 @@ def plan_finish(spool: Spool, finishes: list[Finish], now: float) -> FinishBatch
     )
     taken: set[tuple[str, bytes]] = set()
     for f in batch.fresh:
-        f.final_dir, f.final_name = spool.choose_destination(
+        f.final_dir, f.final_name = spool.ends.choose_destination(
             f.outcome, f.name, f.item_id, batch.day, taken
         )
         taken.add((f.final_dir, f.final_name))
@@ -407,9 +415,9 @@ def write_reasons(spool: Spool, batch: FinishBatch) -> None:
     failed/) before any file joins its reason: a file in failed/ always has its
     reason beside it."""
     for f in batch.finishes:
-        if f.outcome == "failed" and not batch.full and spool.in_working(f.working_name):
+        if f.outcome == "failed" and not batch.full and spool.working.contains(f.working_name):
             try:
-                spool.write_error(f.final_name, error_document(f, batch.now))
+                spool.ends.write_error(f.final_name, error_document(f, batch.now))
             except DiskFullError:
                 batch.full = True
                 continue
@@ -437,7 +445,7 @@ def move_here(items: ItemLog, spool: Spool, batch: FinishBatch) -> None:
 
 
 def _moved_before_or_vanished(spool: Spool, f: Finish) -> None:
-    if spool.destination_exists(f.outcome, f.final_dir, f.final_name):
+    if spool.ends.destination_exists(f.outcome, f.final_dir, f.final_name):
         f.state = f.outcome  # moved before a crash; recovery is completing it
     else:
         f.state = "vanished"

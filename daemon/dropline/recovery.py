@@ -91,9 +91,9 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
         completed: list[tuple[ItemRow, str, int, int, str | None]] = []
         forgotten: list[ItemRow] = []
         for row in claiming:
-            seen = spool.working_entry(row.working_name)
+            seen = spool.working.entry(row.working_name)
             if isinstance(seen, Entry) and (seen.dev, seen.ino) == (row.src_dev, row.src_ino):
-                sha256, size, ctime_ns = spool.hash_working(row.working_name)
+                sha256, size, ctime_ns = spool.working.hash(row.working_name)
                 pipeline = routes.route(row.name)
                 route = pipeline.name if pipeline else None
                 completed.append((row, sha256, size, ctime_ns, route))
@@ -131,17 +131,17 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
 
     # Files in working/ that no row knows.
     adopted: list[tuple[str, bytes, bytes, str, int, int, str | None]] = []
-    for name in spool.list_working():
+    for name in spool.working.names():
         if name in known:
             continue
         if name.startswith(WORKING_TEMP_PREFIX):
-            spool.remove_working_temp(name)  # a stage's temporary, interrupted
+            spool.working.remove_temp(name)  # a stage's temporary, interrupted
             continue
-        seen = spool.working_entry(name)
+        seen = spool.working.entry(name)
         if not isinstance(seen, Entry):
             log.warning("recovery.skipped", file=name, reason=seen.reason if seen else "gone")
             continue
-        sha256, size, ctime_ns = spool.hash_working(name)
+        sha256, size, ctime_ns = spool.working.hash(name)
         dropped_as = forgotten_as.get(name, name)
         pipeline = routes.route(dropped_as)
         route = pipeline.name if pipeline else None
@@ -164,7 +164,7 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
             continue
         if row.state != "active":
             continue
-        if spool.working_entry(row.working_name) is None:
+        if spool.working.entry(row.working_name) is None:
             vanished.append(row)
             continue
         pipeline = routes.get(row.pipeline)

@@ -23,7 +23,7 @@ from .crashpoints import crashpoint
 from .log import escape_text
 from .pipeline import Routes
 from .protocol import Claimed
-from .spool import Refusal, Spool
+from .spool import Refusal, Spool, free_working_name
 from .state import ItemLog, ItemRow
 
 
@@ -50,7 +50,7 @@ def _why_not(row: ItemRow | None, spool: Spool) -> str:
         return f"it is {row.state}, not failed"
     if not row.final_name:
         return "no place in failed/ is recorded for it"
-    found = spool.failed_entry(row.final_name)
+    found = spool.ends.failed_entry(row.final_name)
     if found is None:
         return f"failed/{escape_text(row.final_name)} is no longer there"
     if isinstance(found, Refusal):
@@ -81,7 +81,7 @@ def requeue_batch(
                 result.refused[item_id] = why
                 continue
             assert row is not None and row.final_name is not None
-            working_name = spool.free_working_name(row.name, item_id, taken)
+            working_name = free_working_name(row.name, item_id, taken)
             taken.add(working_name)
             if not items.mark_requeuing(item_id, working_name, now):
                 result.refused[item_id] = "it is no longer failed"
@@ -111,9 +111,9 @@ def complete_requeue(
         return
     moved: list[ItemRow] = []
     for row in rows:
-        if spool.in_working(row.working_name):
+        if spool.working.contains(row.working_name):
             moved.append(row)  # moved before a crash: recovery is completing it
-        elif row.final_name and spool.requeue(row.final_name, row.working_name):
+        elif row.final_name and spool.ends.requeue(row.final_name, row.working_name):
             moved.append(row)
             crashpoint("retry.moved")
         else:
@@ -121,12 +121,12 @@ def complete_requeue(
     spool.sync()
     for row in moved:
         if row.final_name:
-            spool.remove_error(row.final_name)
+            spool.ends.remove_error(row.final_name)
     spool.sync()
     crashpoint("retry.synced")
     with items.db.transaction():
         for row in moved:
-            sha256, size, ctime_ns = spool.hash_working(row.working_name)
+            sha256, size, ctime_ns = spool.working.hash(row.working_name)
             pipeline = routes.route(row.name)
             name = pipeline.name if pipeline else None
             items.mark_requeued(row.id, name, sha256, size, ctime_ns, now)

@@ -81,7 +81,7 @@ def prune(
     with pruning.db.transaction():
         report.requests = pruning.delete_old_requests(before)
     day = time.strftime("%Y-%m-%d", time.localtime(min(before, now - 2 * 86400)))
-    report.days_removed = len(spool.remove_empty_days(day))
+    report.days_removed = len(spool.ends.remove_empty_days(day))
     spool.sync()
     pruning.db.checkpoint()
     return report
@@ -95,7 +95,7 @@ def _delete_marked(pruning: Pruning, spool: Spool, report: PruneReport) -> None:
         for _, outcome, final_dir, final_name in rows:
             size = 0
             if final_name and outcome in ("archived", "failed"):
-                size = spool.remove_final(outcome, final_dir or "", final_name)
+                size = spool.ends.remove_final(outcome, final_dir or "", final_name)
             _count(report, outcome, size)
         spool.sync()
         with pruning.db.transaction():

@@ -45,20 +45,20 @@ def main() -> None:
             (data / "incoming" / os.fsdecode(name)).write_bytes(b"x" * 1024)
         spool = Spool(data, max_file_size=1 << 30)
         probe = LeaseProbe()
-        entries = [spool.inspect_incoming(name) for name in names]
+        entries = [spool.incoming.inspect(name) for name in names]
         assert all(isinstance(e, Entry) for e in entries)
-        fds = [os.open(name, os.O_RDONLY, dir_fd=spool.incoming_fd) for name in names]
+        fds = [os.open(name, os.O_RDONLY, dir_fd=spool.dirs.incoming) for name in names]
         try:
 
             def lstat() -> None:
                 for name in names:
-                    spool.inspect_incoming(name)
+                    spool.incoming.inspect(name)
 
             def before_claim() -> None:
-                spool.leases = probe
+                spool.settings.leases = probe
                 for entry in entries:
                     assert isinstance(entry, Entry)
-                    spool.incoming_held_open(entry)
+                    spool.incoming.held_open(entry)
 
             def while_hashing() -> None:
                 for fd in fds:

@@ -61,7 +61,7 @@ def _offline(config: Config, lock_fds: tuple[int, int], item_ids: list[str]) -> 
         routes = Routes(config)
         for start in range(0, len(item_ids), _BATCH):
             chunk = item_ids[start : start + _BATCH]
-            in_use = set(spool.list_working())
+            in_use = set(spool.working.names())
             result = requeue_batch(ItemLog(db), spool, routes, chunk, time.time(), in_use)
             results.update({item_id: result.answer(item_id) for item_id in chunk})
     finally:

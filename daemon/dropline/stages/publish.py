@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PermanentError
-from ..spool import fit_name, rename_noreplace
+from ..spool import fit_name
+from ..spool.durable import (
+    DIR_FLAGS,
+    FILE_FLAGS,
+    NAME_MAX,
+    compare,
+    copy_to_temp,
+    rename_into_place,
+)
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
 from .options import Options
@@ -50,15 +58,6 @@ IF_EXISTS = ("keep-both", "replace", "fail")
 TEMP_PREFIX = b".dropline-publish."
 MODE = 0o640
 
-_NAME_MAX = 255
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_COPY_CHUNK = 16 << 20  # between two chunks the cancel event is looked at
-_COMPARE_CHUNK = 1 << 20
-# copy_file_range cannot copy between these two files: sendfile can.
-# (EPERM: a seccomp filter that does not know the call.)
-_NO_COPY_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM)
 _ULID = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 # The temporaries being written right now.  A builtin runs in a worker thread,
@@ -169,10 +168,10 @@ def temp_name(ctx: StageContext) -> bytes:
 
 def _candidates(final: bytes, item_id: str, if_exists: str) -> Iterator[bytes]:
     """FINAL; with keep-both then FINAL.ITEMID, FINAL.ITEMID-N (as archive/ names them)."""
-    if len(final) <= _NAME_MAX:
+    if len(final) <= NAME_MAX:
         yield final
     elif if_exists != "keep-both":
-        raise PermanentError(f"publish: {final!r} is longer than {_NAME_MAX} bytes")
+        raise PermanentError(f"publish: {final!r} is longer than {NAME_MAX} bytes")
     if if_exists == "keep-both":
         yield fit_name(final, item_id)
         for n in range(1, 100):
@@ -205,12 +204,12 @@ def _check_cancel(ctx: StageContext) -> None:
 
 def _publish(ctx: StageContext, to: Path, final: bytes, tmp: bytes, if_exists: str) -> bytes:
     try:
-        dir_fd = os.open(to, _DIR_FLAGS)
+        dir_fd = os.open(to, DIR_FLAGS)
     except OSError as exc:
         # Missing (an unmounted share?) or replaced by a link: retried, it may come back.
         raise OSError(exc.errno, f"publish folder {to}: {exc.strerror}") from exc
     try:
-        src = os.open(ctx.data_file(), _READ_FLAGS)
+        src = os.open(ctx.data_file(), FILE_FLAGS)
         try:
             size = os.fstat(src).st_size
             # A temporary of an interrupted attempt (a crash before its rename).
@@ -239,7 +238,7 @@ def _place(
     copied = False
     try:
         for name in _candidates(final, ctx.item_id, if_exists):
-            found = _compare(src, size, dir_fd, name)
+            found = compare(src, size, dir_fd, name)
             if found == "same":
                 return name  # done by an earlier attempt (or identical already)
             if found == "different" and if_exists == "keep-both":
@@ -247,18 +246,15 @@ def _place(
             if found == "different" and if_exists == "fail":
                 raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists")
             if not copied:
-                _copy_to_temp(src, size, dir_fd, tmp, ctx)
+                copy_to_temp(src, size, dir_fd, tmp, MODE, lambda: _check_cancel(ctx))
                 copied = True
             try:
-                if if_exists == "replace":
-                    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                else:
-                    rename_noreplace(dir_fd, tmp, dir_fd, name)
+                rename_into_place(dir_fd, tmp, name, replace=if_exists == "replace")
             except FileExistsError:
                 # Taken since we looked, by someone else: as if it had been there before.
                 if if_exists == "keep-both":
                     continue
-                if _compare(src, size, dir_fd, name) == "same":
+                if compare(src, size, dir_fd, name) == "same":
                     return name
                 raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists") from None
             copied = False  # renamed into place: no temporary left
@@ -268,77 +264,6 @@ def _place(
         if copied:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
-
-
-def _compare(src: int, size: int, dir_fd: int, name: bytes) -> str:
-    """NAME is "free", "same" (a regular file with SRC's bytes, now fsynced) or "different"."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return "free"
-    # A link is never followed, a device or FIFO never opened: taken, not ours.
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-        return "different"
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return "free"
-    except OSError:
-        return "different"  # swapped for a link since, unreadable, ...
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return "different"
-        offset = 0
-        while offset < size:
-            chunk = os.pread(src, _COMPARE_CHUNK, offset)
-            if not chunk or chunk != os.pread(fd, len(chunk), offset):
-                return "different"
-            offset += len(chunk)
-        # A crash may have come between the rename and the fsyncs: make them now.
-        os.fsync(fd)
-        return "same"
-    finally:
-        os.close(fd)
-
-
-def _copy_to_temp(src: int, size: int, dir_fd: int, tmp: bytes, ctx: StageContext) -> None:
-    fd = os.open(tmp, _TEMP_FLAGS, MODE, dir_fd=dir_fd)
-    try:
-        os.fchmod(fd, MODE)  # whatever the umask
-        _copy(src, fd, size, ctx)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.close(fd)
-
-
-def _copy(src: int, dst: int, size: int, ctx: StageContext) -> None:
-    """SIZE bytes of SRC to DST, in the kernel, looking at the cancel event between chunks."""
-    offset = 0
-    copy_range = True
-    while offset < size:
-        _check_cancel(ctx)
-        count = min(size - offset, _COPY_CHUNK)
-        if copy_range:
-            try:
-                sent = os.copy_file_range(src, dst, count, offset, offset)
-            except OSError as exc:
-                if offset or exc.errno not in _NO_COPY_RANGE:
-                    raise
-                copy_range = False
-                continue
-            if sent == 0 and offset == 0:
-                copy_range = False
-                continue
-        else:
-            sent = os.sendfile(dst, src, offset, count)
-        if sent == 0:
-            raise OSError(errno.EIO, f"publish: the source ended at {offset} of {size} bytes")
-        offset += sent
 
 
 __all__ = ["IF_EXISTS", "MODE", "PLACEHOLDERS", "TEMP_PREFIX", "build", "claim_day", "render"]

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import PermanentError
 from ..spool import WORKING_TEMP_PREFIX
+from ..spool.durable import replace_file
 from . import DATA_PATH, StageContext
 from .builtin import BuildEnv, BuiltStage
 from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, open_text, rows, schema_types
@@ -83,8 +84,7 @@ def build(opts: Options, env: BuildEnv) -> BuiltStage:
             "duplicates_dropped": dropped,
         }
         if keep == "transformed":
-            os.replace(target, ctx.path)
-            _fsync_dir(ctx.path.parent)
+            replace_file(target, ctx.path)
             meta[DATA_PATH] = ""  # the working file itself is now the data
         else:
             meta[DATA_PATH] = str(target)
@@ -163,14 +163,6 @@ def _transform(
             raise
         os.close(fd)
     return written, dropped, out_header
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["TMP_PREFIX", "build"]

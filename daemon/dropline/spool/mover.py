@@ -15,7 +15,7 @@ in order, makes them durable, and answers with what happened to each (an
 errno).  A crash of either process leaves what a crash of the single loop
 would: recovery completes or undoes each recorded intent.
 
-It is ``python -m dropline.mover`` (a fresh interpreter, not a fork of the
+It is ``python -m dropline.spool.mover`` (a fresh interpreter, not a fork of the
 threaded daemon), holding the daemon's directory descriptors and its locks
 on the state directory and the data folder: a new daemon cannot start
 recovery while a mover of an old one still moves files.  It ignores SIGTERM and SIGINT (the
@@ -29,24 +29,24 @@ import contextlib
 import ctypes
 import errno
 import os
-import pickle
 import queue
 import signal
-import struct
 import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .crashpoints import crash_together_with, crashpoint
-from .errors import FatalIOError
-from .spool import DIR_FLAGS, FULL_ERRNOS, fsync_dir, open_folder, rename_noreplace, split_name
+from ..crashpoints import crash_together_with, crashpoint
+from ..errors import FatalIOError
+from .durable import DIR_FLAGS, FULL_ERRNOS, fsync_dir, open_folder, rename_noreplace
+from .ipc import Pipe, start_helper
+from .names import split_name
 
 if TYPE_CHECKING:  # the mover itself imports only what moving files needs
     import subprocess
 
-    from .spool import Spool
+    from .folders import Spool
 
 SKIPPED = -1  # not tried: an earlier move of the batch met a full filesystem
 
@@ -193,42 +193,6 @@ def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
     return answers
 
 
-_LENGTH = struct.Struct("!I")
-
-
-class Pipe:
-    """Pickled messages over one end of a pipe, each behind its length."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def send(self, message: Any) -> None:
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        view = memoryview(_LENGTH.pack(len(data)) + data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def recv(self) -> Any:
-        """The next message; EOFError once the other end is closed."""
-        (length,) = _LENGTH.unpack(self._read(_LENGTH.size))
-        # Only between the daemon and the mover it started: both ends are ours.
-        return pickle.loads(self._read(length))  # noqa: S301
-
-    def _read(self, size: int) -> bytes:
-        chunks = []
-        while size:
-            chunk = os.read(self.fd, min(size, 1 << 20))
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
 class Ticket:
     """A request sent to the mover; its answer once read."""
 
@@ -243,31 +207,14 @@ class Mover:
     """The daemon's side: send batches of moves, read the answers in order."""
 
     def __init__(self, spool: Spool, keep_fds: Sequence[int] = ()) -> None:
-        import subprocess
-
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
-        dirs = (spool.incoming_fd, spool.working_fd, spool.archive_fd, spool.failed_fd)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        argv = [sys.executable, "-m", "dropline.mover", str(req_r), str(res_w), str(os.getpid())]
-        argv += map(str, dirs)
+        dirs = (spool.dirs.incoming, spool.dirs.working, spool.dirs.archive, spool.dirs.failed)
         try:
-            self._proc: subprocess.Popen[bytes] = subprocess.Popen(
-                argv,
-                pass_fds=(req_r, res_w, *dirs, *keep_fds),
-                stdin=subprocess.DEVNULL,
-                env=env,
+            self._proc: subprocess.Popen[bytes]
+            self._proc, self._requests, self._answers = start_helper(
+                "dropline.spool.mover", [str(os.getpid()), *map(str, dirs)], (*dirs, *keep_fds)
             )
         except OSError as exc:
-            for fd in (req_w, res_r):
-                os.close(fd)
             raise FatalIOError(f"cannot start the mover process: {exc}") from exc
-        finally:
-            os.close(req_r)
-            os.close(res_w)
-        self._requests = Pipe(req_w)
-        self._answers = Pipe(res_r)
         self._waiting: deque[Ticket] = deque()
 
     def send(self, kind: str, moves: Sequence[Any]) -> Ticket:

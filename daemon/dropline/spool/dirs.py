@@ -1,0 +1,213 @@
+"""What the spool's sides share: the descriptors of the data folder and its four
+folders (opened once with O_DIRECTORY|O_NOFOLLOW: no path from incoming/ is
+ever followed), the folders a move touched and their batched fsyncs (many
+renames, then one ``sync()``: one fsync per folder), and the settings the
+daemon gives.  Never touches the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import FatalIOError
+from .durable import DIR_FLAGS, exists, fsync_dir, io_error, open_folder
+from .names import split_name
+
+if TYPE_CHECKING:
+    from ..lease import LeaseProbe
+
+SUBDIRS = ("incoming", "working", "archive", "failed")
+# Folders in incoming/ nested deeper than this are refused (a tar bomb of empty folders).
+MAX_FOLDER_DEPTH = 32
+
+
+@dataclass
+class Settings:
+    """What the daemon sets for every side (a reload changes the first two)."""
+
+    max_file_size: int
+    layout: str = "daily"
+    # Asks the kernel whether a file is held open for writing (the daemon
+    # sets it); None: never asked, timing alone decides.
+    leases: LeaseProbe | None = None
+    # Asked with (name in incoming/, first bytes) of each file the claim read;
+    # an answer that is not None puts the file back (KeptByRuleError).
+    judge_claimed: Callable[[bytes, bytes], object | None] | None = None
+    # Called while a big file is read (the daemon keeps its watchdog fed).
+    reading_tick: Callable[[], None] | None = None
+
+
+class Dirs:
+    """The descriptors of the data folder and its four folders, the day folders of
+    archive/ and the sub-folders a move touched; which of them wait for an fsync."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._roots: dict[str, int] = {}
+        self._dirty: dict[int, str] = {}
+        self._days: dict[str, int] = {}
+        # Folders under archive/, failed/ or incoming/ that a move touched (a file
+        # dropped in a sub-folder keeps its place): open until sync() fsynced them.
+        self._subs: dict[tuple[int, bytes], int] = {}
+        try:
+            data_fd = os.open(data_dir, DIR_FLAGS)
+        except OSError as exc:
+            raise FatalIOError(f"cannot open data directory {data_dir}: {exc.strerror}") from exc
+        self._roots["data"] = data_fd
+        for sub in SUBDIRS:
+            try:
+                self._roots[sub] = os.open(sub, DIR_FLAGS, dir_fd=data_fd)
+            except OSError as exc:
+                self.close()
+                raise FatalIOError(
+                    f"cannot open {data_dir / sub}: {exc.strerror} (it must be a real directory)"
+                ) from exc
+        self._devs = {fd: os.fstat(fd).st_dev for fd in self._roots.values()}
+        self.incoming = self._roots["incoming"]
+        self.working = self._roots["working"]
+        self.archive = self._roots["archive"]
+        self.failed = self._roots["failed"]
+
+    def close(self) -> None:
+        for fd in [*self._roots.values(), *self._days.values(), *self._subs.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._roots.clear()
+        self._days.clear()
+        self._subs.clear()
+
+    def place(self, root_fd: int, name: bytes, *, create: bool = False) -> tuple[int, bytes]:
+        """(folder descriptor, base name) of NAME under ROOT_FD: ROOT_FD itself for a
+        plain name, else its sub-folder (made if CREATE), open until the next sync()."""
+        folder, base = split_name(name)
+        if not folder:
+            return root_fd, name
+        key = (root_fd, folder)
+        fd = self._subs.get(key)
+        if fd is None:
+            fd = open_folder(root_fd, folder, 0o750 if create else None)
+            self._subs[key] = fd
+            self._devs[fd] = os.fstat(fd).st_dev
+        return fd, base
+
+    def label(self, root_fd: int, name: bytes) -> str:
+        """The folder of NAME for messages: "failed", "archive/2026-12-06/batch", ..."""
+        root = next((k for k, v in self._roots.items() if v == root_fd), "")
+        root = root or "archive/" + next((k for k, v in self._days.items() if v == root_fd), "")
+        folder = split_name(name)[0]
+        return f"{root}/{os.fsdecode(folder)}" if folder else root
+
+    def exists_at(self, root_fd: int, name: bytes) -> bool:
+        """Whether NAME (maybe in a sub-folder) exists under ROOT_FD."""
+        folder, base = split_name(name)
+        if not folder:
+            return exists(root_fd, name)
+        try:
+            dir_fd = open_folder(root_fd, folder)
+        except FileNotFoundError:
+            return False
+        try:
+            return exists(dir_fd, base)
+        finally:
+            os.close(dir_fd)
+
+    def dev(self, fd: int) -> int:
+        """The filesystem FD is on (asked once per descriptor)."""
+        dev = self._devs.get(fd)
+        if dev is None:
+            dev = self._devs[fd] = os.fstat(fd).st_dev
+        return dev
+
+    def archive_dir(self, subdir: str, *, create: bool) -> int | None:
+        """archive/ or its folder SUBDIR (a day), made if CREATE; None if it is not there."""
+        if not subdir:
+            return self.archive
+        fd = self._days.get(subdir)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(subdir, DIR_FLAGS, dir_fd=self.archive)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(subdir, 0o750, dir_fd=self.archive)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise io_error(f"cannot create archive/{subdir}", exc) from exc
+            # Durable at once (once a day): a file copied in from another
+            # filesystem has its source removed before the batch's sync.
+            fsync_dir(self.archive, "archive/")
+            fd = os.open(subdir, DIR_FLAGS, dir_fd=self.archive)
+        # Keep a few day folders open; old days are closed as new ones come.
+        # A folder still waiting for its fsync stays open.
+        for old in sorted(self._days)[:-3]:
+            if self._days[old] not in self._dirty:
+                old_fd = self._days.pop(old)
+                self._devs.pop(old_fd, None)
+                os.close(old_fd)
+        self._days[subdir] = fd
+        return fd
+
+    def forget_day(self, day: str) -> None:
+        """Close the day folder DAY if it is open (it is about to be removed)."""
+        old = self._days.pop(day, None)
+        if old is not None:
+            os.close(old)
+
+    def mark(self, fd: int, label: str) -> None:
+        self._dirty[fd] = label
+
+    def sync(self) -> None:
+        """fsync every directory changed since the last sync: one fsync each."""
+        dirty, self._dirty = self._dirty, {}
+        # The day folder before archive/: the folder must be durable before its entry.
+        for fd, label in sorted(dirty.items(), key=lambda kv: kv[1].count("/"), reverse=True):
+            fsync_dir(fd, label)
+        for fd in self._subs.values():
+            self._devs.pop(fd, None)
+            os.close(fd)
+        self._subs.clear()
+
+
+def list_folder(fd: int) -> list[tuple[bytes, bool]]:
+    """(name, is a folder) of each entry; d_type only, never a stat or a follow."""
+    listing = os.dup(fd)
+    try:
+        with os.scandir(listing) as it:
+            return [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+    finally:
+        os.close(listing)
+
+
+def remove_if_empty(parent: int, name: bytes, quiet: float, now: float, depth: int) -> bool:
+    """rmdir PARENT/NAME and its empty folders, if it has not changed for QUIET
+    seconds; True once it is gone (or was not there)."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        return exc.errno == errno.ENOENT
+    try:
+        st = os.fstat(fd)
+        # Judged before its own empty folders go: removing them changes its times.
+        was_quiet = now - max(st.st_mtime, st.st_ctime) >= quiet
+        if depth < MAX_FOLDER_DEPTH:
+            for child, is_dir in list_folder(fd):
+                if is_dir:
+                    remove_if_empty(fd, child, quiet, now, depth + 1)
+    finally:
+        os.close(fd)
+    if not was_quiet:
+        return False
+    try:
+        os.rmdir(name, dir_fd=parent)
+    except OSError:
+        return False  # not empty (a file came, or one dropline does not take)
+    # Not made durable: after a crash an empty folder is back and goes again.
+    return True

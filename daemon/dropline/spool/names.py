@@ -1,0 +1,60 @@
+"""The names the spool gives files: in a sub-folder or not, fitted to NAME_MAX,
+free in working/, and the candidates for a free name at the end.
+
+Pure: nothing here looks at the filesystem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .durable import NAME_MAX
+
+ERROR_SUFFIX = b".error.json"  # failed/NAME's reason beside it
+# Temporaries a stage writes in working/ before renaming them over its file
+# (transform with archive: transformed); never a dropped file.
+WORKING_TEMP_PREFIX = b".dropline-tmp-"
+
+
+def split_name(name: bytes) -> tuple[bytes, bytes]:
+    """(folder, base) of a name relative to a data folder: b"" for a file directly in it."""
+    if b"/" not in name:
+        return b"", name  # nearly every file: no tuple of three, no slicing
+    folder, _, base = name.rpartition(b"/")
+    return folder, base
+
+
+def fit_name(name: bytes, tag: str, reserve: int = 0) -> bytes:
+    """NAME with ``.TAG`` before its extension, shortened to fit NAME_MAX - RESERVE."""
+    stem, dot, ext = name.rpartition(b".")
+    if not dot or not stem or len(ext) > 16:
+        stem, ext = name, b""
+    suffix = b"." + tag.encode() + (b"." + ext if ext else b"")
+    room = NAME_MAX - reserve - len(suffix)
+    return stem[: max(room, 1)] + suffix
+
+
+def free_working_name(name: bytes, item_id: str, in_use: set[bytes]) -> bytes:
+    """NAME itself unless a file in working/ has it (IN_USE), else NAME.ITEMID.
+
+    Only dropline writes into working/, so the names in use are known
+    without asking the filesystem; a rename that meets one anyway fails
+    (RENAME_NOREPLACE) rather than overwrite.
+    """
+    if b"/" in name:
+        name = split_name(name)[1]  # working/ is flat; the item keeps the folder
+    if name not in in_use:
+        return name
+    return fit_name(name, item_id)
+
+
+def name_candidates(name: bytes, item_id: str, reserve: int) -> Iterator[bytes]:
+    """NAME, then NAME.ITEMID, then NAME.ITEMID-N: built only as far as needed.
+    A name in a folder keeps it; only its base name changes."""
+    folder, base = split_name(name)
+    prefix = folder + b"/" if folder else b""
+    if len(base) + reserve <= NAME_MAX:
+        yield name
+    yield prefix + fit_name(base, item_id, reserve)
+    for n in range(1, 100):
+        yield prefix + fit_name(base, f"{item_id}-{n}", reserve)
