@@ -1,0 +1,163 @@
+"""How a configuration key is declared: once, as a dataclass field.
+
+``key(check, default=...)`` names the value check (values.py), the default
+and the YAML name when it differs from the field's; ``derived(...)`` marks a
+field the walker fills from where things were written (lines, the stage's
+kind).  Rules between keys are small objects in a section's ``RULES``:
+presence rules run on the keys written, before any value is checked, and
+value rules on the built section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .values import Section, Sections
+
+if TYPE_CHECKING:
+    from .source import Loc
+
+
+# A value check (values.py), or a nested section or list of them for the walker.
+Check = Callable[[object, "Loc"], Any] | Section[Any] | Sections[Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    check: Check
+    name: str  # "" : the field's own name
+    required: bool
+
+
+@dataclass(frozen=True)
+class Derived:
+    what: str  # "line", "key_lines", "lines_under", "line_of" or "present"
+    arg: Any = None
+
+
+def key(
+    check: Check,
+    *,
+    default: Any = MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    name: str = "",
+) -> Any:
+    """A key read from the file: no default and no factory means it is required."""
+    required = default is MISSING and default_factory is None
+    meta = {"key": Key(check, name, required)}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def derived(what: str, arg: Any = None, *, default: Any = 0, compare: bool = True) -> Any:
+    """A field filled by the walker from the file's layout, never written as a key."""
+    meta = {"derived": Derived(what, arg)}
+    if isinstance(default, dict):
+        return field(default_factory=dict, compare=compare, repr=compare, metadata=meta)
+    return field(default=default, compare=compare, metadata=meta)
+
+
+# --- rules on the keys written (run before the values are checked) -----------
+
+
+class KeysRule:
+    """A rule on which keys are written, run before any value is checked."""
+
+    def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
+        raise NotImplementedError
+
+
+class BuiltRule:
+    """A rule on the built section's values."""
+
+    def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ExactlyOne(KeysRule):
+    """Exactly one of NAMES; the section's kind is the one written."""
+
+    names: Sequence[str]
+    what: str  # "a stage"
+
+    def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
+        found = [name for name in self.names if name in present]
+        among = ", ".join(self.names[:-1]) + f" or {self.names[-1]}"
+        if not found:
+            raise at.error(f"{self.what} needs exactly one of {among}; it has none")
+        if len(found) > 1:
+            lines = " and ".join(f"{n} (line {at.source.key_line(at.child(n).key)})" for n in found)
+            raise at.child(found[1]).key_error(
+                f"{self.what} needs exactly one of {among}; it has {lines}"
+            )
+
+
+@dataclass(frozen=True)
+class OnlyWith(KeysRule):
+    """KEYS may be written only beside one of WITH (the kind keys), else MESSAGE."""
+
+    keys: Sequence[str]
+    with_: Sequence[str]
+    message: str  # "{key}" is replaced by the key written
+
+    def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
+        if any(name in present for name in self.with_):
+            return
+        for name in self.keys:
+            if name in present:
+                raise at.child(name).key_error(self.message.format(key=name))
+
+
+@dataclass(frozen=True)
+class AtLeastOne(KeysRule):
+    names: Sequence[str]
+    message: str
+
+    def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
+        if not any(name in present for name in self.names):
+            raise at.error(self.message)
+
+
+# --- rules on the built section ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class NotLonger(BuiltRule):
+    """Duration SHORT no longer than LONG (backoff initial and max)."""
+
+    short: str
+    long: str
+
+    def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
+        short, long = getattr(built, self.short), getattr(built, self.long)
+        if short > long:
+            where = at.child(self.short)
+            raise where.error(
+                f"{self.short} ({short:g}s) is longer than {self.long} ({long:g}s); "
+                f"expected {self.short} no longer than {self.long}",
+                line=where.line if self.short in present else at.line,
+            )
+
+
+@dataclass(frozen=True)
+class UniqueNames(BuiltRule):
+    """No two items of the lists LISTS (taken together) share a name."""
+
+    lists: Sequence[str]
+    message: str  # with {name}, {first}, {again} and the section's fields
+
+    def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
+        first_line: dict[str, int] = {}
+        for list_name in self.lists:
+            for i, item in enumerate(getattr(built, list_name)):
+                item_at = at.child(list_name).item(i)
+                if item.name in first_line:
+                    text = self.message.format(
+                        name=item.name, first=first_line[item.name], again=item.line, of=built
+                    )
+                    raise item_at.child("name").error(text, line=item_at.line)
+                first_line[item.name] = item.line

@@ -1,0 +1,394 @@
+"""Value checks: one small class for each kind of value a key may hold.
+
+A check is called with the plain value as read (source.py) and its Loc, and
+returns the value converted (seconds, bytes, a Path, a tuple) or raises the
+Loc's ConfigError saying what was written and what is allowed.  Sections
+(a nested mapping, a list of them) are only named here: load.py walks them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import keyword
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..units import DURATION_FORMS, SIZE_FORMS, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from .source import Loc
+
+_S = TypeVar("_S", bound=str)
+_T = TypeVar("_T")
+
+
+def describe(value: object) -> str:
+    """Say what the operator wrote, for "expected X, got Y"."""
+    if value is None:
+        return "an empty value (null)"
+    if isinstance(value, bool):
+        return f"a boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"an integer {value}"
+    if isinstance(value, float):
+        return f"a number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"a string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} {value}"
+
+
+def keys(names: Sequence[str]) -> str:
+    return ", ".join(names)
+
+
+def scalar(value: object, at: Loc, expected: str) -> object:
+    """VALUE itself when it is no list or mapping."""
+    if isinstance(value, list | dict):
+        raise at.error(f"expected {expected}, got {describe(value)}")
+    return value
+
+
+def items(value: object, at: Loc, what: str) -> list[object]:
+    if isinstance(value, list):
+        return value
+    raise at.error(f"expected {what}, got {describe(value)}")
+
+
+def text(value: object, at: Loc, expected: str) -> str:
+    value = scalar(value, at, expected)
+    if not isinstance(value, str) or not value:
+        raise at.error(f"expected {expected}, got {describe(value)}")
+    return value
+
+
+class IntRange:
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, value: object, at: Loc) -> int:
+        expected = f"an integer from {self.low} to {self.high}"
+        value = scalar(value, at, expected)
+        # bool is an int to Python, but "workers: yes" is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise at.error(f"expected {expected}, got {describe(value)}")
+        if not self.low <= value <= self.high:
+            raise at.error(f"expected {expected}, got {value}")
+        return value
+
+
+class Flag:
+    def __call__(self, value: object, at: Loc) -> bool:
+        value = scalar(value, at, "true or false")
+        if not isinstance(value, bool):
+            raise at.error(f"expected true or false, got {describe(value)}")
+        return value
+
+
+class Duration:
+    def __init__(self, *, positive: bool) -> None:
+        self.positive = positive
+
+    def __call__(self, value: object, at: Loc) -> float:
+        bound = "greater than 0" if self.positive else "0 or more"
+        expected = f"a duration {bound}: {DURATION_FORMS}"
+        value = scalar(value, at, expected)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise at.error(f"{exc}; expected {expected}") from None
+        if self.positive and seconds <= 0:
+            raise at.error(f"the duration must be greater than 0; expected {expected}")
+        return seconds
+
+
+class DurationOrNever:
+    def __call__(self, value: object, at: Loc) -> float | None:
+        expected = f'a duration 0 or more ({DURATION_FORMS}), or "never"'
+        if scalar(value, at, expected) == "never":
+            return None
+        return Duration(positive=False)(value, at)
+
+
+class Size:
+    def __call__(self, value: object, at: Loc) -> int:
+        expected = f"a size greater than 0: {SIZE_FORMS}"
+        value = scalar(value, at, expected)
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise at.error(f"{exc}; expected {expected}") from None
+        if size <= 0:
+            raise at.error(f"the size must be greater than 0; expected {expected}")
+        return size
+
+
+class Choice(Generic[_S]):
+    def __init__(self, choices: Sequence[_S]) -> None:
+        self.choices = choices
+
+    def __call__(self, value: object, at: Loc) -> _S:
+        expected = "one of " + ", ".join(f'"{c}"' for c in self.choices)
+        value = scalar(value, at, expected)
+        for choice in self.choices:
+            if value == choice:
+                return choice
+        raise at.error(f"expected {expected}, got {describe(value)}")
+
+
+class Text:
+    """A non-empty string."""
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+
+    def __call__(self, value: object, at: Loc) -> str:
+        return text(value, at, self.expected)
+
+
+class FilePath:
+    """A path, relative ones taken from the configuration file's folder."""
+
+    def __call__(self, value: object, at: Loc) -> Path:
+        expected = "a path, absolute or relative to the configuration file's directory"
+        written = text(value, at, expected)
+        if "\0" in written:
+            raise at.error(f"a path cannot contain a NUL character; expected {expected}")
+        return at.source.base / written
+
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME_RULE = "1 to 64 characters from letters, digits, '.', '_' and '-', not only dots"
+
+
+class Name:
+    def __call__(self, value: object, at: Loc) -> str:
+        expected = f"a name of {_NAME_RULE}"
+        value = scalar(value, at, expected)
+        # "." and ".." pass the character rule but would name a directory's parent.
+        if not isinstance(value, str) or not _NAME.fullmatch(value) or set(value) == {"."}:
+            raise at.error(f"expected {expected}, got {describe(value)}")
+        return value
+
+
+_GLOB_RULE = 'a glob on the file name such as "*.csv" or "report-[0-9]*" (no "/")'
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Return why `pattern` is not a usable file-name glob, or None if it is."""
+    if not pattern:
+        return "an empty glob matches nothing"
+    if "/" in pattern:
+        return 'a glob matches the file name only, so it cannot contain "/"'
+    if "\0" in pattern:
+        return "a glob cannot contain a NUL character"
+    i = 0
+    while i < len(pattern):
+        if pattern[i] != "[":
+            i += 1
+            continue
+        # fnmatch's rule: a "]" right after "[" or "[!" is a literal member.
+        j = i + 1
+        if j < len(pattern) and pattern[j] == "!":
+            j += 1
+        if j < len(pattern) and pattern[j] == "]":
+            j += 1
+        while j < len(pattern) and pattern[j] != "]":
+            j += 1
+        if j >= len(pattern):
+            # fnmatch would silently match "[" literally, which is never what was meant.
+            return f'the "[" at position {i + 1} has no closing "]"'
+        i = j + 1
+    return None
+
+
+def _glob(value: object, at: Loc) -> str:
+    value = scalar(value, at, _GLOB_RULE)
+    if not isinstance(value, str):
+        raise at.error(f"expected {_GLOB_RULE}, got {describe(value)}")
+    problem = glob_problem(value)
+    if problem is not None:
+        shown = json.dumps(value, ensure_ascii=False)
+        raise at.error(f"bad glob {shown}: {problem}; expected {_GLOB_RULE}")
+    return value
+
+
+class Globs:
+    """A list of globs; with SINGLE_OK one glob may be written without the list."""
+
+    def __init__(self, *, single_ok: bool, empty_ok: bool) -> None:
+        self.single_ok, self.empty_ok = single_ok, empty_ok
+
+    def __call__(self, value: object, at: Loc) -> tuple[str, ...]:
+        if self.single_ok and not isinstance(value, list | dict):
+            return (_glob(value, at),)
+        what = "a glob or a non-empty list of globs" if self.single_ok else "a list of globs"
+        found = items(value, at, what)
+        if not found and not self.empty_ok:
+            raise at.error(f"expected {what}, got an empty list")
+        return tuple(_glob(item, at.item(i)) for i, item in enumerate(found))
+
+
+# The placeholders a command's arguments may hold (stages/command.py substitutes them).
+PLACEHOLDERS: tuple[str, ...] = ("path", "name", "item_id", "pipeline", "stage")
+# What reads as one: "{word}".  Not after "$", "%", "@" or "#", where braces belong to
+# the program's own language (the shell's "${HOME}", curl's "%{http_code}").
+_PLACEHOLDER_LIKE = re.compile(r"(?<![$%@#])\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDERS_ALLOWED = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+_ARGV_EXAMPLE = '["sha256sum", "{path}"]'
+
+
+class Argv:
+    """A command as an argv list, never a shell string; placeholders known."""
+
+    def __call__(self, value: object, at: Loc) -> tuple[str, ...]:
+        what = f"an argv list, never a shell string, e.g. {_ARGV_EXAMPLE}"
+        found = items(value, at, what)
+        if not found:
+            raise at.error(f"expected {what}, got an empty list")
+        argv: list[str] = []
+        for i, item in enumerate(found):
+            arg = scalar(item, at.item(i), "a string")
+            if not isinstance(arg, str):
+                # YAML reads "-n 10" as the integer 10; a quote says what was meant.
+                raise at.item(i).error(
+                    f"expected a string, got {describe(arg)}; quote it in the argv list"
+                )
+            _placeholders(arg, at.item(i))
+            argv.append(arg)
+        if not argv[0]:
+            raise at.item(0).error("expected a program name, got an empty string")
+        return tuple(argv)
+
+
+def _placeholders(arg: str, at: Loc) -> None:
+    """An unknown "{word}" would reach the program as it is, for every file."""
+    for found in _PLACEHOLDER_LIKE.finditer(arg):
+        word = found.group(1)
+        if word in PLACEHOLDERS:
+            continue
+        close = difflib.get_close_matches(word.lower(), PLACEHOLDERS, n=1)
+        hint = f'; did you mean "{{{close[0]}}}"?' if close else ";"
+        raise at.error(
+            f'unknown placeholder "{{{word}}}"{hint} allowed: {_PLACEHOLDERS_ALLOWED}; '
+            f'braces meant for the program itself (awk\'s "{{print}}") take a space: '
+            f'"{{ {word} }}"'
+        )
+
+
+class PythonRef:
+    def __call__(self, value: object, at: Loc) -> str:
+        expected = 'a reference "module.path:function" such as "ingest.stages:validate"'
+        ref = text(value, at, expected)
+        module, sep, function = ref.partition(":")
+        parts = [*module.split("."), *function.split(".")]
+        if not sep or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+            raise at.error(f"expected {expected}, got {describe(ref)}")
+        return ref
+
+
+class OptionsMap:
+    """A stage's free-form "with:" mapping, read-only once loaded."""
+
+    def __call__(self, value: object, at: Loc) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise at.error(f"expected a mapping of options, got {describe(value)}")
+        return types.MappingProxyType(value)
+
+
+_LISTEN_RULE = (
+    'an address "host:port" such as "127.0.0.1:9464", "localhost:9464" or "[::1]:9464" '
+    "(host an IP address or localhost, IPv6 in brackets; port 1 to 65535)"
+)
+
+
+class Listen:
+    """host:port of an HTTP endpoint: (host, port), an IPv6 host without brackets."""
+
+    def __call__(self, value: object, at: Loc) -> tuple[str, int]:
+        if isinstance(value, list):
+            # listen: [::1]:9464 unquoted is YAML's flow list, not an address.
+            raise at.error(f'expected {_LISTEN_RULE}, got a list; quote it: "[::1]:9464"')
+        value = scalar(value, at, _LISTEN_RULE)
+        got = f"expected {_LISTEN_RULE}, got {describe(value)}"
+        if not isinstance(value, str):
+            raise at.error(got)
+        bracketed = value.startswith("[")
+        if bracketed:
+            host, sep, port_text = value[1:].partition("]:")
+        else:
+            host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise at.error(got)
+        if not bracketed and ":" in host:
+            raise at.error(f"an IPv6 address needs brackets; {got}")
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+            raise at.error(f"the port must be a number from 1 to 65535; {got}")
+        if host != "localhost" or bracketed:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                address = None
+            if address is None or bracketed != (address.version == 6):
+                raise at.error(
+                    f"the host must be an IP address or localhost (no other host names); {got}"
+                )
+        return host, int(port_text)
+
+
+_TEXTFILE_RULE = "an absolute path ending in .prom, e.g. /var/lib/node_exporter/dropline.prom"
+
+
+class Textfile:
+    def __call__(self, value: object, at: Loc) -> Path:
+        written = text(value, at, _TEXTFILE_RULE)
+        got = f"expected {_TEXTFILE_RULE}, got {describe(written)}"
+        if "\0" in written or not written.startswith("/") or not written.endswith(".prom"):
+            raise at.error(got)
+        if written.endswith("/.prom"):
+            raise at.error(f"{got}; node exporter skips hidden files")
+        return Path(written)
+
+
+class ChoiceList(Generic[_S]):
+    """A list of distinct choices (possibly empty)."""
+
+    def __init__(self, choices: Sequence[_S]) -> None:
+        self.choices = choices
+
+    def __call__(self, value: object, at: Loc) -> tuple[_S, ...]:
+        found = items(value, at, f"a list of rules (of {keys(self.choices)}), or []")
+        chosen: list[_S] = []
+        for i, item in enumerate(found):
+            choice = Choice(self.choices)(item, at.item(i))
+            if choice in chosen:
+                line = at.item(i).line
+                raise at.error(f'"{choice}" is listed twice; give each rule once', line=line)
+            chosen.append(choice)
+        return tuple(chosen)
+
+
+@dataclass(frozen=True)
+class Section(Generic[_T]):
+    """A nested mapping built into CLS by the walker (load.py)."""
+
+    cls: type[_T]
+
+
+@dataclass(frozen=True)
+class Sections(Generic[_T]):
+    """A list of mappings, each built into CLS; WHAT names the list in errors."""
+
+    cls: type[_T]
+    what: str
+    non_empty: bool = False
