@@ -7,6 +7,7 @@ source.py (YAML to values and lines), load.py (the one walker), host.py (checks
 of the folders and files the configuration names).
 """
 
+from .formats import PLACEHOLDERS
 from .host import check_paths
 from .load import build, load_config
 from .model import (
@@ -18,7 +19,6 @@ from .model import (
     StageConfig,
     ToolFilesConfig,
 )
-from .values import PLACEHOLDERS
 
 __all__ = [
     "DEFAULT_IGNORE",

@@ -122,6 +122,22 @@ class AtLeastOne(KeysRule):
             raise at.error(self.message)
 
 
+@dataclass(frozen=True)
+class OnlyFor(KeysRule):
+    """KEYS (name -> value) belong to one value of SELECTOR only ("values" to type enum)."""
+
+    selector: str
+    keys: Mapping[str, str]
+    default: str
+    what: str  # "columns"
+
+    def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
+        chosen = present.get(self.selector, self.default)
+        for name, value in self.keys.items():
+            if name in present and chosen != value:
+                raise at.child(name).key_error(f'"{name}" applies to {value} {self.what} only')
+
+
 # --- rules on the built section ---------------------------------------------
 
 

@@ -15,26 +15,22 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from .formats import Argv, Globs, Listen, PythonRef, Textfile
 from .keys import AtLeastOne, ExactlyOne, NotLonger, OnlyWith, UniqueNames, derived, key
 from .values import (
-    Argv,
     Choice,
     ChoiceList,
     Duration,
     DurationOrNever,
     FilePath,
     Flag,
-    Globs,
     IntRange,
-    Listen,
     Name,
     OptionsMap,
-    PythonRef,
     Section,
     Sections,
     Size,
     Text,
-    Textfile,
 )
 
 StageKind = Literal["command", "python", "builtin"]

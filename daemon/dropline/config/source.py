@@ -10,9 +10,10 @@ construct) are ConfigErrors raised here.  Nothing here knows the keys.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import NoReturn, cast
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -20,6 +21,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..errors import ConfigError
 from .values import describe
 
+# The last step of a dotted key: ".name" or "[3]".
+_PARENT = re.compile(r"(?:\.[^.\[]*|\[\d+\])$|^[^.\[]*$")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -35,10 +38,15 @@ class Source:
         self.key_lines: dict[str, int] = {}  # the line of each key (of a list item: the item)
 
     def line(self, key: str) -> int:
-        return self.lines.get(key, 0)
+        """The line of KEY's value, else of the nearest value around it that has one."""
+        while key not in self.lines:
+            if not key:
+                return 0
+            key = _PARENT.sub("", key)
+        return self.lines[key]
 
     def key_line(self, key: str) -> int:
-        return self.key_lines.get(key) or self.lines.get(key, 0)
+        return self.key_lines.get(key) or self.line(key)
 
     def lines_under(self, key: str) -> dict[str, int]:
         """The key lines below KEY, by their path relative to it ("columns[2].type")."""
@@ -71,6 +79,10 @@ class Loc:
         """An error at this value's line (or LINE), naming this key."""
         where = self.source.line(self.key) if line is None else line
         return ConfigError(message, file=self.source.file, line=where, key=self.key)
+
+    def fail(self, name: str, message: str) -> NoReturn:
+        """Raise an error about the key NAME below this one (a stage's own check of it)."""
+        raise self.child(name).error(message)
 
     def key_error(self, message: str) -> ConfigError:
         """An error at the line of this key itself (an unknown or misplaced key)."""
