@@ -11,7 +11,7 @@ value rules on the built section.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, field
 from typing import TYPE_CHECKING, Any
 
 from .values import Section, Sections
@@ -24,17 +24,21 @@ if TYPE_CHECKING:
 Check = Callable[[object, "Loc"], Any] | Section[Any] | Sections[Any]
 
 
-@dataclass(frozen=True)
 class Key:
-    check: Check
-    name: str  # "" : the field's own name
-    required: bool
+    __slots__ = ("check", "name", "required")
+
+    def __init__(self, check: Check, name: str, required: bool) -> None:
+        self.check = check
+        self.name = name  # "" : the field's own name
+        self.required = required
 
 
-@dataclass(frozen=True)
 class Derived:
-    what: str  # "line", "key_lines", "lines_under", "line_of" or "present"
-    arg: Any = None
+    __slots__ = ("arg", "what")
+
+    def __init__(self, what: str, arg: Any = None) -> None:
+        self.what = what  # "line", "key_lines", "lines_under", "line_of" or "present"
+        self.arg = arg
 
 
 def key(
@@ -77,12 +81,14 @@ class BuiltRule:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
 class ExactlyOne(KeysRule):
     """Exactly one of NAMES; the section's kind is the one written."""
 
-    names: Sequence[str]
-    what: str  # "a stage"
+    __slots__ = ("names", "what")
+
+    def __init__(self, names: Sequence[str], what: str) -> None:
+        self.names = names
+        self.what = what  # "a stage"
 
     def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
         found = [name for name in self.names if name in present]
@@ -96,13 +102,15 @@ class ExactlyOne(KeysRule):
             )
 
 
-@dataclass(frozen=True)
 class OnlyWith(KeysRule):
     """KEYS may be written only beside one of WITH (the kind keys), else MESSAGE."""
 
-    keys: Sequence[str]
-    with_: Sequence[str]
-    message: str  # "{key}" is replaced by the key written
+    __slots__ = ("keys", "message", "with_")
+
+    def __init__(self, keys: Sequence[str], with_: Sequence[str], message: str) -> None:
+        self.keys = keys
+        self.with_ = with_
+        self.message = message  # "{key}" is replaced by the key written
 
     def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
         if any(name in present for name in self.with_):
@@ -112,24 +120,28 @@ class OnlyWith(KeysRule):
                 raise at.child(name).key_error(self.message.format(key=name))
 
 
-@dataclass(frozen=True)
 class AtLeastOne(KeysRule):
-    names: Sequence[str]
-    message: str
+    __slots__ = ("message", "names")
+
+    def __init__(self, names: Sequence[str], message: str) -> None:
+        self.names = names
+        self.message = message
 
     def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
         if not any(name in present for name in self.names):
             raise at.error(self.message)
 
 
-@dataclass(frozen=True)
 class OnlyFor(KeysRule):
     """KEYS (name -> value) belong to one value of SELECTOR only ("values" to type enum)."""
 
-    selector: str
-    keys: Mapping[str, str]
-    default: str
-    what: str  # "columns"
+    __slots__ = ("default", "keys", "selector", "what")
+
+    def __init__(self, selector: str, keys: Mapping[str, str], default: str, what: str) -> None:
+        self.selector = selector
+        self.keys = keys
+        self.default = default
+        self.what = what  # "columns"
 
     def check_keys(self, present: Mapping[str, object], at: Loc) -> None:
         chosen = present.get(self.selector, self.default)
@@ -141,12 +153,14 @@ class OnlyFor(KeysRule):
 # --- rules on the built section ---------------------------------------------
 
 
-@dataclass(frozen=True)
 class NotLonger(BuiltRule):
     """Duration SHORT no longer than LONG (backoff initial and max)."""
 
-    short: str
-    long: str
+    __slots__ = ("long", "short")
+
+    def __init__(self, short: str, long: str) -> None:
+        self.short = short
+        self.long = long
 
     def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
         short, long = getattr(built, self.short), getattr(built, self.long)
@@ -159,12 +173,14 @@ class NotLonger(BuiltRule):
             )
 
 
-@dataclass(frozen=True)
 class UniqueNames(BuiltRule):
     """No two items of the lists LISTS (taken together) share a name."""
 
-    lists: Sequence[str]
-    message: str  # with {name}, {first}, {again} and the section's fields
+    __slots__ = ("lists", "message")
+
+    def __init__(self, lists: Sequence[str], message: str) -> None:
+        self.lists = lists
+        self.message = message  # with {name}, {first}, {again} and the section's fields
 
     def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
         first_line: dict[str, int] = {}

@@ -11,7 +11,6 @@ construct) are ConfigErrors raised here.  Nothing here knows the keys.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, cast
 
@@ -58,12 +57,14 @@ class Source:
         return found
 
 
-@dataclass(frozen=True)
 class Loc:
     """One key of the configuration: the place an error about its value names."""
 
-    source: Source
-    key: str
+    __slots__ = ("key", "source")
+
+    def __init__(self, source: Source, key: str) -> None:
+        self.source = source
+        self.key = key
 
     def child(self, name: str) -> Loc:
         return Loc(self.source, f"{self.key}.{name}" if self.key else name)

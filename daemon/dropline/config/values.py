@@ -12,7 +12,6 @@ import json
 import re
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -264,17 +263,21 @@ class ChoiceList(Generic[_S]):
         return tuple(chosen)
 
 
-@dataclass(frozen=True)
 class Section(Generic[_T]):
     """A nested mapping built into CLS by the walker (load.py)."""
 
-    cls: type[_T]
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type[_T]) -> None:
+        self.cls = cls
 
 
-@dataclass(frozen=True)
 class Sections(Generic[_T]):
     """A list of mappings, each built into CLS; WHAT names the list in errors."""
 
-    cls: type[_T]
-    what: str
-    non_empty: bool = False
+    __slots__ = ("cls", "non_empty", "what")
+
+    def __init__(self, cls: type[_T], what: str, non_empty: bool = False) -> None:
+        self.cls = cls
+        self.what = what
+        self.non_empty = non_empty
