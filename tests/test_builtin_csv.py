@@ -124,14 +124,14 @@ def test_validate_encoding_delimiter_limits(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"colums": []}, 'unknown option "colums"; did you mean "columns"?'),
-        ({"columns": [{"name": "a", "type": "money"}]}, "expected one of text, integer"),
+        ({"colums": []}, 'unknown key "colums"; did you mean "columns"?'),
+        ({"columns": [{"name": "a", "type": "money"}]}, 'expected one of "text", "integer"'),
         ({"columns": [{"name": "a", "type": "enum"}]}, 'an enum column needs "values"'),
         ({"columns": [{"name": "a", "type": "regex", "pattern": "("}]}, "not a valid regular"),
         ({"encoding": "klingon"}, 'unknown encoding "klingon"'),
         ({"delimiter": ";;"}, "expected one character"),
         ({"columns": [{"name": "a"}, {"name": "a"}]}, 'column "a" is declared twice'),
-        ({"max_errors": 0}, "expected a whole number from 1 to 10000"),
+        ({"max_errors": 0}, "expected an integer from 1 to 10000"),
     ],
 )
 def test_validate_bad_options_are_config_errors(options: dict[str, Any], message: str) -> None:

@@ -264,7 +264,7 @@ def test_dsn_from_the_environment(
 @pytest.mark.parametrize(
     ("options", "key", "line", "text"),
     [
-        ({"table": "t"}, "dsn", 7, 'missing option "dsn"'),
+        ({"table": "t"}, "dsn", 7, 'missing required key "dsn"'),
         ({"dsn": "host=h", "dsn_env": "X", "table": "t"}, "dsn_env", 4, "not both"),
         ({"dsn": "host=h", "table": "bad-name"}, "table", 5, 'got "bad-name"'),
         ({"dsn": "host=h", "table": "a.b.c"}, "table", 5, '"schema.table"'),
@@ -274,7 +274,12 @@ def test_dsn_from_the_environment(
         ({"dsn": "host=h", "table": "t", "create": "yes"}, "create", 6, "true or false"),
         ({"dsn": "host=h", "table": "t", "delimiter": ";;"}, "delimiter", 6, "single"),
         ({"dsn": "host=h", "table": "t", "encoding": "utf-9"}, "encoding", 6, "unknown"),
-        ({"dsn": "host=h", "table": "t", "connect_timeout": "soon"}, "connect_timeout", 6, "10s"),
+        (
+            {"dsn": "host=h", "table": "t", "connect_timeout": "soon"},
+            "connect_timeout",
+            6,
+            "as a duration",
+        ),
     ],
 )
 def test_wrong_options_are_config_errors(

@@ -208,7 +208,7 @@ def test_a_symlinked_folder_is_refused_at_start_up(tmp_path: Path, out: Path) ->
         ("missing", "does not exist"),
         ("file", "is not a folder"),
         ("relative/path", "relative path"),
-        (None, 'missing option "to"'),
+        (None, 'missing required key "to"'),
     ],
 )
 def test_bad_folders_are_refused_at_start_up(tmp_path: Path, to: str | None, needle: str) -> None:
@@ -223,7 +223,7 @@ def test_bad_folders_are_refused_at_start_up(tmp_path: Path, to: str | None, nee
 def test_unknown_options_and_modes_are_refused(out: Path) -> None:
     with pytest.raises(ConfigError, match='did you mean "if_exists"'):
         build({"to": str(out), "if_exist": "replace"})
-    with pytest.raises(ConfigError, match="keep-both, replace, fail") as raised:
+    with pytest.raises(ConfigError, match='"keep-both", "replace", "fail"') as raised:
         build({"to": str(out), "if_exists": "overwrite"})
     assert raised.value.key == f"{KEY}.with.if_exists"
 

@@ -84,10 +84,10 @@ def test_json_lines_name_the_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, 'missing option "schema"'),
+        ({}, 'missing required key "schema"'),
         ({"schema": "missing.json"}, "cannot read"),
         ({"schema": {"type": "nonsense"}}, "not a valid JSON Schema"),
-        ({"schema": SCHEMA, "format": "xml"}, "expected one of auto, json, jsonl"),
+        ({"schema": SCHEMA, "format": "xml"}, 'expected one of "auto", "json", "jsonl"'),
     ],
 )
 def test_bad_schema_is_a_config_error(

@@ -250,8 +250,8 @@ def test_headers_take_environment_variables_at_call_time(
         ({"url": "https:///hook"}, "url", "names no host"),
         ({"url": "https://u:p@example.org/"}, "url", "credentials"),
         ({"url": "https://example.org:port/"}, "url", "cannot read"),
-        ({}, "url", 'missing option "url"'),
-        ({"url": "https://example.org/", "timeout": "0s"}, "timeout", "above zero"),
+        ({}, "url", 'missing required key "url"'),
+        ({"url": "https://example.org/", "timeout": "0s"}, "timeout", "greater than 0"),
         ({"url": "https://example.org/", "attempts": 0}, "attempts", "from 1 to 20"),
         ({"url": "https://example.org/", "backof": "1s"}, "backof", 'did you mean "backoff"'),
         (

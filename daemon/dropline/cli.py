@@ -285,7 +285,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .config import check_paths, load_config
-    from .hostcheck import check_host
+    from .config.host import check_host
     from .pipeline import Routes, unreachable_pipelines
     from .programs import check_programs, service_user
 
@@ -312,8 +312,8 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(config_path: str, exit_when_idle: bool) -> int:
     from .config import check_paths, load_config
+    from .config.host import check_host
     from .daemon import Daemon
-    from .hostcheck import check_host
     from .log import configure
 
     config = load_config(config_path)

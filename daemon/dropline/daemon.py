@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, check_paths, load_config
+from .config.host import free_space_problem
 from .crashpoints import crashpoint, pausepoint
 from .datalock import acquire_data_lock
 from .errors import ConfigError, DiskFullError, DroplineError, FatalIOError
 from .folders import DroppedFolders
 from .holding import GONE, Waiting, look
-from .hostcheck import free_space_problem
 from .lease import LeaseProbe, catch_lease_breaks, keep_capabilities_to_ourselves
 from .log import get_logger, hold_lines, journal_behind, journal_waiting, release_lines
 from .metrics import make_metrics

@@ -1,8 +1,11 @@
 """Stages that ship with dropline, by name (``builtin: NAME`` with options under ``with:``).
 
-Each builtin is a factory that reads its options through ``Options`` (so a
-wrong option is a configuration error at start-up, naming file, line and
-key) and returns the stage callable.  The heavier ones live in their own
+Each builtin declares its options as a frozen dataclass, each key once with
+its check and default (as the configuration does), and a factory that takes
+them built, with their Loc for its own checks, and returns the stage callable.
+The options are built by the configuration's own walker (config/load.py), so a
+wrong option is a configuration error at start-up with the same wording,
+naming file, exact line and key.  The heavier ones live in their own
 modules and are imported only when a pipeline uses them.
 """
 
@@ -15,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.keys import key
+from ..config.load import build
+from ..config.source import Loc, Source
+from ..config.values import Text
 from ..errors import ConfigError
 from . import StageContext, StageFunc
-from .options import Options
 
 
 @dataclass(frozen=True)
@@ -34,27 +40,36 @@ class BuiltStage:
     modifies: bool = False  # rewrites the working file on purpose (archive keeps the result)
 
 
-Factory = Callable[[Options, BuildEnv], "StageFunc | BuiltStage"]
+# The factory: the built options, where they are written, what is around them.
+Factory = Callable[[Any, Loc, BuildEnv], "StageFunc | BuiltStage"]
 
 
-def _sha256(opts: Options, env: BuildEnv) -> StageFunc:
+@dataclass(frozen=True)
+class Sha256Options:
+    key: str = key(Text("a string"), default="sha256")  # the metadata key of the digest
+
+
+def _sha256(opts: Sha256Options, at: Loc, env: BuildEnv) -> StageFunc:
     """Record the SHA-256 of the file in the metadata (key ``sha256`` or ``with: {key: K}``)."""
-    key = opts.string("key", "sha256")
-    opts.done()
+    name = opts.key
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         digest = hashlib.sha256()
         with ctx.data_file().open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-        return {key: digest.hexdigest()}
+        return {name: digest.hexdigest()}
 
     return stage
 
 
-def _noop(opts: Options, env: BuildEnv) -> StageFunc:
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+def _noop(opts: NoOptions, at: Loc, env: BuildEnv) -> StageFunc:
     """Do nothing (useful to try routing)."""
-    opts.done()
 
     def stage(ctx: StageContext) -> None:
         return None
@@ -62,26 +77,26 @@ def _noop(opts: Options, env: BuildEnv) -> StageFunc:
     return stage
 
 
-# name -> the factory, or "module:function" of a factory imported when first used.
-BUILTINS: dict[str, Factory | str] = {
-    "sha256": _sha256,
-    "noop": _noop,
-    "validate-csv": "dropline.stages.validate_csv:build",
-    "validate-json": "dropline.stages.validate_json:build",
-    "transform": "dropline.stages.transform:build",
-    "sqlite-load": "dropline.stages.sqlite_load:build",
-    "postgres-load": "dropline.stages.postgres_load:build",
-    "publish": "dropline.stages.publish:build",
-    "webhook": "dropline.stages.webhook:build",
+# name -> (its options, its factory), or the module of one imported when first used,
+# which holds both as Options and build.
+BUILTINS: dict[str, tuple[type[Any], Factory] | str] = {
+    "sha256": (Sha256Options, _sha256),
+    "noop": (NoOptions, _noop),
+    "validate-csv": "dropline.stages.validate_csv",
+    "validate-json": "dropline.stages.validate_json",
+    "transform": "dropline.stages.transform",
+    "sqlite-load": "dropline.stages.sqlite_load",
+    "postgres-load": "dropline.stages.postgres_load",
+    "publish": "dropline.stages.publish",
+    "webhook": "dropline.stages.webhook",
 }
 
 
-def _factory(name: str) -> Factory:
+def _factory(name: str) -> tuple[type[Any], Factory]:
     entry = BUILTINS[name]
     if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        factory: Factory = getattr(importlib.import_module(module), attr)
-        return factory
+        module = importlib.import_module(entry)
+        return module.Options, module.build
     return entry
 
 
@@ -104,9 +119,24 @@ def build_builtin(
             line=line,
             key=f"{key}.builtin",
         )
-    opts = Options(options, file=file, line=line, key=f"{key}.with", lines=lines)
-    built = _factory(name)(opts, env or BuildEnv(Path(file).parent, ""))
+    env = env or BuildEnv(Path(file).parent, "")
+    at = Loc(_option_source(file, env.base, line, f"{key}.with", lines or {}), f"{key}.with")
+    options_class, factory = _factory(name)
+    built = factory(build(options_class, dict(options), at), at, env)
     return built if isinstance(built, BuiltStage) else BuiltStage(built)
+
+
+def _option_source(file: str, base: Path, line: int, at: str, lines: Mapping[str, int]) -> Source:
+    """The lines of the options (as StageConfig.option_lines has them) under their full keys.
+
+    An option not written (a missing one) takes the line of the stage.
+    """
+    source = Source(file, base)
+    source.lines[at] = line
+    for path, option_line in lines.items():
+        full = f"{at}{path}" if path.startswith("[") else f"{at}.{path}"
+        source.lines[full] = source.key_lines[full] = option_line
+    return source
 
 
 __all__ = ["BUILTINS", "BuildEnv", "BuiltStage", "build_builtin"]

@@ -21,12 +21,15 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config.keys import key
+from ..config.source import Loc
+from ..config.values import Duration, Flag, Text, sql_identifier
 from ..errors import PermanentError
 from . import StageContext, StageFunc, csvdata
-from .options import Options, sql_identifier
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,38 +44,46 @@ _CANCEL_EVERY = 4096  # rows between two looks at the cancel event
 _COPY_LINE = re.compile(r"\bCOPY \S+, line (\d+)")
 
 
-def build(opts: Options, env: BuildEnv) -> StageFunc:
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    dsn: str | None = key(Text("a libpq connection string"), default=None)
+    dsn_env: str | None = key(Text("the name of an environment variable"), default=None)
+    table: str = key(Text('a table name ("orders" or "schema.orders")'))
+    create: bool = key(Flag(), default=True)
+    delimiter: str | None = key(Text("a one-character delimiter"), default=None)
+    encoding: str | None = key(Text("an encoding name such as utf-8"), default=None)
+    # None: not written (the connection string's own connect_timeout, else 10s)
+    connect_timeout: float | None = key(Duration(positive=True), default=None)
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
     """The stage: options dsn | dsn_env, table, create, delimiter, encoding, connect_timeout."""
-    dsn_key, dsn = _dsn(opts)
-    table = opts.string("table", what='a table name ("orders" or "schema.orders")')
+    dsn_key, dsn = _dsn(opts, at)
+    table = opts.table
     parts = table.split(".")
     if len(parts) > 2 or not all(sql_identifier(p) for p in parts):
-        opts.fail(
+        at.fail(
             "table",
             f'expected a table name, "table" or "schema.table", each part letters, digits '
             f'and _ not starting with a digit, got "{table}"',
         )
-    create = opts.boolean("create", True)
-    delimiter = opts.optional_string("delimiter", what="a one-character delimiter")
+    create, delimiter = opts.create, opts.delimiter
     if delimiter is not None and len(delimiter) != 1:
-        opts.fail("delimiter", f'expected a single character, got "{delimiter}"')
-    encoding = opts.optional_string("encoding", what="an encoding name such as utf-8")
+        at.fail("delimiter", f'expected a single character, got "{delimiter}"')
+    encoding = opts.encoding
     if encoding is not None:
         try:
             codecs.lookup(encoding)
         except LookupError:
-            opts.fail("encoding", f'unknown encoding "{encoding}"')
-    timeout_given = opts.has("connect_timeout")
-    connect_timeout = opts.duration("connect_timeout", 10.0)
-    if connect_timeout <= 0:
-        opts.fail("connect_timeout", "expected a duration above zero, such as 10s")
-    opts.done()
+            at.fail("encoding", f'unknown encoding "{encoding}"')
+    timeout_given = opts.connect_timeout is not None
+    connect_timeout = 10.0 if opts.connect_timeout is None else opts.connect_timeout
 
     try:
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
     except ImportError:
-        opts.fail(
+        at.fail(
             dsn_key,
             "postgres-load needs the Python package psycopg (version 3), which is not "
             "installed in dropline's environment: pip install 'psycopg[binary]'",
@@ -81,8 +92,8 @@ def build(opts: Options, env: BuildEnv) -> StageFunc:
         given = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         if dsn_key == "dsn_env":  # its text may hold a password: not repeated
-            opts.fail(dsn_key, "the variable does not hold a valid libpq connection string")
-        opts.fail(dsn_key, f"not a valid libpq connection string: {exc}")
+            at.fail(dsn_key, "the variable does not hold a valid libpq connection string")
+        at.fail(dsn_key, f"not a valid libpq connection string: {exc}")
     params: dict[str, Any] = {}
     if timeout_given or "connect_timeout" not in given:
         params["connect_timeout"] = max(1, math.ceil(connect_timeout))
@@ -97,24 +108,23 @@ def build(opts: Options, env: BuildEnv) -> StageFunc:
     return stage
 
 
-def _dsn(opts: Options) -> tuple[str, str]:
+def _dsn(opts: Options, at: Loc) -> tuple[str, str]:
     """(the option it came from, the connection string): dsn, or dsn_env naming a variable."""
-    inline = opts.optional_string("dsn", what="a libpq connection string")
-    variable = opts.optional_string("dsn_env", what="the name of an environment variable")
+    inline, variable = opts.dsn, opts.dsn_env
     if inline is not None and variable is not None:
-        opts.fail("dsn_env", "give dsn or dsn_env, not both")
+        at.fail("dsn_env", "give dsn or dsn_env, not both")
     if inline is not None:
         return "dsn", inline
     if variable is None:
-        opts.fail(
+        at.fail(
             "dsn",
-            'missing option "dsn": a libpq connection string such as '
+            'missing required key "dsn": a libpq connection string such as '
             '"host=db.example port=5432 dbname=reports user=dropline" '
             "(or dsn_env: the name of an environment variable holding it)",
         )
     value = os.environ.get(variable, "")
     if not value:
-        opts.fail("dsn_env", f"the environment variable {variable} is not set or empty")
+        at.fail("dsn_env", f"the environment variable {variable} is not set or empty")
     return "dsn_env", value
 
 

@@ -36,9 +36,13 @@ import string
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.keys import key
+from ..config.source import Loc
+from ..config.values import AbsolutePath, Choice, Text
 from ..errors import PermanentError
 from ..spool import fit_name
 from ..spool.durable import (
@@ -51,7 +55,6 @@ from ..spool.durable import (
 )
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
-from .options import Options
 
 PLACEHOLDERS = ("name", "stem", "ext", "item_id", "pipeline", "date")
 IF_EXISTS = ("keep-both", "replace", "fail")
@@ -68,13 +71,17 @@ _busy: set[tuple[str, bytes]] = set()
 _busy_lock = threading.Lock()
 
 
-def build(opts: Options, env: BuildEnv) -> StageFunc:
-    to = opts.absolute_path("to", what="an absolute path of a folder")
-    _check_folder(opts, to)
-    template = opts.string("name", "{name}", what="a file name template such as {stem}-{date}{ext}")
-    _check_template(opts, template)
-    if_exists = opts.choice("if_exists", "keep-both", IF_EXISTS)
-    opts.done()
+@dataclass(frozen=True)
+class Options:
+    to: Path = key(AbsolutePath("an absolute path of a folder"))
+    name: str = key(Text("a file name template such as {stem}-{date}{ext}"), default="{name}")
+    if_exists: str = key(Choice(IF_EXISTS), default="keep-both")
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
+    to, template, if_exists = opts.to, opts.name, opts.if_exists
+    _check_folder(at, to)
+    _check_template(at, template)
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         _check_cancel(ctx)
@@ -90,42 +97,42 @@ def build(opts: Options, env: BuildEnv) -> StageFunc:
 # --- start-up checks -----------------------------------------------------------
 
 
-def _check_folder(opts: Options, to: Path) -> None:
+def _check_folder(at: Loc, to: Path) -> None:
     try:
         st = os.lstat(to)
     except FileNotFoundError:
-        opts.fail("to", f"the folder {to} does not exist (publish needs it at start-up)")
+        at.fail("to", f"the folder {to} does not exist (publish needs it at start-up)")
     except OSError as exc:
-        opts.fail("to", f"cannot look at {to}: {exc.strerror}")
+        at.fail("to", f"cannot look at {to}: {exc.strerror}")
     if stat.S_ISLNK(st.st_mode):
-        opts.fail("to", f"{to} is a symbolic link: name the real folder ({to.resolve()})")
+        at.fail("to", f"{to} is a symbolic link: name the real folder ({to.resolve()})")
     if not stat.S_ISDIR(st.st_mode):
-        opts.fail("to", f"{to} is not a folder")
+        at.fail("to", f"{to} is not a folder")
     if not os.access(to, os.W_OK | os.X_OK):
-        opts.fail("to", f"{to} is not writable by this user (uid {os.geteuid()})")
+        at.fail("to", f"{to} is not writable by this user (uid {os.geteuid()})")
 
 
-def _check_template(opts: Options, template: str) -> None:
+def _check_template(at: Loc, template: str) -> None:
     allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         brace = "write a literal brace as {{ or }}"
-        opts.fail("name", f'cannot read the template "{template}": {exc} ({brace})')
+        at.fail("name", f'cannot read the template "{template}": {exc} ({brace})')
     for literal, field, spec, conversion in parts:
         if "/" in literal or "\0" in literal:
-            opts.fail("name", f'"{template}" must make a file name: no "/" in it')
+            at.fail("name", f'"{template}" must make a file name: no "/" in it')
         if field is None:
             continue
         if field not in PLACEHOLDERS:
-            opts.fail("name", f'unknown placeholder "{{{field}}}"; allowed: {allowed}')
+            at.fail("name", f'unknown placeholder "{{{field}}}"; allowed: {allowed}')
         if spec or conversion:
-            opts.fail("name", f'placeholder "{{{field}}}" takes no format or conversion')
+            at.fail("name", f'placeholder "{{{field}}}" takes no format or conversion')
     sample = template.format(
         name="report.csv", stem="report", ext=".csv", item_id="I", pipeline="p", date="2000-01-01"
     )
     if sample in ("", ".", "..") or sample.encode().startswith(TEMP_PREFIX):
-        opts.fail("name", f'"{template}" does not make a usable file name')
+        at.fail("name", f'"{template}" does not make a usable file name')
 
 
 # --- names ------------------------------------------------------------------------

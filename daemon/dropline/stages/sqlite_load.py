@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..config.keys import key
+from ..config.source import Loc
+from ..config.values import AbsolutePath, Duration, Flag, Identifier, Text, sql_identifier
 from ..errors import PermanentError
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
 from .csvdata import open_source, schema_types, sql_type
-from .options import Options, sql_identifier
 
 ITEM_COLUMN = "dropline_item"
 
@@ -31,16 +35,21 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def build(opts: Options, env: BuildEnv) -> StageFunc:
-    database = opts.absolute_path("database", what="the SQLite file to load into (absolute)")
+@dataclass(frozen=True)
+class Options:
+    database: Path = key(AbsolutePath("the SQLite file to load into (absolute)"))
+    table: str = key(Identifier())
+    create: bool = key(Flag(), default=True)
+    delimiter: str | None = key(Text("one character (default: as validated)"), default=None)
+    encoding: str | None = key(Text("a text encoding (default: as validated)"), default=None)
+    busy_timeout: float = key(Duration(positive=False), default=30.0)
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
+    database, table, create = opts.database, opts.table, opts.create
     if not database.parent.is_dir():
-        opts.fail("database", f"its folder {database.parent} does not exist")
-    table = opts.identifier("table")
-    create = opts.boolean("create", True)
-    delimiter = opts.optional_string("delimiter", what="one character (default: as validated)")
-    encoding = opts.optional_string("encoding", what="a text encoding (default: as validated)")
-    busy = opts.duration("busy_timeout", 30.0)
-    opts.done()
+        at.fail("database", f"its folder {database.parent} does not exist")
+    delimiter, encoding, busy = opts.delimiter, opts.encoding, opts.busy_timeout
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         with open_source(ctx.data_file(), ctx.metadata, delimiter, encoding) as source:

@@ -26,38 +26,50 @@ import csv
 import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.keys import key
+from ..config.source import Loc
+from ..config.values import Choice, Flag, FreeMap, Text, Texts, text
 from ..errors import PermanentError
 from ..spool import WORKING_TEMP_PREFIX
 from ..spool.durable import replace_file
 from . import DATA_PATH, StageContext
 from .builtin import BuildEnv, BuiltStage
 from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, open_text, rows, schema_types
-from .options import Options
 
 # A temporary in working/ (archive: transformed); recovery removes a leftover.
 TMP_PREFIX = WORKING_TEMP_PREFIX.decode()
 
 
-def build(opts: Options, env: BuildEnv) -> BuiltStage:
-    delimiter = opts.optional_string("delimiter", what="one character (default: as validated)")
+@dataclass(frozen=True)
+class Options:
+    delimiter: str | None = key(Text("one character (default: as validated)"), default=None)
+    encoding: str | None = key(Text("a text encoding (default: as validated)"), default=None)
+    trim: bool = key(Flag(), default=True)
+    rename: Mapping[str, object] = key(
+        FreeMap("a mapping of old name: new name"), default_factory=dict
+    )
+    select: tuple[str, ...] = key(Texts("the columns to keep, in order (after rename)"), default=())
+    dedupe: tuple[str, ...] = key(Texts("the columns whose values make a row's key"), default=())
+    archive: str = key(Choice(("original", "transformed")), default="original")
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> BuiltStage:
+    delimiter = opts.delimiter
     if delimiter == "\\t":
         delimiter = "\t"
     if delimiter is not None and len(delimiter) != 1:
-        opts.fail("delimiter", f'expected one character, got "{delimiter}"')
-    encoding = opts.optional_string("encoding", what="a text encoding (default: as validated)")
-    trim = opts.boolean("trim", True)
-    renames_opts = opts.mapping("rename", what="a mapping of old name: new name")
-    rename: dict[str, str] = {}
-    for old in list(renames_opts.values):
-        rename[old] = renames_opts.string(old, what="the new column name")
-    renames_opts.done()
-    select = opts.string_list("select", what="the columns to keep, in order (after rename)")
-    dedupe = opts.string_list("dedupe", what="the columns whose values make a row's key")
-    keep = opts.choice("archive", "original", ("original", "transformed"))
-    opts.done()
+        at.fail("delimiter", f'expected one character, got "{delimiter}"')
+    encoding, trim, keep = opts.encoding, opts.trim, opts.archive
+    renames = at.child("rename")
+    rename = {
+        old: text(new, renames.child(old), "the new column name")
+        for old, new in opts.rename.items()
+    }
+    select, dedupe = list(opts.select), list(opts.dedupe)
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         source = ctx.data_file()

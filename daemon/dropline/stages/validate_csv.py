@@ -18,70 +18,96 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from ..config.keys import OnlyFor, key
+from ..config.source import Loc
+from ..config.values import Choice, Flag, IntRange, Sections, Size, Text, Texts
 from ..errors import PermanentError
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
 from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, TYPES, Column, open_text, rows
-from .options import Options
 
 _MAX_SHOWN = 60  # characters of a bad value quoted in an error
 
 
-def _column(opts: Options) -> Column:
-    name = opts.string("name", what="the column's name in the header")
-    kind = opts.choice("type", "text", TYPES)
-    values: tuple[str, ...] = ()
-    pattern = None
-    date_format = "%Y-%m-%d"
-    if kind == "enum":
-        values = tuple(opts.string_list("values", what="the allowed values, a list of strings"))
-        if not values:
-            opts.fail("values", 'an enum column needs "values": the allowed values')
-    if kind == "regex":
-        text = opts.string("pattern", what="a regular expression")
-        try:
-            pattern = re.compile(text)
-        except re.error as exc:
-            opts.fail("pattern", f"not a valid regular expression: {exc}")
-    if kind == "date":
-        date_format = opts.string("format", "%Y-%m-%d", what="a strptime format such as %d.%m.%Y")
-    column = Column(
-        name=name,
-        type=kind,
-        required=opts.boolean("required", True),
-        empty=opts.boolean("empty", True),
-        values=values,
-        pattern=pattern,
-        date_format=date_format,
+@dataclass(frozen=True)
+class ColumnOptions:
+    WHAT: ClassVar = "a column mapping ({keys})"
+    RULES: ClassVar = (
+        OnlyFor(
+            "type", {"values": "enum", "pattern": "regex", "format": "date"}, "text", "columns"
+        ),
     )
-    opts.done()
-    return column
+
+    name: str = key(Text("the column's name in the header"))
+    type: str = key(Choice(TYPES), default="text")
+    values: tuple[str, ...] = key(Texts("the allowed values, a list of strings"), default=())
+    pattern: str = key(Text("a regular expression"), default="")
+    format: str = key(Text("a strptime format such as %d.%m.%Y"), default="%Y-%m-%d")
+    required: bool = key(Flag(), default=True)
+    empty: bool = key(Flag(), default=True)
 
 
-def build(opts: Options, env: BuildEnv) -> StageFunc:
-    delimiter = opts.string("delimiter", ",", what="one character, such as , or ; or a tab")
+def _column(opts: ColumnOptions, at: Loc) -> Column:
+    pattern = None
+    if opts.type == "enum" and not opts.values:
+        at.fail("values", 'an enum column needs "values": the allowed values')
+    if opts.type == "regex":
+        if not opts.pattern:
+            at.fail("pattern", 'missing required key "pattern": a regular expression')
+        try:
+            pattern = re.compile(opts.pattern)
+        except re.error as exc:
+            at.fail("pattern", f"not a valid regular expression: {exc}")
+    return Column(
+        name=opts.name,
+        type=opts.type,
+        required=opts.required,
+        empty=opts.empty,
+        values=opts.values,
+        pattern=pattern,
+        date_format=opts.format,
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    delimiter: str = key(Text("one character, such as , or ; or a tab"), default=",")
+    encoding: str = key(Text("a text encoding such as utf-8 or latin-1"), default="utf-8")
+    columns: tuple[ColumnOptions, ...] = key(
+        Sections(ColumnOptions, "a list of column mappings"), default=()
+    )
+    extra_columns: str = key(Choice(("allow", "reject")), default="allow")
+    max_rows: int = key(IntRange(0, 2**62), default=10_000_000)
+    max_size: int = key(Size(), default=1024**3)
+    max_errors: int = key(IntRange(1, 10_000), default=20)
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
+    delimiter = opts.delimiter
     if delimiter == "\\t":
         delimiter = "\t"
     if len(delimiter) != 1:
-        opts.fail("delimiter", f'expected one character, got "{delimiter}"')
-    encoding = opts.string("encoding", "utf-8", what="a text encoding such as utf-8 or latin-1")
+        at.fail("delimiter", f'expected one character, got "{delimiter}"')
+    encoding = opts.encoding
     try:
         codecs.lookup(encoding)
     except LookupError:
-        opts.fail("encoding", f'unknown encoding "{encoding}"; for example utf-8, latin-1, cp1252')
-    columns = [_column(c) for c in opts.items("columns", what="a list of column mappings")]
+        at.fail("encoding", f'unknown encoding "{encoding}"; for example utf-8, latin-1, cp1252')
+    columns = [_column(c, at.child("columns").item(i)) for i, c in enumerate(opts.columns)]
     names = [c.name for c in columns]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        opts.fail("columns", f'column "{dup}" is declared twice')
+        at.fail("columns", f'column "{dup}" is declared twice')
     by_name = {c.name: c for c in columns}
-    extra = opts.choice("extra_columns", "allow", ("allow", "reject"))
-    max_rows = opts.integer("max_rows", 10_000_000, 0, 2**62)
-    max_size = opts.size("max_size", 1024**3)
-    max_errors = opts.integer("max_errors", 20, 1, 10_000)
-    opts.done()
+    extra, max_rows, max_size, max_errors = (
+        opts.extra_columns,
+        opts.max_rows,
+        opts.max_size,
+        opts.max_errors,
+    )
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         path = ctx.data_file()

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.keys import key
+from ..config.source import Loc
+from ..config.values import Anything, Choice, IntRange, Size
 from ..errors import PermanentError
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
-from .options import Options
 
 _FORMATS = ("auto", "json", "jsonl")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -33,38 +36,41 @@ def _pointer(path: Any) -> str:
     return "/" + "/".join(parts) if parts else "/"
 
 
-def build(opts: Options, env: BuildEnv) -> StageFunc:
+@dataclass(frozen=True)
+class Options:
+    schema: object = key(Anything())  # a file (relative to the configuration) or inline
+    format: str = key(Choice(_FORMATS), default="auto")
+    max_errors: int = key(IntRange(1, 10_000), default=20)
+    max_size: int = key(Size(), default=64 * 1024**2)
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
     import jsonschema
 
-    if not opts.has("schema"):
-        opts.require("schema", "a JSON Schema: a file (relative to the configuration) or inline")
-    raw = opts.raw("schema")
+    raw = opts.schema
     if isinstance(raw, str):
         path = Path(raw) if Path(raw).is_absolute() else env.base / raw
         try:
             schema = json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            opts.fail("schema", f"cannot read {path}: {exc.strerror}")
+            at.fail("schema", f"cannot read {path}: {exc.strerror}")
         except ValueError as exc:
-            opts.fail("schema", f"{path} is not valid JSON: {exc}")
+            at.fail("schema", f"{path} is not valid JSON: {exc}")
     elif isinstance(raw, Mapping):
         schema = json.loads(json.dumps(raw))
     else:
-        opts.fail("schema", "expected a file name or an inline schema (a mapping)")
+        at.fail("schema", "expected a file name or an inline schema (a mapping)")
     if not isinstance(schema, dict):
-        opts.fail("schema", "a JSON Schema is an object")
+        at.fail("schema", "a JSON Schema is an object")
     validator_class = jsonschema.validators.validator_for(
         schema, default=jsonschema.Draft202012Validator
     )
     try:
         validator_class.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        opts.fail("schema", f"not a valid JSON Schema: {exc.message} at {_pointer(exc.path)}")
+        at.fail("schema", f"not a valid JSON Schema: {exc.message} at {_pointer(exc.path)}")
     validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
-    fmt = opts.choice("format", "auto", _FORMATS)
-    max_errors = opts.integer("max_errors", 20, 1, 10_000)
-    max_size = opts.size("max_size", 64 * 1024**2)
-    opts.done()
+    fmt, max_errors, max_size = opts.format, opts.max_errors, opts.max_size
 
     def documents(path: Path, lines: bool) -> Iterator[tuple[int | None, Any]]:
         if not lines:

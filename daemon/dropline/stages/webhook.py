@@ -38,15 +38,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Any
 
 from .. import __version__
+from ..config.keys import key
+from ..config.source import Loc
+from ..config.values import Duration, FreeMap, IntRange, Text
 from ..errors import PermanentError
 from . import FAILURE, StageContext, StageFunc
 from .builtin import BuildEnv
 from .csvdata import ROWS_KEY
-from .options import Options
 
 BODY_CAP = 64 * 1024  # bytes of an answer read at most
 RETRIED_4XX = (408, 429)  # Request Timeout, Too Many Requests: the receiver asks for later
@@ -63,16 +66,21 @@ class DeliveryError(RuntimeError):
     """The receiver was not reached, or asked for later, at every attempt (retried)."""
 
 
-def build(opts: Options, env: BuildEnv) -> StageFunc:
-    url = opts.string("url", what="an http:// or https:// URL")
-    _check_url(opts, url)
-    timeout = opts.duration("timeout", 10.0)
-    if timeout <= 0:
-        opts.fail("timeout", "expected a duration above zero, such as 10s")
-    headers = _headers(opts)
-    attempts = opts.integer("attempts", 3, 1, 20)
-    backoff = opts.duration("backoff", 1.0)
-    opts.done()
+@dataclass(frozen=True)
+class Options:
+    url: str = key(Text("an http:// or https:// URL"))
+    timeout: float = key(Duration(positive=True), default=10.0)
+    headers: Mapping[str, object] = key(
+        FreeMap("a mapping of header name: value"), default_factory=dict
+    )
+    attempts: int = key(IntRange(1, 20), default=3)
+    backoff: float = key(Duration(positive=False), default=1.0)
+
+
+def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
+    url, timeout, attempts, backoff = opts.url, opts.timeout, opts.attempts, opts.backoff
+    _check_url(at, url)
+    headers = _headers(opts.headers, at.child("headers"))
     parts = urllib.parse.urlsplit(url)
     shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
@@ -114,36 +122,35 @@ def build(opts: Options, env: BuildEnv) -> StageFunc:
 # --- options ------------------------------------------------------------------------
 
 
-def _check_url(opts: Options, url: str) -> None:
+def _check_url(at: Loc, url: str) -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
-        opts.fail("url", f'cannot read "{url}" as a URL: {exc}')
+        at.fail("url", f'cannot read "{url}" as a URL: {exc}')
     if parts.scheme not in ("http", "https"):
-        opts.fail("url", f'expected an http:// or https:// URL, got "{url}"')
+        at.fail("url", f'expected an http:// or https:// URL, got "{url}"')
     if not parts.hostname:
-        opts.fail("url", f'"{url}" names no host')
+        at.fail("url", f'"{url}" names no host')
     if parts.username is not None or parts.password is not None:
-        opts.fail(
+        at.fail(
             "url",
             "credentials do not belong in the URL: send them in a header "
             "(headers: {Authorization: Bearer ${TOKEN}})",
         )
     if any(c.isspace() or ord(c) < 32 for c in url):
-        opts.fail("url", "a URL has no spaces or control characters (percent-encode them)")
+        at.fail("url", "a URL has no spaces or control characters (percent-encode them)")
 
 
-def _headers(opts: Options) -> dict[str, str]:
+def _headers(given: Mapping[str, object], mapping: Loc) -> dict[str, str]:
     """The ``headers`` mapping, checked; ``${NAME}`` must name a set environment variable."""
-    mapping = opts.mapping("headers", what="a mapping of header name: value")
     headers: dict[str, str] = {}
-    for name in list(mapping.values):
+    for name in list(given):
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             mapping.fail(str(name), f'"{name}" is not a header name (letters, digits, -)')
         if name.lower() in _OWN_HEADERS:
             mapping.fail(name, f'the header "{name}" is set by dropline, not configured')
-        value = mapping.raw(name)
+        value = given[name]
         if not isinstance(value, str):
             mapping.fail(name, f"expected a string value, got {type(value).__name__}")
         if "\r" in value or "\n" in value:
@@ -158,7 +165,6 @@ def _headers(opts: Options) -> dict[str, str]:
                     "dropline's environment, e.g. with EnvironmentFile= in its unit)",
                 )
         headers[name] = value
-    mapping.done()
     return headers
 
 
