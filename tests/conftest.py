@@ -1,7 +1,10 @@
-"""Shared fixtures: a fresh data tree per test, and daemons that never outlive their test."""
+"""Shared fixtures: a fresh data tree per test, daemons that never outlive their test,
+and guards that fail a test leaving a thread running or raising a warning."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,3 +40,22 @@ def start_daemon(tree: Tree, daemons: list[DaemonProcess]) -> Any:
         return proc
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Every thread the test started has ended a moment after it (the daemon's
+    parts join their threads when they close)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while leaked := [t for t in threading.enumerate() if t not in before and t.is_alive()]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"threads left running: {sorted(t.name for t in leaked)}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def _no_warnings(recwarn: pytest.WarningsRecorder) -> Iterator[None]:
+    yield
+    assert not [f"{w.category.__name__}: {w.message}" for w in recwarn.list]

@@ -18,9 +18,9 @@ import pytest
 
 from dropline.config import load_config
 from dropline.crashpoints import POINTS
+from dropline.lifecycle.recovery import recover
 from dropline.log import get_logger
 from dropline.pipeline import Routes
-from dropline.recovery import recover
 from dropline.spool import Spool
 from dropline.state import Database, ItemLog
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -39,6 +40,22 @@ def _parse(datagram: bytes) -> dict[str, str]:
             fields[line.decode()] = after[8 : 8 + size].decode()
             rest = after[8 + size + 1 :]
     return fields
+
+
+@pytest.fixture(autouse=True)
+def _senders_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every sender a test makes is closed at its end: its socket is the test's to close."""
+    made: list[JournalSender] = []
+    init = JournalSender.__init__
+
+    def tracked(self: JournalSender, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(JournalSender, "__init__", tracked)
+    yield
+    for sender in made:
+        sender.close(timeout=0.0)
 
 
 @pytest.fixture

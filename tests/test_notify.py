@@ -225,6 +225,8 @@ class NotifySocket:
         self._reading.clear()
         with self._turn:  # the reader is between two reads and waits for resume()
             pass
+        for sender in self._fillers:  # the last stall's: the reader has read since
+            sender.close()
         self._fillers = fill_datagram_queue(self.path)
         return time.monotonic()
 

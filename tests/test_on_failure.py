@@ -1,4 +1,5 @@
-"""A pipeline's on_failure stages through a real daemon: a webhook told of failures.
+"""A pipeline's on_failure stages across a crash of a real daemon: a webhook told of
+failures (the in-process tier, tests/loop/test_on_failure.py, steps the others).
 
 The server is the recording HTTP server of http_recorder.py, on 127.0.0.1.
 """
@@ -29,52 +30,6 @@ PIPELINE = """
       retries: {retries}
       backoff: {{initial: 50ms, max: 50ms}}
 """
-
-
-def _drop(tree: Tree) -> None:
-    (tree.incoming / "good.csv").write_text("id\n1\n2\n")
-    (tree.incoming / "bad.csv").write_text("id\n1\nx\n")
-
-
-def test_on_failure_webhook_tells_of_the_failure(tree: Tree, server: tuple[str, Script]) -> None:
-    url, script = server
-    tree.write_config(PIPELINE.format(url=url, retries=0))
-    _drop(tree)
-    assert run_until_idle(tree) == 0
-    assert sorted(tree.archived()) == ["good.csv"]
-    assert sorted(tree.failed_files()) == ["bad.csv"]
-    by_path = {r.path: r.json() for r in script.received}
-    ok = by_path["/hooks/dropline/ok"]
-    assert (ok["name"], ok["outcome"], ok["rows"]) == ("good.csv", "succeeded", 2)
-    failed = by_path["/hooks/dropline/failed"]
-    assert (failed["name"], failed["outcome"], failed["stage"]) == ("bad.csv", "failed", "validate")
-    assert 'line 3, column "id": "x" is not an integer' in failed["error"]
-    error = json.loads((tree.failed / "bad.csv.error.json").read_text())
-    assert error["stage"] == "validate" and "is not an integer" in error["error"]
-    assert error["attempts"] == 1, "the failing stage's attempts, not the notifier's"
-
-
-def test_a_failing_on_failure_stage_never_changes_the_outcome(
-    tree: Tree, server: tuple[str, Script]
-) -> None:
-    url, script = server
-    script.answers = [503]  # the failure hook never works
-    tree.write_config(PIPELINE.format(url=url, retries=1))
-    (tree.incoming / "bad.csv").write_text("id\n1\nx\n")
-    assert run_until_idle(tree) == 0
-    assert sorted(tree.failed_files()) == ["bad.csv"]
-    error = json.loads((tree.failed / "bad.csv.error.json").read_text())
-    assert error["stage"] == "validate", "the file's own reason stands"
-    attempts = tree.query(
-        "SELECT a.stage, a.outcome FROM attempts a JOIN items i ON i.id = a.item_id "
-        "WHERE i.name = ? ORDER BY a.id",
-        (b"bad.csv",),
-    )
-    assert attempts == [
-        ("validate", "failed"),
-        ("tell-failure", "retrying"),
-        ("tell-failure", "failed"),
-    ]
 
 
 def test_on_failure_resumes_after_a_crash(tree: Tree, server: tuple[str, Script]) -> None:

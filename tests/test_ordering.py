@@ -2,7 +2,7 @@
 
 The daemon runs under ``strace -f -y``; the trace of its system calls is parsed into
 an ordered list of events and checked against the group-commit protocol
-(``protocol.py``):
+(``lifecycle/claim.py``, ``lifecycle/finish.py``):
 
 claim:  commit of the "claiming" rows -> rename incoming/NAME -> working/
         -> fsync working/ and incoming/ -> commit of the claim ("active")

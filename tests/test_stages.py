@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import signal
@@ -140,44 +139,6 @@ def test_retry_backoff_survives_a_restart(
         f"retry ran {due - started_again:.3f} s before it was due after the restart"
     )
     assert second.stop() == 0
-
-
-def test_exit_65_fails_at_once_without_retries(tree: Tree) -> None:
-    """Exit 65 (EX_DATAERR) fails the file at once although retries are allowed."""
-    stage = sh_stage("validate", 'echo "bad header" >&2; exit 65', retries=5)
-    tree.write_config(pipeline_yaml([stage]))
-    (tree.incoming / "d.csv").write_bytes(b"a,b\n")
-    assert run_until_idle(tree) == 0
-    assert (tree.failed / "d.csv").read_bytes() == b"a,b\n"
-    doc = error_doc(tree, "d.csv")
-    assert "exit status 65" in doc["error"]
-    assert "validate" in doc["error"]
-    assert "bad header" in doc["error"]
-    assert doc["stage"] == "validate"
-    assert doc["attempts"] == 1
-    assert [(a, o) for a, o, _, _ in attempts_of(tree, "d.csv")] == [(1, "failed")]
-
-
-def test_retries_exhausted_fail_the_file(tree: Tree) -> None:
-    """A stage that always exits 1 runs 1 + retries times, then the file goes to failed/."""
-    stage = sh_stage(
-        "always",
-        'echo "nope" >&2; exit 1',
-        retries=2,
-        backoff={"initial": "0.1s", "max": "0.2s"},
-    )
-    tree.write_config(pipeline_yaml([stage]))
-    (tree.incoming / "x.txt").write_bytes(b"x")
-    assert run_until_idle(tree) == 0
-    assert (tree.failed / "x.txt").read_bytes() == b"x"
-    doc = error_doc(tree, "x.txt")
-    assert doc["attempts"] == 3
-    assert "exit status 1" in doc["error"] and "always" in doc["error"]
-    rows = attempts_of(tree, "x.txt")
-    assert [(a, o) for a, o, _, _ in rows] == [(1, "retrying"), (2, "retrying"), (3, "failed")]
-    # Each retry waited at least half its (capped) backoff delay after the failure before it.
-    for (_, _, _, ended), (_, _, started, _) in itertools.pairwise(rows):
-        assert ended is not None and started - ended >= 0.05 - 1e-3
 
 
 def test_timeout_kills_the_whole_process_group(
@@ -418,34 +379,3 @@ def test_unknown_builtin_is_a_config_error(tree: Tree, command: str) -> None:
 
 
 # --- isolation -------------------------------------------------------------------------
-
-
-def test_failing_files_never_stop_the_others(tree: Tree, start_daemon: StartDaemon) -> None:
-    """Of 20 files dropped into a running daemon, 5 fail permanently; the 15 others archive."""
-    script = 'case "$1" in *bad*) echo "rejected $1" >&2; exit 65;; esac'
-    tree.write_config(pipeline_yaml([sh_stage("check", script, "{name}", retries=3)]))
-    daemon = start_daemon()
-    daemon.wait_event("daemon.ready")
-    names = [f"bad{i}.txt" if i % 4 == 0 else f"good{i}.txt" for i in range(20)]
-    for name in names:
-        (tree.incoming / name).write_bytes(name.encode())
-    wait_until(lambda: len(tree.all_final()) == 20, timeout=20, what="20 files finished")
-    good = {n for n in names if n.startswith("good")}
-    bad = {n for n in names if n.startswith("bad")}
-    assert len(good) == 15 and len(bad) == 5
-    archived = tree.archived()
-    assert set(archived) == good
-    assert all(archived[n].read_bytes() == n.encode() for n in good)
-    assert set(tree.failed_files()) == bad
-    for name in bad:
-        doc = error_doc(tree, name)
-        assert "exit status 65" in doc["error"] and f"rejected {name}" in doc["error"]
-        assert doc["attempts"] == 1
-    assert daemon.proc.poll() is None, "the daemon died"
-    # A file is in its folder a moment before its row says so (the move is
-    # recorded once it is durable): wait for the rows, then compare them.
-    expected = [("archived", 15), ("failed", 5)]
-    by_state = "SELECT state, count(*) FROM items GROUP BY state ORDER BY state"
-    wait_until(lambda: tree.query(by_state) == expected, timeout=10, what="rows recorded")
-    assert tree.query(by_state) == expected
-    assert daemon.stop() == 0

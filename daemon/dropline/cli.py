@@ -313,16 +313,17 @@ def _check(args: argparse.Namespace) -> int:
 def _run(config_path: str, exit_when_idle: bool) -> int:
     from .config import check_paths, load_config
     from .config.host import check_host
-    from .daemon import Daemon
     from .log import configure
+    from .loop.signals import Flags
+    from .loop.startup import run_daemon
 
     config = load_config(config_path)
     configure(config.log_format)
     check_paths(config)
     check_host(config)
-    daemon = Daemon(config, exit_when_idle=exit_when_idle)
-    daemon.install_signal_handlers()
-    daemon.run()
+    flags = Flags()
+    flags.install()  # before the start: a SIGTERM while it recovers is a stop
+    run_daemon(config, flags=flags, exit_when_idle=exit_when_idle)
     return EXIT_OK
 
 

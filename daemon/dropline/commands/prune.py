@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import console as c
 from ..config import Config
-from ..retention import PruneReport, plan, prune
+from ..lifecycle.retention import PruneReport, plan, prune
 from ..spool import Spool
 from ..state import Database, Pruning
 

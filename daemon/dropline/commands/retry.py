@@ -50,8 +50,8 @@ def select(
 
 def _offline(config: Config, lock_fds: tuple[int, int], item_ids: list[str]) -> dict[str, str]:
     """No daemon: move the files back to working/ here, holding its locks (LOCK_FDS)."""
+    from ..lifecycle.requeue import requeue_batch
     from ..pipeline import Routes
-    from ..requeue import requeue_batch
     from ..spool import Spool
 
     results: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""Files kept in working/ because they could not be put back (``protocol.py``).
+"""Files kept in working/ because they could not be put back (``claim.py``).
 
 A file found still being written when it was claimed goes back to
 incoming/NAME.  When NAME is taken again there (its writer made a new file of
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .pipeline import Routes
-from .protocol import Claimed, Held
-from .spool import ChangedError, Refusal, Spool
+from ..pipeline import Routes
+from ..spool import ChangedError, Refusal, Spool
+from .claim import Claimed, Held
 
 _LOOK_AGAIN_MIN = 0.05  # seconds: never look again sooner than this
 GONE = "gone from working/"

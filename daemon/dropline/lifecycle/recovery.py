@@ -24,14 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .crashpoints import crashpoint
-from .ids import new_item_id
-from .pipeline import Routes
-from .protocol import Finish, finish_batch
+from ..crashpoints import crashpoint
+from ..ids import new_item_id
+from ..pipeline import Routes
+from ..spool import WORKING_TEMP_PREFIX, Entry, Spool
+from ..stages import FAILURE
+from ..state import ItemLog, ItemRow
+from .decide import interrupted
+from .finish import Finish, finish_batch
 from .requeue import RequeueResult, complete_requeue
-from .spool import WORKING_TEMP_PREFIX, Entry, Spool
-from .stages import FAILURE
-from .state import ItemLog, ItemRow
 
 
 @dataclass
@@ -156,7 +157,7 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
 
     # Active files: interrupted stages, vanished files.
     finishes: list[Finish] = []
-    interrupted: list[int] = []
+    stopped: list[int] = []  # attempts interrupted, to run again
     vanished: list[ItemRow] = []
     for row in items.unfinished_items():
         if row.state == "finishing":
@@ -169,17 +170,12 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
             continue
         pipeline = routes.get(row.pipeline)
         for attempt in items.open_attempts(row.id):
-            stage_cfg = None
             stage = pipeline.stage_at(attempt.stage_index) if pipeline else None
-            if stage is not None:
-                stage_cfg = stage.config
-            if stage_cfg is not None and not stage_cfg.idempotent:
-                reason = (
-                    f'indeterminate: stage "{attempt.stage}" is not idempotent and was '
-                    "interrupted (crash or stop); it is not run again"
-                )
+            decision = interrupted(attempt.stage, stage.config if stage else None, row.attempt)
+            if decision.verdict == "indeterminate":
+                reason = decision.reason
                 with items.db.transaction():
-                    items.record_stage_end(attempt.id, "indeterminate", reason, now)
+                    items.record_stage_end(attempt.id, decision.attempt_outcome, reason, now)
                 failure = row.metadata.get(FAILURE)
                 if isinstance(failure, dict):  # an on_failure stage: it had failed already
                     reason = f"{failure.get('reason')} (then {reason})"
@@ -187,16 +183,16 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
                 finish.attempts = attempt.attempt  # the interrupted attempt counts
                 finishes.append(finish)
                 break
-            interrupted.append(attempt.id)
-    if interrupted or vanished:
+            stopped.append(attempt.id)
+    if stopped or vanished:
         with items.db.transaction():
-            for attempt_id in interrupted:
+            for attempt_id in stopped:
                 items.record_stage_end(attempt_id, "interrupted", "interrupted by a stop", now)
             for row in vanished:
                 items.mark_finished_many([("vanished", row.id)], now)
                 items.add_event(row.id, "vanished", now, "missing from working/ at start-up")
                 log.error("file.vanished", item=row.id, file=row.name)
-    report.interrupted = len(interrupted)
+    report.interrupted = len(stopped)
     report.vanished += len(vanished)
     report.finished = finish_batch(items, spool, finishes, now)
     return report

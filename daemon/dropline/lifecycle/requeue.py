@@ -1,6 +1,6 @@
 """``dropline retry``: a failed file goes back to working/ and through its pipeline again.
 
-Each step is durable before the next depends on it, as in ``protocol.py``:
+Each step is durable before the next depends on it, as in ``claim.py``:
 
 requeue: rows "requeuing" with a free name in working/ -> commit
          rename failed/NAME -> working/ (each file); fsync both folders once
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .crashpoints import crashpoint
-from .log import escape_text
-from .pipeline import Routes
-from .protocol import Claimed
-from .spool import Refusal, Spool, free_working_name
-from .state import ItemLog, ItemRow
+from ..crashpoints import crashpoint
+from ..log import escape_text
+from ..pipeline import Routes
+from ..spool import Refusal, Spool, free_working_name
+from ..state import ItemLog, ItemRow
+from .claim import Claimed
 
 
 @dataclass

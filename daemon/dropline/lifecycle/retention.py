@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .spool import Spool
-from .state import Pruning
+from ..spool import Spool
+from ..state import Pruning
 
 BATCH = 500  # rows per transaction: a few milliseconds of the daemon's time
 

@@ -1,0 +1,113 @@
+"""What happened to files, told once and fanned out: to the log (the journal),
+the metrics and the counters that STATUS= and ``daemon.stopped`` show.
+
+The loop calls one method per transition; each says in one place which log
+event, which metric and which counter it is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .lifecycle.decide import Decision
+from .lifecycle.finish import Finish
+from .metrics import Metrics, NoMetrics
+from .spool import Refusal
+from .workers import StageResult
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How a stage attempt ended, and what that means (``lifecycle/decide.py``)."""
+
+    item: str
+    file: bytes
+    pipeline: str | None
+    stage: str
+    result: StageResult
+    decision: Decision
+    seconds: float  # how long it ran (0 when abandoned)
+    retries: int  # the stage's retries, as configured
+
+
+class Claimed(Protocol):
+    item_id: str
+    name: bytes
+    pipeline: str | None
+    size: int
+
+
+class FileEvents:
+    """The observers of the loop's transitions."""
+
+    def __init__(self, log: Any, metrics: Metrics | NoMetrics) -> None:
+        self.log = log
+        self.metrics = metrics
+        self.counts = {"archived": 0, "failed": 0}
+
+    def claimed(self, c: Claimed) -> None:
+        self.log.info("file.claimed", item=c.item_id, file=c.name, pipeline=c.pipeline, size=c.size)
+
+    def requeued(self, c: Claimed) -> None:
+        """Back from failed/ (``dropline retry``): no longer counted as failed."""
+        self.counts["failed"] = max(0, self.counts["failed"] - 1)
+        self.log.info("file.requeued", item=c.item_id, file=c.name, pipeline=c.pipeline)
+
+    def refused(self, refusal: Refusal) -> None:
+        self.log.warning("entry.refused", file=refusal.name, reason=refusal.reason)
+        self.metrics.entry_refused(refusal.kind)
+
+    def stage_started(self, log: Any, attempt: int) -> None:
+        """LOG: bound to the item, file, pipeline and stage (the stage's own log)."""
+        log.info("stage.started", attempt=attempt)
+
+    def attempt_ended(self, end: AttemptEnd) -> None:
+        """An attempt's end, recorded: what it means, in the log and the metrics."""
+        d, result, pipeline = end.decision, end.result, end.pipeline or "none"
+        stopped = d.verdict in ("interrupted", "indeterminate")
+        outcome = "interrupted" if stopped else result.outcome
+        self.metrics.stage_ended(pipeline, end.stage, outcome, end.seconds)
+        log = self.log.bind(item=end.item, file=end.file, pipeline=end.pipeline, stage=end.stage)
+        if d.verdict == "next":
+            log.info("stage.succeeded", seconds=round(result.duration, 3))
+        elif d.verdict == "interrupted":
+            log.info("stage.interrupted", error=result.error)
+        elif d.verdict == "indeterminate":
+            log.error("stage.failed", error=d.reason)
+        elif d.verdict == "retry":
+            self.metrics.retry_scheduled(pipeline, end.stage)
+            log.warning(
+                "stage.retrying",
+                attempt=d.failures,
+                of=end.retries + 1,
+                delay=round(d.delay, 3),
+                error=result.error,
+            )
+        else:
+            log.error("stage.failed", attempt=d.failures, error=result.error, kind=d.kind)
+
+    def finished(self, f: Finish) -> None:
+        """At its end: archived, failed, or vanished from working/."""
+        where = os.path.join(f.final_dir, os.fsdecode(f.final_name))
+        self.metrics.file_finished(f.pipeline, f.state, time.time() - f.created_at)
+        if f.state == "archived":
+            self.counts["archived"] += 1
+            self.log.info(
+                "file.archived", item=f.item_id, file=f.name, pipeline=f.pipeline, to=where
+            )
+        elif f.state == "failed":
+            self.counts["failed"] += 1
+            self.log.error(
+                "file.failed",
+                item=f.item_id,
+                file=f.name,
+                pipeline=f.pipeline,
+                stage=f.stage,
+                to=where,
+                reason=f.reason,
+            )
+        else:
+            self.log.error("file.vanished", item=f.item_id, file=f.name, pipeline=f.pipeline)

@@ -1,0 +1,124 @@
+"""Stage attempts in the worker pool: each recorded before it starts, tracked
+while it runs (its token, its deadline, its cancel event), abandoned when a
+Python stage outlives its timeout, matched with its result when it ends."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from ..crashpoints import crashpoint
+from ..pipeline import Pipeline
+from ..scratch import remove as remove_scratch
+from ..stages import StageContext
+from ..state import ItemLog
+from ..workers import StageJob, StageResult, WorkerPool
+from .context import LoopContext
+from .items import Item, Running
+
+PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
+
+Job = tuple[Item, Pipeline, int, int]  # the item, its pipeline, the stage index, the attempt
+
+
+class Attempts:
+    """The attempts running in the worker pool, by item id."""
+
+    def __init__(
+        self, ctx: LoopContext, items: ItemLog, pool: WorkerPool, scratch_root: Path
+    ) -> None:
+        self.ctx = ctx
+        self.item_log = items
+        self.pool = pool
+        self.scratch_root = scratch_root
+        self.running: dict[str, Running] = {}
+        self.ran_stages: set[str] = set()  # items that may have a scratch folder
+        self._token = 0
+
+    def free(self) -> int:
+        """Workers free for more attempts."""
+        return self.pool.size - len(self.running)
+
+    def next_deadline(self) -> float | None:
+        if not self.running:
+            return None
+        return min(r.deadline for r in self.running.values()) + PY_TIMEOUT_GRACE
+
+    def start(self, jobs: list[Job], now: float) -> None:
+        """Record the attempts (one commit), then hand them to the workers."""
+        started: list[tuple[Item, Pipeline, int, int, int]] = []
+        with self.item_log.db.transaction():
+            for item, pipeline, index, attempt in jobs:
+                stage = pipeline.stages_all[index]
+                attempt_id = self.item_log.record_stage_start(
+                    item.id, index, stage.name, attempt, now
+                )
+                started.append((item, pipeline, index, attempt, attempt_id))
+        crashpoint("stage.start_committed")
+        mono = self.ctx.mono
+        for item, pipeline, index, attempt, attempt_id in started:
+            stage = pipeline.stages_all[index]
+            self._token += 1
+            cancel = threading.Event()
+            log = self.ctx.log.bind(
+                item=item.id, file=item.name, pipeline=pipeline.name, stage=stage.name
+            )
+            context = StageContext(
+                item_id=item.id,
+                path=self.ctx.config.working / os.fsdecode(item.working_name),
+                name=os.fsdecode(item.name),
+                pipeline=pipeline.name,
+                stage=stage.name,
+                attempt=attempt,
+                metadata=dict(item.metadata),
+                log=log,
+                timeout=stage.config.timeout,
+                cancel=cancel,
+                scratch=self.scratch_root / item.id,
+            )
+            self.ran_stages.add(item.id)
+            self.running[item.id] = Running(
+                self._token,
+                attempt_id,
+                index,
+                stage.name,
+                stage.runs_in,
+                mono,
+                mono + stage.config.timeout,
+                cancel,
+            )
+            self.ctx.events.stage_started(log, attempt)
+            self.pool.submit(StageJob(item.id, self._token, stage, context))
+
+    def ended(self, result: StageResult) -> Running | None:
+        """The attempt RESULT ends; None if it was abandoned already (after its
+        timeout) and has just returned."""
+        running = self.running.get(result.item_id)
+        if running is None or running.token != result.token:
+            return None
+        del self.running[result.item_id]
+        return running
+
+    def expired(self) -> list[StageResult]:
+        """A Python stage cannot be killed: past its timeout it is abandoned (its
+        worker replaced) and ends as a timeout."""
+        results = []
+        for item_id, running in list(self.running.items()):
+            if running.kind == "thread" and self.ctx.mono > running.deadline + PY_TIMEOUT_GRACE:
+                running.cancel.set()
+                self.pool.abandon_one()
+                error = f"timed out after {running.deadline - running.started:.1f} s (abandoned)"
+                results.append(StageResult(item_id, running.token, "timeout", error))
+        return results
+
+    def cancel_all(self) -> None:
+        """Out of patience while stopping: stop the stages still running."""
+        for running in self.running.values():
+            running.cancel.set()
+
+    def forget(self, item_id: str) -> None:
+        """ITEM_ID ended: its scratch folder, if a stage may have made one, goes."""
+        if item_id in self.ran_stages:
+            self.ran_stages.discard(item_id)
+            remove_scratch(self.scratch_root, [item_id])

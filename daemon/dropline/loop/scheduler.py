@@ -1,0 +1,346 @@
+"""The scheduler: the files in flight, from their claim to the decision to end them.
+
+It owns the items in working/ (ready to run, waiting for a retry, running a
+stage), hands stage attempts to the worker pool, records how each ended and
+asks ``lifecycle/decide.py`` what that means: the next stage, a retry after a
+delay, the file's ``on_failure`` stages, or its end.  The ends it decides go
+to ``finishes``, which the loop hands to the transit.
+
+A file that fails runs its pipeline's ``on_failure`` stages first, if any:
+its failure is kept in its metadata (FAILURE), and its next stage index
+goes on past the ordinary stages (``Pipeline.stage_at``).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import time
+from pathlib import Path
+from typing import Any
+
+from ..crashpoints import crashpoint
+from ..events import AttemptEnd
+from ..lifecycle.claim import Claimed
+from ..lifecycle.decide import decide
+from ..lifecycle.finish import Finish
+from ..lifecycle.recovery import finish_for
+from ..spool import Spool
+from ..stages import FAILURE
+from ..state import ItemLog, ItemRow
+from ..workers import StageResult, WorkerPool
+from .attempts import Attempts, Job
+from .context import LoopContext
+from .items import Item, Running
+
+# Seconds at least between two looks at a file held open for writing in working/.
+_OPEN_RECHECK = 0.5
+
+
+class Scheduler:
+    """The items in flight and their stage attempts."""
+
+    def __init__(
+        self, ctx: LoopContext, items: ItemLog, spool: Spool, pool: WorkerPool, scratch_root: Path
+    ) -> None:
+        self.ctx = ctx
+        self.item_log = items
+        self.spool = spool
+        self.attempts = Attempts(ctx, items, pool, scratch_root)
+        self.running = self.attempts.running  # the attempts running, by item id
+        self.items: dict[str, Item] = {}
+        self.ready: collections.deque[str] = collections.deque()
+        self.retry_heap: list[tuple[float, str]] = []  # (monotonic due time, item id)
+        self.results: list[tuple[StageResult, Item, Running]] = []  # not recorded yet
+        self.finishes: list[Finish] = []  # ends decided, for the transit
+        self.held_items: set[str] = set()  # found held open in working/, logged once
+
+    # --- what the loop asks ---------------------------------------------------
+
+    def has_work(self) -> bool:
+        """Results to record, or files ready with a worker free (the loop does not sleep)."""
+        if self.results:
+            return True
+        return bool(self.ready) and not self.ctx.stopping and self.attempts.free() > 0
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self.retry_heap[0][0]] if self.retry_heap else []
+        running = self.attempts.next_deadline()
+        if running is not None:
+            deadlines.append(running)
+        return min(deadlines) if deadlines else None
+
+    def working_names(self) -> set[bytes]:
+        return {item.working_name for item in self.items.values()}
+
+    # --- files in ------------------------------------------------------------
+
+    def resume(self, rows: list[ItemRow], now: float) -> None:
+        """At start: the files recovery left in flight."""
+        for row in rows:
+            item = self.items[row.id] = Item.from_row(row)
+            if row.state == "finishing":
+                self.finishes.append(
+                    finish_for(row, row.outcome or "failed", row.reason or "", None)
+                )
+            elif item.next_at is not None and item.next_at > now:
+                # The due time is recorded in wall time; the loop waits in monotonic time.
+                heapq.heappush(self.retry_heap, (self.ctx.mono + item.next_at - now, item.id))
+            else:
+                self.ready.append(item.id)
+        self.attempts.ran_stages = set(self.items)
+
+    def admit(self, c: Claimed) -> Item:
+        """A file now in working/ and recorded active (claimed, or back from failed/)."""
+        item = Item(
+            c.item_id,
+            c.name,
+            c.working_name,
+            c.pipeline,
+            sha256=c.sha256,
+            created_at=c.created_at,
+            fingerprint=(c.size, c.ctime_ns),
+            fingerprint_pass=self.ctx.passes,
+        )
+        self.items[item.id] = item
+        self.ready.append(item.id)
+        return item
+
+    def ended(self, finishes: list[Finish]) -> None:
+        """These files reached their end: forgotten, their scratch folders removed."""
+        for f in finishes:
+            self.items.pop(f.item_id, None)
+            self.attempts.forget(f.item_id)
+
+    # --- stage results --------------------------------------------------------
+
+    def result(self, result: StageResult) -> None:
+        """A worker's result (recorded by the next pass, with the others)."""
+        running = self.attempts.ended(result)
+        if running is not None:  # (None: abandoned after its timeout, now returned)
+            self.results.append((result, self.items[result.item_id], running))
+
+    def collect(self, now: float) -> None:
+        """Record the results, abandon Python stages past their timeout, and
+        make the retries that are due ready."""
+        if self.results:
+            self._commit_results(now)
+        expired = self.attempts.expired()
+        if expired:
+            for result in expired:
+                self.result(result)
+            self._commit_results(now)
+        mono = self.ctx.mono
+        while self.retry_heap and self.retry_heap[0][0] <= mono:
+            _, item_id = heapq.heappop(self.retry_heap)
+            if item_id in self.items:
+                self.ready.append(item_id)
+
+    def _commit_results(self, now: float) -> None:
+        pending, self.results = self.results, []
+        with self.item_log.db.transaction():
+            ends = [self._record(result, item, running, now) for result, item, running in pending]
+        crashpoint("stage.result_committed")
+        # Told once committed: the journal never reports a step the database lacks.
+        for end in ends:
+            self.ctx.events.attempt_ended(end)
+
+    def _record(self, result: StageResult, item: Item, running: Running, now: float) -> AttemptEnd:
+        """Record how an attempt ended and what it means (``decide``)."""
+        rows = self.item_log
+        pipeline = self.ctx.routes.get(item.pipeline)
+        stage = pipeline.stage_at(running.stage_index) if pipeline else None
+        stage_cfg = stage.config if stage else None
+        d = decide(
+            result.outcome,
+            result.error,
+            stage=running.stage,
+            config=stage_cfg,
+            failures=item.attempt,
+            stopped=self.ctx.stopping and running.cancel.is_set(),
+            failing=FAILURE in item.metadata,
+        )
+        end = AttemptEnd(
+            item.id,
+            item.name,
+            item.pipeline,
+            running.stage,
+            result,
+            d,
+            result.duration or self.ctx.mono - running.started,  # 0 when abandoned
+            stage_cfg.retries if stage_cfg else 0,
+        )
+        error = {"next": "", "indeterminate": d.reason}.get(d.verdict, result.error)
+        rows.record_stage_end(running.attempt_id, d.attempt_outcome, error, now)
+        if d.verdict == "next":
+            item.metadata.update(result.metadata)
+            self._next_stage(item, running.stage_index + 1, now)
+            seen = self.spool.working.fingerprint(item.working_name)
+            if stage_cfg and stage_cfg.modifies and seen is not None and seen != item.fingerprint:
+                item.fingerprint = seen  # the stage rewrote it, as it declares it may
+                rows.set_fingerprint(item.id, seen[0], seen[1], now)
+        elif d.verdict == "interrupted":
+            pass  # we stopped it: not the stage's failure; it runs again after the restart
+        elif d.verdict == "retry":
+            item.attempt = d.failures
+            item.next_at = now + d.delay
+            rows.set_progress(
+                item.id, item.next_stage, d.failures, item.next_at, item.metadata, now
+            )
+            heapq.heappush(self.retry_heap, (self.ctx.mono + d.delay, item.id))
+        elif d.verdict == "go_on":
+            # An on_failure stage failed: recorded and told; the file's outcome
+            # (failed, for its own reason) stands, and the next one runs.
+            item.attempt = d.failures
+            self._next_stage(item, running.stage_index + 1, now)
+        else:  # fail, indeterminate (a stop: no on_failure stages then)
+            item.attempt = d.failures
+            self._fail(item, d.reason, running.stage, now, stopping=d.verdict == "indeterminate")
+        return end
+
+    def _next_stage(self, item: Item, index: int, now: float) -> None:
+        """ITEM goes on to stage INDEX, at once (caller's transaction)."""
+        item.next_stage = index
+        item.attempt = 0
+        item.next_at = None
+        self.item_log.set_progress(item.id, index, 0, None, item.metadata, now)
+        self.ready.append(item.id)
+
+    # --- dispatching stages -------------------------------------------------
+
+    def dispatch(self, now: float) -> None:
+        """Hand the ready files' next stages to the workers; decide the ends of
+        the files with no stage left."""
+        jobs: list[Job] = []
+        free = self.attempts.free()
+        stopping = self.ctx.stopping
+        deferred: list[str] = []
+        while self.ready:
+            item_id = self.ready.popleft()
+            item = self.items.get(item_id)
+            if item is None or item_id in self.running:
+                continue
+            pipeline = self.ctx.routes.get(item.pipeline)
+            if item.pipeline is None:
+                self._finish(item, "failed", "no pipeline matches this name", None)
+                continue
+            if pipeline is None:
+                self._finish(
+                    item, "failed", f'pipeline "{item.pipeline}" is no longer configured', None
+                )
+                continue
+            failure = item.metadata.get(FAILURE)
+            last = len(pipeline.stages) + (len(pipeline.on_failure) if failure else 0)
+            done = item.next_stage >= last
+            if not done and (stopping or len(jobs) >= free):
+                deferred.append(item_id)
+                continue
+            if done and self._still_held_open(item):
+                continue
+            if self._changed_under_us(item):
+                continue
+            if done and isinstance(failure, dict):
+                self._finish_failure(item, failure)
+                continue
+            if done:
+                self._finish(item, "archived", "", None)
+                continue
+            jobs.append((item, pipeline, item.next_stage, item.attempt + 1))
+        self.ready.extend(deferred)
+        if jobs:
+            self.attempts.start(jobs, now)
+
+    def _still_held_open(self, item: Item) -> bool:
+        """Whether a process still holds the file open for writing as it is about
+        to leave working/: then it waits (looked at again after a while), and
+        once closed its fingerprint decides (``_changed_under_us``)."""
+        if item.fingerprint_pass == self.ctx.passes:
+            # Probed at its claim this very pass, after the rename: in working/
+            # no new writer can open it since.
+            return False
+        held = self.spool.working.held_open(item.working_name)
+        if not held:
+            self.held_items.discard(item.id)
+            return False
+        if item.id not in self.held_items:
+            self.held_items.add(item.id)
+            self.ctx.log.warning(
+                "file.held_open",
+                item=item.id,
+                file=item.name,
+                detail="a process still holds it open for writing in working/; "
+                "it leaves once closed",
+            )
+        recheck = max(self.ctx.config.settle_time, _OPEN_RECHECK)
+        heapq.heappush(self.retry_heap, (self.ctx.mono + recheck, item.id))
+        return True
+
+    def _changed_under_us(self, item: Item) -> bool:
+        """Fail the file if its content changed since the claim (or since the last stage).
+
+        The claim moved it out of every dropper's reach, so a change means a
+        writer kept it open and wrote after the claim: what a stage would see, or
+        archive/ would keep, is not what was dropped.
+        """
+        if item.fingerprint_pass == self.ctx.passes:
+            # Taken by this very pass (the claim's fstat, milliseconds ago): a second
+            # look now would narrow no window the move itself does not leave open.
+            return False
+        seen = self.spool.working.fingerprint(item.working_name)
+        if item.fingerprint is None or seen is None or seen == item.fingerprint:
+            return False
+        reason = (
+            "modified after it was claimed (a writer still held it open): "
+            f"size {item.fingerprint[0]} -> {seen[0]}"
+        )
+        item.fingerprint = seen  # on_failure stages may still run on what is there
+        self._fail(item, reason, None, time.time())
+        return True
+
+    # --- ends -----------------------------------------------------------------
+
+    def _fail(
+        self, item: Item, reason: str, stage: str | None, now: float, *, stopping: bool = False
+    ) -> None:
+        """The file failed: its pipeline's on_failure stages first, if any, then failed/.
+
+        The failure is recorded in the item's metadata (FAILURE), which the
+        on_failure stages read and a restart resumes from.
+        """
+        pipeline = self.ctx.routes.get(item.pipeline)
+        earlier = item.metadata.get(FAILURE)
+        if isinstance(earlier, dict):  # failed again while notifying: the first reason stands
+            self._finish_failure(item, earlier)
+            return
+        if pipeline is None or not pipeline.on_failure or stopping:
+            self._finish(item, "failed", reason, stage)
+            return
+        item.metadata[FAILURE] = {"stage": stage, "reason": reason, "attempts": item.attempt}
+        if self.item_log.db.in_transaction:
+            self._next_stage(item, len(pipeline.stages), now)
+        else:
+            with self.item_log.db.transaction():
+                self._next_stage(item, len(pipeline.stages), now)
+
+    def _finish_failure(self, item: Item, failure: dict[str, Any]) -> None:
+        """To failed/ for the reason recorded when it failed (after its on_failure stages)."""
+        attempts = failure.get("attempts")
+        item.attempt = attempts if isinstance(attempts, int) else item.attempt
+        stage = failure.get("stage")
+        self._finish(item, "failed", str(failure.get("reason")), stage or None)
+
+    def _finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
+        self.finishes.append(
+            Finish(
+                item_id=item.id,
+                name=item.name,
+                working_name=item.working_name,
+                outcome=outcome,
+                reason=reason,
+                pipeline=item.pipeline,
+                stage=stage,
+                attempts=item.attempt,
+                sha256=item.sha256,
+                created_at=item.created_at,
+            )
+        )
