@@ -491,7 +491,7 @@ def test_file_kept_open_by_the_dropper_is_not_claimed_until_closed(dropline: Con
     finally:
         if writer.poll() is None:
             writer.kill()
-            writer.wait()
+        writer.communicate()  # reaps it and closes its pipe
     (path,) = wait_until(
         lambda: archived(box, b"kept.csv"), 15, interval=0.05, what="kept.csv archived"
     )
