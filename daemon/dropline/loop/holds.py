@@ -53,7 +53,8 @@ class ToolHolds:
         """Seconds NAME must wait, as a rule says; None if no rule holds it."""
         hold = self._hold_of(name, size, age)
         if hold is None:
-            self.forget(name)
+            if self.held:  # (inline: asked of every file)
+                self.held.pop(name, None)
             return None
         self._held(name, hold)
         # A grace ends at a known age; a file beside it may go at any time.
@@ -70,10 +71,6 @@ class ToolHolds:
         """NAME is gone, or no rule holds it any more."""
         if self.held:
             self.held.pop(name, None)
-
-    def claimed(self, name: bytes) -> None:
-        if self.databases:
-            self.databases.pop(name, None)
 
     def _beside(self, name: bytes) -> tuple[bytes, Beside, int]:
         """NAME's base name and the names beside it, with the folder's fd (-1: none)."""

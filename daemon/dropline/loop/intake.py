@@ -305,6 +305,8 @@ class Intake:
         """NAME was claimed: what was remembered of it ends."""
         if self.held_open:
             self.held_open.pop(name, None)  # the episode ends
-        self.holds.claimed(name)
+        databases = self.holds.databases  # (no call: asked of every file)
+        if databases:
+            databases.pop(name, None)
         if self.busy:
             self.busy.pop(name, None)
