@@ -176,11 +176,17 @@ class DaemonProcess:
         ]
 
     def wait_event(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        found = wait_until(
-            lambda: self.find(event, **fields) or self._dead(),
-            timeout,
-            what=f"event {event} {fields}",
-        )
+        try:
+            found = wait_until(
+                lambda: self.find(event, **fields) or self._dead(),
+                timeout,
+                what=f"event {event} {fields}",
+            )
+        except AssertionError as exc:
+            # What the daemon did meanwhile is what tells a slow machine from a stuck loop.
+            raise AssertionError(
+                f"{exc}; the daemon's log so far:\n{self.text()[-4000:]}"
+            ) from None
         if found is True:
             raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.text()[-4000:]}")
         return found[0]  # type: ignore[no-any-return]
