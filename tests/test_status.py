@@ -57,12 +57,16 @@ def test_status_while_a_burst_drains(tree: Tree, start_daemon: Any) -> None:
     # than what was dropped, give or take the files moving in between.
     assert 0 < total <= 122 + doc["in_flight"]["count"]
 
+    # The folders are counted before the rows are read: a document read while the
+    # last files move may count one in working/ that its rows say has ended.  The
+    # burst has drained once one reading shows it all.
+    drained_counts = {"incoming": 0, "working": 0, "archived": 120, "failed": 2}
+
     def drained() -> dict[str, Any] | None:
         d = cli_json(tree, "status", schema="status")
-        return d if d["counts"]["archived"] + d["counts"]["failed"] == 122 else None
+        return d if d["counts"] == drained_counts else None
 
-    done = wait_until(drained, timeout=60, interval=0.1, what="the burst drained")
-    assert done["counts"] == {"incoming": 0, "working": 0, "archived": 120, "failed": 2}
+    done = wait_until(drained, timeout=60, interval=0.1, what=f"status showing {drained_counts}")
     assert done["rate"]["archived"] == 120 and done["rate"]["failed"] == 2
     assert done["rate"]["files_per_second"] > 0
     assert done["in_flight"] == {"count": 0, "shown": []}
