@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from .lifecycle.claim import Claimed
 from .lifecycle.decide import Decision
 from .lifecycle.finish import Finish
 from .metrics import Metrics, NoMetrics
@@ -31,13 +32,6 @@ class AttemptEnd:
     decision: Decision
     seconds: float  # how long it ran (0 when abandoned)
     retries: int  # the stage's retries, as configured
-
-
-class Claimed(Protocol):
-    item_id: str
-    name: bytes
-    pipeline: str | None
-    size: int
 
 
 class FileEvents:

@@ -35,7 +35,13 @@ class LoopContext:
     def stopping(self) -> bool:
         return self.stopping_since is not None
 
+    def open_recheck(self) -> float:
+        """Seconds before a file found held open for writing is looked at again (its
+        close event brings it back sooner; this is for a close inotify did not tell)."""
+        return max(self.config.settle_time, _OPEN_RECHECK)
 
+
+_OPEN_RECHECK = 0.5  # seconds at least between two looks at a file held open
 MAX_REMEMBERED = 100_000  # names remembered so that each is logged once (refused, held)
 
 

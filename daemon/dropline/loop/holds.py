@@ -18,6 +18,12 @@ _HOLD_RECHECK = 1.0
 _HELD_LOG_EVERY = 60.0  # seconds: a name held again within this is not logged again
 
 
+def _wait(hold: Hold, age: float) -> float:
+    """Seconds before a name held at AGE is looked at again: a grace ends at a
+    known age; a file beside it may go at any time."""
+    return _HOLD_RECHECK if hold.grace is None else max(hold.grace - age, 0.0) + 0.01
+
+
 @dataclass(slots=True)
 class Held:
     """A name in incoming/ that a rule keeps waiting."""
@@ -57,15 +63,14 @@ class ToolHolds:
                 self.held.pop(name, None)
             return None
         self._held(name, hold)
-        # A grace ends at a known age; a file beside it may go at any time.
-        return _HOLD_RECHECK if hold.grace is None else max(hold.grace - age, 0.0) + 0.01
+        return _wait(hold, age)
 
     def database_waits(self, name: bytes, hold: Hold) -> float:
         """The claim found NAME a database with its journal beside it: it waits."""
         self.databases[name] = None
         remember(self.databases, name, MAX_REMEMBERED)
         self._held(name, hold)
-        return _HOLD_RECHECK if hold.grace is None else max(hold.grace, 0.0) + 0.01
+        return _wait(hold, 0.0)
 
     def forget(self, name: bytes) -> None:
         """NAME is gone, or no rule holds it any more."""

@@ -25,9 +25,6 @@ _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan la
 # reads and hashes a whole batch in one pass (64 MiB: some 40 ms from the page
 # cache), so a backlog of big files does not hold up the pass and its answers.
 CLAIM_BYTES = 64 << 20
-# Seconds at least between two looks at a file held open for writing (its close
-# event brings it back at once; this is for a close that inotify did not tell).
-_OPEN_RECHECK = 0.5
 
 
 class Intake:
@@ -277,7 +274,7 @@ class Intake:
                 file=entry.name,
                 detail="a process holds it open for writing; claimed once it is closed",
             )
-        self._settle(entry.name, max(self.ctx.config.settle_time, _OPEN_RECHECK))
+        self._settle(entry.name, self.ctx.open_recheck())
 
     def not_claimed(self, result: ClaimResult) -> None:
         """The files a claim batch left in incoming/: refused, held, put back."""

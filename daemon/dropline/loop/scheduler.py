@@ -33,9 +33,6 @@ from .attempts import Attempts, Job
 from .context import LoopContext
 from .items import Item, Running
 
-# Seconds at least between two looks at a file held open for writing in working/.
-_OPEN_RECHECK = 0.5
-
 
 class Scheduler:
     """The items in flight and their stage attempts."""
@@ -47,7 +44,6 @@ class Scheduler:
         self.item_log = items
         self.spool = spool
         self.attempts = Attempts(ctx, items, pool, scratch_root)
-        self.running = self.attempts.running  # the attempts running, by item id
         self.items: dict[str, Item] = {}
         self.ready: collections.deque[str] = collections.deque()
         self.retry_heap: list[tuple[float, str]] = []  # (monotonic due time, item id)
@@ -56,6 +52,11 @@ class Scheduler:
         self.held_items: set[str] = set()  # found held open in working/, logged once
 
     # --- what the loop asks ---------------------------------------------------
+
+    @property
+    def running(self) -> dict[str, Running]:
+        """The attempts running in the pool, by item id."""
+        return self.attempts.running
 
     def has_work(self) -> bool:
         """Results to record, or files ready with a worker free (the loop does not sleep)."""
@@ -271,8 +272,7 @@ class Scheduler:
                 detail="a process still holds it open for writing in working/; "
                 "it leaves once closed",
             )
-        recheck = max(self.ctx.config.settle_time, _OPEN_RECHECK)
-        heapq.heappush(self.retry_heap, (self.ctx.mono + recheck, item.id))
+        heapq.heappush(self.retry_heap, (self.ctx.mono + self.ctx.open_recheck(), item.id))
         return True
 
     def _changed_under_us(self, item: Item) -> bool:
