@@ -282,8 +282,21 @@ def fill_datagram_queue(path: Path | str) -> list[socket.socket]:
             raise AssertionError(f"{path}: the datagram queue never filled")
 
 
+def walk_entries(root: Path) -> list[Path]:
+    """Every entry under ROOT, sorted, read while a daemon may be emptying it.
+
+    ``Path.rglob`` raises when a sub-folder it listed is removed before it
+    descends into it, which dropline does to an emptied sub-folder of
+    incoming/; ``os.walk`` passes over a folder that vanished.
+    """
+    found: list[Path] = []
+    for parent, dirs, files in os.walk(root):
+        found.extend(Path(parent, name) for name in (*dirs, *files))
+    return sorted(found)
+
+
 def iter_files(root: Path) -> Iterator[Path]:
-    for path in sorted(root.rglob("*")):
+    for path in walk_entries(root):
         if path.is_file():
             yield path
 

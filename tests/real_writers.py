@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from .harness import DaemonProcess, Tree, wait_until
+from .harness import DaemonProcess, Tree, wait_until, walk_entries
 
 PASSTHROUGH = """
 - name: passthrough
@@ -129,7 +129,7 @@ def rows(tree: Tree) -> list[Row]:
 
 def listing(folder: Path) -> list[str]:
     """Everything in FOLDER, sub-folders' contents as relative paths."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    return [str(p.relative_to(folder)) for p in walk_entries(folder)]
 
 
 @dataclass

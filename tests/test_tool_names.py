@@ -25,7 +25,15 @@ from dropline.config import ToolFilesConfig, load_config
 from dropline.errors import ConfigError
 from dropline.toolnames import Beside, ToolNames
 
-from .harness import DaemonProcess, Tree, cli_json, run_cli, run_until_idle, wait_until
+from .harness import (
+    DaemonProcess,
+    Tree,
+    cli_json,
+    run_cli,
+    run_until_idle,
+    wait_until,
+    walk_entries,
+)
 
 PASSTHROUGH = """
 - name: passthrough
@@ -244,7 +252,7 @@ def need(*programs: str) -> None:
 
 
 def names_in(folder: Path) -> set[str]:
-    return {p.name for p in folder.rglob("*") if p.is_file()}
+    return {p.name for p in walk_entries(folder) if p.is_file()}
 
 
 def settled(tree: Tree, expect: set[str]) -> bool:
