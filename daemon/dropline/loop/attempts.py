@@ -46,9 +46,17 @@ class Attempts:
         return min(r.deadline for r in self.running.values()) + PY_TIMEOUT_GRACE
 
     def start(self, jobs: list[Job], now: float) -> None:
-        """Record the attempts (one commit), then hand them to the workers."""
+        """Record the attempts (one commit), then hand them to the workers.
+
+        The commit is fsync'd only when one of the stages is declared
+        ``idempotent: false``: such a stage never runs before its start is
+        durable, so that after a crash or a power loss it is known to have
+        (maybe) run and is not run again.  An idempotent stage whose start a
+        power loss takes back simply runs again (``state/db.py``).
+        """
         started: list[tuple[Item, Pipeline, int, int, int]] = []
-        with self.item_log.db.transaction():
+        durable = any(not p.stages_all[i].config.idempotent for _, p, i, _ in jobs)
+        with self.item_log.db.transaction(durable=durable):
             for item, pipeline, index, attempt in jobs:
                 stage = pipeline.stages_all[index]
                 attempt_id = self.item_log.record_stage_start(

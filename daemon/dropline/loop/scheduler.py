@@ -139,12 +139,31 @@ class Scheduler:
 
     def _commit_results(self, now: float) -> None:
         pending, self.results = self.results, []
-        with self.item_log.db.transaction():
+        with self.item_log.db.transaction(durable=self._must_be_durable(pending)):
             ends = [self._record(result, item, running, now) for result, item, running in pending]
         crashpoint("stage.result_committed")
         # Told once committed: the journal never reports a step the database lacks.
         for end in ends:
             self.ctx.events.attempt_ended(end)
+
+    def _must_be_durable(self, pending: list[tuple[StageResult, Item, Running]]) -> bool:
+        """Whether these results need an fsync'd commit.
+
+        Not when each is a success of an idempotent stage that leaves the file
+        as it was: a power loss that takes such a record back makes the stage
+        run again, which it allows.  A failure (its retry count and time must
+        survive), a non-idempotent stage (a lost end would fail its file as
+        indeterminate) or a stage that rewrote the file (its new fingerprint)
+        is committed durably, and so is everything committed with it.
+        """
+        for result, item, running in pending:
+            if result.outcome != "succeeded":
+                return True
+            pipeline = self.ctx.routes.get(item.pipeline)
+            stage = pipeline.stage_at(running.stage_index) if pipeline else None
+            if stage is None or not stage.config.idempotent or stage.config.modifies:
+                return True
+        return False
 
     def _record(self, result: StageResult, item: Item, running: Running, now: float) -> AttemptEnd:
         """Record how an attempt ended and what it means (``decide``)."""

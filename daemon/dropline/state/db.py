@@ -3,6 +3,14 @@
 WAL with synchronous=FULL (NORMAL can lose committed transactions on power
 loss), a busy timeout, and a schema versioned by ``PRAGMA user_version``.
 Writes are grouped: callers open one ``transaction()`` per batch of files.
+
+A transaction may be declared not durable (``durable=False``): committed
+with synchronous=NORMAL, written to the WAL but not fsync'd.  A crash of the
+process (kill -9) loses none of it, since the WAL is in the kernel's hands at
+COMMIT; a power loss may lose a tail of such transactions, never one before
+a durable commit, because the WAL is appended in order and each durable
+COMMIT fsyncs all of it.  The stage bookkeeping of idempotent stages is
+committed so: what a power loss takes back, the stage runs again.
 This module knows no table but through ``MIGRATIONS``; the item log, the
 requests and pruning put their SQL through it.  A connection is never carried
 across fork.
@@ -67,11 +75,14 @@ class Database:
             self.connection.execute("COMMIT")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Database]:
-        """One atomic, durable group of writes: BEGIN IMMEDIATE ... COMMIT."""
+    def transaction(self, *, durable: bool = True) -> Iterator[Database]:
+        """One atomic group of writes: BEGIN IMMEDIATE ... COMMIT, fsync'd at
+        COMMIT unless DURABLE is False (see the module's docstring)."""
         if self._in_tx:
             raise RuntimeError("nested transaction")
         try:
+            if not durable:  # FULL again after the COMMIT: any other write is durable
+                self.connection.execute("PRAGMA synchronous = NORMAL")
             self.connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise _fatal(exc) from exc
@@ -94,6 +105,9 @@ class Database:
                 raise _fatal(exc) from exc
         finally:
             self._in_tx = False
+            if not durable:
+                with contextlib.suppress(sqlite3.Error):
+                    self.connection.execute("PRAGMA synchronous = FULL")
 
     @property
     def in_transaction(self) -> bool:
