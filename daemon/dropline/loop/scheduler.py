@@ -195,10 +195,11 @@ class Scheduler:
         if d.verdict == "next":
             item.metadata.update(result.metadata)
             self._next_stage(item, running.stage_index + 1, now)
-            seen = self.spool.working.fingerprint(item.working_name)
-            if stage_cfg and stage_cfg.modifies and seen is not None and seen != item.fingerprint:
-                item.fingerprint = seen  # the stage rewrote it, as it declares it may
-                rows.set_fingerprint(item.id, seen[0], seen[1], now)
+            if stage_cfg and stage_cfg.modifies:  # (a stat per stage only where it may change)
+                seen = self.spool.working.fingerprint(item.working_name)
+                if seen is not None and seen != item.fingerprint:
+                    item.fingerprint = seen  # the stage rewrote it, as it declares it may
+                    rows.set_fingerprint(item.id, seen[0], seen[1], now)
         elif d.verdict == "interrupted":
             pass  # we stopped it: not the stage's failure; it runs again after the restart
         elif d.verdict == "retry":
