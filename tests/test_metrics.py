@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dropline.config import MetricsConfig
 from dropline.errors import ConfigError
-from dropline.metrics import Metrics, make_metrics
+from dropline.metrics import make_metrics
+from dropline.prometheus import Metrics
 from dropline.spool import REFUSAL_KINDS
 
 from .harness import Tree, run_cli, wait_until

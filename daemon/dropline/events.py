@@ -15,7 +15,7 @@ from typing import Any
 from .lifecycle.claim import Claimed
 from .lifecycle.decide import Decision
 from .lifecycle.finish import Finish
-from .metrics import Metrics, NoMetrics
+from .metrics import MetricsSink
 from .spool import Refusal
 from .workers import StageResult
 
@@ -37,7 +37,7 @@ class AttemptEnd:
 class FileEvents:
     """The observers of the loop's transitions."""
 
-    def __init__(self, log: Any, metrics: Metrics | NoMetrics) -> None:
+    def __init__(self, log: Any, metrics: MetricsSink) -> None:
         self.log = log
         self.metrics = metrics
         self.counts = {"archived": 0, "failed": 0}

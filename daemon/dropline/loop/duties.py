@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..config.host import free_space_problem
 from ..errors import DiskFullError
 from ..log import journal_behind, journal_waiting
-from ..metrics import Metrics, NoMetrics
+from ..metrics import MetricsSink
 from ..notify import Notifier
 from .context import LoopContext
 
@@ -28,7 +28,7 @@ class Duties:
         self,
         ctx: LoopContext,
         notifier: Notifier,
-        metrics: Metrics | NoMetrics,
+        metrics: MetricsSink,
         status_line: Callable[[], str],
     ) -> None:
         self.ctx = ctx
