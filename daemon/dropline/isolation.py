@@ -1,16 +1,23 @@
-"""Python stages in worker processes: killable at their timeout, bounded in memory.
+"""Stages in worker processes: killable at their timeout, bounded in memory, using every core.
 
-A Python stage run in a thread can neither be killed when it hangs nor kept
-from eating the daemon's memory.  So by default (``isolation: process``)
-each worker thread drives one child process of its own (a fresh
-interpreter, never a fork of the threaded daemon with its open database)
-that imports the operator's stage and runs it, one file at a time.  At the
-timeout, or when the daemon stops, the child is killed and a new one
-started for the next file; an address-space limit
-(``memory_limit``) turns a runaway allocation into a MemoryError in the
-child, a failed attempt, instead of an OOM kill of the daemon.  What the
-stage prints goes to a temporary file whose tail joins the error: never
-held in memory, never in the journal unbounded.
+A stage run in a thread can neither be killed when it hangs nor kept from
+eating the daemon's memory, and CPU-bound stages in threads share one GIL.
+So Python stages (by default, ``isolation: process``) and the CPU- or
+local-I/O-bound builtins run in a child process of the worker thread (a
+fresh interpreter, never a fork of the threaded daemon with its open
+database) that builds each stage once and then runs it file after file.
+
+The worker keeps the child's pipe fed (``StageProcess``): the next attempt
+is already waiting there when one ends, so the child takes it without a
+round trip through the daemon; results come back one by one as each
+attempt ends.  The child runs them in order, so the attempt at the head is
+the one running, and its own timeout counts from when the one before it
+ended.  The child is killed and replaced only at a timeout, after a
+MemoryError (its ``memory_limit``), when it dies, or when the daemon stops;
+the attempts queued behind the one that ended so are sent again to the new
+child, which never started them.  What a stage prints goes to a temporary
+file whose tail joins the error: never held in memory, never in the journal
+unbounded.  The child's own loop is ``isolation_child.py``.
 
 The child never touches the spool or the database.
 """
@@ -18,27 +25,42 @@ The child never touches the spool or the database.
 from __future__ import annotations
 
 import contextlib
-import json
+import fcntl
 import os
-import resource
-import subprocess
-import sys
-import tempfile
+import pickle
+import select
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .spool.ipc import Pipe, start_helper
 
-_POLL = 0.05  # seconds between checks of the timeout and the stop request
-_OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
+if TYPE_CHECKING:
+    import subprocess
+
+AHEAD = 2  # attempts a child holds: the one it runs and the next, waiting in its pipe
+_CANCEL_CHECK = 0.25  # seconds between looks at the stop request while a stage runs
+
+Ended = tuple[Any, str, str, dict[str, Any]]  # (tag, outcome, error, metadata)
+
+
+@dataclass
+class _Flight:
+    """One attempt sent to the child, not yet ended."""
+
+    tag: Any  # the caller's: handed back with the result
+    spec: dict[str, Any]
+    timeout: float
+    cancel: threading.Event | None
 
 
 class StageProcess:
-    """One child process running Python stages for one worker thread.
+    """One child process running stages for one worker thread, fed ahead.
 
-    The child is ``python -m dropline.isolation`` on two pipes (``spool/ipc.py``).
+    The child is ``python -m dropline.isolation_child`` on two pipes
+    (``spool/ipc.py``); it is started at the first attempt sent to it.
     """
 
     def __init__(self, log_format: str) -> None:
@@ -46,138 +68,140 @@ class StageProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._requests: Pipe | None = None
         self._results: Pipe | None = None
+        self._flights: deque[_Flight] = deque()
+        self._unsent = bytearray()  # requests the pipe could not take yet
+        self._head_since = 0.0  # when the attempt at the head started to run
 
-    def _start(self) -> tuple[Pipe, Pipe]:
-        self._proc, self._requests, self._results = start_helper(
-            "dropline.isolation", [self._log_format]
-        )
-        return self._requests, self._results
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
-    def run(
-        self, spec: dict[str, Any], timeout: float, cancel: threading.Event | None
-    ) -> tuple[str, str, dict[str, Any]]:
-        """Run one stage attempt; returns (outcome, error, metadata)."""
-        if self._requests is not None and self._results is not None and self._alive():
-            requests, results = self._requests, self._results
+    def busy(self) -> bool:
+        return bool(self._flights)
+
+    def room(self) -> bool:
+        """Whether one more attempt may be sent now."""
+        return len(self._flights) < AHEAD
+
+    def send(self, tag: Any, spec: dict[str, Any], timeout: float, cancel: Any) -> None:
+        """Queue an attempt in the child (starting one if need be)."""
+        if not self._flights:
+            self._head_since = time.monotonic()
+        self._flights.append(_Flight(tag, spec, timeout, cancel))
+        if self._requests is None:
+            self._start()  # sends every flight, this one included
         else:
-            self.close()
-            requests, results = self._start()
-        with contextlib.suppress(OSError):  # if it died, the loop below says so
-            requests.send(spec)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if results.poll(_POLL):
-                    result: tuple[str, str, dict[str, Any]] = results.recv()
-                    return result
-            except (EOFError, OSError):
-                pass
-            if not self._alive():
-                code = self._proc.returncode if self._proc is not None else None
-                self.close()
-                how = f"killed by signal {-code}" if code and code < 0 else f"exit status {code}"
-                return "failed", f"the stage's worker process died ({how})", {}
-            if cancel is not None and cancel.is_set():
-                self.close()
-                return "failed", "cancelled: dropline is stopping", {}
-            if time.monotonic() > deadline:
-                self.close()
-                return "timeout", f"timed out after {timeout:g} s (worker process killed)", {}
+            self._write(spec)
 
-    def _alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def wait(self) -> list[Ended]:
+        """Block until at least one attempt has ended; the attempts that did, in order."""
+        ended: list[Ended] = []
+        while self._flights and not ended:
+            head = self._flights[0]
+            deadline = self._head_since + head.timeout
+            if any(f.cancel is not None and f.cancel.is_set() for f in self._flights):
+                self.close()
+                return self._fail_all("failed", "cancelled: dropline is stopping")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._replace()
+                self._flights.popleft()
+                error = f"timed out after {head.timeout:g} s (worker process killed)"
+                ended.append((head.tag, "timeout", error, {}))
+                self._resend()
+                break
+            if not self._ready(min(remaining, _CANCEL_CHECK)):
+                continue
+            results = self._results
+            try:
+                while results is not None and self._flights:
+                    outcome, error, metadata = results.recv()
+                    flight = self._flights.popleft()
+                    self._head_since = time.monotonic()
+                    ended.append((flight.tag, outcome, error, metadata))
+                    if error.startswith("MemoryError"):
+                        # Its heap may stay grown: a fresh child for the next files.
+                        self._replace()
+                        self._resend()
+                        break
+                    if not self._ready(0):
+                        break
+            except (EOFError, OSError):
+                how = self._death()
+                flight = self._flights.popleft()
+                ended.append((flight.tag, "failed", f"the stage's worker process died ({how})", {}))
+                self._resend()
+        return ended
+
+    def _ready(self, timeout: float) -> bool:
+        """Wait up to TIMEOUT for a result (or the child's end), writing queued requests."""
+        if self._results is None or self._requests is None:
+            return True  # recv raises EOFError: handled as a death
+        poller = select.poll()
+        poller.register(self._results.fd, select.POLLIN)
+        if self._unsent:
+            poller.register(self._requests.fd, select.POLLOUT)
+        for fd, _ in poller.poll(max(0.0, timeout) * 1000):
+            if fd == self._requests.fd:
+                self._flush()
+            else:
+                return True
+        return False
+
+    def _start(self) -> None:
+        proc, requests, results = start_helper("dropline.isolation_child", [self._log_format])
+        self._proc, self._requests, self._results = proc, requests, results
+        # Never blocked writing while the child is blocked writing a result to us.
+        flags = fcntl.fcntl(requests.fd, fcntl.F_GETFL)
+        fcntl.fcntl(requests.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self._unsent.clear()
+        for flight in self._flights:
+            self._write(flight.spec)
+
+    def _write(self, spec: dict[str, Any]) -> None:
+        data = pickle.dumps(spec, pickle.HIGHEST_PROTOCOL)
+        self._unsent += len(data).to_bytes(4, "big") + data
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._requests is None:
+            return
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # the rest when it has room
+            while self._unsent:
+                del self._unsent[: os.write(self._requests.fd, self._unsent)]
+
+    def _resend(self) -> None:
+        """The attempts still queued go to a new child (the old one never started them)."""
+        self._head_since = time.monotonic()
+        if self._flights:
+            self._start()
+
+    def _replace(self) -> None:
+        self.close()
+
+    def _death(self) -> str:
+        code = None
+        if self._proc is not None:
+            with contextlib.suppress(Exception):
+                code = self._proc.wait(5)
+        self.close()
+        return f"killed by signal {-code}" if code and code < 0 else f"exit status {code}"
+
+    def _fail_all(self, outcome: str, error: str) -> list[Ended]:
+        ended: list[Ended] = [(f.tag, outcome, error, {}) for f in self._flights]
+        self._flights.clear()
+        return ended
 
     def close(self) -> None:
-        """Kill the child (it may be stuck in the stage) and forget it."""
+        """Kill the child (it may be stuck in a stage) and forget it."""
         if self._proc is not None:
             with contextlib.suppress(OSError):
                 self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with contextlib.suppress(Exception):
                 self._proc.wait(5)
             self._proc = None
         for pipe in (self._requests, self._results):
             if pipe is not None:
                 pipe.close()
         self._requests = self._results = None
-
-
-def _child_main(requests: Pipe, results: Pipe, log_format: str) -> None:
-    """The child's loop: receive a stage attempt, run it, send how it ended."""
-    from .errors import ConfigError
-    from .log import configure, get_logger, release_lines
-    from .stages import StageContext, call_stage
-    from .stages.python import load_python_stage
-
-    configure(log_format)
-    output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
-    os.dup2(output.fileno(), 1)  # print() and child programs write here, not to the journal
-    loaded: dict[str, Any] = {}
-    while True:
-        try:
-            spec: dict[str, Any] = requests.recv()
-        except (EOFError, OSError):
-            return  # the daemon is gone (or closed us): end quietly
-        limit = spec["memory_limit"]
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-        sys.stdout.flush()
-        os.ftruncate(1, 0)
-        os.lseek(1, 0, os.SEEK_SET)
-        key = spec["ref"] + json.dumps(spec["options"], sort_keys=True, default=str)
-        metadata: dict[str, Any] = {}
-        func = loaded.get(key)
-        if func is None:
-            try:
-                func = load_python_stage(
-                    spec["ref"],
-                    spec["options"],
-                    [Path(p) for p in spec["search"]],
-                    file="",
-                    line=0,
-                    key=spec["stage"],
-                )
-            except ConfigError as exc:
-                func = None
-                outcome, error = "failed", exc.detail
-            else:
-                loaded[key] = func
-        if func is not None:
-            ctx = StageContext(
-                item_id=spec["item_id"],
-                path=Path(spec["path"]),
-                name=spec["name"],
-                pipeline=spec["pipeline"],
-                stage=spec["stage"],
-                attempt=spec["attempt"],
-                metadata=spec["metadata"],
-                log=get_logger(
-                    item=spec["item_id"],
-                    file=spec["name"],
-                    pipeline=spec["pipeline"],
-                    stage=spec["stage"],
-                ),
-                timeout=spec["timeout"],
-                scratch=Path(spec["scratch"]) if spec.get("scratch") else None,
-            )
-            outcome, error, metadata = call_stage(func, ctx)
-            if error.startswith("MemoryError"):
-                error += f" (over memory_limit: {limit} bytes)"
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        if outcome != "succeeded":
-            sys.stdout.flush()
-            size = os.lseek(1, 0, os.SEEK_END)
-            if size:
-                tail = os.pread(1, _OUTPUT_TAIL, max(0, size - _OUTPUT_TAIL))
-                cut = f"[... {size - len(tail)} bytes omitted ...]" if size > len(tail) else ""
-                error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
-        release_lines()  # the stage's journal entries before its result
-        try:
-            results.send((outcome, error, metadata))
-        except (OSError, ValueError, TypeError):
-            return
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        _child_main(Pipe(int(sys.argv[1])), Pipe(int(sys.argv[2])), sys.argv[3])
+        self._unsent.clear()

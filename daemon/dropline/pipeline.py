@@ -32,6 +32,8 @@ class Stage:
     config: StageConfig
     func: StageFunc
     search: tuple[str, ...] = ()  # where a python stage's module is imported from
+    # A builtin's configuration file and key: a worker process builds it again from them.
+    source: tuple[str, str] = ("", "")
 
     @property
     def name(self) -> str:
@@ -39,12 +41,24 @@ class Stage:
 
     @property
     def runs_in(self) -> str:
-        """ "command", "process" (a python stage in a worker process) or "thread"."""
-        if self.config.kind == "command":
+        """ "command", "process" (in a worker process) or "thread"."""
+        kind = self.config.kind
+        if kind == "command":
             return "command"
-        if self.config.kind == "python" and self.config.isolation == "process":
+        if kind == "python" and self.config.isolation == "process":
+            return "process"
+        if kind == "builtin" and self.config.builtin in PROCESS_BUILTINS:
             return "process"
         return "thread"
+
+
+# The builtins bound by CPU or local I/O run in the worker processes, where they
+# do not share one GIL.  publish (kernel copies and fsyncs) and webhook (waits
+# on the network) release the GIL while they wait; noop has nothing to do: a
+# process would only add a round trip.  They run in the worker threads.
+PROCESS_BUILTINS = frozenset(
+    {"validate-csv", "validate-json", "transform", "sha256", "sqlite-load", "postgres-load"}
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def _build_stage(
         )
         if built.modifies and not sc.modifies:
             sc = dataclasses.replace(sc, modifies=True)  # declared by the builtin itself
-        return Stage(sc, built.func)
+        return Stage(sc, built.func, source=(file, key))
     else:
         search = [config.pipelines_dir / pipeline.name, config.pipelines_dir]
         # Imported here even when it will run in a worker process: a stage that

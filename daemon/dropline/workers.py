@@ -2,11 +2,17 @@
 
 A job goes in; a StageResult comes out on the daemon's queue.  Workers never
 touch the database or the spool.  A command runs in its own process group; a
-Python stage runs by default in the worker's own child process
-(``isolation.py``), killed at its timeout.  A stage run in a thread
-(``isolation: thread``, and the builtins) cannot be killed: when one hangs
-past its timeout the main loop abandons it and the pool starts a replacement
-thread; the stuck thread leaves when its stage finally returns.
+Python stage (by default) and the CPU-bound builtins run in the worker's own
+child process (``isolation.py``), killed at its timeout, fed ahead so the
+child takes the next file without waiting for the daemon.  A stage run in a
+thread (``isolation: thread``, the builtins publish, webhook and noop)
+cannot be killed: when one hangs past its timeout the main loop abandons it
+and the pool starts a replacement thread; the stuck thread leaves when its
+stage finally returns.
+
+The pool takes ``capacity`` jobs (twice its threads): each worker has the
+next one at hand when its current one ends.  A job waiting in the queue has
+not begun (``StageJob.begun``): its timeout counts from when it does.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crashpoints import crashpoint
-from .isolation import StageProcess
+from .isolation import AHEAD, StageProcess
 from .pipeline import Stage
 from .stages import StageContext, call_stage
 
@@ -33,6 +39,7 @@ class StageJob:
     token: int  # tells this attempt's result from a stale one
     stage: Stage
     ctx: StageContext
+    begun: threading.Event = field(default_factory=threading.Event)  # set when it starts
 
 
 @dataclass(frozen=True)
@@ -47,15 +54,22 @@ class StageResult:
     duration: float = 0.0
 
 
-def run_isolated(job: StageJob, process: StageProcess) -> StageResult:
-    """Run one attempt of a Python stage in the worker's child process."""
-    started = time.monotonic()
-    ctx, cfg = job.ctx, job.stage.config
-    spec = {
+def isolated_spec(job: StageJob) -> dict[str, Any]:
+    """What the worker's child needs to build the stage and run this attempt."""
+    ctx, stage = job.ctx, job.stage
+    cfg = stage.config
+    return {
+        "kind": cfg.kind,
         "ref": cfg.python,
+        "builtin": cfg.builtin,
         "options": dict(cfg.options),
-        "search": list(job.stage.search),
-        "memory_limit": cfg.memory_limit,
+        "search": list(stage.search),
+        "file": stage.source[0],
+        "key": stage.source[1],
+        "line": cfg.line,
+        "lines": dict(cfg.option_lines),
+        # A builtin is the daemon's own code: no address-space limit of the operator's.
+        "memory_limit": cfg.memory_limit if cfg.kind == "python" else None,
         "item_id": ctx.item_id,
         "path": os.fspath(ctx.path),
         "name": ctx.name,
@@ -66,9 +80,6 @@ def run_isolated(job: StageJob, process: StageProcess) -> StageResult:
         "timeout": ctx.timeout,
         "scratch": os.fspath(ctx.scratch) if ctx.scratch is not None else None,
     }
-    outcome, error, metadata = process.run(spec, ctx.timeout, ctx.cancel)
-    crashpoint("stage.finished")
-    return StageResult(job.item_id, job.token, outcome, error, metadata, time.monotonic() - started)
 
 
 def run_stage(job: StageJob) -> StageResult:
@@ -79,16 +90,21 @@ def run_stage(job: StageJob) -> StageResult:
     return StageResult(job.item_id, job.token, outcome, error, metadata, time.monotonic() - started)
 
 
+_NOTHING = object()  # the queue had nothing at hand
+
+
 class WorkerPool:
     """A fixed number of daemon threads taking jobs from one queue."""
 
     def __init__(self, size: int, out: queue.SimpleQueue[Any], log_format: str = "auto") -> None:
         self.size = size
+        self.capacity = size * AHEAD  # jobs in the pool at once, running or at hand
         self._out = out
         self._log_format = log_format
         self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._excess = 0  # threads that should leave after their current job
+        self._idle = 0  # threads waiting for a job: the next one is theirs, not taken ahead
         for _ in range(size):
             self._spawn()
 
@@ -96,22 +112,65 @@ class WorkerPool:
         threading.Thread(target=self._work, name="dropline-worker", daemon=True).start()
 
     def _work(self) -> None:
-        process = StageProcess(self._log_format)  # started at its first Python stage
+        process = StageProcess(self._log_format)  # started at its first job for a process
+        held: StageJob | None = None  # a job for this thread, once the child's have ended
+        stop = False
         try:
             while True:
-                job = self._jobs.get()
-                if job is None:
+                busy = process.busy()
+                if held is None and not stop and (not busy or (process.room() and not self._idle)):
+                    job = self._take(block=not busy)
+                    if job is None:
+                        stop = True
+                    elif isinstance(job, StageJob):
+                        if job.stage.runs_in != "process":
+                            held = job
+                        elif job.ctx.cancel is not None and job.ctx.cancel.is_set():
+                            self._deliver(job, "failed", "cancelled: dropline is stopping", {}, 0)
+                        else:
+                            job.begun.set()
+                            process.send(
+                                (job, time.monotonic()),
+                                isolated_spec(job),
+                                job.ctx.timeout,
+                                job.ctx.cancel,
+                            )
+                        continue
+                if process.busy():
+                    for (job, sent), outcome, error, metadata in process.wait():
+                        self._deliver(job, outcome, error, metadata, time.monotonic() - sent)
+                elif held is not None:
+                    held.begun.set()
+                    self._out.put(run_stage(held))
+                    held = None
+                    with self._lock:
+                        if self._excess > 0:
+                            self._excess -= 1
+                            return
+                elif stop:
                     return
-                if job.stage.runs_in == "process":
-                    self._out.put(run_isolated(job, process))
-                else:
-                    self._out.put(run_stage(job))
-                with self._lock:
-                    if self._excess > 0:
-                        self._excess -= 1
-                        return
         finally:
             process.close()
+
+    def _take(self, block: bool) -> object:
+        if not block:
+            try:
+                return self._jobs.get_nowait()
+            except queue.Empty:
+                return _NOTHING
+        with self._lock:
+            self._idle += 1
+        try:
+            return self._jobs.get()
+        finally:
+            with self._lock:
+                self._idle -= 1
+
+    def _deliver(
+        self, job: StageJob, outcome: str, error: str, metadata: dict[str, Any], took: float
+    ) -> None:
+        crashpoint("stage.finished")
+        self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
 
     def submit(self, job: StageJob) -> None:
         self._jobs.put(job)

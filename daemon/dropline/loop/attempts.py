@@ -37,8 +37,8 @@ class Attempts:
         self._token = 0
 
     def free(self) -> int:
-        """Workers free for more attempts."""
-        return self.pool.size - len(self.running)
+        """Room in the pool for more attempts (running, or at hand for a worker)."""
+        return self.pool.capacity - len(self.running)
 
     def next_deadline(self) -> float | None:
         if not self.running:
@@ -86,6 +86,7 @@ class Attempts:
                 scratch=self.scratch_root / item.id,
             )
             self.ran_stages.add(item.id)
+            job = StageJob(item.id, self._token, stage, context)
             self.running[item.id] = Running(
                 self._token,
                 attempt_id,
@@ -95,9 +96,10 @@ class Attempts:
                 mono,
                 mono + stage.config.timeout,
                 cancel,
+                job.begun,
             )
             self.ctx.events.stage_started(log, attempt)
-            self.pool.submit(StageJob(item.id, self._token, stage, context))
+            self.pool.submit(job)
 
     def ended(self, result: StageResult) -> Running | None:
         """The attempt RESULT ends; None if it was abandoned already (after its
@@ -113,7 +115,14 @@ class Attempts:
         worker replaced) and ends as a timeout."""
         results = []
         for item_id, running in list(self.running.items()):
-            if running.kind == "thread" and self.ctx.mono > running.deadline + PY_TIMEOUT_GRACE:
+            if running.kind != "thread":
+                continue
+            if running.begun is not None and not running.begun.is_set():
+                # Still waiting for a worker: its timeout has not started yet.
+                timeout = running.deadline - running.started
+                running.started, running.deadline = self.ctx.mono, self.ctx.mono + timeout
+                continue
+            if self.ctx.mono > running.deadline + PY_TIMEOUT_GRACE:
                 running.cancel.set()
                 self.pool.abandon_one()
                 error = f"timed out after {running.deadline - running.started:.1f} s (abandoned)"

@@ -58,3 +58,4 @@ class Running:
     started: float
     deadline: float
     cancel: threading.Event
+    begun: threading.Event | None = None  # set by the worker when it starts the attempt

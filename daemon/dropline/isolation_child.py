@@ -1,0 +1,129 @@
+"""The worker process's own loop (``python -m dropline.isolation_child``): take the
+next stage attempt from the pipe, run it, send how it ended.
+
+Each stage is built once per child and kept (a Python stage imported, its
+class instantiated; a builtin built from its raw options by
+``build_builtin``, so what it holds, a database connection say, lives per
+child).  Imports stay lazy: a child costs only what its stages need.
+See ``isolation.py`` for the daemon's side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .spool.ipc import Pipe
+
+_OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
+
+
+def _build(spec: dict[str, Any]) -> Any:
+    """The stage callable SPEC names; ConfigError if it cannot be built."""
+    if spec["kind"] == "builtin":
+        from .stages.builtin import BuildEnv, build_builtin
+
+        file = spec["file"]
+        return build_builtin(
+            spec["builtin"],
+            spec["options"],
+            file=file,
+            line=spec["line"],
+            key=spec["key"],
+            lines=spec["lines"],
+            env=BuildEnv(Path(file).parent, spec["pipeline"]),
+        ).func
+    from .stages.python import load_python_stage
+
+    return load_python_stage(
+        spec["ref"],
+        spec["options"],
+        [Path(p) for p in spec["search"]],
+        file="",
+        line=0,
+        key=spec["stage"],
+    )
+
+
+def _run(spec: dict[str, Any], loaded: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """One attempt: (outcome, error, metadata)."""
+    from .errors import ConfigError
+    from .log import get_logger
+    from .stages import StageContext, call_stage
+
+    key = "\0".join(
+        (spec["kind"], spec["pipeline"], spec["stage"], spec.get("ref") or spec["builtin"])
+    ) + json.dumps(spec["options"], sort_keys=True, default=str)
+    func = loaded.get(key)
+    if func is None:
+        try:
+            func = loaded[key] = _build(spec)
+        except ConfigError as exc:
+            return "failed", exc.detail, {}
+    ctx = StageContext(
+        item_id=spec["item_id"],
+        path=Path(spec["path"]),
+        name=spec["name"],
+        pipeline=spec["pipeline"],
+        stage=spec["stage"],
+        attempt=spec["attempt"],
+        metadata=spec["metadata"],
+        log=get_logger(
+            item=spec["item_id"], file=spec["name"], pipeline=spec["pipeline"], stage=spec["stage"]
+        ),
+        timeout=spec["timeout"],
+        scratch=Path(spec["scratch"]) if spec.get("scratch") else None,
+    )
+    return call_stage(func, ctx)
+
+
+def main(requests: Pipe, results: Pipe, log_format: str) -> None:
+    from .log import configure, release_lines
+
+    configure(log_format)
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
+    os.dup2(output.fileno(), 1)  # print() and child programs write here, not to the journal
+    loaded: dict[str, Any] = {}
+    while True:
+        try:
+            spec: dict[str, Any] = requests.recv()
+        except (EOFError, OSError):
+            return  # the daemon is gone (or closed us): end quietly
+        limit = spec["memory_limit"]
+        if limit is not None:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        sys.stdout.flush()
+        if os.lseek(1, 0, os.SEEK_END):  # what the last stage printed: not this one's
+            os.ftruncate(1, 0)
+            os.lseek(1, 0, os.SEEK_SET)
+        outcome, error, metadata = _run(spec, loaded)
+        if limit is not None:
+            if error.startswith("MemoryError"):
+                error += f" (over memory_limit: {limit} bytes)"
+            with contextlib.suppress(ValueError, OSError):
+                infinity = resource.RLIM_INFINITY
+                resource.setrlimit(resource.RLIMIT_AS, (infinity, infinity))
+        if outcome != "succeeded":
+            sys.stdout.flush()
+            size = os.lseek(1, 0, os.SEEK_END)
+            if size:
+                tail = os.pread(1, _OUTPUT_TAIL, max(0, size - _OUTPUT_TAIL))
+                cut = f"[... {size - len(tail)} bytes omitted ...]" if size > len(tail) else ""
+                error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
+        release_lines()  # the stage's journal entries before its result
+        try:
+            results.send((outcome, error, metadata))
+        except (OSError, ValueError, TypeError):
+            return
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main(Pipe(int(sys.argv[1])), Pipe(int(sys.argv[2])), sys.argv[3])
