@@ -57,7 +57,8 @@ def test_a_full_pipeline_does_not_keep_another_pipelines_file_from_its_claim(
         s.until(
             lambda: s.daemon.scheduler.in_flight.get("slow") == 4 and not s.daemon.transit.claiming
         )
-        s.until(lambda: s.daemon.intake.parked.count == 16)
+        # (A claimed name whose inotify event comes late is parked too: its look finds nothing.)
+        s.until(lambda: s.daemon.intake.parked.count >= 16)
         drop(tree, "x.txt")
         s.daemon.intake.notified(b"x.txt")  # as inotify tells of it (its own event may lag)
         before = s.passes

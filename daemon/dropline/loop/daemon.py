@@ -185,7 +185,10 @@ class Daemon:
         cfg = self.ctx.config
         taken = len(self.scheduler.items) + self.transit.in_claim()
         # Each pipeline holds at most max_in_flight, and so do the names none matches.
-        most = cfg.max_in_flight * (len(self.ctx.routes.pipelines) + 1)
+        pipelines = self.ctx.routes.pipelines
+        most = cfg.max_in_flight * (len(pipelines) + 1)
+        if self._room_of(None) <= 0 and all(self._room_of(p.name) <= 0 for p in pipelines):
+            return 0  # every pipeline is full: the scan waits, as names would only be parked
         return min(most - taken, cfg.batch_size)
 
     def _room_of(self, pipeline: str | None) -> int:
