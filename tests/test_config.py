@@ -61,6 +61,8 @@ pipelines:
       - name: load
         builtin: sqlite-load
         with: {database: /var/lib/dropline/loaded.db, table: rows, columns: [a, b]}
+    concurrency: 2
+    priority: 3
   - name: passthrough
     match: "*"
 """
@@ -93,8 +95,10 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
 
     csv, passthrough = config.pipelines
     assert passthrough == PipelineConfig(
-        name="passthrough", match=("*",), stages=(), line=30, match_line=31
+        name="passthrough", match=("*",), stages=(), line=32, match_line=33
     )
+    assert (passthrough.concurrency, passthrough.priority) == (None, 1)
+    assert (csv.concurrency, csv.priority) == (2, 3)
     assert csv.name == "csv"
     assert csv.match == ("*.csv", "*.CSV")
     assert csv.line == 16
@@ -627,6 +631,44 @@ BAD = [
         4,
         "",
         "expected a single document",
+    ),
+    case(
+        "concurrency-zero",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    concurrency: 0\n",
+        6,
+        "pipelines[0].concurrency",
+        "expected an integer from 1 to 256, got 0",
+    ),
+    case(
+        "concurrency-not-a-number",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    concurrency: all\n",
+        6,
+        "pipelines[0].concurrency",
+        'expected an integer from 1 to 256, got a string "all"',
+    ),
+    case(
+        "concurrency-above-workers",
+        HEAD + "workers: 2\npipelines:\n  - name: a\n    match: '*.a'\n"
+        "  - name: b\n    match: '*'\n    concurrency: 3\n",
+        9,
+        "pipelines[1].concurrency",
+        "concurrency 3 is more than workers (2)",
+        "expected an integer from 1 to 2",
+    ),
+    case(
+        "priority-zero",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    priority: 0\n",
+        6,
+        "pipelines[0].priority",
+        "expected an integer from 1 to 100, got 0",
+    ),
+    case(
+        "priority-misspelt",
+        HEAD + "pipelines:\n  - name: p\n    match: '*'\n    priorty: 2\n",
+        6,
+        "pipelines[0].priorty",
+        'did you mean "priority"?',
+        "concurrency, priority",
     ),
 ]
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .harness import Tree, cli_json, make_tree, run_cli, run_until_idle, wait_until
+from .loop.stepper import stepped
+from .test_stages import pipeline_yaml, sh_stage
 
 SLOW = """
 - name: slow
@@ -52,6 +54,12 @@ def test_status_while_a_burst_drains(tree: Tree, start_daemon: Any) -> None:
     assert running["stage"] == "wait-a-bit"
     assert running["pipeline"] == "slow"
     assert running["file"].startswith("f") and running["age_seconds"] >= 0
+    groups = {(g["pipeline"], g["stage"]): g for g in doc["in_flight"]["groups"]}
+    assert groups[("slow", "wait-a-bit")]["running"] >= 1
+    assert (
+        sum(g["running"] + g["waiting"] + g["retrying"] for g in groups.values())
+        == doc["in_flight"]["count"]
+    )
     total = sum(doc["counts"].values())
     # Read at slightly different moments (folders, then the database): never more
     # than what was dropped, give or take the files moving in between.
@@ -69,7 +77,7 @@ def test_status_while_a_burst_drains(tree: Tree, start_daemon: Any) -> None:
     done = wait_until(drained, timeout=60, interval=0.1, what=f"status showing {drained_counts}")
     assert done["rate"]["archived"] == 120 and done["rate"]["failed"] == 2
     assert done["rate"]["files_per_second"] > 0
-    assert done["in_flight"] == {"count": 0, "shown": []}
+    assert done["in_flight"] == {"count": 0, "groups": [], "shown": []}
     reasons = [f["reason"] for f in done["recent_failures"]]
     assert len(reasons) == 2 and all("line 3 is wrong" in r for r in reasons)
     assert {f["where"] for f in done["recent_failures"]} == {"failed/f0000.bad", "failed/f0001.bad"}
@@ -80,6 +88,45 @@ def test_status_while_a_burst_drains(tree: Tree, start_daemon: Any) -> None:
     assert "\x1b[" not in human.stdout, "no colour when stdout is not a terminal"
     assert "Recent failures:" in human.stdout and "line 3 is wrong" in human.stdout
     daemon.stop()
+
+
+def test_status_groups_what_is_in_flight_by_pipeline_and_stage(tree: Tree, tmp_path: Path) -> None:
+    """Files alike are one line with counts: running, waiting, retrying; the running
+    files are listed after, the waiting ones are not listed one by one."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    gated = sh_stage("wait", 'while [ ! -e "$1" ]; do sleep 0.02; done', str(gates / "open"))
+    flaky = sh_stage("flaky", "exit 1", retries=2, backoff={"initial": "1h", "max": "1h"})
+    tree.write_config(
+        pipeline_yaml([gated], name="slow", match="*.dat")
+        + "  concurrency: 2\n"
+        + pipeline_yaml([flaky], name="flaky", match="*.bad"),
+        workers=3,
+    )
+    with stepped(tree) as s:
+        _drop(tree, 6)
+        _drop(tree, 1, ".bad")
+        try:
+            s.until(lambda: bool(s.find("stage.retrying")) and len(s.daemon.scheduler.running) == 2)
+            doc = cli_json(tree, "status", schema="status")
+            human = run_cli("status", "--config", str(tree.config)).stdout
+        finally:
+            (gates / "open").touch()
+        s.until(lambda: len(s.find("file.archived")) == 6, timeout=30)
+    groups = [
+        {k: v for k, v in g.items() if k != "oldest_seconds"} for g in doc["in_flight"]["groups"]
+    ]
+    assert groups == [
+        {"pipeline": "slow", "stage": "wait", "running": 2, "waiting": 4, "retrying": 0},
+        {"pipeline": "flaky", "stage": "flaky", "running": 0, "waiting": 0, "retrying": 1},
+    ]
+    assert doc["in_flight"]["count"] == 7
+    assert [f["running"] for f in doc["in_flight"]["shown"][:3]] == [True, True, False]
+    lines = human.splitlines()
+    row = next(line.split() for line in lines if line.split()[:2] == ["slow", "wait"])
+    assert row[2:5] == ["2", "4", "0"], human
+    assert "Running now:" in human
+    assert sum("f000" in line for line in lines) == 2, "only the running files are listed"
 
 
 def test_status_without_a_daemon_counts_the_backlog(tree: Tree) -> None:

@@ -19,6 +19,8 @@ from ..pipeline import compile_globs
 from ..spool import Refusal, classify
 from ..state import AttemptView, ItemView, StateReader, daemon_pid
 from ..toolnames import Beside, ToolNames
+from .flight import groups as flight_groups
+from .flight import render as render_flight
 
 RATE_WINDOW = 60.0  # seconds: files/s over the last minute
 IN_FLIGHT_SHOWN = 20
@@ -196,6 +198,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         states = reader.counts()
         recent = reader.finished_since(now - RATE_WINDOW)
         flight = reader.in_flight(IN_FLIGHT_SHOWN)
+        flight_counts = reader.in_flight_counts(now)
         failures = reader.recent_failures(FAILURES_SHOWN)
     unfinished = sum(states.get(s, 0) for s in ("claiming", "active", "finishing", "requeuing"))
     in_flight = []
@@ -238,7 +241,11 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
             "after_seconds": config.tool_files.held_warning,
             "shown": held[:HELD_SHOWN],
         },
-        "in_flight": {"count": unfinished, "shown": in_flight},
+        "in_flight": {
+            "count": unfinished,
+            "groups": flight_groups(flight_counts, config, now),
+            "shown": in_flight,  # running first, then the oldest
+        },
         "rate": {
             "window_seconds": RATE_WINDOW,
             "files_per_second": round(done / RATE_WINDOW, 3),
@@ -325,31 +332,8 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
     if not flight["count"]:
         out.line("In flight:  none")
     else:
-        more = flight["count"] - len(flight["shown"])
-        out.line(
-            f"In flight:  {flight['count']:,}"
-            + (f" (oldest {IN_FLIGHT_SHOWN} shown)" if more > 0 else "")
-        )
-        rows = []
-        for f in flight["shown"]:
-            if f["running"]:
-                doing = f"running {c.span(f['stage_seconds'])}"
-            elif f["next_attempt_at"]:
-                doing = "retry due"
-            else:
-                doing = f["state"] if f["state"] != "active" else "waiting"
-            rows.append(
-                [
-                    f["item"],
-                    c.shorten(f["file"], 40),
-                    f["pipeline"] or "-",
-                    f["stage"],
-                    str(f["attempt"]),
-                    doing,
-                    c.span(f["age_seconds"]),
-                ]
-            )
-        out.table(["ITEM", "FILE", "PIPELINE", "STAGE", "TRY", "NOW", "AGE"], rows, right=(4, 6))
+        out.line(f"In flight:  {flight['count']:,}")
+        render_flight(flight, out)
     failures = doc["recent_failures"]
     out.line()
     if not failures:

@@ -173,6 +173,26 @@ class NotLonger(BuiltRule):
             )
 
 
+class NoMoreThan(BuiltRule):
+    """KEY of each item of the list LIST, where written, no higher than the section's LIMIT."""
+
+    __slots__ = ("key", "limit", "list", "message")
+
+    def __init__(self, list_name: str, key: str, limit: str, message: str) -> None:
+        self.list = list_name
+        self.key = key
+        self.limit = limit
+        self.message = message  # with {value} and {limit}
+
+    def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
+        limit = getattr(built, self.limit)
+        for i, item in enumerate(getattr(built, self.list)):
+            value = getattr(item, self.key)
+            if value is not None and value > limit:
+                where = at.child(self.list).item(i).child(self.key)
+                raise where.error(self.message.format(value=value, limit=limit))
+
+
 class UniqueNames(BuiltRule):
     """No two items of the lists LISTS (taken together) share a name."""
 

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .formats import Argv, Globs, Listen, PythonRef, Textfile
-from .keys import AtLeastOne, ExactlyOne, NotLonger, OnlyWith, UniqueNames, derived, key
+from .keys import (
+    AtLeastOne,
+    ExactlyOne,
+    NoMoreThan,
+    NotLonger,
+    OnlyWith,
+    UniqueNames,
+    derived,
+    key,
+)
 from .values import (
     Choice,
     ChoiceList,
@@ -129,6 +138,10 @@ class PipelineConfig:
     # Run once when a file has failed, before it moves to failed/ (a webhook, say):
     # their own failures are recorded and logged, never change the outcome.
     on_failure: tuple[StageConfig, ...] = key(Sections(StageConfig, "a list of stages"), default=())
+    # At most this many of its files running a stage at once; None: as many as there are workers.
+    concurrency: int | None = key(IntRange(1, 256), default=None)
+    # Its share of the workers while other pipelines have files ready too (loop/ready.py).
+    priority: int = key(IntRange(1, 100), default=1)
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,13 @@ class Config:
             ("pipelines",),
             'duplicate pipeline name "{name}": declared at line {first} and again at line '
             "{again}; each pipeline needs its own name",
+        ),
+        NoMoreThan(
+            "pipelines",
+            "concurrency",
+            "workers",
+            "concurrency {value} is more than workers ({limit}): no more of a pipeline's "
+            "files run at once than there are workers; expected an integer from 1 to {limit}",
         ),
     )
 

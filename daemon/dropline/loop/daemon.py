@@ -158,8 +158,8 @@ class Daemon:
         if (
             not ctx.stopping
             and not self.duties.paused()
-            and len(self.scheduler.items) < ctx.config.max_in_flight
-            and self.intake.has_work()
+            and self._room() > 0
+            and self.intake.has_work(self._room_of)
         ):
             return 0.0
         deadlines = [self.intake.next_deadline(), self.duties.next_deadline()]
@@ -174,15 +174,28 @@ class Daemon:
 
     def _next_entries(self, now: float) -> Callable[[], list[Entry]]:
         def take() -> list[Entry]:
-            return self.intake.take(now, self._room(), self.transit.names_being_claimed())
+            names = self.transit.names_being_claimed()
+            return self.intake.take(now, self._room(), self._room_of, names)
 
         return take
 
     def _room(self) -> int:
-        """How many more files may be taken into working/ in this pass."""
+        """How many more files may be taken into working/ in this pass, all
+        pipelines together (each has its own bound too: ``_room_of``)."""
         cfg = self.ctx.config
         taken = len(self.scheduler.items) + self.transit.in_claim()
-        return min(cfg.max_in_flight - taken, cfg.batch_size)
+        # Each pipeline holds at most max_in_flight, and so do the names none matches.
+        pipelines = self.ctx.routes.pipelines
+        most = cfg.max_in_flight * (len(pipelines) + 1)
+        if self._room_of(None) <= 0 and all(self._room_of(p.name) <= 0 for p in pipelines):
+            return 0  # every pipeline is full: the scan waits, as names would only be parked
+        return min(most - taken, cfg.batch_size)
+
+    def _room_of(self, pipeline: str | None) -> int:
+        """How many more files of PIPELINE may be taken into working/: a
+        pipeline's backlog never takes another's places."""
+        taken = self.scheduler.in_flight.get(pipeline, 0) + self.transit.in_claim_of(pipeline)
+        return self.ctx.config.max_in_flight - taken
 
     def _names_in_working(self) -> set[bytes]:
         """The names taken in working/ (only dropline writes there), or about to be."""

@@ -9,7 +9,7 @@ files to claim: checked, settled, not refused, not held.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..crashpoints import pausepoint
 from ..folders import DroppedFolders
@@ -18,6 +18,7 @@ from ..spool import Entry, Refusal, Spool
 from ..toolnames import Hold
 from .context import MAX_REMEMBERED, LoopContext, remember
 from .holds import ToolHolds
+from .parked import Parked
 
 _MAX_BUSY = 10_000  # names put back remembered, so each is logged once until claimed
 _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan later
@@ -25,6 +26,9 @@ _MAX_SETTLING = 10_000  # names from a scan waiting to settle; beyond, rescan la
 # reads and hashes a whole batch in one pass (64 MiB: some 40 ms from the page
 # cache), so a backlog of big files does not hold up the pass and its answers.
 CLAIM_BYTES = 64 << 20
+
+# How many more files of a pipeline (None: of no pipeline) may be taken into working/.
+RoomOf = Callable[[str | None], int]
 
 
 class Intake:
@@ -43,6 +47,7 @@ class Intake:
         self.busy: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         # Folders dropped into incoming/: their files are looked for every second.
         self.folders = DroppedFolders(lambda name: self.ctx.routes.is_ignored(name))
+        self.parked = Parked()  # names whose pipeline has no room now
         self.scan: Iterator[bytes] | None = None
         self.scan_seen = 0
         self.rescan_pending = ""  # why a rescan is due before its interval: "" when none is
@@ -52,11 +57,13 @@ class Intake:
 
     @property
     def waiting(self) -> int:
-        return len(self.candidates) + len(self.settling)
+        return len(self.candidates) + len(self.settling) + self.parked.count
 
-    def has_work(self) -> bool:
+    def has_work(self, room_of: RoomOf) -> bool:
         """Names to look at now (the loop does not sleep while there are)."""
-        return bool(self.candidates) or self.scan is not None
+        if self.candidates or self.scan is not None:
+            return True
+        return any(room_of(pipeline) > 0 for pipeline in self.parked.names)
 
     def next_deadline(self) -> float:
         deadlines = [self.next_rescan]
@@ -73,6 +80,7 @@ class Intake:
             or (self.settling and not self.holds.only_waiting(self.settling))
             or self.scan is not None
             or self.folders.unlooked
+            or self.parked
         )
 
     # --- what comes in ------------------------------------------------------------
@@ -114,10 +122,18 @@ class Intake:
 
     # --- the next files to claim ---------------------------------------------------
 
-    def _next_names(self, limit: int) -> list[tuple[bytes, bool]]:
-        """Up to LIMIT names to look at: events first, then settled ones, then the scan."""
+    def _next_names(self, limit: int, room_of: RoomOf) -> list[tuple[bytes, bool]]:
+        """Up to LIMIT names to look at: those parked for a pipeline that has room
+        now, then events, then settled ones, then the scan."""
         names: list[tuple[bytes, bool]] = []
         mono = self.ctx.mono
+        for pipeline in list(self.parked.names):
+            room = min(room_of(pipeline), limit - len(names))
+            if room > 0:
+                unparked, rescan = self.parked.take(pipeline, room)
+                names.extend(unparked)
+                if rescan:  # names were left out while it was full: a scan finds them
+                    self.rescan_pending = self.rescan_pending or "parked"
         while self.candidates and len(names) < limit:
             name = next(iter(self.candidates))
             del self.candidates[name]
@@ -143,8 +159,10 @@ class Intake:
                 names.append((scanned, False))
         return names
 
-    def take(self, now: float, room: int, in_flight: set[bytes]) -> list[Entry]:
-        """The next files to claim (up to ROOM): checked, settled, not refused.
+    def take(self, now: float, room: int, room_of: RoomOf, in_flight: set[bytes]) -> list[Entry]:
+        """The next files to claim (up to ROOM, and up to ROOM_OF(pipeline) of each
+        pipeline): checked, settled, not refused.  A name whose pipeline has no
+        room is parked until it has, and the names behind it are looked at.
 
         IN_FLIGHT: names whose claim is with the mover."""
         if room <= 0:
@@ -152,10 +170,18 @@ class Intake:
         ctx = self.ctx
         entries: list[Entry] = []
         seen: set[bytes] = set()
+        rooms: dict[str | None, int] = {}
         size = 0
-        for name, notified in self._next_names(room):
+        for name, notified in self._next_names(room, room_of):
             if name in seen or ctx.routes.is_ignored(name):
                 continue
+            route = ctx.routes.route(name)
+            pipeline = route.name if route is not None else None
+            left = rooms[pipeline] if pipeline in rooms else room_of(pipeline)
+            if left <= 0:
+                self._park(pipeline, name, notified)
+                continue
+            rooms[pipeline] = left
             if name in in_flight or size >= CLAIM_BYTES:
                 # Its claim is with the mover (a new file of the same name may have
                 # come meanwhile), or this batch has its bytes: look again next time.
@@ -197,8 +223,14 @@ class Intake:
                 self._found_held_open(found)
                 continue
             entries.append(found)
+            rooms[pipeline] = left - 1
             size += found.size
         return entries
+
+    def _park(self, pipeline: str | None, name: bytes, notified: bool) -> None:
+        """NAME waits for room in its PIPELINE, out of the way of the others."""
+        self.parked.park(pipeline, name, notified)
+        self.settling.pop(name, None)
 
     def _settle(self, name: bytes, wait: float) -> None:
         """Look at NAME again in WAIT seconds (or at the next rescan, if too many wait)."""

@@ -13,7 +13,6 @@ goes on past the ordinary stages (``Pipeline.stage_at``).
 
 from __future__ import annotations
 
-import collections
 import heapq
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..workers import StageResult, WorkerPool
 from .attempts import Attempts, Job
 from .context import LoopContext
 from .items import Item, Running
+from .ready import ReadyQueues, stages_of
 
 
 class Scheduler:
@@ -45,7 +45,8 @@ class Scheduler:
         self.spool = spool
         self.attempts = Attempts(ctx, items, pool, scratch_root)
         self.items: dict[str, Item] = {}
-        self.ready: collections.deque[str] = collections.deque()
+        self.ready = ReadyQueues()  # by pipeline, so no backlog stands before another's files
+        self.in_flight: dict[str | None, int] = {}  # items by pipeline, for intake's bound
         self.retry_heap: list[tuple[float, str]] = []  # (monotonic due time, item id)
         self.results: list[tuple[StageResult, Item, Running]] = []  # not recorded yet
         self.finishes: list[Finish] = []  # ends decided, for the transit
@@ -60,9 +61,12 @@ class Scheduler:
 
     def has_work(self) -> bool:
         """Results to record, or files ready with a worker free (the loop does not sleep)."""
-        if self.results:
+        if self.results or self.ready.ends:
             return True
-        return bool(self.ready) and not self.ctx.stopping and self.attempts.free() > 0
+        if self.ctx.stopping or not self.ready.queues or self.attempts.free() <= 0:
+            return False
+        busy, workers = self.ready.busy(self.running, self.items), self.attempts.pool.size
+        return self.ready.next_turn(self.ctx.routes, busy, workers) is not None
 
     def next_deadline(self) -> float | None:
         deadlines = [self.retry_heap[0][0]] if self.retry_heap else []
@@ -88,7 +92,8 @@ class Scheduler:
                 # The due time is recorded in wall time; the loop waits in monotonic time.
                 heapq.heappush(self.retry_heap, (self.ctx.mono + item.next_at - now, item.id))
             else:
-                self.ready.append(item.id)
+                self.ready.add(item, self.ctx.routes)
+            self._count(item.pipeline, 1)
         self.attempts.ran_stages = set(self.items)
 
     def admit(self, c: Claimed) -> Item:
@@ -104,13 +109,16 @@ class Scheduler:
             fingerprint_pass=self.ctx.passes,
         )
         self.items[item.id] = item
-        self.ready.append(item.id)
+        self._count(item.pipeline, 1)
+        self.ready.add(item, self.ctx.routes)
         return item
 
     def ended(self, finishes: list[Finish]) -> None:
         """These files reached their end: forgotten, their scratch folders removed."""
         for f in finishes:
-            self.items.pop(f.item_id, None)
+            item = self.items.pop(f.item_id, None)
+            if item is not None:
+                self._count(item.pipeline, -1)
             self.attempts.forget(f.item_id)
 
     # --- stage results --------------------------------------------------------
@@ -134,8 +142,9 @@ class Scheduler:
         mono = self.ctx.mono
         while self.retry_heap and self.retry_heap[0][0] <= mono:
             _, item_id = heapq.heappop(self.retry_heap)
-            if item_id in self.items:
-                self.ready.append(item_id)
+            item = self.items.get(item_id)
+            if item is not None:
+                self.ready.add(item, self.ctx.routes)
 
     def _commit_results(self, now: float) -> None:
         pending, self.results = self.results, []
@@ -225,51 +234,72 @@ class Scheduler:
         item.attempt = 0
         item.next_at = None
         self.item_log.set_progress(item.id, index, 0, None, item.metadata, now)
-        self.ready.append(item.id)
+        self.ready.add(item, self.ctx.routes)
 
     # --- dispatching stages -------------------------------------------------
 
     def dispatch(self, now: float) -> None:
-        """Hand the ready files' next stages to the workers; decide the ends of
-        the files with no stage left."""
-        jobs: list[Job] = []
+        """Decide the ends of the files with no stage left, then hand the ready
+        files' next stages to the free workers, the pipelines taking turns
+        (``ready.py``) within their ``concurrency``."""
+        ends = self.ready.ends
+        while ends:
+            job = self._job_for(ends.popleft())
+            if job is not None:  # a reload gave its pipeline more stages
+                self.ready.push(job[0].id, job[1].name)
         free = self.attempts.free()
-        stopping = self.ctx.stopping
-        deferred: list[str] = []
-        while self.ready:
-            item_id = self.ready.popleft()
-            item = self.items.get(item_id)
-            if item is None or item_id in self.running:
-                continue
-            pipeline = self.ctx.routes.get(item.pipeline)
-            if item.pipeline is None:
-                self._finish(item, "failed", "no pipeline matches this name", None)
-                continue
-            if pipeline is None:
-                self._finish(
-                    item, "failed", f'pipeline "{item.pipeline}" is no longer configured', None
-                )
-                continue
-            failure = item.metadata.get(FAILURE)
-            last = len(pipeline.stages) + (len(pipeline.on_failure) if failure else 0)
-            done = item.next_stage >= last
-            if not done and (stopping or len(jobs) >= free):
-                deferred.append(item_id)
-                continue
-            if done and self._still_held_open(item):
-                continue
-            if self._changed_under_us(item):
-                continue
-            if done and isinstance(failure, dict):
-                self._finish_failure(item, failure)
-                continue
-            if done:
-                self._finish(item, "archived", "", None)
-                continue
-            jobs.append((item, pipeline, item.next_stage, item.attempt + 1))
-        self.ready.extend(deferred)
+        if self.ctx.stopping or free <= 0 or not self.ready.queues:
+            return
+        jobs: list[Job] = []
+        busy = self.ready.busy(self.running, self.items)
+        routes, workers = self.ctx.routes, self.attempts.pool.size
+        while len(jobs) < free:
+            name = self.ready.next_turn(routes, busy, workers)
+            if name is None:
+                break
+            job = self._job_for(self.ready.pop(name))
+            if job is not None:
+                jobs.append(job)
+                busy[name] = busy.get(name, 0) + 1
+                self.ready.served(name, routes)
         if jobs:
             self.attempts.start(jobs, now)
+
+    def _job_for(self, item_id: str) -> Job | None:
+        """The next stage of a ready file, or None: ended (or waiting) instead."""
+        item = self.items.get(item_id)
+        if item is None or item_id in self.running:
+            return None
+        pipeline = self.ctx.routes.get(item.pipeline)
+        if item.pipeline is None:
+            self._finish(item, "failed", "no pipeline matches this name", None)
+            return None
+        if pipeline is None:
+            why = f'pipeline "{item.pipeline}" is no longer configured'
+            self._finish(item, "failed", why, None)
+            return None
+        failure = item.metadata.get(FAILURE)
+        done = item.next_stage >= stages_of(item, pipeline)
+        if done and self._still_held_open(item):
+            return None
+        if self._changed_under_us(item):
+            return None
+        if done and isinstance(failure, dict):
+            self._finish_failure(item, failure)
+            return None
+        if done:
+            self._finish(item, "archived", "", None)
+            return None
+        return (item, pipeline, item.next_stage, item.attempt + 1)
+
+    # --- files in flight, by pipeline ----------------------------------------------
+
+    def _count(self, pipeline: str | None, delta: int) -> None:
+        left = self.in_flight.get(pipeline, 0) + delta
+        if left > 0:
+            self.in_flight[pipeline] = left
+        else:
+            self.in_flight.pop(pipeline, None)
 
     def _still_held_open(self, item: Item) -> bool:
         """Whether a process still holds the file open for writing as it is about

@@ -93,6 +93,8 @@ class Transit:
         self.disk_full = disk_full
         # Batches handed to the mover, oldest first (its answers come in order).
         self.claiming: collections.deque[ClaimBatch] = collections.deque()
+        # Of each batch in self.claiming, its files by pipeline (each pipeline's bound).
+        self.claiming_by: collections.deque[dict[str | None, int]] = collections.deque()
         self.finishing: collections.deque[FinishBatch] = collections.deque()
         self.to_finish: list[Finish] = []
         self.retry_finishes_at = 0.0  # after ENOSPC while finishing
@@ -130,6 +132,11 @@ class Transit:
         """Files on their way into working/ (each takes a place among max_in_flight)."""
         return sum(len(batch.plans) for batch in self.claiming) + len(self.kept)
 
+    def in_claim_of(self, pipeline: str | None) -> int:
+        """Files of PIPELINE on their way into working/ (a file kept while still
+        written counts against every pipeline: they are few and short-lived)."""
+        return sum(by.get(pipeline, 0) for by in self.claiming_by) + len(self.kept)
+
     def working_names(self) -> set[bytes]:
         """The names taken in working/ apart from the items in flight."""
         names = set(self.stranded)
@@ -149,6 +156,8 @@ class Transit:
         flight, and record them all in one transaction."""
         got = Received()
         claim = self.claiming.popleft() if self.claiming else None
+        if claim is not None:
+            self.claiming_by.popleft()
         # While claims keep it busy, the finishes sent last pass wait a pass more:
         # the mover does them after the claim read here, and the loop is not
         # held up waiting for them.
@@ -255,6 +264,7 @@ class Transit:
                 break
             claim = plan_claim(self.spool, entries, now, in_use())
             self.claiming.append(claim)  # its names are taken from now on
+            self.claiming_by.append(self._by_pipeline(entries))
             claims.append(claim)
         if (finish is not None and finish.fresh) or claims or self.unrecorded:
             with self.item_log.db.transaction():
@@ -273,6 +283,14 @@ class Transit:
         for claim in claims:
             claim.ticket = self.mover.send("claim", claim.moves)
         return ended
+
+    def _by_pipeline(self, entries: list[Entry]) -> dict[str | None, int]:
+        by: dict[str | None, int] = {}
+        for entry in entries:
+            route = self.ctx.routes.route(entry.name)
+            pipeline = route.name if route is not None else None
+            by[pipeline] = by.get(pipeline, 0) + 1
+        return by
 
     def _move_finishes(self, batch: FinishBatch) -> list[Finish]:
         """The reasons of the failures first, then the moves: by the mover, or here."""

@@ -60,6 +60,19 @@ class AttemptView:
 
 
 @dataclass
+class FlightCount:
+    """Files in flight alike: same pipeline, state and next stage, the stage they run."""
+
+    pipeline: str | None
+    state: str
+    next_stage: int
+    running: str | None  # the stage running now, if one is
+    retrying: bool  # waiting for a retry that is not due yet
+    count: int
+    oldest: float  # created_at of the oldest
+
+
+@dataclass
 class EventView:
     at: float
     event: str
@@ -160,10 +173,12 @@ class StateReader:
         return out
 
     def in_flight(self, limit: int) -> list[tuple[ItemView, AttemptView | None]]:
-        """Unfinished items, oldest first, each with its stage attempt now running (if any)."""
+        """Unfinished items, those running a stage first, then the oldest first, each
+        with its stage attempt now running (if any)."""
         marks = ",".join("?" * len(UNFINISHED))
         rows = self._q(
-            f"{_ITEM_SQL} WHERE state IN ({marks}) ORDER BY created_at LIMIT ?",
+            f"{_ITEM_SQL} WHERE state IN ({marks}) ORDER BY EXISTS (SELECT 1 FROM attempts a "  # noqa: S608 - marks
+            "WHERE a.item_id = items.id AND a.ended_at IS NULL) DESC, created_at LIMIT ?",
             (*UNFINISHED, limit),
         )
         out = []
@@ -172,6 +187,22 @@ class StateReader:
             running = [a for a in self.attempts(item.id) if a.ended_at is None]
             out.append((item, running[-1] if running else None))
         return out
+
+    def in_flight_counts(self, now: float) -> list[FlightCount]:
+        """The unfinished items counted by pipeline, state, next stage, the stage
+        running and whether a retry is not due yet (``dropline status``'s groups)."""
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = self._q(
+            "SELECT pipeline, state, next_stage, (SELECT stage FROM attempts a "  # noqa: S608 - marks
+            "WHERE a.item_id = items.id AND a.ended_at IS NULL ORDER BY a.id DESC LIMIT 1), "
+            "coalesce(next_attempt_at > ?, 0), count(*), min(created_at) "
+            f"FROM items WHERE state IN ({marks}) GROUP BY 1, 2, 3, 4, 5",
+            (now, *UNFINISHED),
+        )
+        return [
+            FlightCount(p, st, int(n), run, bool(r), int(c), float(o))
+            for p, st, n, run, r, c, o in rows
+        ]
 
     def recent_failures(self, limit: int) -> list[ItemView]:
         rows = self._q(
@@ -222,4 +253,4 @@ def daemon_pid(state_db: Path) -> int | None:
     return lock_holder(state_db.parent)
 
 
-__all__ = ["AttemptView", "EventView", "ItemView", "StateReader", "daemon_pid"]
+__all__ = ["AttemptView", "EventView", "FlightCount", "ItemView", "StateReader", "daemon_pid"]
