@@ -146,7 +146,8 @@ soak: venv writer-tools
 
 # The benchmark (tests/bench): dropline against reference loops on the same workloads, one
 # table, also written as markdown to var/bench.md (BENCH_OUT=FILE).  It takes minutes: a
-# million files are created and drained.  BENCH_QUICK=1 skips the million; BENCH_SIZES=N,BIG
+# million files are created and drained.  BENCH_QUICK=1 skips the million and runs the stage
+# workloads (real stages against the scripts in tests/bench/refs) on fewer files; BENCH_SIZES=N,BIG
 # sets both backlogs; BENCH_ONLY=live,stalled runs only those workloads (python -m tests.bench
 # --help lists them); BENCH_DIR=DIR puts the data elsewhere than /tmp.  inotify-tools is
 # installed for the inotifywait loop when missing and run as root; without it that column is

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bench.report import build
+from .bench.stage_setup import StageSettings
 from .bench.subjects import DROPLINE, INOTIFYWAIT, KINDS, REFERENCES
 from .bench.workloads import Settings, run_benchmark
 
@@ -24,6 +25,21 @@ SMOKE = Settings(
     cpu_files=12,
     burn_ms=2.0,
     inotify_grace=0.3,
+    stages=StageSettings(
+        csv_files=12,
+        csv_rows=40,
+        csv_bad_every=4,
+        command_files=20,
+        python_files=30,
+        latency_rate=50.0,
+        latency_seconds=0.5,
+        fairness_waiting=60,
+        fairness_files=5,
+        fairness_every=0.05,
+        slow_ms=20.0,
+        memory_files=50,
+        cold_files=100,
+    ),
 )
 
 
@@ -47,7 +63,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert any(label.startswith("SIGTERM while draining") for label in labels)
     assert any("2 workers" in label for label in labels)
     assert text.startswith("machine: ")
-    assert len(report.goals) == 11
+    assert len(report.goals) == 11 + 11  # the empty pipeline's, then the stage engine's
     assert any("notify reader stalled" in label for label in labels)
     assert {g.verdict for g in report.goals} <= {"PASS", "MISS", "SKIP"}, report.goals
 
@@ -90,3 +106,23 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert not run.error and run.arrived == SMOKE.cpu_files, run.error
     assert results.live[DROPLINE.key].exit_code == 0
     assert any("latency by" in line for line in progress)
+
+    stages = results.stages
+    assert stages is not None and report.stages is not None
+    assert set(stages.comparisons) == {"csv", "command", "python", "cold"}
+    for comparison in stages.comparisons.values():
+        runs = [*comparison.script, *comparison.dropline]
+        assert len(runs) == 2 * SMOKE.backlog_runs, comparison.name
+        assert all(r.ok and r.seconds and r.cpu_s for r in runs), [r.error for r in runs]
+        assert not comparison.problems, (comparison.name, comparison.problems)
+    csv = stages.comparisons["csv"]
+    assert {r.failed for r in [*csv.script, *csv.dropline]} == {3}  # one bad file in 4
+    assert stages.latency is not None and not stages.latency.error, stages.latency
+    assert len(stages.latency.latencies_ms) == stages.latency.files
+    assert stages.fairness is not None and not stages.fairness.error, stages.fairness
+    assert len(stages.fairness.latencies_ms) == 5
+    assert [m.name for m in stages.memory] == ["empty", "csv", "python"]
+    python = stages.memory[2].run.memory
+    assert python is not None and python.peak_pss_kib > 0
+    assert any(p.name == "dropline.isolation" for p in python.children())
+    assert "stage workloads" in text and "÷ script" in markdown

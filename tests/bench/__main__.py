@@ -3,7 +3,8 @@
 Sizes and places come from the command line or the environment (the
 command line wins):
 
-    BENCH_QUICK=1          --quick          skip the big backlog (a million files)
+    BENCH_QUICK=1          --quick          skip the big backlog (a million files); the
+                                            stage workloads on fewer files
     BENCH_SIZES=N[,BIG]    --backlog N --big BIG   (BIG 0 skips the big backlog)
     BENCH_RUNS=K           --runs K         drains of the backlog per subject, the median shown (3)
     BENCH_RATE=R           --rate R         live files per second (200)
@@ -14,7 +15,11 @@ command line wins):
     BENCH_KEEP=1           --keep           keep the data trees
     BENCH_ONLY=W[,W]       --only W[,W]     only these workloads: backlog, live, stalled
                                             (live with the notify reader stalled), sigterm,
-                                            cpu, big; the table shows the others as skipped
+                                            cpu, big, and the stage workloads: stages (CSV,
+                                            command, Python stage against their scripts),
+                                            latency-py, fairness, memory, cold (the empty
+                                            pipeline from process start); the table shows
+                                            the others as skipped
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 from ..harness import REPO
 from .report import build
+from .stage_setup import StageSettings
 from .workloads import WORKLOADS, Settings, run_benchmark
 
 
@@ -91,6 +97,7 @@ def parse(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path]:
         notify_stall=max(0.0, args.notify_stall),
         keep=args.keep,
         only=only,
+        stages=StageSettings.quick() if args.quick else StageSettings(),
     )
     return settings, (Path(args.dir) if args.dir else None), Path(args.out)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..harness import REPO
 from .measure import CLK_TCK, filesystem_of
+from .stage_report import StageTable, build_table, stage_goals
 from .subjects import DROPLINE, REFERENCES, Kind
 from .workloads import Measurement, Results, Settings
 
@@ -50,6 +51,7 @@ class Report:
     rows: list[Row]
     goals: list[Goal]
     notes: list[str]
+    stages: StageTable | None = None  # the stage workloads' own table, when they ran
 
     def text(self) -> str:
         """Plain text, columns aligned, for a terminal."""
@@ -66,6 +68,8 @@ class Report:
         out.append("  ".join("-" * w for w in widths))
         for row in self.rows:
             out.append(f"[{row.label}]" if row.section else fmt([row.label, *row.cells]))
+        if self.stages is not None:
+            out += ["", self.stages.text().rstrip("\n")]
         out += ["", "goals (dropline, default durable settings):"]
         for goal in self.goals:
             out.append(f"  {goal.verdict:5}  {goal.text}: {goal.measured}")
@@ -82,6 +86,8 @@ class Report:
                 out.append(f"| **{row.label}** |" + " |" * len(self.columns))
             else:
                 out.append(f"| {row.label} | " + " | ".join(row.cells) + " |")
+        if self.stages is not None:
+            out += ["", self.stages.markdown().rstrip("\n")]
         out += ["", "| goal | this run | |", "|---|---|---|"]
         for goal in self.goals:
             out.append(f"| {goal.text} | {goal.measured} | **{goal.verdict}** |")
@@ -281,7 +287,15 @@ def build(results: Results) -> Report:
         t.dropline_only(f"{what}, 2 workers: files/s", _measured(cpu.two, _fps, ",.1f"))
         t.dropline_only("2 workers ÷ 1 worker", _num(cpu.speedup, ".2f") + "x")
 
-    return Report(machine_line(results.workdir), t.columns, t.rows, goals(results), notes(results))
+    stage_targets = [Goal(*g) for g in stage_goals(results.stages)]
+    return Report(
+        machine_line(results.workdir),
+        t.columns,
+        t.rows,
+        goals(results) + stage_targets,
+        notes(results),
+        build_table(results.stages) if results.stages is not None else None,
+    )
 
 
 def _div(a: float | None, b: float | None) -> float | None:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..harness import Tree, make_tree
 from . import cpu_stage
@@ -41,6 +42,7 @@ from .measure import (
     ctime_marks_renames,
 )
 from .measure import payload as file_payload
+from .stage_setup import STAGE_WORKLOADS, StageSettings
 from .subjects import (
     DROPLINE,
     INOTIFYWAIT,
@@ -52,9 +54,12 @@ from .subjects import (
     write_dropline_config,
 )
 
+if TYPE_CHECKING:
+    from .stage_bench import StageResults
+
 READY_TIMEOUT = 60.0
 # Each can be run alone (BENCH_ONLY), the others skipped.
-WORKLOADS = ("backlog", "live", "stalled", "sigterm", "cpu", "big")
+WORKLOADS = ("backlog", "live", "stalled", "sigterm", "cpu", "big", *STAGE_WORKLOADS)
 Progress = Callable[[str], None]
 
 
@@ -80,6 +85,7 @@ class Settings:
     naive_big_limit: float = 300.0  # seconds the naive loop may be expected to take on `big`
     keep: bool = False  # keep the data trees
     only: frozenset[str] = frozenset()  # the workloads to run (WORKLOADS); empty: all
+    stages: StageSettings = field(default_factory=StageSettings)  # the stage workloads' sizes
 
     def wants(self, workload: str) -> bool:
         return not self.only or workload in self.only
@@ -204,6 +210,7 @@ class Results:
     big_created_s: float | None = None
     sigterm: SigtermResult | None = None
     cpu_stage: CpuStageResult | None = None
+    stages: StageResults | None = None  # the stage workloads (stage_bench)
     seconds: float = 0.0
 
     def measurements(self) -> list[tuple[str, Measurement]]:
@@ -292,10 +299,17 @@ def drain(kind: Kind, tree: Tree, files: int, settings: Settings) -> Measurement
 
 
 def live(
-    kind: Kind, tree: Tree, settings: Settings, method: str, *, notify_stall: float = 0.0
+    kind: Kind,
+    tree: Tree,
+    settings: Settings,
+    method: str,
+    *,
+    notify_stall: float = 0.0,
+    configure: Callable[[Tree], None] | None = None,
 ) -> Measurement:
     """Files written in place at settings.rate while KIND runs; latency close -> archive/.
 
+    CONFIGURE writes dropline's configuration (default: the empty pipeline).
     With NOTIFY_STALL (dropline), the notify reader stops reading, its queue
     full, for that many seconds in the middle of the writing; dropline then
     runs with the installed unit's watchdog (WATCHDOG_USEC, 10 s) as well.
@@ -304,7 +318,10 @@ def live(
     m = Measurement(kind.key, files)
     env: dict[str, str] = {}
     if kind is DROPLINE:
-        write_dropline_config(tree, settle_time=None)
+        if configure is not None:
+            configure(tree)
+        else:
+            write_dropline_config(tree, settle_time=None)
         if notify_stall:
             env["WATCHDOG_USEC"] = "10000000"
     timers: list[threading.Timer] = []
@@ -589,6 +606,13 @@ def run_benchmark(settings: Settings, workdir: Path, progress: Progress | None =
 
     if settings.wants("cpu"):
         results.cpu_stage = cpu_bound_stage(workdir, settings, say)
+
+    # Imported here: the stage workloads build on this module's instruments.
+    from .stage_bench import run_stage_workloads
+
+    results.stages = run_stage_workloads(
+        settings, settings.stages, workdir, results.latency_method, say
+    )
 
     if settings.run_big:
         big_backlog(results, kinds, say)
