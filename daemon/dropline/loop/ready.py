@@ -99,6 +99,14 @@ class ReadyQueues:
             del self.queues[pipeline]  # a pipeline gone by a reload leaves nothing behind
         return item_id
 
+    def put_back(self, item_id: str, pipeline: str) -> None:
+        """ITEM_ID, just popped, was not handed out: first in its queue again, its
+        pipeline's share untouched."""
+        queue = self.queues.get(pipeline)
+        if queue is None:
+            queue = self.queues[pipeline] = collections.deque()
+        queue.appendleft(item_id)
+
     def served(self, pipeline: str, routes: Routes) -> None:
         """PIPELINE got a worker: it pays 1/priority of its share."""
         found = routes.get(pipeline)

@@ -258,10 +258,20 @@ class Scheduler:
             if name is None:
                 break
             job = self._job_for(self.ready.pop(name))
-            if job is not None:
-                jobs.append(job)
-                busy[name] = busy.get(name, 0) + 1
-                self.ready.served(name, routes)
+            if job is None:
+                continue
+            item, pipeline, index, _ = job
+            if pipeline.stages_all[index].runs_in != "process" and (
+                len(self.running) + len(jobs) >= workers
+            ):
+                # Only a worker process takes a job ahead (its child is fed the next
+                # file while it runs one); a command or a thread stage waits for a
+                # worker of its own, so whose turn it is is decided when one frees.
+                self.ready.put_back(item.id, name)
+                break
+            jobs.append(job)
+            busy[name] = busy.get(name, 0) + 1
+            self.ready.served(name, routes)
         if jobs:
             self.attempts.start(jobs, now)
 
