@@ -14,16 +14,19 @@ Rows are streamed (``csv.reader`` over the open file), never read whole.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import decimal
+import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import PermanentError
+from . import csvcache
 
 TYPES = ("text", "integer", "decimal", "date", "enum", "regex")
 CSV_KEY = "csv"
@@ -58,16 +61,27 @@ class Column:
             return "is not an integer"
         if kind == "decimal" and not _DECIMAL.fullmatch(text):
             return "is not a decimal"
-        if kind == "date":
-            try:
-                dt.datetime.strptime(text, self.date_format)
-            except ValueError:
-                return f"is not a date ({self.date_format})"
+        if kind == "date" and not _is_date(text, self.date_format):
+            return f"is not a date ({self.date_format})"
         if kind == "enum" and text not in self.values:
             return f"is not one of {', '.join(self.values)}"
         if kind == "regex" and self.pattern is not None and not self.pattern.fullmatch(text):
             return f"does not match {self.pattern.pattern}"
         return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_date(text: str, date_format: str) -> bool:
+    """Whether strptime reads TEXT in DATE_FORMAT; remembered, as a file repeats its dates.
+
+    strptime costs more than everything else validate-csv does to a row (it
+    looks up the locale on every call); a file's dates are few and repeated.
+    """
+    try:
+        dt.datetime.strptime(text, date_format)
+    except ValueError:
+        return False
+    return True
 
 
 def dialect(metadata: Mapping[str, Any]) -> tuple[str, str]:
@@ -111,6 +125,22 @@ def rows(handle: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
         ) from None
 
 
+@contextlib.contextmanager
+def records(path: Path, delimiter: str, encoding: str) -> Iterator[Iterator[tuple[int, list[str]]]]:
+    """PATH's records as ``rows`` gives them: parsed once per process when small (``csvcache``).
+
+    A small file that parses whole is served from (or put into) the cache;
+    any other is streamed from the file, so errors read as they always did.
+    The records may be shared: never change them.
+    """
+    known = csvcache.parsed(path, delimiter, encoding)
+    if known is not None:
+        yield iter(known)
+        return
+    with open_text(path, encoding) as handle:
+        yield rows(handle, delimiter)
+
+
 def convert(kind: str, text: str) -> Any:
     """A checked value as loaders store it: int, exact decimal text, ISO date, text, or None."""
     if text == "":
@@ -139,18 +169,34 @@ def sql_type(kind: str, dialect_name: str) -> str:
     return "TEXT" if dialect_name == "sqlite" else "text"
 
 
+def _text(text: str) -> str | None:
+    return text or None
+
+
+def _integer(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _decimal(text: str) -> str | None:
+    return str(decimal.Decimal(text)) if text else None
+
+
+# convert() per kind, one function each, picked once per file rather than per value.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {"integer": _integer, "decimal": _decimal}
+
+
 @dataclass
 class Source:
     """A CSV file to load: its header, the column types, and its rows converted."""
 
     header: list[str]
     types: list[str]
-    _handle: IO[str]
+    _closing: contextlib.ExitStack
     _rows: Iterator[tuple[int, list[str]]]
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         width = len(self.header)
-        kinds = self.types
+        converters = [_CONVERTERS.get(kind, _text) for kind in self.types]
         for line, record in self._rows:
             if record == []:
                 continue  # a blank line
@@ -159,12 +205,12 @@ class Source:
                     f"line {line}: {len(record)} fields where the header has {width}"
                 )
             try:
-                yield tuple(convert(kinds[i], v) for i, v in enumerate(record))
+                yield tuple([f(v) for f, v in zip(converters, record, strict=True)])
             except (ValueError, decimal.InvalidOperation) as exc:
                 raise PermanentError(f"line {line}: {exc} (validate the file first)") from None
 
     def close(self) -> None:
-        self._handle.close()
+        self._closing.close()
 
     def __enter__(self) -> Source:
         return self
@@ -182,23 +228,21 @@ def open_source(
     as ISO dates (or transform them) to load them into a date column.
     """
     meta_delimiter, meta_encoding = dialect(metadata)
-    handle = open_text(path, encoding or meta_encoding)
-    stream = rows(handle, delimiter or meta_delimiter)
-    try:
+    with contextlib.ExitStack() as closing:
+        stream = closing.enter_context(
+            records(path, delimiter or meta_delimiter, encoding or meta_encoding)
+        )
         first = next(stream, None)
-    except BaseException:
-        handle.close()
-        raise
-    if first is None:
-        handle.close()
-        raise PermanentError("the file is empty: no header row")
-    header = [h.strip() for h in first[1]]
-    known = schema_types(metadata)
-    kinds = [
-        known.get(h, "text") if known.get(h, "text") in ("integer", "decimal") else "text"
-        for h in header
-    ]
-    return Source(header, kinds, handle, stream)
+        if first is None:
+            raise PermanentError("the file is empty: no header row")
+        header = [h.strip() for h in first[1]]
+        known = schema_types(metadata)
+        kinds = [
+            known.get(h, "text") if known.get(h, "text") in ("integer", "decimal") else "text"
+            for h in header
+        ]
+        return Source(header, kinds, closing.pop_all(), stream)
+    raise AssertionError("unreachable")  # for mypy: the with block returns or raises
 
 
 __all__ = [
@@ -212,6 +256,7 @@ __all__ = [
     "dialect",
     "open_source",
     "open_text",
+    "records",
     "rows",
     "schema_types",
     "sql_type",

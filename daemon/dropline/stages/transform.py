@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,9 @@ from ..config.values import Choice, Flag, FreeMap, Text, Texts, text
 from ..errors import PermanentError
 from ..spool import WORKING_TEMP_PREFIX
 from ..spool.durable import replace_file
-from . import DATA_PATH, StageContext
+from . import DATA_PATH, StageContext, csvcache
 from .builtin import BuildEnv, BuiltStage
-from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, open_text, rows, schema_types
+from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, records, schema_types
 
 # A temporary in working/ (archive: transformed); recovery removes a leftover.
 TMP_PREFIX = WORKING_TEMP_PREFIX.decode()
@@ -126,8 +128,7 @@ def _transform(
     """Write the transformed copy of SOURCE to TARGET (fsynced); (rows, dropped, header)."""
     seen: set[bytes] = set()
     written = dropped = 0
-    with open_text(source, encoding) as handle:
-        stream = rows(handle, delimiter)
+    with records(source, delimiter, encoding) as stream:
         first = next(stream, None)
         if first is None:
             raise PermanentError("the file is empty: no header row")
@@ -145,28 +146,28 @@ def _transform(
             target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
         )
         try:
-            with open(fd, "w", encoding="utf-8", newline="", closefd=False) as out:
-                writer = csv.writer(out, lineterminator="\n")
-                writer.writerow(out_header)
-                for line, record in stream:
-                    if record == []:
+            out = _Output(fd)
+            out.row(out_header)
+            for line, record in stream:
+                if record == []:
+                    continue
+                if len(record) != len(header):
+                    raise PermanentError(
+                        f"line {line}: {len(record)} fields where the header has {len(header)}"
+                    )
+                if trim:
+                    record = [v.strip() for v in record]
+                if key_at:
+                    digest = hashlib.blake2b(
+                        "\x1f".join(record[i] for i in key_at).encode(), digest_size=16
+                    ).digest()
+                    if digest in seen:
+                        dropped += 1
                         continue
-                    if len(record) != len(header):
-                        raise PermanentError(
-                            f"line {line}: {len(record)} fields where the header has {len(header)}"
-                        )
-                    if trim:
-                        record = [v.strip() for v in record]
-                    if key_at:
-                        digest = hashlib.blake2b(
-                            "\x1f".join(record[i] for i in key_at).encode(), digest_size=16
-                        ).digest()
-                        if digest in seen:
-                            dropped += 1
-                            continue
-                        seen.add(digest)
-                    writer.writerow([record[i] for i in order])
-                    written += 1
+                    seen.add(digest)
+                out.row([record[i] for i in order])
+                written += 1
+            out.close()
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -175,6 +176,51 @@ def _transform(
             raise
         os.close(fd)
     return written, dropped, out_header
+
+
+class _Output:
+    """The CSV written to FD: in one write when it is small, then remembered as parsed.
+
+    The rows written are the records the loader after transform would parse
+    from the file, so they go into ``csvcache`` under the file's bytes.  That
+    holds while every record takes exactly one line: a value with a line
+    break (or a NUL) is left for the loader to parse, as is a large file,
+    which is written as it goes (memory holds one buffer).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\n")
+        self._rows: list[csvcache.Record] | None = []  # None once a buffer was written out
+
+    def row(self, fields: list[str]) -> None:
+        self._writer.writerow(fields)
+        if self._rows is not None:
+            self._rows.append((len(self._rows) + 1, fields))
+            if self._buffer.tell() > csvcache.MAX_FILE:
+                self._rows = None
+        if self._rows is None and self._buffer.tell() > csvcache.MAX_FILE:
+            self._flush()
+
+    def close(self) -> None:
+        text = self._buffer.getvalue()
+        data = self._flush()
+        rows = self._rows
+        if rows is not None and text.count("\n") == len(rows) and not _ODD.search(text):
+            csvcache.remember(data, ",", "utf-8", rows)
+
+    def _flush(self) -> bytes:
+        data = self._buffer.getvalue().encode("utf-8")
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return data
+
+
+_ODD = re.compile("[\r\x00]")  # a record of one line cannot hold these unquoted
 
 
 __all__ = ["TMP_PREFIX", "build"]

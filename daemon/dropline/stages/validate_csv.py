@@ -9,7 +9,8 @@ naming its line and column::
     line 17, column "amount": "abc" is not a decimal
 
 and the file fails at once (PermanentError: the file is bad, retrying cannot
-help).  It streams the file: memory does not grow with its size.  What it
+help).  It streams a large file: memory does not grow with its size; a small
+one is parsed once for the stages after it too (``csvcache``).  What it
 learnt goes into the metadata for the stages after it (``csvdata``).
 """
 
@@ -27,7 +28,7 @@ from ..config.values import Choice, Flag, IntRange, Sections, Size, Text, Texts
 from ..errors import PermanentError
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
-from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, TYPES, Column, open_text, rows
+from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, TYPES, Column, records
 
 _MAX_SHOWN = 60  # characters of a bad value quoted in an error
 
@@ -125,8 +126,7 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
                 more += 1
 
         count = 0
-        with open_text(path, encoding) as handle:
-            stream = rows(handle, delimiter)
+        with records(path, delimiter, encoding) as stream:
             first = next(stream, None)
             if first is None:
                 raise PermanentError("the file is empty: no header row")

@@ -1,0 +1,116 @@
+"""CPU per file of the CSV builtins, timed by calling the stage functions directly.
+
+The orders pipeline of the stage benchmark (validate-csv with 5 typed
+columns, transform with a rename and a dedupe, sqlite-load) on files of a
+few hundred rows, one process, no daemon around it: what each builtin costs
+by itself.  ``python -m tests.bench.builtin_cpu [FILES] [ROWS] [--profile STAGE]``
+prints the median CPU per file of each stage over FILES files (and, with
+``--profile``, cProfile's top entries for that stage).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dropline.stages import StageContext, StageFunc
+from dropline.stages.builtin import BuildEnv, build_builtin
+
+COLUMNS: list[dict[str, Any]] = [
+    {"name": "order_id", "type": "integer", "empty": False},
+    {"name": "customer", "empty": False},
+    {"name": "amount", "type": "decimal", "empty": False},
+    {"name": "currency", "type": "enum", "values": ["EUR", "USD", "GBP"]},
+    {"name": "ordered_on", "type": "date"},
+]
+NAMES = ["Ada Lovelace", "Grace Hopper", "Alan Turing", " Edsger Dijkstra ", "Hamming, Richard"]
+
+
+def orders(seed: int, rows: int) -> str:
+    """A file of ROWS orders, about one in twenty a duplicate of an earlier one."""
+    rng = random.Random(seed)
+    lines = ["order_id,customer,amount,currency,ordered_on"]
+    for n in range(rows):
+        order = seed * 100_000 + (rng.randrange(n) if n and rng.random() < 0.05 else n)
+        name = rng.choice(NAMES)
+        name = f'"{name}"' if "," in name else name
+        amount = f"{rng.randrange(1, 100_000) / 100:.2f}"
+        lines.append(f"{order},{name},{amount},{rng.choice(['EUR', 'USD', 'GBP'])},2026-11-02")
+    return "\n".join(lines) + "\n"
+
+
+def _stage(name: str, options: Mapping[str, Any]) -> StageFunc:
+    env = BuildEnv(Path("/"), "orders")
+    return build_builtin(name, options, file="bench.yaml", line=1, key="stage", env=env).func
+
+
+def measure(files: int, rows: int, profile: str = "") -> dict[str, float]:
+    """Median CPU ms per file of each stage, its metadata passed on as the daemon does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        stages = {
+            "validate-csv": _stage("validate-csv", {"columns": COLUMNS}),
+            "transform": _stage(
+                "transform", {"rename": {"ordered_on": "order_date"}, "dedupe": ["order_id"]}
+            ),
+            "sqlite-load": _stage(
+                "sqlite-load", {"database": str(root / "orders.db"), "table": "orders"}
+            ),
+        }
+        spent: dict[str, list[float]] = {name: [] for name in stages}
+        profiler = cProfile.Profile()
+        log = structlog.get_logger()
+        for n in range(files):
+            path = root / f"orders-{n}.csv"
+            path.write_text(orders(n + 1, rows), encoding="utf-8")
+            metadata: dict[str, Any] = {}
+            for name, func in stages.items():
+                ctx = StageContext(
+                    item_id=f"item{n:06d}",
+                    path=path,
+                    name=path.name,
+                    pipeline="orders",
+                    stage=name,
+                    attempt=1,
+                    metadata=dict(metadata),
+                    log=log,
+                    timeout=30.0,
+                    scratch=root / "scratch" / f"item{n:06d}",
+                )
+                if name == profile:
+                    profiler.enable()
+                started = time.process_time()
+                metadata.update(func(ctx) or {})
+                spent[name].append((time.process_time() - started) * 1000)
+                if name == profile:
+                    profiler.disable()
+        if profile:
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    return {name: sorted(times)[len(times) // 2] for name, times in spent.items()}
+
+
+def main(argv: list[str]) -> None:
+    profile = ""
+    if "--profile" in argv:
+        at = argv.index("--profile")
+        profile = argv[at + 1]
+        del argv[at : at + 2]
+    files = int(argv[0]) if argv else 300
+    rows = int(argv[1]) if len(argv) > 1 else 300
+    figures = measure(files, rows, profile)
+    total = sum(figures.values())
+    shown = ", ".join(f"{name} {ms:.2f}" for name, ms in figures.items())
+    print(f"{files} files of {rows} rows, median CPU ms per file: {shown}; sum {total:.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
