@@ -16,6 +16,7 @@ The target database is the operator's, never dropline's own state.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -69,18 +70,25 @@ def _identity(database: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _connect(database: Path, busy: float) -> _Db:
+    conn = sqlite3.connect(str(database), timeout=busy, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+    return _Db(conn, _identity(database))
+
+
+def _close(db: _Db) -> None:
+    db.conn.close()
+
+
 class _SqliteLoad:
     """The stage: each worker thread holds its connection to the database across files."""
 
     def __init__(self, opts: Options) -> None:
         self.database, self.table, self.create = opts.database, opts.table, opts.create
         self.delimiter, self.encoding, self.busy = opts.delimiter, opts.encoding, opts.busy_timeout
-        self.held: Held[_Db] = Held(self._connect, lambda db: db.conn.close())
-
-    def _connect(self) -> _Db:
-        conn = sqlite3.connect(str(self.database), timeout=self.busy, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy * 1000)}")
-        return _Db(conn, _identity(self.database))
+        # Not a bound method: a cycle through the stage would leave the
+        # connection to the garbage collector rather than closing it.
+        self.held: Held[_Db] = Held(functools.partial(_connect, self.database, self.busy), _close)
 
     def _db(self) -> _Db:
         """The held connection, unless the database file was replaced or removed since."""
