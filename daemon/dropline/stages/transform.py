@@ -147,7 +147,7 @@ def _transform(
         )
         try:
             out = _Output(fd)
-            out.row(out_header)
+            batch = [out_header]
             for line, record in stream:
                 if record == []:
                     continue
@@ -165,8 +165,12 @@ def _transform(
                         dropped += 1
                         continue
                     seen.add(digest)
-                out.row([record[i] for i in order])
+                batch.append([record[i] for i in order])
                 written += 1
+                if len(batch) >= _BATCH:
+                    out.rows(batch)
+                    batch = []
+            out.rows(batch)
             out.close()
             os.fsync(fd)
         except BaseException:
@@ -192,23 +196,22 @@ class _Output:
         self._fd = fd
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, lineterminator="\n")
-        self._rows: list[csvcache.Record] | None = []  # None once a buffer was written out
+        self._kept: list[list[str]] | None = []  # None once a buffer was written out
 
-    def row(self, fields: list[str]) -> None:
-        self._writer.writerow(fields)
-        if self._rows is not None:
-            self._rows.append((len(self._rows) + 1, fields))
-            if self._buffer.tell() > csvcache.MAX_FILE:
-                self._rows = None
-        if self._rows is None and self._buffer.tell() > csvcache.MAX_FILE:
+    def rows(self, batch: list[list[str]]) -> None:
+        self._writer.writerows(batch)
+        if self._kept is not None:
+            self._kept.extend(batch)
+        if self._buffer.tell() > csvcache.MAX_FILE:
+            self._kept = None
             self._flush()
 
     def close(self) -> None:
         text = self._buffer.getvalue()
         data = self._flush()
-        rows = self._rows
-        if rows is not None and text.count("\n") == len(rows) and not _ODD.search(text):
-            csvcache.remember(data, ",", "utf-8", rows)
+        kept = self._kept
+        if kept is not None and text.count("\n") == len(kept) and not _ODD.search(text):
+            csvcache.remember(data, ",", "utf-8", list(enumerate(kept, 1)))
 
     def _flush(self) -> bytes:
         data = self._buffer.getvalue().encode("utf-8")
@@ -220,6 +223,7 @@ class _Output:
         return data
 
 
+_BATCH = 1024  # rows handed to csv.writer at once
 _ODD = re.compile("[\r\x00]")  # a record of one line cannot hold these unquoted
 
 
