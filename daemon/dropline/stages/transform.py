@@ -148,24 +148,31 @@ def _transform(
         try:
             out = _Output(fd)
             batch = [out_header]
+            # The loop runs once per row in Python: what can be decided once is.
+            width, strip, blake2b = len(header), str.strip, hashlib.blake2b
+            whole = order == list(range(width))  # no select: rows kept as they are
+            one_key = key_at[0] if len(key_at) == 1 else -1
             for line, record in stream:
-                if record == []:
-                    continue
-                if len(record) != len(header):
+                if len(record) != width or not record:
+                    if record == []:
+                        continue
                     raise PermanentError(
-                        f"line {line}: {len(record)} fields where the header has {len(header)}"
+                        f"line {line}: {len(record)} fields where the header has {width}"
                     )
                 if trim:
-                    record = [v.strip() for v in record]
+                    record = list(map(strip, record))
                 if key_at:
-                    digest = hashlib.blake2b(
-                        "\x1f".join(record[i] for i in key_at).encode(), digest_size=16
-                    ).digest()
+                    key = (
+                        record[one_key]
+                        if one_key >= 0
+                        else "\x1f".join([record[i] for i in key_at])
+                    )
+                    digest = blake2b(key.encode(), digest_size=16).digest()
                     if digest in seen:
                         dropped += 1
                         continue
                     seen.add(digest)
-                batch.append([record[i] for i in order])
+                batch.append(record if whole else [record[i] for i in order])
                 written += 1
                 if len(batch) >= _BATCH:
                     out.rows(batch)

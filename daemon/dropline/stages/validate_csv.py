@@ -146,7 +146,7 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
                 error(f'line 1: column "{dup}" appears twice in the header')
             if errors:
                 raise PermanentError(_summary(errors, more))
-            checks = [(position[c.name], c) for c in columns if c.name in position]
+            checks = [(position[c.name], c, c.accepts()) for c in columns if c.name in position]
             width = len(header)
             for line, record in stream:
                 if record == []:
@@ -158,8 +158,10 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
                 if len(record) != width:
                     error(f"line {line}: {len(record)} fields where the header has {width}")
                     continue
-                for index, column in checks:
+                for index, column, accepts in checks:
                     value = record[index]
+                    if accepts(value):
+                        continue  # the common case, without building a message
                     why = column.check(value)
                     if why:
                         shown = value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "..."
