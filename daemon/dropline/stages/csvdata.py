@@ -19,6 +19,7 @@ import csv
 import datetime as dt
 import decimal
 import functools
+import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -194,20 +195,42 @@ def sql_type(kind: str, dialect_name: str) -> str:
     return "TEXT" if dialect_name == "sqlite" else "text"
 
 
-def _text(text: str) -> str | None:
-    return text or None
+_CHUNK = 1024  # rows converted at once: column by column, in bounded memory
 
 
-def _integer(text: str) -> int | None:
-    return int(text) if text else None
+def _converted(kinds: list[str], records: list[list[str]], extra: tuple[Any, ...]) -> list[Any]:
+    """RECORDS converted as ``convert`` does, column by column, EXTRA appended to each row.
+
+    A loop per column with the kind's test outside it costs a third of a
+    call of ``convert`` per value.
+    """
+    if not records:
+        return []
+    columns: list[Any] = []
+    for kind, column in zip(kinds, zip(*records, strict=True), strict=True):
+        if kind == "integer":
+            columns.append([int(v) if v else None for v in column])
+        elif kind == "decimal":
+            columns.append([str(decimal.Decimal(v)) if v else None for v in column])
+        else:
+            columns.append([v or None for v in column])
+    columns.extend(itertools.repeat(value, len(records)) for value in extra)
+    return list(zip(*columns, strict=True))
 
 
-def _decimal(text: str) -> str | None:
-    return str(decimal.Decimal(text)) if text else None
-
-
-# convert() per kind, one function each, picked once per file rather than per value.
-_CONVERTERS: dict[str, Callable[[str], Any]] = {"integer": _integer, "decimal": _decimal}
+def _chunk(
+    kinds: list[str], chunk: list[tuple[int, list[str]]], extra: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    """CHUNK's rows converted; PermanentError naming the line of a value that cannot be."""
+    try:
+        return _converted(kinds, [record for _, record in chunk], extra)
+    except (ValueError, decimal.InvalidOperation):
+        for line, record in chunk:  # which line it was, the slow way
+            try:
+                [convert(k, v) for k, v in zip(kinds, record, strict=True)]
+            except (ValueError, decimal.InvalidOperation) as exc:
+                raise PermanentError(f"line {line}: {exc} (validate the file first)") from None
+        raise
 
 
 @dataclass
@@ -220,19 +243,24 @@ class Source:
     _rows: Iterator[tuple[int, list[str]]]
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self.rows()
+
+    def rows(self, *extra: Any) -> Iterator[tuple[Any, ...]]:
+        """The rows converted, each followed by the values EXTRA (a loader's item id)."""
         width = len(self.header)
-        converters = [_CONVERTERS.get(kind, _text) for kind in self.types]
+        chunk: list[tuple[int, list[str]]] = []
         for line, record in self._rows:
-            if record == []:
-                continue  # a blank line
-            if len(record) != width:
+            if len(record) != width or not record:
+                if record == []:
+                    continue  # a blank line
                 raise PermanentError(
                     f"line {line}: {len(record)} fields where the header has {width}"
                 )
-            try:
-                yield tuple([f(v) for f, v in zip(converters, record, strict=True)])
-            except (ValueError, decimal.InvalidOperation) as exc:
-                raise PermanentError(f"line {line}: {exc} (validate the file first)") from None
+            chunk.append((line, record))
+            if len(chunk) >= _CHUNK:
+                yield from _chunk(self.types, chunk, extra)
+                chunk = []
+        yield from _chunk(self.types, chunk, extra)
 
     def close(self) -> None:
         self._closing.close()

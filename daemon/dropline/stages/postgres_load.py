@@ -268,9 +268,9 @@ class _Loader:
             cancel = ctx.cancel
             item = ctx.item_id
             with cur.copy(self._copy_sql(columns)) as copy:
-                for row in source:
+                for row in source.rows(item):
                     sent[0] += 1
-                    copy.write_row((*row, item))
+                    copy.write_row(row)
                     if sent[0] % _CANCEL_EVERY == 0 and cancel and cancel.is_set():
                         raise RuntimeError("the daemon is stopping: load rolled back")
             loaded = cur.rowcount if cur.rowcount >= 0 else sent[0]

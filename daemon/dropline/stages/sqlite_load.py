@@ -155,7 +155,7 @@ class _SqliteLoad:
             item = ctx.item_id
             cursor = db.executemany(
                 f"INSERT INTO {_quote(table)} ({columns}) VALUES ({marks})",  # noqa: S608
-                ((*row, item) for row in source),
+                source.rows(item),
             )
             loaded = cursor.rowcount
             db.execute("COMMIT")
