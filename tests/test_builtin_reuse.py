@@ -122,3 +122,26 @@ def test_sqlite_load_reopens_a_connection_closed_under_it(tmp_path: Path) -> Non
     assert run(stage, context(two, item_id="TWO"))["loaded_rows"] == 1
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT id FROM t ORDER BY id").fetchall() == [("1",), ("2",)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a,b\n1,2\n3,4\n",
+        "a,b\n1,2\n3,4",
+        "a,b\r\n1,2\r\n\r\n3,4\r\n",
+        'a,b\n1,"two\nlines"\n3,4\n',
+        'a,b\n1,"two\nlines"\n3,4',
+        "a,b\n\n\n1,2\n",
+        "a,b\r1,2\r",
+    ],
+)
+def test_a_remembered_parse_is_the_streamed_one(tmp_path: Path, text: str) -> None:
+    """Records and their line numbers as csvdata.rows streams them, whatever the line ends."""
+    path = tmp_path / "f.csv"
+    path.write_bytes(text.encode())
+    with csvdata.open_text(path, "utf-8") as handle:
+        streamed = list(csvdata.rows(handle, ","))
+    assert list(csvcache.parsed(path, ",", "utf-8") or []) == streamed
+    assert list(csvcache.parsed(path, ",", "utf-8") or []) == streamed  # remembered
+    assert csvcache.stats().hits == 1

@@ -53,30 +53,21 @@ class Column:
     pattern: re.Pattern[str] | None = None  # regex
     date_format: str = "%Y-%m-%d"  # date
 
-    def accepts(self) -> Callable[[str], bool]:
-        """A quick test of a value: true only when ``check`` would find nothing wrong.
-
-        ``check`` says why a value is wrong, and is asked only when this says no.
-        """
-        kind, empty = self.type, self.empty
-        test: Callable[[str], object]
+    def test(self) -> Callable[[str], object] | None:
+        """A quick test of a non-empty value, true when ``check`` would find nothing wrong
+        with it; None when any is right.  ``check`` says why, asked only after a no."""
+        kind = self.type
         if kind == "integer":
-            test = _INTEGER.fullmatch
-        elif kind == "decimal":
-            test = _DECIMAL.fullmatch
-        elif kind == "date":
-            test = functools.partial(_is_date, date_format=self.date_format)
-        elif kind == "enum":
-            test = frozenset(self.values).__contains__
-        elif kind == "regex" and self.pattern is not None:
-            test = self.pattern.fullmatch
-        else:
-            return (lambda text: True) if empty else bool
-
-        def accepts(text: str) -> bool:
-            return bool(test(text)) if text else empty
-
-        return accepts
+            return _INTEGER.fullmatch
+        if kind == "decimal":
+            return _DECIMAL.fullmatch
+        if kind == "date":
+            return functools.partial(_is_date, date_format=self.date_format)
+        if kind == "enum":
+            return frozenset(self.values).__contains__
+        if kind == "regex" and self.pattern is not None:
+            return self.pattern.fullmatch
+        return None
 
     def check(self, text: str) -> str:
         """Why TEXT is not a valid value of this column ("" when it is)."""
