@@ -427,3 +427,20 @@ def test_items_loading_at_once_into_a_new_table(pg: PgServer, tmp_path: Path) ->
     assert {i: r[0] for i, r in results.items()} == {i: "succeeded" for i in range(8)}, results
     counts = pg.query("SELECT dropline_item, count(*) FROM raced GROUP BY 1 ORDER BY 1")
     assert counts == [(f"T{i}", 2) for i in range(8)]
+
+
+def test_a_held_connection_the_server_ended_is_replaced(pg: PgServer, tmp_path: Path) -> None:
+    """The stage keeps its connection between files; when the server ends it in between
+    (a restart, an administrator), the next file loads on a new connection, not retried."""
+    stage = stage_of({"dsn": pg.dsn(), "table": "held"})
+    first = write(tmp_path / "h1.csv", "id\n1\n")
+    assert stage(context(first, "H1"))["loaded_rows"] == 1
+    held = "SELECT pid FROM pg_stat_activity WHERE application_name = 'dropline'"
+    pids = pg.query(held)
+    assert len(pids) == 1  # the first file's connection, still open
+    assert pg.query("SELECT pg_terminate_backend(%s)", (pids[0][0],)) == [(True,)]
+    second = write(tmp_path / "h2.csv", "id\n2\n")
+    assert stage(context(second, "H2"))["loaded_rows"] == 1
+    rows = pg.query("SELECT id, dropline_item FROM held ORDER BY id")
+    assert rows == [("1", "H1"), ("2", "H2")]
+    assert pg.query(held) != pids

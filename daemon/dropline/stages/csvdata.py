@@ -14,16 +14,20 @@ Rows are streamed (``csv.reader`` over the open file), never read whole.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import decimal
+import functools
+import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import PermanentError
+from . import csvcache
 
 TYPES = ("text", "integer", "decimal", "date", "enum", "regex")
 CSV_KEY = "csv"
@@ -49,6 +53,22 @@ class Column:
     pattern: re.Pattern[str] | None = None  # regex
     date_format: str = "%Y-%m-%d"  # date
 
+    def test(self) -> Callable[[str], object] | None:
+        """A quick test of a non-empty value, true when ``check`` would find nothing wrong
+        with it; None when any is right.  ``check`` says why, asked only after a no."""
+        kind = self.type
+        if kind == "integer":
+            return _INTEGER.fullmatch
+        if kind == "decimal":
+            return _DECIMAL.fullmatch
+        if kind == "date":
+            return functools.partial(_is_date, date_format=self.date_format)
+        if kind == "enum":
+            return frozenset(self.values).__contains__
+        if kind == "regex" and self.pattern is not None:
+            return self.pattern.fullmatch
+        return None
+
     def check(self, text: str) -> str:
         """Why TEXT is not a valid value of this column ("" when it is)."""
         if text == "":
@@ -58,16 +78,27 @@ class Column:
             return "is not an integer"
         if kind == "decimal" and not _DECIMAL.fullmatch(text):
             return "is not a decimal"
-        if kind == "date":
-            try:
-                dt.datetime.strptime(text, self.date_format)
-            except ValueError:
-                return f"is not a date ({self.date_format})"
+        if kind == "date" and not _is_date(text, self.date_format):
+            return f"is not a date ({self.date_format})"
         if kind == "enum" and text not in self.values:
             return f"is not one of {', '.join(self.values)}"
         if kind == "regex" and self.pattern is not None and not self.pattern.fullmatch(text):
             return f"does not match {self.pattern.pattern}"
         return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_date(text: str, date_format: str) -> bool:
+    """Whether strptime reads TEXT in DATE_FORMAT; remembered, as a file repeats its dates.
+
+    strptime costs more than everything else validate-csv does to a row (it
+    looks up the locale on every call); a file's dates are few and repeated.
+    """
+    try:
+        dt.datetime.strptime(text, date_format)
+    except ValueError:
+        return False
+    return True
 
 
 def dialect(metadata: Mapping[str, Any]) -> tuple[str, str]:
@@ -111,6 +142,22 @@ def rows(handle: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
         ) from None
 
 
+@contextlib.contextmanager
+def records(path: Path, delimiter: str, encoding: str) -> Iterator[Iterator[tuple[int, list[str]]]]:
+    """PATH's records as ``rows`` gives them: parsed once per process when small (``csvcache``).
+
+    A small file that parses whole is served from (or put into) the cache;
+    any other is streamed from the file, so errors read as they always did.
+    The records may be shared: never change them.
+    """
+    known = csvcache.parsed(path, delimiter, encoding)
+    if known is not None:
+        yield iter(known)
+        return
+    with open_text(path, encoding) as handle:
+        yield rows(handle, delimiter)
+
+
 def convert(kind: str, text: str) -> Any:
     """A checked value as loaders store it: int, exact decimal text, ISO date, text, or None."""
     if text == "":
@@ -139,32 +186,75 @@ def sql_type(kind: str, dialect_name: str) -> str:
     return "TEXT" if dialect_name == "sqlite" else "text"
 
 
+_CHUNK = 1024  # rows converted at once: column by column, in bounded memory
+
+
+def _converted(kinds: list[str], records: list[list[str]], extra: tuple[Any, ...]) -> list[Any]:
+    """RECORDS converted as ``convert`` does, column by column, EXTRA appended to each row.
+
+    A loop per column with the kind's test outside it costs a third of a
+    call of ``convert`` per value.
+    """
+    if not records:
+        return []
+    columns: list[Any] = []
+    for kind, column in zip(kinds, zip(*records, strict=True), strict=True):
+        if kind == "integer":
+            columns.append([int(v) if v else None for v in column])
+        elif kind == "decimal":
+            columns.append([str(decimal.Decimal(v)) if v else None for v in column])
+        else:
+            columns.append([v or None for v in column])
+    columns.extend(itertools.repeat(value, len(records)) for value in extra)
+    return list(zip(*columns, strict=True))
+
+
+def _chunk(
+    kinds: list[str], chunk: list[tuple[int, list[str]]], extra: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    """CHUNK's rows converted; PermanentError naming the line of a value that cannot be."""
+    try:
+        return _converted(kinds, [record for _, record in chunk], extra)
+    except (ValueError, decimal.InvalidOperation):
+        for line, record in chunk:  # which line it was, the slow way
+            try:
+                [convert(k, v) for k, v in zip(kinds, record, strict=True)]
+            except (ValueError, decimal.InvalidOperation) as exc:
+                raise PermanentError(f"line {line}: {exc} (validate the file first)") from None
+        raise
+
+
 @dataclass
 class Source:
     """A CSV file to load: its header, the column types, and its rows converted."""
 
     header: list[str]
     types: list[str]
-    _handle: IO[str]
+    _closing: contextlib.ExitStack
     _rows: Iterator[tuple[int, list[str]]]
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self.rows()
+
+    def rows(self, *extra: Any) -> Iterator[tuple[Any, ...]]:
+        """The rows converted, each followed by the values EXTRA (a loader's item id)."""
         width = len(self.header)
-        kinds = self.types
+        chunk: list[tuple[int, list[str]]] = []
         for line, record in self._rows:
-            if record == []:
-                continue  # a blank line
-            if len(record) != width:
+            if len(record) != width or not record:
+                if record == []:
+                    continue  # a blank line
                 raise PermanentError(
                     f"line {line}: {len(record)} fields where the header has {width}"
                 )
-            try:
-                yield tuple(convert(kinds[i], v) for i, v in enumerate(record))
-            except (ValueError, decimal.InvalidOperation) as exc:
-                raise PermanentError(f"line {line}: {exc} (validate the file first)") from None
+            chunk.append((line, record))
+            if len(chunk) >= _CHUNK:
+                yield from _chunk(self.types, chunk, extra)
+                chunk = []
+        yield from _chunk(self.types, chunk, extra)
 
     def close(self) -> None:
-        self._handle.close()
+        self._closing.close()
 
     def __enter__(self) -> Source:
         return self
@@ -182,23 +272,21 @@ def open_source(
     as ISO dates (or transform them) to load them into a date column.
     """
     meta_delimiter, meta_encoding = dialect(metadata)
-    handle = open_text(path, encoding or meta_encoding)
-    stream = rows(handle, delimiter or meta_delimiter)
-    try:
+    with contextlib.ExitStack() as closing:
+        stream = closing.enter_context(
+            records(path, delimiter or meta_delimiter, encoding or meta_encoding)
+        )
         first = next(stream, None)
-    except BaseException:
-        handle.close()
-        raise
-    if first is None:
-        handle.close()
-        raise PermanentError("the file is empty: no header row")
-    header = [h.strip() for h in first[1]]
-    known = schema_types(metadata)
-    kinds = [
-        known.get(h, "text") if known.get(h, "text") in ("integer", "decimal") else "text"
-        for h in header
-    ]
-    return Source(header, kinds, handle, stream)
+        if first is None:
+            raise PermanentError("the file is empty: no header row")
+        header = [h.strip() for h in first[1]]
+        known = schema_types(metadata)
+        kinds = [
+            known.get(h, "text") if known.get(h, "text") in ("integer", "decimal") else "text"
+            for h in header
+        ]
+        return Source(header, kinds, closing.pop_all(), stream)
+    raise AssertionError("unreachable")  # for mypy: the with block returns or raises
 
 
 __all__ = [
@@ -212,6 +300,7 @@ __all__ = [
     "dialect",
     "open_source",
     "open_text",
+    "records",
     "rows",
     "schema_types",
     "sql_type",

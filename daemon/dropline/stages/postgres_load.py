@@ -3,7 +3,9 @@
 Every row loaded carries the item's id in the column ``dropline_item``.  One
 transaction deletes the rows of this item (a retry, or a re-run after a crash
 between the commit and its record) and copies the file in with COPY, rows
-streamed from the file: memory stays bounded whatever its size.  So loading
+streamed from the file: memory stays bounded whatever its size.  Each worker
+thread holds its connection across files; one the server ended in between
+is replaced at the next file.  So loading
 an item twice leaves its rows once.
 
 A row PostgreSQL refuses (a value of the wrong type, a constraint) fails the
@@ -17,6 +19,7 @@ daemon runs without it otherwise.
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 import os
 import re
@@ -30,6 +33,7 @@ from ..config.source import Loc
 from ..config.values import Duration, Flag, Text, sql_identifier
 from ..errors import PermanentError
 from . import StageContext, StageFunc, csvdata
+from .held import Held
 
 if TYPE_CHECKING:
     import psycopg
@@ -128,6 +132,16 @@ def _dsn(opts: Options, at: Loc) -> tuple[str, str]:
     return "dsn_env", value
 
 
+def _connect(dsn: str, params: dict[str, Any]) -> psycopg.Connection[Any]:
+    import psycopg
+
+    return psycopg.connect(dsn, autocommit=True, **params)
+
+
+def _close(conn: psycopg.Connection[Any]) -> None:
+    conn.close()
+
+
 def _index_name(table: str) -> str:
     suffix = f"_{ITEM_COLUMN}_idx"
     return table[: _MAX_NAME - len(suffix)] + suffix
@@ -158,7 +172,8 @@ def _checked_header(header: Sequence[str]) -> list[str]:
 class _Loader:
     """Connects, creates the table if asked, and loads one item in one transaction.
 
-    One per stage, shared by the worker threads: it holds configuration only.
+    One per stage, shared by the worker threads: each thread holds its own
+    connection across files (``held``), dropped after an error.
     """
 
     def __init__(
@@ -181,43 +196,85 @@ class _Loader:
         self.index = _index_name(parts[-1])
         self.delimiter = delimiter
         self.encoding = encoding
+        # Not a bound method: a cycle through the loader would leave the
+        # connection to the garbage collector, which closes it with a warning.
+        self.held: Held[psycopg.Connection[Any]] = Held(
+            functools.partial(_connect, dsn, params), _close
+        )
+
+    def _connection(self) -> tuple[psycopg.Connection[Any], bool]:
+        """This thread's connection, idle and not known to be broken; whether it is new."""
+        from psycopg.pq import TransactionStatus
+
+        conn, fresh = self.held.get()
+        if not fresh and (
+            conn.closed or conn.broken or conn.info.transaction_status != TransactionStatus.IDLE
+        ):
+            self.held.drop()
+            conn, fresh = self.held.get()
+        return conn, fresh
 
     def load(self, ctx: StageContext) -> int:
         """Replace the rows of item CTX.item_id in the table by the file's; the rows loaded."""
         import psycopg
 
         path = ctx.data_file()
-        sent = 0
+        sent = [0]
         with csvdata.open_source(path, ctx.metadata, self.delimiter, self.encoding) as source:
             columns = _checked_header(source.header)
-            try:
-                with psycopg.connect(self.dsn, autocommit=True, **self.params) as conn:
-                    if self.create:
-                        self._create(conn, columns, csvdata.schema_types(ctx.metadata))
-                    self._check_columns(conn, columns)
-                    with conn.transaction(), conn.cursor() as cur:
-                        if ctx.timeout > 0:  # the server gives up when the daemon would
-                            ms = max(1, math.ceil(ctx.timeout * 1000))
-                            cur.execute(
-                                "SELECT set_config('statement_timeout', %s, true)", (str(ms),)
-                            )
-                        cur.execute(self._delete_sql(), (ctx.item_id,))
-                        replaced = cur.rowcount
-                        cancel = ctx.cancel
-                        item = ctx.item_id
-                        with cur.copy(self._copy_sql(columns)) as copy:
-                            for row in source:
-                                sent += 1
-                                copy.write_row((*row, item))
-                                if sent % _CANCEL_EVERY == 0 and cancel and cancel.is_set():
-                                    raise RuntimeError("the daemon is stopping: load rolled back")
-                        loaded = cur.rowcount if cur.rowcount >= 0 else sent
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                message = _refused(exc, path, ctx.metadata, self.delimiter, self.encoding, sent)
-                raise PermanentError(message) from None
+            for again in (False, True):
+                conn, fresh = self._connection()
+                try:
+                    loaded, replaced = self._load(conn, ctx, columns, source, sent)
+                    break
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    # Refused rows: the transaction rolled back, the connection is sound.
+                    message = _refused(
+                        exc, path, ctx.metadata, self.delimiter, self.encoding, sent[0]
+                    )
+                    raise PermanentError(message) from None
+                except psycopg.OperationalError:
+                    self.held.drop()
+                    # A held connection the server ended between two files (a restart,
+                    # an idle timeout) shows only now: once more on a new one, which
+                    # is safe as nothing of the file was sent and the load is idempotent.
+                    if fresh or again or sent[0] > 0 or not conn.broken:
+                        raise
+                except BaseException:
+                    self.held.drop()
+                    raise
         if replaced > 0 and ctx.log is not None:
             ctx.log.info("postgres.replaced", table=self.table, rows=replaced)
         return loaded
+
+    def _load(
+        self,
+        conn: psycopg.Connection[Any],
+        ctx: StageContext,
+        columns: list[str],
+        source: csvdata.Source,
+        sent: list[int],
+    ) -> tuple[int, int]:
+        """One transaction: the earlier rows of the item deleted, the file copied in."""
+        if self.create:
+            self._create(conn, columns, csvdata.schema_types(ctx.metadata))
+        self._check_columns(conn, columns)
+        with conn.transaction(), conn.cursor() as cur:
+            if ctx.timeout > 0:  # the server gives up when the daemon would
+                ms = max(1, math.ceil(ctx.timeout * 1000))
+                cur.execute("SELECT set_config('statement_timeout', %s, true)", (str(ms),))
+            cur.execute(self._delete_sql(), (ctx.item_id,))
+            replaced = cur.rowcount
+            cancel = ctx.cancel
+            item = ctx.item_id
+            with cur.copy(self._copy_sql(columns)) as copy:
+                for row in source.rows(item):
+                    sent[0] += 1
+                    copy.write_row(row)
+                    if sent[0] % _CANCEL_EVERY == 0 and cancel and cancel.is_set():
+                        raise RuntimeError("the daemon is stopping: load rolled back")
+            loaded = cur.rowcount if cur.rowcount >= 0 else sent[0]
+        return loaded, replaced
 
     def _copy_sql(self, columns: list[str]) -> psycopg.sql.Composed:
         from psycopg import sql

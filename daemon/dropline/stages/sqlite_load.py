@@ -9,11 +9,15 @@ from the header with the types validate-csv recorded (integer, decimal,
 date; text otherwise), plus ``dropline_item`` with an index.
 
 Rows are streamed into ``executemany``: memory does not grow with the file.
+Each worker thread holds its connection across files (``held``), reopened
+after an error and when the database file was replaced or removed.
 The target database is the operator's, never dropline's own state.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +30,8 @@ from ..config.values import AbsolutePath, Duration, Flag, Identifier, Text, sql_
 from ..errors import PermanentError
 from . import StageContext, StageFunc
 from .builtin import BuildEnv
-from .csvdata import open_source, schema_types, sql_type
+from .csvdata import Source, open_source, schema_types, sql_type
+from .held import Held
 
 ITEM_COLUMN = "dropline_item"
 
@@ -46,56 +51,125 @@ class Options:
 
 
 def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
-    database, table, create = opts.database, opts.table, opts.create
-    if not database.parent.is_dir():
-        at.fail("database", f"its folder {database.parent} does not exist")
-    delimiter, encoding, busy = opts.delimiter, opts.encoding, opts.busy_timeout
+    if not opts.database.parent.is_dir():
+        at.fail("database", f"its folder {opts.database.parent} does not exist")
+    return _SqliteLoad(opts)
 
-    def stage(ctx: StageContext) -> Mapping[str, Any]:
-        with open_source(ctx.data_file(), ctx.metadata, delimiter, encoding) as source:
+
+@dataclass
+class _Db:
+    conn: sqlite3.Connection
+    identity: tuple[int, int] | None  # (st_dev, st_ino) of the database file when opened
+
+
+def _identity(database: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(database)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _connect(database: Path, busy: float) -> _Db:
+    conn = sqlite3.connect(str(database), timeout=busy, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+    return _Db(conn, _identity(database))
+
+
+def _close(db: _Db) -> None:
+    db.conn.close()
+
+
+class _SqliteLoad:
+    """The stage: each worker thread holds its connection to the database across files."""
+
+    def __init__(self, opts: Options) -> None:
+        self.database, self.table, self.create = opts.database, opts.table, opts.create
+        self.delimiter, self.encoding, self.busy = opts.delimiter, opts.encoding, opts.busy_timeout
+        # Not a bound method: a cycle through the stage would leave the
+        # connection to the garbage collector rather than closing it.
+        self.held: Held[_Db] = Held(functools.partial(_connect, self.database, self.busy), _close)
+
+    def _db(self) -> _Db:
+        """The held connection, unless the database file was replaced or removed since."""
+        db, fresh = self.held.get()
+        if not fresh and db.identity != _identity(self.database):
+            # Writing through the old one would load rows into a file nobody reads.
+            self.held.drop()
+            db, _ = self.held.get()
+        return db
+
+    def _begin(self) -> sqlite3.Connection:
+        """The held connection, in a new write transaction (BEGIN IMMEDIATE)."""
+        for again in (False, True):
+            db = self._db().conn
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return db
+            except sqlite3.ProgrammingError:
+                self.held.drop()  # a connection closed under it: once more on a new one
+                if again:
+                    raise
+            except BaseException:
+                self.held.drop()
+                raise
+        raise AssertionError("unreachable")
+
+    def __call__(self, ctx: StageContext) -> Mapping[str, Any]:
+        table = self.table
+        with open_source(ctx.data_file(), ctx.metadata, self.delimiter, self.encoding) as source:
             bad = [h for h in source.header if not sql_identifier(h) or h == ITEM_COLUMN]
             if bad:
                 raise PermanentError(
                     f'column "{bad[0]}" cannot be a column of {table}: use letters, digits '
                     "and _ (a transform can rename it)"
                 )
-            db = sqlite3.connect(str(database), timeout=busy, isolation_level=None)
+            db = self._begin()
             try:
-                db.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
-                db.execute("BEGIN IMMEDIATE")
-                if create:
-                    _create(db, table, source.header, schema_types(ctx.metadata))
-                existing = {r[1] for r in db.execute(f"PRAGMA table_info({_quote(table)})")}
-                if not existing:
-                    raise PermanentError(f"table {table} does not exist (create: false)")
-                missing = [c for c in [*source.header, ITEM_COLUMN] if c not in existing]
-                if missing:
-                    raise PermanentError(f'table {table} has no column "{missing[0]}"')
-                db.execute(
-                    f"DELETE FROM {_quote(table)} WHERE {ITEM_COLUMN} = ?",  # noqa: S608
-                    (ctx.item_id,),
-                )
-                columns = ", ".join(_quote(c) for c in [*source.header, ITEM_COLUMN])
-                marks = ", ".join("?" * (len(source.header) + 1))
-                item = ctx.item_id
-                cursor = db.executemany(
-                    f"INSERT INTO {_quote(table)} ({columns}) VALUES ({marks})",  # noqa: S608
-                    ((*row, item) for row in source),
-                )
-                loaded = cursor.rowcount
-                db.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                db.execute("ROLLBACK")
-                raise PermanentError(f"{table}: {exc}") from None
+                loaded = self._load(db, ctx, source)
+            except PermanentError:
+                raise  # rolled back; the connection is sound
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                self.held.drop()
                 raise
-            finally:
-                db.close()
         return {"loaded_rows": loaded, "table": table}
 
-    return stage
+    def _load(self, db: sqlite3.Connection, ctx: StageContext, source: Source) -> int:
+        """Replace the rows of CTX's item in the transaction begun, and commit; the rows loaded."""
+        table, header = self.table, source.header
+        try:
+            if self.create:
+                _create(db, table, header, schema_types(ctx.metadata))
+            existing = {r[1] for r in db.execute(f"PRAGMA table_info({_quote(table)})")}
+            if not existing:
+                raise PermanentError(f"table {table} does not exist (create: false)")
+            missing = [c for c in [*header, ITEM_COLUMN] if c not in existing]
+            if missing:
+                raise PermanentError(f'table {table} has no column "{missing[0]}"')
+            db.execute(
+                f"DELETE FROM {_quote(table)} WHERE {ITEM_COLUMN} = ?",  # noqa: S608
+                (ctx.item_id,),
+            )
+            columns = ", ".join(_quote(c) for c in [*header, ITEM_COLUMN])
+            marks = ", ".join("?" * (len(header) + 1))
+            item = ctx.item_id
+            cursor = db.executemany(
+                f"INSERT INTO {_quote(table)} ({columns}) VALUES ({marks})",  # noqa: S608
+                source.rows(item),
+            )
+            loaded = cursor.rowcount
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            db.execute("ROLLBACK")
+            raise PermanentError(f"{table}: {exc}") from None
+        except PermanentError:
+            db.execute("ROLLBACK")
+            raise
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return loaded
 
 
 def _create(db: sqlite3.Connection, table: str, header: list[str], types: dict[str, str]) -> None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,9 @@ from ..config.values import Choice, Flag, FreeMap, Text, Texts, text
 from ..errors import PermanentError
 from ..spool import WORKING_TEMP_PREFIX
 from ..spool.durable import replace_file
-from . import DATA_PATH, StageContext
+from . import DATA_PATH, StageContext, csvcache
 from .builtin import BuildEnv, BuiltStage
-from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, open_text, rows, schema_types
+from .csvdata import CSV_KEY, ROWS_KEY, SCHEMA_KEY, dialect, records, schema_types
 
 # A temporary in working/ (archive: transformed); recovery removes a leftover.
 TMP_PREFIX = WORKING_TEMP_PREFIX.decode()
@@ -126,8 +128,7 @@ def _transform(
     """Write the transformed copy of SOURCE to TARGET (fsynced); (rows, dropped, header)."""
     seen: set[bytes] = set()
     written = dropped = 0
-    with open_text(source, encoding) as handle:
-        stream = rows(handle, delimiter)
+    with records(source, delimiter, encoding) as stream:
         first = next(stream, None)
         if first is None:
             raise PermanentError("the file is empty: no header row")
@@ -145,28 +146,39 @@ def _transform(
             target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
         )
         try:
-            with open(fd, "w", encoding="utf-8", newline="", closefd=False) as out:
-                writer = csv.writer(out, lineterminator="\n")
-                writer.writerow(out_header)
-                for line, record in stream:
+            out = _Output(fd)
+            batch = [out_header]
+            # The loop runs once per row in Python: what can be decided once is.
+            width, strip, blake2b = len(header), str.strip, hashlib.blake2b
+            whole = order == list(range(width))  # no select: rows kept as they are
+            one_key = key_at[0] if len(key_at) == 1 else -1
+            for line, record in stream:
+                if len(record) != width or not record:
                     if record == []:
                         continue
-                    if len(record) != len(header):
-                        raise PermanentError(
-                            f"line {line}: {len(record)} fields where the header has {len(header)}"
-                        )
-                    if trim:
-                        record = [v.strip() for v in record]
-                    if key_at:
-                        digest = hashlib.blake2b(
-                            "\x1f".join(record[i] for i in key_at).encode(), digest_size=16
-                        ).digest()
-                        if digest in seen:
-                            dropped += 1
-                            continue
-                        seen.add(digest)
-                    writer.writerow([record[i] for i in order])
-                    written += 1
+                    raise PermanentError(
+                        f"line {line}: {len(record)} fields where the header has {width}"
+                    )
+                if trim:
+                    record = list(map(strip, record))
+                if key_at:
+                    key = (
+                        record[one_key]
+                        if one_key >= 0
+                        else "\x1f".join([record[i] for i in key_at])
+                    )
+                    digest = blake2b(key.encode(), digest_size=16).digest()
+                    if digest in seen:
+                        dropped += 1
+                        continue
+                    seen.add(digest)
+                batch.append(record if whole else [record[i] for i in order])
+                written += 1
+                if len(batch) >= _BATCH:
+                    out.rows(batch)
+                    batch = []
+            out.rows(batch)
+            out.close()
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -175,6 +187,51 @@ def _transform(
             raise
         os.close(fd)
     return written, dropped, out_header
+
+
+class _Output:
+    """The CSV written to FD: in one write when it is small, then remembered as parsed.
+
+    The rows written are the records the loader after transform would parse
+    from the file, so they go into ``csvcache`` under the file's bytes.  That
+    holds while every record takes exactly one line: a value with a line
+    break (or a NUL) is left for the loader to parse, as is a large file,
+    which is written as it goes (memory holds one buffer).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\n")
+        self._kept: list[list[str]] | None = []  # None once a buffer was written out
+
+    def rows(self, batch: list[list[str]]) -> None:
+        self._writer.writerows(batch)
+        if self._kept is not None:
+            self._kept.extend(batch)
+        if self._buffer.tell() > csvcache.MAX_FILE:
+            self._kept = None
+            self._flush()
+
+    def close(self) -> None:
+        text = self._buffer.getvalue()
+        data = self._flush()
+        kept = self._kept
+        if kept is not None and text.count("\n") == len(kept) and not _ODD.search(text):
+            csvcache.remember(data, ",", "utf-8", list(enumerate(kept, 1)))
+
+    def _flush(self) -> bytes:
+        data = self._buffer.getvalue().encode("utf-8")
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return data
+
+
+_BATCH = 1024  # rows handed to csv.writer at once
+_ODD = re.compile("[\r\x00]")  # a record of one line cannot hold these unquoted
 
 
 __all__ = ["TMP_PREFIX", "build"]
