@@ -124,5 +124,5 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert [m.name for m in stages.memory] == ["empty", "csv", "python"]
     python = stages.memory[2].run.memory
     assert python is not None and python.peak_pss_kib > 0
-    assert any(p.name == "dropline.isolation" for p in python.children())
+    assert any(p.name == "dropline.isolation_child" for p in python.children())
     assert "stage workloads" in text and "÷ script" in markdown
