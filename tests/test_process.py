@@ -291,3 +291,58 @@ def test_describe_names_signals_without_a_name() -> None:
     """describe copes with a signal number that has no name."""
     result = CommandResult(None, 200, False, False, "", 0, 0.1)
     assert describe(result) == "killed by signal 200"
+
+
+def open_descriptors() -> set[int]:
+    """The descriptors this process has open (the listing's own one left out)."""
+    with os.scandir("/proc/self/fd") as entries:
+        listed = {int(entry.name) for entry in entries}
+    return {fd for fd in listed if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+def test_no_descriptor_is_left_open_whatever_the_ending(tmp_path: Path) -> None:
+    """The output file, the pidfd and the rest are closed after every kind of ending."""
+    sh("true")  # /dev/null, shared by every command's stdin, is opened once, here
+    before = open_descriptors()
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    results = [
+        sh("echo out; echo err >&2"),
+        sh("exit 3"),
+        sh("exec sleep 30", timeout=0.2),
+        sh("exec sleep 30", cancel=cancel),
+        run_command([b"/nonexistent/program"], env=ENV, cwd=None, timeout=5.0),
+    ]
+    assert [r.returncode for r in results] == [0, 3, None, None, 127]
+    assert results[2].timed_out and results[3].cancelled
+    assert open_descriptors() == before
+
+
+def test_the_command_inherits_only_stdin_stdout_and_stderr() -> None:
+    """None of the daemon's descriptors reaches the command; its stdin is /dev/null."""
+    sh("true")
+    ours = " ".join(str(fd) for fd in sorted(open_descriptors()) if fd > 2)
+    result = sh(
+        f"readlink /proc/$$/fd/0; for n in {ours}; do [ -e /proc/$$/fd/$n ] && echo $n; done; true"
+    )
+    assert result.returncode == 0
+    assert result.output == "/dev/null\n"
+
+
+def test_without_pidfds_the_wait_still_sees_exit_timeout_and_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a kernel older than 5.3 (no pidfd_open) the wait falls back to waitid and
+    every ending is still told apart."""
+    monkeypatch.delattr(os, "pidfd_open")
+    done = sh("echo done; exit 4")
+    assert done.returncode == 4
+    assert done.output == "done\n"
+    timed_out = sh("exec sleep 30", timeout=0.2, kill_grace=5.0)
+    assert timed_out.timed_out
+    assert timed_out.signal == signal.SIGTERM
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    cancelled = sh("exec sleep 30", timeout=30.0, cancel=cancel)
+    assert cancelled.cancelled
+    assert cancelled.duration < 5.0

@@ -3,7 +3,9 @@
 The command runs in its own session (so it leads its own process group), with
 stdin from /dev/null and stdout and stderr in one anonymous temporary file.
 When it ends, for whatever reason, whatever is left of its process group is
-killed, so a stage never leaves processes behind.
+killed, so a stage never leaves processes behind.  Its end is waited for on a
+pidfd, without waking, so a worker thread costs the daemon nothing while its
+command runs and hears of its end at once.
 
 This module must never run a shell (argv is executed as given, file names are
 data), never read a command's output through a pipe (a grandchild holding the
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -36,6 +40,7 @@ _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
 _NOT_EXECUTABLE = frozenset({errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR})
 
 _POLL_MAX = 0.05  # the cancel event is looked at least this often (seconds)
+_WAIT_MAX = 60.0  # one poll() at most this long: its timeout is an int of milliseconds
 
 _Ending = Literal["exited", "timed_out", "cancelled"]
 
@@ -78,11 +83,12 @@ def run_command(
         # Starting a (possibly non-idempotent) stage we already know is abandoned
         # would only create work to undo.
         return CommandResult(None, None, False, True, "", 0, 0.0)
-    with tempfile.TemporaryFile() as out:
+    out = _output_file(tempfile.gettempdir())
+    try:
         try:
             proc = subprocess.Popen(
                 list(argv),
-                stdin=subprocess.DEVNULL,
+                stdin=_devnull(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -92,21 +98,11 @@ def run_command(
             )
         except OSError as exc:
             return _start_failure(exc, start)
-        ending: _Ending = "exited"
-        try:
-            ending = _wait_exited(proc.pid, start + timeout, cancel)
-            if ending != "exited":
-                _signal_group(proc.pid, signal.SIGTERM)
-                _wait_exited(proc.pid, time.monotonic() + kill_grace, None)
-        finally:
-            # Also on success and on exceptions: grandchildren left in the group
-            # (daemonised helpers, a `sleep &`) must not outlive the stage.  The
-            # leader is still unreaped here, so its pid, which is the group's id,
-            # cannot have been reused.
-            _signal_group(proc.pid, signal.SIGKILL)
-            status = proc.wait()
+        ending, status = _see_through(proc, start + timeout, kill_grace, cancel)
         duration = time.monotonic() - start
-        output, total = _read_capped(out.fileno(), output_cap)
+        output, total = _read_capped(out, output_cap)
+    finally:
+        os.close(out)
     sig = -status if status < 0 else None
     stopped = ending != "exited"
     return CommandResult(
@@ -118,6 +114,35 @@ def run_command(
         output_bytes=total,
         duration=duration,
     )
+
+
+def _see_through(
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    kill_grace: float,
+    cancel: threading.Event | None,
+) -> tuple[_Ending, int]:
+    """Wait for proc to end, stopping it at deadline or on cancel; kill what is
+    left of its group and reap it.  Returns how it ended and its wait status."""
+    ending: _Ending = "exited"
+    exit_fd = _exit_fd(proc.pid)
+    try:
+        ending = _wait_exited(proc.pid, exit_fd, deadline, cancel)
+        if ending != "exited":
+            _signal_group(proc.pid, signal.SIGTERM)
+            _wait_exited(proc.pid, exit_fd, time.monotonic() + kill_grace, None)
+    finally:
+        try:
+            # Also on success and on exceptions: grandchildren left in the group
+            # (daemonised helpers, a `sleep &`) must not outlive the stage.  The
+            # leader is still unreaped here, so its pid, which is the group's id,
+            # cannot have been reused.
+            _signal_group(proc.pid, signal.SIGKILL)
+            status = proc.wait()
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
+    return ending, status
 
 
 def describe(result: CommandResult) -> str:
@@ -155,13 +180,47 @@ def _start_failure(exc: OSError, start: float) -> CommandResult:
     )
 
 
-def _wait_exited(pid: int, deadline: float, cancel: threading.Event | None) -> _Ending:
+def _exit_fd(pid: int) -> int | None:
+    """A descriptor that becomes readable when pid exits (a pidfd), or None without one.
+
+    Polling with waitid instead (the fallback) wakes the worker at every look
+    (1, 2, 4 ms ... apart), each time taking the interpreter lock from the main
+    loop, and hears of a short command's end a few milliseconds late.
+    """
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # before Linux 5.3, or already reaped (SIGCHLD ignored)
+        return None
+
+
+def _wait_exited(
+    pid: int, exit_fd: int | None, deadline: float, cancel: threading.Event | None
+) -> _Ending:
     """Wait until pid has exited, deadline has passed or cancel is set.
 
-    The child is left unreaped (WNOWAIT) so that its process group can still be
-    signalled safely afterwards.  Delays grow from 1 ms to _POLL_MAX, as in
-    Popen.wait, so short commands are not slowed down.
+    The child is left unreaped (a pidfd only tells; waitid with WNOWAIT) so
+    that its process group can still be signalled safely afterwards.
     """
+    if exit_fd is None:
+        return _poll_exited(pid, deadline, cancel)
+    poller = select.poll()
+    poller.register(exit_fd, select.POLLIN)
+    while True:
+        # cancel, a threading.Event, has no descriptor to wait on beside the
+        # pidfd: it is looked at every _POLL_MAX, a long command's only cost.
+        step = min(deadline - time.monotonic(), _POLL_MAX if cancel is not None else _WAIT_MAX)
+        if poller.poll(max(0, math.ceil(step * 1000))):
+            return "exited"
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+        if time.monotonic() >= deadline:
+            return "timed_out"
+
+
+def _poll_exited(pid: int, deadline: float, cancel: threading.Event | None) -> _Ending:
+    """_wait_exited without a pidfd: waitid(WNOHANG | WNOWAIT) with delays that
+    grow from 1 ms to _POLL_MAX, as in Popen.wait, so short commands are not
+    slowed down."""
     delay = 0.0005
     while True:
         try:
@@ -179,6 +238,30 @@ def _wait_exited(pid: int, deadline: float, cancel: threading.Event | None) -> _
             cancel.wait(delay)  # returns at once when cancel is set
         else:
             time.sleep(delay)
+
+
+def _output_file(directory: str) -> int:
+    """A new anonymous file in directory for a command's output, unlinked from the start."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):  # no O_TMPFILE here (or on this filesystem)
+        fd, name = tempfile.mkstemp(dir=directory)
+        os.unlink(name)
+        return fd
+
+
+_devnull_fd: int | None = None
+_devnull_lock = threading.Lock()
+
+
+def _devnull() -> int:
+    """One /dev/null descriptor for every command's stdin, opened once (close-on-exec:
+    each child gets it as its stdin only)."""
+    global _devnull_fd
+    with _devnull_lock:
+        if _devnull_fd is None:
+            _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return _devnull_fd
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
