@@ -4,8 +4,8 @@ The command runs in its own session (so it leads its own process group), with
 stdin from /dev/null and stdout and stderr in one anonymous temporary file.
 When it ends, for whatever reason, whatever is left of its process group is
 killed, so a stage never leaves processes behind.  Its end is waited for on a
-pidfd, without waking, so a worker thread costs the daemon nothing while its
-command runs and hears of its end at once.
+pidfd: the worker thread hears of it at once and otherwise wakes only to look
+at the cancel event.
 
 This module must never run a shell (argv is executed as given, file names are
 data), never read a command's output through a pipe (a grandchild holding the
