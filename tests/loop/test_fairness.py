@@ -5,6 +5,7 @@ back another's files, ``concurrency`` caps a pipeline's running stages, and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dropline.config import load_config
 from dropline.loop.ready import ReadyQueues
@@ -205,3 +206,55 @@ def test_the_concurrency_of_a_pipeline_holds_in_its_turns(tmp_path: Path) -> Non
     ready.push("o1", "other")
     assert ready.next_turn(routes, {"capped": 2, "other": 3}, 4) == "other"
     assert ready.next_turn(routes, {"capped": 2, "other": 4}, 4) is None
+
+
+GATED_PY = """
+import os
+import time
+
+
+def wait(ctx):
+    gate = os.path.join(os.environ["GATES"], ctx.name)
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+"""
+
+
+def test_only_an_idempotent_python_stage_is_handed_to_a_worker_ahead(
+    tree: Tree, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """One worker: an idempotent Python stage has a second file handed ahead (its
+    child is fed the next one); a stage declared idempotent: false never has more
+    than the workers handed out, since a start recorded for a file that then
+    waited in the pool would fail it as indeterminate after a crash."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    monkeypatch.setenv("GATES", str(gates))
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "gated.py").write_text(GATED_PY)
+    stage = '  stages:\n    - name: wait\n      python: "gated:wait"\n'
+    config = (
+        f'- name: again\n  match: "*.csv"\n{stage}'
+        f'- name: once\n  match: "*.dat"\n{stage}      idempotent: false\n'
+    )
+    tree.write_config(config, workers=1, pipelines_dir=str(pipelines))
+    with stepped(tree) as s:
+        drop(tree, "a.csv", "b.csv", "c.csv")
+        s.until(lambda: running_of(s, "again") == 2)
+        for _ in range(20):
+            s.step()
+        assert running_of(s, "again") == 2, "more than one file ahead"
+        for name in ("a.csv", "b.csv", "c.csv"):
+            (gates / name).touch()
+        s.until(lambda: archived(s, "a.csv", "b.csv", "c.csv"), timeout=60)
+        drop(tree, "a.dat", "b.dat")
+        s.until(lambda: running_of(s, "once") >= 1)
+        most = running_of(s, "once")
+        for _ in range(20):
+            s.step()
+            most = max(most, running_of(s, "once"))
+        assert most == 1, "a non-idempotent stage was handed out ahead"
+        for name in ("a.dat", "b.dat"):
+            (gates / name).touch()
+        s.until(lambda: archived(s, "a.dat", "b.dat"), timeout=60)

@@ -74,7 +74,7 @@ class ReadyQueues:
     def next_turn(self, routes: Routes, busy: Mapping[str, int], workers: int) -> str | None:
         """The pipeline whose ready file gets the next free worker: None when no
         pipeline with ready files is under its concurrency (BUSY: stages
-        running by pipeline; WORKERS: the concurrency of a pipeline that sets none)."""
+        handed out by pipeline; WORKERS: the limit of a pipeline that sets none)."""
         best: tuple[float, int, int] | None = None
         chosen = None
         for name, queue in self.queues.items():

@@ -254,19 +254,25 @@ class Scheduler:
         busy = self.ready.busy(self.running, self.items)
         routes, workers = self.ctx.routes, self.attempts.pool.size
         while len(jobs) < free:
-            name = self.ready.next_turn(routes, busy, workers)
+            # A pipeline that sets no concurrency may have the whole pool's room
+            # (its running stages are bounded by the workers anyway); one that
+            # does has no more than that handed out, ahead or not.
+            name = self.ready.next_turn(routes, busy, self.attempts.pool.capacity)
             if name is None:
                 break
             job = self._job_for(self.ready.pop(name))
             if job is None:
                 continue
             item, pipeline, index, _ = job
-            if pipeline.stages_all[index].runs_in != "process" and (
-                len(self.running) + len(jobs) >= workers
-            ):
+            stage = pipeline.stages_all[index]
+            ahead = stage.runs_in == "process" and stage.config.idempotent
+            if not ahead and len(self.running) + len(jobs) >= workers:
                 # Only a worker process takes a job ahead (its child is fed the next
                 # file while it runs one); a command or a thread stage waits for a
                 # worker of its own, so whose turn it is is decided when one frees.
+                # So does a stage declared idempotent: false: its start is recorded
+                # when handed out, and one that waited in the pool at a crash would
+                # fail as indeterminate without having run.
                 self.ready.put_back(item.id, name)
                 break
             jobs.append(job)
