@@ -516,11 +516,14 @@ def test_a_database_with_a_hot_journal_goes_back_from_its_claim_then_waits(
     """Nobody holds either file open (its writer died mid-commit), so only the rule
     keeps the database: the claim reads its first bytes, finds a database with a hot
     journal beside it and puts it back, unchanged; from then on it is asked about
-    before any claim, and waits in incoming/ until the journal goes."""
-    proc = daemon()
-    proc.wait_event("scan.completed")
+    before any claim, and waits in incoming/ until the journal goes.
+
+    Both are there before the start, as a writer that died leaves them: written
+    one after the other to a running daemon, the journal alone (no database
+    beside it, so nothing to wait for) could be claimed before the database came."""
     (tree.incoming / "crashed.db-journal").write_bytes(HOT_JOURNAL)
     (tree.incoming / "crashed.db").write_bytes(DATABASE)
+    proc = daemon()
     event = proc.wait_event("file.held", file="crashed.db")
     assert event["rule"] == "sqlite" and "rollback journal" in event["reason"], event
     wait_until((tree.incoming / "crashed.db").exists, 5, what="crashed.db back in incoming/")
