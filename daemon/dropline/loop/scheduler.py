@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import StageConfig
 from ..crashpoints import crashpoint
 from ..events import AttemptEnd
 from ..lifecycle.claim import Claimed
@@ -168,18 +169,21 @@ class Scheduler:
         for result, item, running in pending:
             if result.outcome != "succeeded":
                 return True
-            pipeline = self.ctx.routes.get(item.pipeline)
-            stage = pipeline.stage_at(running.stage_index) if pipeline else None
-            if stage is None or not stage.config.idempotent or stage.config.modifies:
+            config = self._stage_config(item, running)
+            if config is None or not config.idempotent or config.modifies:
                 return True
         return False
+
+    def _stage_config(self, item: Item, running: Running) -> StageConfig | None:
+        """The configuration of the stage RUNNING ran (None: gone by a reload)."""
+        pipeline = self.ctx.routes.get(item.pipeline)
+        stage = pipeline.stage_at(running.stage_index) if pipeline else None
+        return stage.config if stage else None
 
     def _record(self, result: StageResult, item: Item, running: Running, now: float) -> AttemptEnd:
         """Record how an attempt ended and what it means (``decide``)."""
         rows = self.item_log
-        pipeline = self.ctx.routes.get(item.pipeline)
-        stage = pipeline.stage_at(running.stage_index) if pipeline else None
-        stage_cfg = stage.config if stage else None
+        stage_cfg = self._stage_config(item, running)
         d = decide(
             result.outcome,
             result.error,
