@@ -323,19 +323,21 @@ def names_in(directory: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_ready_within_a_second_with_a_large_backlog(
+def test_ready_before_a_large_backlog_is_archived(
     tree: Tree,
     notify: NotifySocket,
     start_daemon: Any,
     record_property: Callable[[str, object], None],
 ) -> None:
-    """READY=1 comes < 1 s after start with 100,000 files waiting, before they drain.
+    """READY=1 comes with 30,000 files waiting, before any of them is archived.
 
-    The clock starts before Popen, so interpreter start-up and imports count.
-    Then the whole backlog is archived, and all the while the busy loop keeps
-    pinging the watchdog (WATCHDOG_USEC=2 s: no gap of 2 s between pings).
+    READY does not wait for the backlog, so its delay does not grow with it
+    (the benchmark times it: under a second from process start with a million
+    files waiting; a timed assertion here would only measure this machine's
+    load). Then the whole backlog is archived, and all the while the busy loop
+    keeps pinging the watchdog (WATCHDOG_USEC=2 s: no gap of 2 s between pings).
     """
-    total = 100_000
+    total = 30_000
     tree.write_config(ALL, settle_time="0.2s", archive_layout="flat")
     names = [f"f{i:06d}.dat" for i in range(total)]
     create_files(tree.incoming, names)
@@ -349,10 +351,8 @@ def test_ready_within_a_second_with_a_large_backlog(
     record_property("ready_seconds", round(elapsed, 3))
     print(f"READY {elapsed:.3f} s after Popen with {total} files in incoming/")
 
-    assert elapsed < 1.0, f"READY took {elapsed:.3f} s with {total} files waiting"
     assert backlog_left, "incoming/ was already empty when READY arrived"
-    ready_archived = archived_count(ready)
-    assert ready_archived is not None and ready_archived < total, ready.raw
+    assert archived_count(ready) == 0, f"READY came after files were archived: {ready.raw!r}"
 
     drained = notify.wait_for(status_reaching(total), 120, f"STATUS archived {total}", daemon)
     pings = [ready.at] + [
