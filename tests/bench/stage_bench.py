@@ -106,7 +106,6 @@ def _prepare(kind: str, tree: Tree, sizes: StageSettings) -> tuple[int, Path | N
         write_small(tree.incoming, [f"f{n:07d}.dat" for n in range(files)])
         pipeline = {"command": COMMAND_PIPELINE, "python": PYTHON_PIPELINE}
         configure(tree, pipeline.get(kind, EMPTY_PIPELINE))
-    let_settle(tree.incoming)
     return files, database
 
 
@@ -121,24 +120,30 @@ def compare(
     reference = "bare" if kind == "cold" else kind
     result: Comparison | None = None
     loaded: dict[str, list[tuple[object, ...]]] = {}
+    # Every run's files are written first and settle together: one wait for
+    # settle_time per workload, not one per run.
+    turns: list[tuple[int, str, Tree, int, Path | None]] = []
     for attempt in range(runs):
         order = ("script", "dropline") if attempt % 2 == 0 else ("dropline", "script")
         for who in order:
             tree = make_tree(root / f"{kind}-{who}-{attempt}")
-            files, database = _prepare(kind, tree, sizes)
-            if result is None:
-                result = Comparison(kind, files, reference)
-            subject = "dropline" if who == "dropline" else reference
-            m = run(subject, tree, files, timeout=_timeout(files), database=database)
-            (result.dropline if who == "dropline" else result.script).append(m)
-            say(f"{kind}, {subject}, run {attempt + 1}: {_summary(m)}")
-            if database is not None and m.ok:
-                rows = orders_rows(database)
-                previous = loaded.setdefault(who, rows)
-                if rows != previous:
-                    result.problems.append(f"{subject}: run {attempt + 1} loaded other rows")
-            if not keep:
-                shutil.rmtree(tree.root, ignore_errors=True)
+            turns.append((attempt, who, tree, *_prepare(kind, tree, sizes)))
+    for _, _, tree, _, _ in turns:
+        let_settle(tree.incoming)
+    for attempt, who, tree, files, database in turns:
+        if result is None:
+            result = Comparison(kind, files, reference)
+        subject = "dropline" if who == "dropline" else reference
+        m = run(subject, tree, files, timeout=_timeout(files), database=database)
+        (result.dropline if who == "dropline" else result.script).append(m)
+        say(f"{kind}, {subject}, run {attempt + 1}: {_summary(m)}")
+        if database is not None and m.ok:
+            rows = orders_rows(database)
+            previous = loaded.setdefault(who, rows)
+            if rows != previous:
+                result.problems.append(f"{subject}: run {attempt + 1} loaded other rows")
+        if not keep:
+            shutil.rmtree(tree.root, ignore_errors=True)
     assert result is not None
     _check_outcomes(result, loaded)
     return result
@@ -174,6 +179,7 @@ def memory(root: Path, sizes: StageSettings, keep: bool, say: Progress) -> list[
             files = sizes.memory_files
         else:
             files, _ = _prepare(kind, tree, sizes)
+            let_settle(tree.incoming)
         m = run("dropline", tree, files, timeout=_timeout(files), sample_memory=True)
         cases.append(MemoryCase(name, 4, m))
         peak = m.memory.peak_pss_kib / 1024 if m.memory else 0.0
