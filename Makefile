@@ -142,13 +142,15 @@ unit: venv postgresql-server writer-tools
 
 test: lint typecheck unit
 
-# The long crash soak (10,000 files, dozens of SIGKILLs); make test runs a short one.
+# The long crash soak (10,000 files, dozens of SIGKILLs) and a burst of 20,000 files;
+# make test runs a short soak and a burst of 5,000.
 # DROPLINE_SOAK_SEED=N replays a schedule the soak printed.  Then the real writers'
 # plain repetitions (sed -i 2,000 times, a file rewritten 300 times, sqlite3 over many
 # transactions, vim saving 50 times), and 100,000 files through the installed service,
 # every end in the journal (as root: the booted-systemd tier).
 soak: venv writer-tools
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_soak.py -q -s
+	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_burst.py -q -s -k burst_of_files
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/test_real_writers.py -q -rxX -k soak
 	DROPLINE_SOAK=long $(BIN)/python -m pytest tests/e2e/test_journal_burst.py -q -s -k soak
 
