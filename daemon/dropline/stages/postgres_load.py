@@ -23,7 +23,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from ..config.values import Duration, Flag, Text, sql_identifier
 from ..errors import PermanentError
 from . import StageContext, StageFunc, csvdata
 from .held import Held
+from .postgres_table import ITEM_COLUMN, check_columns, checked_header, create_table, index_name
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
     from .builtin import BuildEnv
 
-ITEM_COLUMN = "dropline_item"
-_MAX_NAME = 63  # bytes of an identifier PostgreSQL keeps (NAMEDATALEN - 1)
 _CANCEL_EVERY = 4096  # rows between two looks at the cancel event
 # PostgreSQL's context of an error in COPY: 'COPY orders, line 3, column amount: "x"'.
 _COPY_LINE = re.compile(r"\bCOPY \S+, line (\d+)")
@@ -142,33 +141,6 @@ def _close(conn: psycopg.Connection[Any]) -> None:
     conn.close()
 
 
-def _index_name(table: str) -> str:
-    suffix = f"_{ITEM_COLUMN}_idx"
-    return table[: _MAX_NAME - len(suffix)] + suffix
-
-
-def _checked_header(header: Sequence[str]) -> list[str]:
-    """The header as column names, or PermanentError saying why it cannot be one."""
-    seen: set[str] = set()
-    for number, name in enumerate(header, 1):
-        if not name:
-            raise PermanentError(f"line 1: column {number} of the header has no name")
-        if "\x00" in name or len(name.encode("utf-8")) > _MAX_NAME:
-            raise PermanentError(
-                f'line 1: column "{name[:80]}" cannot be a PostgreSQL column name '
-                f"(at most {_MAX_NAME} bytes, no NUL)"
-            )
-        if name == ITEM_COLUMN:
-            raise PermanentError(
-                f'line 1: the header has a column "{ITEM_COLUMN}"; postgres-load fills that '
-                f"column itself with the item's id"
-            )
-        if name in seen:
-            raise PermanentError(f'line 1: the header names column "{name}" twice')
-        seen.add(name)
-    return list(header)
-
-
 class _Loader:
     """Connects, creates the table if asked, and loads one item in one transaction.
 
@@ -193,7 +165,7 @@ class _Loader:
         self.table = table
         self.target = sql.Identifier(*parts)
         self.create = create
-        self.index = _index_name(parts[-1])
+        self.index = index_name(parts[-1])
         self.delimiter = delimiter
         self.encoding = encoding
         # Not a bound method: a cycle through the loader would leave the
@@ -221,7 +193,7 @@ class _Loader:
         path = ctx.data_file()
         sent = [0]
         with csvdata.open_source(path, ctx.metadata, self.delimiter, self.encoding) as source:
-            columns = _checked_header(source.header)
+            columns = checked_header(source.header)
             for again in (False, True):
                 conn, fresh = self._connection()
                 try:
@@ -257,8 +229,8 @@ class _Loader:
     ) -> tuple[int, int]:
         """One transaction: the earlier rows of the item deleted, the file copied in."""
         if self.create:
-            self._create(conn, columns, csvdata.schema_types(ctx.metadata))
-        self._check_columns(conn, columns)
+            create_table(conn, self.target, self.index, columns, csvdata.schema_types(ctx.metadata))
+        check_columns(conn, self.target, self.table, self.create, columns)
         with conn.transaction(), conn.cursor() as cur:
             if ctx.timeout > 0:  # the server gives up when the daemon would
                 ms = max(1, math.ceil(ctx.timeout * 1000))
@@ -288,61 +260,6 @@ class _Loader:
         return sql.SQL("DELETE FROM {} WHERE {} = %s").format(
             self.target, sql.Identifier(ITEM_COLUMN)
         )
-
-    def _regclass(self, conn: psycopg.Connection[Any]) -> str:
-        """The table's name as to_regclass reads it: quoted, so exactly as configured."""
-        return self.target.as_string(conn)
-
-    def _create(
-        self, conn: psycopg.Connection[Any], columns: list[str], kinds: Mapping[str, str]
-    ) -> None:
-        from psycopg import sql
-
-        name = self._regclass(conn)
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
-        if row is not None and row[0]:
-            return
-        definitions = [
-            sql.SQL("{} {}").format(
-                sql.Identifier(c), sql.SQL(csvdata.sql_type(kinds.get(c, "text"), "postgres"))
-            )
-            for c in columns
-        ]
-        definitions.append(sql.SQL("{} text NOT NULL").format(sql.Identifier(ITEM_COLUMN)))
-        with conn.transaction():
-            # Two items of a new table at once: one creates it, the other then finds it.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dropline:{name}",))
-            conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-                    self.target, sql.SQL(", ").join(definitions)
-                )
-            )
-            conn.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    sql.Identifier(self.index), self.target, sql.Identifier(ITEM_COLUMN)
-                )
-            )
-
-    def _check_columns(self, conn: psycopg.Connection[Any], columns: list[str]) -> None:
-        rows = conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-            "AND attnum > 0 AND NOT attisdropped",
-            (self._regclass(conn),),
-        ).fetchall()
-        have = {str(r[0]) for r in rows}
-        if not have:
-            why = "" if self.create else " (create: false)"
-            raise LookupError(f"table {self.table} does not exist{why}")
-        if ITEM_COLUMN not in have:
-            raise LookupError(
-                f'table {self.table} has no column "{ITEM_COLUMN}" for the id of the item each '
-                f"row came from; add it: ALTER TABLE {self.table} "
-                f"ADD COLUMN {ITEM_COLUMN} text NOT NULL"
-            )
-        missing = [c for c in columns if c not in have]
-        if missing:
-            names = ", ".join(f'"{c}"' for c in missing)
-            raise PermanentError(f"line 1: table {self.table} has no column {names}")
 
 
 def _refused(
