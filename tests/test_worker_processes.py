@@ -30,6 +30,13 @@ def sleepy(ctx):
     return {"pid": os.getpid(), "started": started, "ended": time.time()}
 
 
+def gate(ctx):
+    started = time.time()
+    while not os.path.exists(ctx.path) and time.time() < started + 30:
+        time.sleep(0.01)
+    return {"pid": os.getpid(), "opened": os.path.exists(ctx.path)}
+
+
 def burn(ctx):
     started = time.time()
     while time.time() < started + 0.5:
@@ -134,6 +141,29 @@ def test_a_child_killed_mid_batch_fails_its_running_attempt_only(tmp_path: Path)
     for item in ("item2", "item3"):
         assert results[item].outcome == "succeeded", results[item]
         assert results[item].metadata["pid"] != child
+
+
+def test_a_job_submitted_while_the_child_runs_is_sent_to_it_ahead(tmp_path: Path) -> None:
+    """The worker waiting on its child watches the queue too: a job submitted while
+    the child runs one is in the child's pipe before that one ends."""
+    gate = tmp_path / "gate"
+    running = _job(_python_stage(tmp_path, "gate"), 0, "gate", gate)
+    nxt = _job(_python_stage(tmp_path, "sleepy"), 1, "f_0_1", tmp_path)
+    out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    pool = WorkerPool(1, out, "json")
+    try:
+        pool.submit(running)
+        wait_until(running.begun.is_set, timeout=10, what="the first attempt sent")
+        pool.submit(nxt)
+        wait_until(nxt.begun.is_set, timeout=10, what="the second sent while the first runs")
+        assert out.empty(), "the first is still running"
+        gate.touch()
+        results = {r.item_id: r for r in (out.get(timeout=30) for _ in range(2))}
+    finally:
+        pool.close()
+    assert results["item0"].metadata["opened"] is True
+    assert results["item1"].outcome == "succeeded"
+    assert results["item0"].metadata["pid"] == results["item1"].metadata["pid"]
 
 
 def _sleeping(pid: int) -> bool:
