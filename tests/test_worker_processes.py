@@ -21,6 +21,7 @@ from .harness import Tree, wait_until
 
 STAGES = """
 import os
+import sys
 import time
 
 
@@ -35,6 +36,12 @@ def gate(ctx):
     while not os.path.exists(ctx.path) and time.time() < started + 30:
         time.sleep(0.01)
     return {"pid": os.getpid(), "opened": os.path.exists(ctx.path)}
+
+
+def logs(ctx):
+    if ctx.name.startswith("say"):
+        ctx.log.bind(words="hello").info("stage.says")
+    return {"structlog": "structlog" in sys.modules}
 
 
 def burn(ctx):
@@ -202,3 +209,39 @@ def test_a_builtin_failure_in_the_child_reaches_failed(tree: Tree, start_daemon:
     error = json.loads((tree.failed / "bad.csv.error.json").read_text())["error"]
     assert "line 3" in error and "integer" in error
     assert daemon.stop() == 0
+
+
+def test_the_child_imports_logging_only_when_a_stage_logs(tmp_path: Path) -> None:
+    """A child whose stages never log never imports structlog (its memory); the
+    first line a stage logs configures it there."""
+    stage = _python_stage(tmp_path, "logs")
+    jobs = [_job(stage, i, name, tmp_path) for i, name in enumerate(["quiet", "say", "after"])]
+    results = _run(1, jobs)
+    loaded = {r.item_id: r.metadata["structlog"] for r in results.values()}
+    assert loaded == {"item0": False, "item1": True, "item2": True}
+
+
+def test_a_stage_logs_from_the_child_with_its_files_fields(tree: Tree, start_daemon: Any) -> None:
+    """A stage in the worker process logs through ctx.log: the line is the
+    daemon's format, bound to the file, between its stage's start and end."""
+    folder = tree.root / "pipelines"
+    folder.mkdir()
+    (folder / "childstages.py").write_text(STAGES)
+    tree.write_config(
+        '- name: talk\n  match: "*.txt"\n  stages:\n    - name: say\n'
+        '      python: "childstages:logs"\n',
+        pipelines_dir=str(folder),
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    (tree.incoming / "say.txt").write_bytes(b"hi\n")
+    daemon.wait_event("file.archived", file="say.txt")
+    assert daemon.stop() == 0
+    mine = [e for e in daemon.events() if e.get("file") == "say.txt"]
+    says = [e for e in mine if e["event"] == "stage.says"]
+    assert len(says) == 1 and says[0]["words"] == "hello", mine
+    assert says[0]["pipeline"] == "talk" and says[0]["stage"] == "say" and says[0]["item"]
+    order = [
+        e["event"] for e in mine if e["event"] in ("stage.started", "stage.says", "stage.succeeded")
+    ]
+    assert order == ["stage.started", "stage.says", "stage.succeeded"], mine
