@@ -128,7 +128,7 @@ class WorkerPool:
         process = StageProcess(self._log_format)  # started at its first job for a process
         held: StageJob | None = None  # a job for this thread, once the child's have ended
         stop = False
-        counted = True  # counted idle by _spawn until its first job
+        counted = True  # counted idle (by _spawn, _count_idle) until it takes a job
         try:
             while True:
                 busy = process.busy()
@@ -156,20 +156,35 @@ class WorkerPool:
                     # is idle to take it): it goes to the child ahead.
                     ahead = held is None and not stop and process.room() and not self._idle
                     ended = process.wait(self._queued if ahead else None)
+                    if ended and not process.busy() and held is None and not stop:
+                        counted = self._count_idle()  # before the loop hands out more
                     for (job, sent), outcome, error, metadata in ended:
                         self._deliver(job, outcome, error, metadata, time.monotonic() - sent)
                 elif held is not None:
                     held.begun.set()
-                    self._out.put(run_stage(held))
+                    result = run_stage(held)
                     held = None
                     with self._lock:
-                        if self._excess > 0:
-                            self._excess -= 1
-                            return
+                        leaving = self._excess > 0
+                        self._excess -= leaving
+                    if not leaving and not stop:
+                        counted = self._count_idle()
+                    self._out.put(result)
+                    if leaving:
+                        return
                 elif stop:
                     return
         finally:
             process.close()
+
+    def _count_idle(self) -> bool:
+        """This thread has nothing left to run: counted idle from now, before its
+        last result reaches the loop, so that a job the loop hands out for a free
+        worker (a command, a stage not to be taken ahead) is not taken ahead by
+        another thread while this one is on its way back to the queue."""
+        with self._lock:
+            self._idle += 1
+        return True
 
     def _take(self, block: bool, counted: bool = False) -> object:
         """The next job (or None: close), or _NOTHING if none is queued and not BLOCK.
