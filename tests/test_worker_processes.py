@@ -21,6 +21,7 @@ from .harness import Tree, wait_until
 
 STAGES = """
 import os
+import sys
 import time
 
 
@@ -28,6 +29,19 @@ def sleepy(ctx):
     started = time.time()
     time.sleep(float(ctx.name.split("_")[1]))
     return {"pid": os.getpid(), "started": started, "ended": time.time()}
+
+
+def gate(ctx):
+    started = time.time()
+    while not os.path.exists(ctx.path) and time.time() < started + 30:
+        time.sleep(0.01)
+    return {"pid": os.getpid(), "opened": os.path.exists(ctx.path)}
+
+
+def logs(ctx):
+    if ctx.name.startswith("say"):
+        ctx.log.bind(words="hello").info("stage.says")
+    return {"structlog": "structlog" in sys.modules}
 
 
 def burn(ctx):
@@ -136,6 +150,29 @@ def test_a_child_killed_mid_batch_fails_its_running_attempt_only(tmp_path: Path)
         assert results[item].metadata["pid"] != child
 
 
+def test_a_job_submitted_while_the_child_runs_is_sent_to_it_ahead(tmp_path: Path) -> None:
+    """The worker waiting on its child watches the queue too: a job submitted while
+    the child runs one is in the child's pipe before that one ends."""
+    gate = tmp_path / "gate"
+    running = _job(_python_stage(tmp_path, "gate"), 0, "gate", gate)
+    nxt = _job(_python_stage(tmp_path, "sleepy"), 1, "f_0_1", tmp_path)
+    out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    pool = WorkerPool(1, out, "json")
+    try:
+        pool.submit(running)
+        wait_until(running.begun.is_set, timeout=10, what="the first attempt sent")
+        pool.submit(nxt)
+        wait_until(nxt.begun.is_set, timeout=10, what="the second sent while the first runs")
+        assert out.empty(), "the first is still running"
+        gate.touch()
+        results = {r.item_id: r for r in (out.get(timeout=30) for _ in range(2))}
+    finally:
+        pool.close()
+    assert results["item0"].metadata["opened"] is True
+    assert results["item1"].outcome == "succeeded"
+    assert results["item0"].metadata["pid"] == results["item1"].metadata["pid"]
+
+
 def _sleeping(pid: int) -> bool:
     return Path(f"/proc/{pid}/wchan").read_text() not in ("0", "")
 
@@ -172,3 +209,39 @@ def test_a_builtin_failure_in_the_child_reaches_failed(tree: Tree, start_daemon:
     error = json.loads((tree.failed / "bad.csv.error.json").read_text())["error"]
     assert "line 3" in error and "integer" in error
     assert daemon.stop() == 0
+
+
+def test_the_child_imports_logging_only_when_a_stage_logs(tmp_path: Path) -> None:
+    """A child whose stages never log never imports structlog (its memory); the
+    first line a stage logs configures it there."""
+    stage = _python_stage(tmp_path, "logs")
+    jobs = [_job(stage, i, name, tmp_path) for i, name in enumerate(["quiet", "say", "after"])]
+    results = _run(1, jobs)
+    loaded = {r.item_id: r.metadata["structlog"] for r in results.values()}
+    assert loaded == {"item0": False, "item1": True, "item2": True}
+
+
+def test_a_stage_logs_from_the_child_with_its_files_fields(tree: Tree, start_daemon: Any) -> None:
+    """A stage in the worker process logs through ctx.log: the line is the
+    daemon's format, bound to the file, between its stage's start and end."""
+    folder = tree.root / "pipelines"
+    folder.mkdir()
+    (folder / "childstages.py").write_text(STAGES)
+    tree.write_config(
+        '- name: talk\n  match: "*.txt"\n  stages:\n    - name: say\n'
+        '      python: "childstages:logs"\n',
+        pipelines_dir=str(folder),
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    (tree.incoming / "say.txt").write_bytes(b"hi\n")
+    daemon.wait_event("file.archived", file="say.txt")
+    assert daemon.stop() == 0
+    mine = [e for e in daemon.events() if e.get("file") == "say.txt"]
+    says = [e for e in mine if e["event"] == "stage.says"]
+    assert len(says) == 1 and says[0]["words"] == "hello", mine
+    assert says[0]["pipeline"] == "talk" and says[0]["stage"] == "say" and says[0]["item"]
+    order = [
+        e["event"] for e in mine if e["event"] in ("stage.started", "stage.says", "stage.succeeded")
+    ]
+    assert order == ["stage.started", "stage.says", "stage.succeeded"], mine

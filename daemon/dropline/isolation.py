@@ -93,8 +93,12 @@ class StageProcess:
         else:
             self._write(spec)
 
-    def wait(self) -> list[Ended]:
-        """Block until at least one attempt has ended; the attempts that did, in order."""
+    def wait(self, wake: int | None = None) -> list[Ended]:
+        """Block until at least one attempt has ended; the attempts that did, in order.
+
+        With WAKE (a descriptor), return early, with nothing, once it is
+        readable: the caller has a job to send ahead while the head runs.
+        """
         ended: list[Ended] = []
         while self._flights and not ended:
             head = self._flights[0]
@@ -110,7 +114,10 @@ class StageProcess:
                 ended.append((head.tag, "timeout", error, {}))
                 self._resend()
                 break
-            if not self._ready(min(remaining, _CANCEL_CHECK)):
+            ready = self._ready(min(remaining, _CANCEL_CHECK), wake)
+            if ready is None:
+                return ended  # WAKE: nothing ended yet
+            if not ready:
                 continue
             results = self._results
             try:
@@ -133,20 +140,26 @@ class StageProcess:
                 self._resend()
         return ended
 
-    def _ready(self, timeout: float) -> bool:
-        """Wait up to TIMEOUT for a result (or the child's end), writing queued requests."""
+    def _ready(self, timeout: float, wake: int | None = None) -> bool | None:
+        """Wait up to TIMEOUT for a result (or the child's end), writing queued
+        requests: True if one is there, None if WAKE became readable first."""
         if self._results is None or self._requests is None:
             return True  # recv raises EOFError: handled as a death
         poller = select.poll()
         poller.register(self._results.fd, select.POLLIN)
         if self._unsent:
             poller.register(self._requests.fd, select.POLLOUT)
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
+        woken = False
         for fd, _ in poller.poll(max(0.0, timeout) * 1000):
-            if fd == self._requests.fd:
-                self._flush()
-            else:
+            if fd == self._results.fd:
                 return True
-        return False
+            if fd == wake:
+                woken = True
+            else:
+                self._flush()
+        return None if woken else False
 
     def _start(self) -> None:
         proc, requests, results = start_helper("dropline.isolation_child", [self._log_format])

@@ -4,8 +4,12 @@ next stage attempt from the pipe, run it, send how it ended.
 Each stage is built once per child and kept (a Python stage imported, its
 class instantiated; a builtin built from its raw options by
 ``build_builtin``, so what it holds, a database connection say, lives per
-child).  Imports stay lazy: a child costs only what its stages need.
-See ``isolation.py`` for the daemon's side.
+child).  Imports stay lazy: a child costs only what its stages need.  That
+goes for logging too: structlog (and asyncio, which it imports) is about
+9 MiB of each child's own memory, so it is imported and configured only when
+a stage first uses ``ctx.log`` (``_StageLog``); the builtins run here never
+log but postgres-load, once in a while.  See ``isolation.py`` for the
+daemon's side.
 """
 
 from __future__ import annotations
@@ -16,12 +20,54 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from .spool.ipc import Pipe
 
 _OUTPUT_TAIL = 2000  # bytes of what the stage printed that join its error
+
+
+class _Logging:
+    """The child's log configuration, made at the first line a stage logs."""
+
+    log_format = "auto"
+    configured = False
+    lock = threading.Lock()
+
+    @classmethod
+    def logger(cls, fields: dict[str, Any]) -> Any:
+        from .log import configure, get_logger
+
+        with cls.lock:
+            if not cls.configured:
+                configure(cls.log_format)
+                cls.configured = True
+        return get_logger(**fields)
+
+    @classmethod
+    def release(cls) -> None:
+        """The journal entries of the attempt that ended, before its result."""
+        if cls.configured:
+            from .log import release_lines
+
+            release_lines()
+
+
+class _StageLog:
+    """A stage's ``ctx.log``: structlog's bound logger, made at its first use."""
+
+    __slots__ = ("_fields", "_logger")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            self._logger = _Logging.logger(self._fields)
+        return getattr(self._logger, name)
 
 
 def _build(spec: dict[str, Any]) -> Any:
@@ -54,7 +100,6 @@ def _build(spec: dict[str, Any]) -> Any:
 def _run(spec: dict[str, Any], loaded: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """One attempt: (outcome, error, metadata)."""
     from .errors import ConfigError
-    from .log import get_logger
     from .stages import StageContext, call_stage
 
     key = "\0".join(
@@ -74,7 +119,7 @@ def _run(spec: dict[str, Any], loaded: dict[str, Any]) -> tuple[str, str, dict[s
         stage=spec["stage"],
         attempt=spec["attempt"],
         metadata=spec["metadata"],
-        log=get_logger(
+        log=_StageLog(
             item=spec["item_id"], file=spec["name"], pipeline=spec["pipeline"], stage=spec["stage"]
         ),
         timeout=spec["timeout"],
@@ -84,9 +129,7 @@ def _run(spec: dict[str, Any], loaded: dict[str, Any]) -> tuple[str, str, dict[s
 
 
 def main(requests: Pipe, results: Pipe, log_format: str) -> None:
-    from .log import configure, release_lines
-
-    configure(log_format)
+    _Logging.log_format = log_format
     output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
     os.dup2(output.fileno(), 1)  # print() and child programs write here, not to the journal
     loaded: dict[str, Any] = {}
@@ -117,7 +160,7 @@ def main(requests: Pipe, results: Pipe, log_format: str) -> None:
                 tail = os.pread(1, _OUTPUT_TAIL, max(0, size - _OUTPUT_TAIL))
                 cut = f"[... {size - len(tail)} bytes omitted ...]" if size > len(tail) else ""
                 error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
-        release_lines()  # the stage's journal entries before its result
+        _Logging.release()  # the stage's journal entries before its result
         try:
             results.send((outcome, error, metadata))
         except (OSError, ValueError, TypeError):

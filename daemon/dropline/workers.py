@@ -12,13 +12,19 @@ stage finally returns.
 
 The pool takes ``capacity`` jobs (twice its threads): each worker has the
 next one at hand when its current one ends.  A job waiting in the queue has
-not begun (``StageJob.begun``): its timeout counts from when it does.
+not begun (``StageJob.begun``): its timeout counts from when it does.  A
+worker whose child runs one attempt and has room for the next watches the
+queue while it waits for the child (a pipe holds one byte per job queued),
+so a job submitted meanwhile is in the child's pipe before the running
+attempt ends: the child goes from one file to the next without waiting for
+this thread, which shares the interpreter lock with the loop.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import select
 import threading
 import time
 from collections.abc import Mapping
@@ -102,6 +108,11 @@ class WorkerPool:
         self._out = out
         self._log_format = log_format
         self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
+        # One byte per job queued: a worker waiting on its child polls it too, and
+        # whoever reads a byte takes a job (``_take``).  Never closed: a thread
+        # left in a stuck stage may come back to it after the pool is closed.
+        self._queued, self._queued_w = os.pipe()
+        os.set_blocking(self._queued, False)
         self._lock = threading.Lock()
         self._excess = 0  # threads that should leave after their current job
         self._idle = 0  # threads waiting for a job: the next one is theirs, not taken ahead
@@ -109,17 +120,21 @@ class WorkerPool:
             self._spawn()
 
     def _spawn(self) -> None:
+        with self._lock:
+            self._idle += 1  # from now: a job for it is not taken ahead by another
         threading.Thread(target=self._work, name="dropline-worker", daemon=True).start()
 
     def _work(self) -> None:
         process = StageProcess(self._log_format)  # started at its first job for a process
         held: StageJob | None = None  # a job for this thread, once the child's have ended
         stop = False
+        counted = True  # counted idle (by _spawn, _count_idle) until it takes a job
         try:
             while True:
                 busy = process.busy()
                 if held is None and not stop and (not busy or (process.room() and not self._idle)):
-                    job = self._take(block=not busy)
+                    job = self._take(block=not busy, counted=counted)
+                    counted = False
                     if job is None:
                         stop = True
                     elif isinstance(job, StageJob):
@@ -137,34 +152,74 @@ class WorkerPool:
                             )
                         continue
                 if process.busy():
-                    for (job, sent), outcome, error, metadata in process.wait():
+                    # Woken by a job queued while the child has room (and no thread
+                    # is idle to take it): it goes to the child ahead.
+                    ahead = held is None and not stop and process.room() and not self._idle
+                    ended = process.wait(self._queued if ahead else None)
+                    if ended and not process.busy() and held is None and not stop:
+                        counted = self._count_idle()  # before the loop hands out more
+                    for (job, sent), outcome, error, metadata in ended:
                         self._deliver(job, outcome, error, metadata, time.monotonic() - sent)
                 elif held is not None:
                     held.begun.set()
-                    self._out.put(run_stage(held))
+                    result = run_stage(held)
                     held = None
                     with self._lock:
-                        if self._excess > 0:
-                            self._excess -= 1
-                            return
+                        leaving = self._excess > 0
+                        self._excess -= leaving
+                    if not leaving and not stop:
+                        counted = self._count_idle()
+                    self._out.put(result)
+                    if leaving:
+                        return
                 elif stop:
                     return
         finally:
             process.close()
 
-    def _take(self, block: bool) -> object:
-        if not block:
-            try:
-                return self._jobs.get_nowait()
-            except queue.Empty:
-                return _NOTHING
+    def _count_idle(self) -> bool:
+        """This thread has nothing left to run: counted idle from now, before its
+        last result reaches the loop, so that a job the loop hands out for a free
+        worker (a command, a stage not to be taken ahead) is not taken ahead by
+        another thread while this one is on its way back to the queue."""
         with self._lock:
             self._idle += 1
+        return True
+
+    def _take(self, block: bool, counted: bool = False) -> object:
+        """The next job (or None: close), or _NOTHING if none is queued and not BLOCK.
+
+        Blocking, the thread counts as idle (COUNTED: it already does) till it has one.
+        """
+        if not block:
+            return self._claim()
+        if not counted:
+            with self._lock:
+                self._idle += 1
         try:
-            return self._jobs.get()
+            poller = select.poll()
+            poller.register(self._queued, select.POLLIN)
+            while True:
+                job = self._claim()
+                if job is not _NOTHING:
+                    return job
+                poller.poll()
         finally:
             with self._lock:
                 self._idle -= 1
+
+    def _claim(self) -> object:
+        """A queued job if this thread wins its byte, else _NOTHING."""
+        try:
+            if not os.read(self._queued, 1):
+                return _NOTHING
+        except BlockingIOError:
+            return _NOTHING
+        return self._jobs.get_nowait()  # put before its byte was written
+
+    def _put(self, job: StageJob | None) -> None:
+        self._jobs.put(job)
+        os.write(self._queued_w, b"j")
 
     def _deliver(
         self, job: StageJob, outcome: str, error: str, metadata: dict[str, Any], took: float
@@ -173,7 +228,7 @@ class WorkerPool:
         self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
 
     def submit(self, job: StageJob) -> None:
-        self._jobs.put(job)
+        self._put(job)
 
     def abandon_one(self) -> None:
         """A thread is stuck in a stage past its timeout: replace it."""
@@ -183,4 +238,4 @@ class WorkerPool:
 
     def close(self) -> None:
         for _ in range(self.size):
-            self._jobs.put(None)
+            self._put(None)
