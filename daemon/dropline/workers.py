@@ -10,13 +10,18 @@ cannot be killed: when one hangs past its timeout the main loop abandons it
 and the pool starts a replacement thread; the stuck thread leaves when its
 stage finally returns.
 
-The pool takes ``capacity`` jobs (twice its threads): each worker has the
-next one at hand when its current one ends.  A job waiting in the queue has
-not begun (``StageJob.begun``): its timeout counts from when it does.
+The loop hands the pool at least two jobs per thread, so that each worker
+has the next one at hand when its current one ends, and more of a stage it
+measured quick (``StageJob.ahead``, ``loop/pacing.py``).  A job waiting in
+the queue has not begun (``StageJob.begun``): its timeout counts from when
+it does.  Workers started with ``warm`` start their child processes at once,
+so that no file waits for an interpreter's start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
 import threading
@@ -40,6 +45,7 @@ class StageJob:
     stage: Stage
     ctx: StageContext
     begun: threading.Event = field(default_factory=threading.Event)  # set when it starts
+    ahead: int = AHEAD  # attempts of this stage a worker's child may hold at once
 
 
 @dataclass(frozen=True)
@@ -51,25 +57,52 @@ class StageResult:
     outcome: str
     error: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    duration: float = 0.0
+    duration: float = 0.0  # how long the stage ran (in a child: as the child measured it)
+
+
+_BUILDS: dict[int, tuple[Stage, tuple[str, dict[str, Any]]]] = {}  # by id(stage)
+_BUILDS_KEPT = 256  # stages of earlier configurations are forgotten past this many
+_BUILDS_LOCK = threading.Lock()
+
+
+def isolated_stage(stage: Stage, pipeline: str) -> tuple[str, dict[str, Any]]:
+    """The stage's key in a worker's child and what the child needs to build it;
+    worked out once per stage.  The key is the stage's content: a reload that
+    leaves a stage as it was keeps it built in the children."""
+    with _BUILDS_LOCK:
+        known = _BUILDS.get(id(stage))
+        # The stage is kept with it: its id is its own.  (A stage is of one pipeline.)
+        if known is not None and known[0] is stage and known[1][1]["pipeline"] == pipeline:
+            return known[1]
+        cfg = stage.config
+        build = {
+            "kind": cfg.kind,
+            "ref": cfg.python,
+            "builtin": cfg.builtin,
+            "options": dict(cfg.options),
+            "search": list(stage.search),
+            "file": stage.source[0],
+            "key": stage.source[1],
+            "line": cfg.line,
+            "lines": dict(cfg.option_lines),
+            "pipeline": pipeline,
+            "stage": cfg.name,
+            # A builtin is the daemon's own code: no address-space limit of the operator's.
+            "memory_limit": cfg.memory_limit if cfg.kind == "python" else None,
+        }
+        key = "\0".join(
+            (cfg.kind, pipeline, cfg.name, cfg.python or cfg.builtin or "")
+        ) + json.dumps(build["options"], sort_keys=True, default=str)
+        if len(_BUILDS) >= _BUILDS_KEPT:
+            _BUILDS.clear()
+        _BUILDS[id(stage)] = (stage, (key, build))
+        return key, build
 
 
 def isolated_spec(job: StageJob) -> dict[str, Any]:
-    """What the worker's child needs to build the stage and run this attempt."""
-    ctx, stage = job.ctx, job.stage
-    cfg = stage.config
+    """What the worker's child needs to run this attempt (of a stage it has built)."""
+    ctx = job.ctx
     return {
-        "kind": cfg.kind,
-        "ref": cfg.python,
-        "builtin": cfg.builtin,
-        "options": dict(cfg.options),
-        "search": list(stage.search),
-        "file": stage.source[0],
-        "key": stage.source[1],
-        "line": cfg.line,
-        "lines": dict(cfg.option_lines),
-        # A builtin is the daemon's own code: no address-space limit of the operator's.
-        "memory_limit": cfg.memory_limit if cfg.kind == "python" else None,
         "item_id": ctx.item_id,
         "path": os.fspath(ctx.path),
         "name": ctx.name,
@@ -96,11 +129,19 @@ _NOTHING = object()  # the queue had nothing at hand
 class WorkerPool:
     """A fixed number of daemon threads taking jobs from one queue."""
 
-    def __init__(self, size: int, out: queue.SimpleQueue[Any], log_format: str = "auto") -> None:
+    def __init__(
+        self,
+        size: int,
+        out: queue.SimpleQueue[Any],
+        log_format: str = "auto",
+        *,
+        warm: bool = False,
+    ) -> None:
         self.size = size
         self.capacity = size * AHEAD  # jobs in the pool at once, running or at hand
         self._out = out
         self._log_format = log_format
+        self._warm = warm  # start each thread's child process at once
         self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._excess = 0  # threads that should leave after their current job
@@ -115,6 +156,9 @@ class WorkerPool:
         process = StageProcess(self._log_format)  # started at its first job for a process
         held: StageJob | None = None  # a job for this thread, once the child's have ended
         stop = False
+        if self._warm:
+            with contextlib.suppress(OSError):  # then started at its first job, or that fails
+                process.start()
         try:
             while True:
                 busy = process.busy()
@@ -130,15 +174,17 @@ class WorkerPool:
                         else:
                             job.begun.set()
                             process.send(
-                                (job, time.monotonic()),
+                                job,
+                                isolated_stage(job.stage, job.ctx.pipeline),
                                 isolated_spec(job),
                                 job.ctx.timeout,
                                 job.ctx.cancel,
+                                job.ahead,
                             )
                         continue
                 if process.busy():
-                    for (job, sent), outcome, error, metadata in process.wait():
-                        self._deliver(job, outcome, error, metadata, time.monotonic() - sent)
+                    for job, outcome, error, metadata, took in process.wait():
+                        self._deliver(job, outcome, error, metadata, took)
                 elif held is not None:
                     held.begun.set()
                     self._out.put(run_stage(held))
