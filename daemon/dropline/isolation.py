@@ -47,6 +47,7 @@ from .spool.ipc import Pipe, start_helper
 if TYPE_CHECKING:
     import subprocess
 
+STOPPED = "cancelled: dropline is stopping"
 AHEAD = 2  # attempts a child holds at least: the one it runs and the next, in its pipe
 MOST_AHEAD = 64  # and at most, for a stage measured quick enough (loop/pacing.py)
 _CANCEL_CHECK = 0.25  # seconds between looks at the stop request while a stage runs
@@ -83,6 +84,7 @@ class StageProcess:
         self._unsent = bytearray()  # requests the pipe could not take yet
         self._head_since = 0.0  # when the attempt at the head started to run
         self._built: set[str] = set()  # stages this child was sent the options of
+        self._hello = False  # whether the child said it has started
         self.window = AHEAD  # attempts it may hold: the last job's ahead
 
     @property
@@ -96,11 +98,18 @@ class StageProcess:
         """Whether one more attempt may be sent now."""
         return len(self._flights) < self.window
 
-    def start(self) -> None:
-        """Start the child now, before its first attempt (its interpreter's start
-        then delays no file); OSError if it cannot be started."""
+    def start(self, timeout: float) -> bool:
+        """Start the child now, before its first attempt, and wait up to TIMEOUT
+        for it to have started (its interpreter's start then delays no file):
+        whether it has.  OSError if it cannot be started."""
         if self._requests is None:
             self._start()
+        if not self._hello and self._results is not None and self._results.poll(timeout):
+            try:
+                self._hello = self._results.recv() is None
+            except (EOFError, OSError):
+                self.close()  # dead before its first file: the next one starts another
+        return self._hello
 
     def send(
         self,
@@ -131,7 +140,7 @@ class StageProcess:
             deadline = self._head_since + head.timeout
             if any(f.cancel is not None and f.cancel.is_set() for f in self._flights):
                 self.close()
-                return self._fail_all("failed", "cancelled: dropline is stopping")
+                return self._fail_all("failed", STOPPED)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._replace()
@@ -145,7 +154,14 @@ class StageProcess:
             results = self._results
             try:
                 while results is not None and self._flights:
-                    outcome, error, metadata, seconds = results.recv()
+                    message = results.recv()
+                    if message is None:  # the child has started: the head's time begins
+                        self._hello = True
+                        self._head_since = time.monotonic()
+                        if not self._ready(0):
+                            break
+                        continue
+                    outcome, error, metadata, seconds = message
                     flight = self._flights.popleft()
                     self._head_since = time.monotonic()
                     ended.append((flight.tag, outcome, error, metadata, seconds))
@@ -188,6 +204,7 @@ class StageProcess:
         fcntl.fcntl(requests.fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self._unsent.clear()
         self._built.clear()
+        self._hello = False
         for flight in self._flights:
             self._write(flight)
 

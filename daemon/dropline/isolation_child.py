@@ -6,7 +6,8 @@ class instantiated; a builtin built from its raw options by
 ``build_builtin``, so what it holds, a database connection say, lives per
 child).  A request is (the stage's key, how to build it or None when it
 was sent before, the attempt); a result is (outcome, error, metadata, the
-seconds the stage ran).  Imports stay lazy: a child costs only what its stages need.
+seconds the stage ran).  The child's first message, None, says it has
+started.  Imports stay lazy: a child costs only what its stages need.
 See ``isolation.py`` for the daemon's side.
 """
 
@@ -106,6 +107,10 @@ def main(requests: Pipe, results: Pipe, log_format: str) -> None:
     output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
     os.dup2(output.fileno(), 1)  # print() and child programs write here, not to the journal
     stages = _Stages()
+    try:
+        results.send(None)  # started: what every stage needs is imported
+    except OSError:
+        return
     while True:
         try:
             key, build, spec = requests.recv()

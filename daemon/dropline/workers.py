@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crashpoints import crashpoint
-from .isolation import AHEAD, StageProcess
+from .isolation import AHEAD, STOPPED, StageProcess
 from .pipeline import Stage
 from .stages import StageContext, call_stage
 
@@ -58,6 +58,7 @@ class StageResult:
     error: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     duration: float = 0.0  # how long the stage ran (in a child: as the child measured it)
+    began: bool = True  # False: dropline was stopping before it began, it never ran
 
 
 _BUILDS: dict[int, tuple[Stage, tuple[str, dict[str, Any]]]] = {}  # by id(stage)
@@ -124,6 +125,7 @@ def run_stage(job: StageJob) -> StageResult:
 
 
 _NOTHING = object()  # the queue had nothing at hand
+WARM_TIMEOUT = 10.0  # seconds a warm start waits for a child at most
 
 
 class WorkerPool:
@@ -142,6 +144,9 @@ class WorkerPool:
         self._out = out
         self._log_format = log_format
         self._warm = warm  # start each thread's child process at once
+        self._warming = size  # threads whose child has not started yet
+        self._warmed = threading.Event()  # set once every thread's has (or failed to)
+        self._stopping = threading.Event()  # set at a stop: jobs not begun are not begun
         self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._excess = 0  # threads that should leave after their current job
@@ -158,7 +163,11 @@ class WorkerPool:
         stop = False
         if self._warm:
             with contextlib.suppress(OSError):  # then started at its first job, or that fails
-                process.start()
+                process.start(WARM_TIMEOUT)
+            with self._lock:
+                self._warming -= 1
+                if self._warming <= 0:
+                    self._warmed.set()
         try:
             while True:
                 busy = process.busy()
@@ -167,10 +176,18 @@ class WorkerPool:
                     if job is None:
                         stop = True
                     elif isinstance(job, StageJob):
-                        if job.stage.runs_in != "process":
+                        if self._stopping.is_set() and job.stage.config.idempotent:
+                            # Not begun when the stop came: it runs after the restart
+                            # (the queue may hold many files of a quick stage).  One
+                            # not idempotent runs now: held back, it would fail as
+                            # indeterminate.
+                            self._out.put(
+                                StageResult(job.item_id, job.token, "failed", STOPPED, began=False)
+                            )
+                        elif job.stage.runs_in != "process":
                             held = job
                         elif job.ctx.cancel is not None and job.ctx.cancel.is_set():
-                            self._deliver(job, "failed", "cancelled: dropline is stopping", {}, 0)
+                            self._deliver(job, "failed", STOPPED, {}, 0)
                         else:
                             job.begun.set()
                             process.send(
@@ -217,6 +234,18 @@ class WorkerPool:
     ) -> None:
         crashpoint("stage.finished")
         self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
+
+    def wait_warm(self) -> None:
+        """With ``warm``: wait until every thread's child has started (or failed
+        to), so that the first files find them ready."""
+        if self._warm:
+            self._warmed.wait(WARM_TIMEOUT)
+
+    def stop_starting(self) -> None:
+        """dropline is stopping: the jobs still waiting in the queue are handed
+        back as never begun; those running (and those already in a child's
+        pipe, a few milliseconds of a quick stage) go on."""
+        self._stopping.set()
 
     def submit(self, job: StageJob) -> None:
         self._jobs.put(job)

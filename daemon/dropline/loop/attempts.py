@@ -137,6 +137,10 @@ class Attempts:
                 results.append(StageResult(item_id, running.token, "timeout", error))
         return results
 
+    def stopping(self) -> None:
+        """dropline is stopping: the attempts not begun yet are not begun."""
+        self.pool.stop_starting()
+
     def cancel_all(self) -> None:
         """Out of patience while stopping: stop the stages still running."""
         for running in self.running.values():

@@ -201,7 +201,7 @@ class Scheduler:
             stage=running.stage,
             config=stage_cfg,
             failures=item.attempt,
-            stopped=self.ctx.stopping and running.cancel.is_set(),
+            stopped=self.ctx.stopping and (running.cancel.is_set() or not result.began),
             failing=FAILURE in item.metadata,
         )
         end = AttemptEnd(

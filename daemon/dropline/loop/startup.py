@@ -130,6 +130,7 @@ def start_daemon(
             daemon.duties.feed_watchdog
         )  # from here on the loop keeps it fed
         daemon.intake.start_scan()
+        pool.wait_warm()  # started with the rest: READY once they can take files
         notifier.ready(daemon.status_line())
         log.info(
             "daemon.ready",
