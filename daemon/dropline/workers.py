@@ -10,9 +10,11 @@ cannot be killed: when one hangs past its timeout the main loop abandons it
 and the pool starts a replacement thread; the stuck thread leaves when its
 stage finally returns.
 
-The loop hands the pool at least two jobs per thread, so that each worker
-has the next one at hand when its current one ends, and more of a stage it
-measured quick (``StageJob.ahead``, ``loop/pacing.py``).  A job waiting in
+The loop hands the pool one job per thread of a command or a stage run in
+a thread, and of a stage in the worker processes two per thread, so that
+each worker's child has the next one at hand when its current one ends,
+or more of a stage it measured quick (``StageJob.ahead``,
+``loop/pacing.py``).  A job waiting in
 the queue has not begun (``StageJob.begun``): its timeout counts from when
 it does.  Workers started with ``warm`` start their child processes at once,
 so that no file waits for an interpreter's start.
@@ -140,7 +142,6 @@ class WorkerPool:
         warm: bool = False,
     ) -> None:
         self.size = size
-        self.capacity = size * AHEAD  # jobs in the pool at once, running or at hand
         self._out = out
         self._log_format = log_format
         self._warm = warm  # start each thread's child process at once
