@@ -5,6 +5,7 @@ really running in two processes.  Real pools, real children, real files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -245,3 +246,82 @@ def test_a_stage_logs_from_the_child_with_its_files_fields(tree: Tree, start_dae
         e["event"] for e in mine if e["event"] in ("stage.started", "stage.says", "stage.succeeded")
     ]
     assert order == ["stage.started", "stage.says", "stage.succeeded"], mine
+
+
+def _children(name: str) -> set[int]:
+    """Our child processes running python -m NAME."""
+    found = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(int(pid))
+    return found
+
+
+def test_a_warm_pool_has_its_children_started_before_the_first_file(tmp_path: Path) -> None:
+    """warm: each thread's child is started with the pool, and the first
+    attempts run in those children, not in new ones."""
+    stage = _python_stage(tmp_path, "sleepy")
+    before = _children("dropline.isolation_child")
+    out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    pool = WorkerPool(2, out, "json", warm=True)
+    try:
+        pool.wait_warm()
+        warm = _children("dropline.isolation_child") - before
+        assert len(warm) == 2, "one child per thread, started before any job"
+        for i in range(4):
+            pool.submit(_job(stage, i, f"f_0_{i}", tmp_path))
+        results = [out.get(timeout=30) for _ in range(4)]
+    finally:
+        pool.close()
+    assert all(r.outcome == "succeeded" for r in results), results
+    assert {r.metadata["pid"] for r in results} <= warm
+
+
+def test_a_stage_is_built_once_per_child_however_many_files(tmp_path: Path) -> None:
+    """The stage's options go to a child with its first attempt only; it is
+    built once there and runs every file after."""
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "counted.py").write_text(
+        "import os\nBUILT = []\n\n\nclass Stage:\n    def __init__(self, options):\n"
+        "        BUILT.append(options)\n\n    def __call__(self, ctx):\n"
+        "        return {'built': len(BUILT), 'pid': os.getpid(), 'seen': BUILT[-1]}\n"
+    )
+    config = tmp_path / "dropline.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\nstate_db: {tmp_path / 'state.db'}\n"
+        f"pipelines_dir: {pipelines}\npipelines:\n  - name: p\n    match: '*'\n"
+        "    stages:\n      - name: s\n        python: counted:Stage\n"
+        "        with: {colour: blue}\n"
+    )
+    (stage,) = Routes(load_config(config)).pipelines[0].stages
+    results = _run(1, [_job(stage, i, f"f_{i}", tmp_path) for i in range(6)])
+    assert {r.outcome for r in results.values()} == {"succeeded"}
+    assert len({r.metadata["pid"] for r in results.values()}) == 1
+    assert [r.metadata["built"] for r in results.values()] == [1] * 6
+    assert all(r.metadata["seen"] == {"colour": "blue"} for r in results.values())
+
+
+def test_at_a_stop_the_jobs_not_begun_come_back_unbegun(tmp_path: Path) -> None:
+    """Once the pool is told dropline is stopping, the attempt running ends
+    normally and the jobs still queued come back as never begun (they run
+    after the restart)."""
+    stage = _python_stage(tmp_path, "sleepy")
+    running = _job(stage, 0, "f_1_0", tmp_path)
+    out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    pool = WorkerPool(1, out, "json")
+    try:
+        pool.submit(running)
+        wait_until(running.begun.is_set, timeout=10, what="the first job begun")
+        pool.stop_starting()
+        for i in range(1, 6):
+            pool.submit(_job(stage, i, f"f_0_{i}", tmp_path))
+        results = {r.item_id: r for r in (out.get(timeout=30) for _ in range(6))}
+    finally:
+        pool.close()
+    assert results["item0"].outcome == "succeeded" and results["item0"].began
+    for i in range(1, 6):
+        assert not results[f"item{i}"].began, results[f"item{i}"]
+        assert results[f"item{i}"].error == "cancelled: dropline is stopping"

@@ -4,7 +4,10 @@ next stage attempt from the pipe, run it, send how it ended.
 Each stage is built once per child and kept (a Python stage imported, its
 class instantiated; a builtin built from its raw options by
 ``build_builtin``, so what it holds, a database connection say, lives per
-child).  Imports stay lazy: a child costs only what its stages need.  That
+child).  A request is (the stage's key, how to build it or None when it
+was sent before, the attempt); a result is (outcome, error, metadata, the
+seconds the stage ran).  The child's first message, None, says it has
+started.  Imports stay lazy: a child costs only what its stages need.  That
 goes for logging too: structlog (and asyncio, which it imports) is about
 9 MiB of each child's own memory, so it is imported and configured only when
 a stage first uses ``ctx.log`` (``_StageLog``); the builtins run here never
@@ -15,12 +18,12 @@ daemon's side.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import resource
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,20 +100,32 @@ def _build(spec: dict[str, Any]) -> Any:
     )
 
 
-def _run(spec: dict[str, Any], loaded: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """One attempt: (outcome, error, metadata)."""
+class _Stages:
+    """The stages this child was sent, built at their first attempt and kept."""
+
+    def __init__(self) -> None:
+        self.builds: dict[str, dict[str, Any]] = {}  # how to build each, by its key
+        self.loaded: dict[str, Any] = {}  # the ones built
+
+    def func(self, key: str) -> Any:
+        """The stage KEY's callable; ConfigError if it cannot be built (tried
+        again at its next attempt, as a stage that failed to load is)."""
+        func = self.loaded.get(key)
+        if func is None:
+            func = self.loaded[key] = _build(self.builds[key])
+        return func
+
+
+def _run(key: str, spec: dict[str, Any], stages: _Stages) -> tuple[str, str, dict[str, Any], float]:
+    """One attempt: (outcome, error, metadata, the seconds the stage itself ran:
+    its build, once per child, is not the stage's pace)."""
     from .errors import ConfigError
     from .stages import StageContext, call_stage
 
-    key = "\0".join(
-        (spec["kind"], spec["pipeline"], spec["stage"], spec.get("ref") or spec["builtin"])
-    ) + json.dumps(spec["options"], sort_keys=True, default=str)
-    func = loaded.get(key)
-    if func is None:
-        try:
-            func = loaded[key] = _build(spec)
-        except ConfigError as exc:
-            return "failed", exc.detail, {}
+    try:
+        func = stages.func(key)
+    except ConfigError as exc:
+        return "failed", exc.detail, {}, 0.0
     ctx = StageContext(
         item_id=spec["item_id"],
         path=Path(spec["path"]),
@@ -125,20 +140,29 @@ def _run(spec: dict[str, Any], loaded: dict[str, Any]) -> tuple[str, str, dict[s
         timeout=spec["timeout"],
         scratch=Path(spec["scratch"]) if spec.get("scratch") else None,
     )
-    return call_stage(func, ctx)
+    began = time.monotonic()
+    outcome, error, metadata = call_stage(func, ctx)
+    return outcome, error, metadata, time.monotonic() - began
 
 
 def main(requests: Pipe, results: Pipe, log_format: str) -> None:
     _Logging.log_format = log_format
     output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
     os.dup2(output.fileno(), 1)  # print() and child programs write here, not to the journal
-    loaded: dict[str, Any] = {}
+    stages = _Stages()
+    try:
+        results.send(None)  # started: what every stage needs is imported
+    except OSError:
+        return
     while True:
         try:
-            spec: dict[str, Any] = requests.recv()
+            key, build, spec = requests.recv()
         except (EOFError, OSError):
             return  # the daemon is gone (or closed us): end quietly
-        limit = spec["memory_limit"]
+        if build is not None:
+            stages.builds[key] = build
+            stages.loaded.pop(key, None)
+        limit = stages.builds[key]["memory_limit"]
         if limit is not None:
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
@@ -146,7 +170,7 @@ def main(requests: Pipe, results: Pipe, log_format: str) -> None:
         if os.lseek(1, 0, os.SEEK_END):  # what the last stage printed: not this one's
             os.ftruncate(1, 0)
             os.lseek(1, 0, os.SEEK_SET)
-        outcome, error, metadata = _run(spec, loaded)
+        outcome, error, metadata, took = _run(key, spec, stages)
         if limit is not None:
             if error.startswith("MemoryError"):
                 error += f" (over memory_limit: {limit} bytes)"
@@ -162,7 +186,7 @@ def main(requests: Pipe, results: Pipe, log_format: str) -> None:
                 error += f"\noutput: {cut}{tail.decode('utf-8', 'replace')}"
         _Logging.release()  # the stage's journal entries before its result
         try:
-            results.send((outcome, error, metadata))
+            results.send((outcome, error, metadata, took))
         except (OSError, ValueError, TypeError):
             return
 

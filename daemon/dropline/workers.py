@@ -10,18 +10,25 @@ cannot be killed: when one hangs past its timeout the main loop abandons it
 and the pool starts a replacement thread; the stuck thread leaves when its
 stage finally returns.
 
-The pool takes ``capacity`` jobs (twice its threads): each worker has the
-next one at hand when its current one ends.  A job waiting in the queue has
-not begun (``StageJob.begun``): its timeout counts from when it does.  A
-worker whose child runs one attempt and has room for the next watches the
-queue while it waits for the child (a pipe holds one byte per job queued),
-so a job submitted meanwhile is in the child's pipe before the running
-attempt ends: the child goes from one file to the next without waiting for
-this thread, which shares the interpreter lock with the loop.
+The loop hands the pool one job per thread of a command or a stage run in
+a thread, and of a stage in the worker processes two per thread, so that
+each worker's child has the next one at hand when its current one ends,
+or more of a stage it measured quick (``StageJob.ahead``,
+``loop/pacing.py``).  A job waiting in
+the queue has not begun (``StageJob.begun``): its timeout counts from when
+it does.  Workers started with ``warm`` start their child processes at once,
+so that no file waits for an interpreter's start.  A worker whose child runs
+one attempt and has room for the next watches the queue while it waits for
+the child (a pipe holds one byte per job queued), so a job submitted
+meanwhile is in the child's pipe before the running attempt ends: the child
+goes from one file to the next without waiting for this thread, which shares
+the interpreter lock with the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
 import select
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crashpoints import crashpoint
-from .isolation import AHEAD, StageProcess
+from .isolation import AHEAD, STOPPED, StageProcess
 from .pipeline import Stage
 from .stages import StageContext, call_stage
 
@@ -46,6 +53,7 @@ class StageJob:
     stage: Stage
     ctx: StageContext
     begun: threading.Event = field(default_factory=threading.Event)  # set when it starts
+    ahead: int = AHEAD  # attempts of this stage a worker's child may hold at once
 
 
 @dataclass(frozen=True)
@@ -57,25 +65,53 @@ class StageResult:
     outcome: str
     error: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    duration: float = 0.0
+    duration: float = 0.0  # how long the stage ran (in a child: as the child measured it)
+    began: bool = True  # False: dropline was stopping before it began, it never ran
+
+
+_BUILDS: dict[int, tuple[Stage, tuple[str, dict[str, Any]]]] = {}  # by id(stage)
+_BUILDS_KEPT = 256  # stages of earlier configurations are forgotten past this many
+_BUILDS_LOCK = threading.Lock()
+
+
+def isolated_stage(stage: Stage, pipeline: str) -> tuple[str, dict[str, Any]]:
+    """The stage's key in a worker's child and what the child needs to build it;
+    worked out once per stage.  The key is the stage's content: a reload that
+    leaves a stage as it was keeps it built in the children."""
+    with _BUILDS_LOCK:
+        known = _BUILDS.get(id(stage))
+        # The stage is kept with it: its id is its own.  (A stage is of one pipeline.)
+        if known is not None and known[0] is stage and known[1][1]["pipeline"] == pipeline:
+            return known[1]
+        cfg = stage.config
+        build = {
+            "kind": cfg.kind,
+            "ref": cfg.python,
+            "builtin": cfg.builtin,
+            "options": dict(cfg.options),
+            "search": list(stage.search),
+            "file": stage.source[0],
+            "key": stage.source[1],
+            "line": cfg.line,
+            "lines": dict(cfg.option_lines),
+            "pipeline": pipeline,
+            "stage": cfg.name,
+            # A builtin is the daemon's own code: no address-space limit of the operator's.
+            "memory_limit": cfg.memory_limit if cfg.kind == "python" else None,
+        }
+        key = "\0".join(
+            (cfg.kind, pipeline, cfg.name, cfg.python or cfg.builtin or "")
+        ) + json.dumps(build["options"], sort_keys=True, default=str)
+        if len(_BUILDS) >= _BUILDS_KEPT:
+            _BUILDS.clear()
+        _BUILDS[id(stage)] = (stage, (key, build))
+        return key, build
 
 
 def isolated_spec(job: StageJob) -> dict[str, Any]:
-    """What the worker's child needs to build the stage and run this attempt."""
-    ctx, stage = job.ctx, job.stage
-    cfg = stage.config
+    """What the worker's child needs to run this attempt (of a stage it has built)."""
+    ctx = job.ctx
     return {
-        "kind": cfg.kind,
-        "ref": cfg.python,
-        "builtin": cfg.builtin,
-        "options": dict(cfg.options),
-        "search": list(stage.search),
-        "file": stage.source[0],
-        "key": stage.source[1],
-        "line": cfg.line,
-        "lines": dict(cfg.option_lines),
-        # A builtin is the daemon's own code: no address-space limit of the operator's.
-        "memory_limit": cfg.memory_limit if cfg.kind == "python" else None,
         "item_id": ctx.item_id,
         "path": os.fspath(ctx.path),
         "name": ctx.name,
@@ -97,16 +133,27 @@ def run_stage(job: StageJob) -> StageResult:
 
 
 _NOTHING = object()  # the queue had nothing at hand
+WARM_TIMEOUT = 10.0  # seconds a warm start waits for a child at most
 
 
 class WorkerPool:
     """A fixed number of daemon threads taking jobs from one queue."""
 
-    def __init__(self, size: int, out: queue.SimpleQueue[Any], log_format: str = "auto") -> None:
+    def __init__(
+        self,
+        size: int,
+        out: queue.SimpleQueue[Any],
+        log_format: str = "auto",
+        *,
+        warm: bool = False,
+    ) -> None:
         self.size = size
-        self.capacity = size * AHEAD  # jobs in the pool at once, running or at hand
         self._out = out
         self._log_format = log_format
+        self._warm = warm  # start each thread's child process at once
+        self._warming = size  # threads whose child has not started yet
+        self._warmed = threading.Event()  # set once every thread's has (or failed to)
+        self._stopping = threading.Event()  # set at a stop: jobs not begun are not begun
         self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
         # One byte per job queued: a worker waiting on its child polls it too, and
         # whoever reads a byte takes a job (``_take``).  Never closed: a thread
@@ -129,6 +176,13 @@ class WorkerPool:
         held: StageJob | None = None  # a job for this thread, once the child's have ended
         stop = False
         counted = True  # counted idle (by _spawn, _count_idle) until it takes a job
+        if self._warm:
+            with contextlib.suppress(OSError):  # then started at its first job, or that fails
+                process.start(WARM_TIMEOUT)
+            with self._lock:
+                self._warming -= 1
+                if self._warming <= 0:
+                    self._warmed.set()
         try:
             while True:
                 busy = process.busy()
@@ -138,17 +192,27 @@ class WorkerPool:
                     if job is None:
                         stop = True
                     elif isinstance(job, StageJob):
-                        if job.stage.runs_in != "process":
+                        if self._stopping.is_set() and job.stage.config.idempotent:
+                            # Not begun when the stop came: it runs after the restart
+                            # (the queue may hold many files of a quick stage).  One
+                            # not idempotent runs now: held back, it would fail as
+                            # indeterminate.
+                            self._out.put(
+                                StageResult(job.item_id, job.token, "failed", STOPPED, began=False)
+                            )
+                        elif job.stage.runs_in != "process":
                             held = job
                         elif job.ctx.cancel is not None and job.ctx.cancel.is_set():
-                            self._deliver(job, "failed", "cancelled: dropline is stopping", {}, 0)
+                            self._deliver(job, "failed", STOPPED, {}, 0)
                         else:
                             job.begun.set()
                             process.send(
-                                (job, time.monotonic()),
+                                job,
+                                isolated_stage(job.stage, job.ctx.pipeline),
                                 isolated_spec(job),
                                 job.ctx.timeout,
                                 job.ctx.cancel,
+                                job.ahead,
                             )
                         continue
                 if process.busy():
@@ -158,8 +222,8 @@ class WorkerPool:
                     ended = process.wait(self._queued if ahead else None)
                     if ended and not process.busy() and held is None and not stop:
                         counted = self._count_idle()  # before the loop hands out more
-                    for (job, sent), outcome, error, metadata in ended:
-                        self._deliver(job, outcome, error, metadata, time.monotonic() - sent)
+                    for job, outcome, error, metadata, took in ended:
+                        self._deliver(job, outcome, error, metadata, took)
                 elif held is not None:
                     held.begun.set()
                     result = run_stage(held)
@@ -226,6 +290,18 @@ class WorkerPool:
     ) -> None:
         crashpoint("stage.finished")
         self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
+
+    def wait_warm(self) -> None:
+        """With ``warm``: wait until every thread's child has started (or failed
+        to), so that the first files find them ready."""
+        if self._warm:
+            self._warmed.wait(WARM_TIMEOUT)
+
+    def stop_starting(self) -> None:
+        """dropline is stopping: the jobs still waiting in the queue are handed
+        back as never begun; those running (and those already in a child's
+        pipe, a few milliseconds of a quick stage) go on."""
+        self._stopping.set()
 
     def submit(self, job: StageJob) -> None:
         self._put(job)

@@ -16,6 +16,7 @@ from ..state import ItemLog
 from ..workers import StageJob, StageResult, WorkerPool
 from .context import LoopContext
 from .items import Item, Running
+from .pacing import Pacing
 
 PY_TIMEOUT_GRACE = 1.0  # a Python stage past its timeout by this much is abandoned
 
@@ -34,11 +35,13 @@ class Attempts:
         self.scratch_root = scratch_root
         self.running: dict[str, Running] = {}
         self.ran_stages: set[str] = set()  # items that may have a scratch folder
+        self.pacing = Pacing(pool.size)
         self._token = 0
 
     def free(self) -> int:
-        """Room in the pool for more attempts (running, or at hand for a worker)."""
-        return self.pool.capacity - len(self.running)
+        """Room in the pool for more attempts (running, or at hand for a worker),
+        were they all of stages measured quick (``pacing.py``)."""
+        return self.pacing.most() - len(self.running)
 
     def next_deadline(self) -> float | None:
         if not self.running:
@@ -54,27 +57,27 @@ class Attempts:
         (maybe) run and is not run again.  An idempotent stage whose start a
         power loss takes back simply runs again (``state/db.py``).
         """
-        started: list[tuple[Item, Pipeline, int, int, int]] = []
         durable = any(not p.stages_all[i].config.idempotent for _, p, i, _ in jobs)
+        rows = [(item.id, index, p.stages_all[index].name, n) for item, p, index, n in jobs]
         with self.item_log.db.transaction(durable=durable):
-            for item, pipeline, index, attempt in jobs:
-                stage = pipeline.stages_all[index]
-                attempt_id = self.item_log.record_stage_start(
-                    item.id, index, stage.name, attempt, now
-                )
-                started.append((item, pipeline, index, attempt, attempt_id))
+            attempt_ids = self.item_log.record_stage_starts(rows, now)
         crashpoint("stage.start_committed")
-        mono = self.ctx.mono
-        for item, pipeline, index, attempt, attempt_id in started:
+        mono, working = self.ctx.mono, self.ctx.config.working
+        # The attempts in worker processes share one cancel event (set only all
+        # at once, at a stop) and one begun event (looked at only for a stage in
+        # a thread): two fewer objects per file.
+        shared_cancel, shared_begun = threading.Event(), threading.Event()
+        for (item, pipeline, index, attempt), attempt_id in zip(jobs, attempt_ids, strict=True):
             stage = pipeline.stages_all[index]
+            kind = stage.runs_in
             self._token += 1
-            cancel = threading.Event()
+            cancel = shared_cancel if kind == "process" else threading.Event()
             log = self.ctx.log.bind(
                 item=item.id, file=item.name, pipeline=pipeline.name, stage=stage.name
             )
             context = StageContext(
                 item_id=item.id,
-                path=self.ctx.config.working / os.fsdecode(item.working_name),
+                path=working / os.fsdecode(item.working_name),
                 name=os.fsdecode(item.name),
                 pipeline=pipeline.name,
                 stage=stage.name,
@@ -86,17 +89,20 @@ class Attempts:
                 scratch=self.scratch_root / item.id,
             )
             self.ran_stages.add(item.id)
-            job = StageJob(item.id, self._token, stage, context)
+            ahead = self.pacing.ahead(pipeline.name, stage)
+            begun = shared_begun if kind == "process" else threading.Event()
+            job = StageJob(item.id, self._token, stage, context, begun, ahead)
             self.running[item.id] = Running(
                 self._token,
                 attempt_id,
                 index,
                 stage.name,
-                stage.runs_in,
+                kind,
                 mono,
                 mono + stage.config.timeout,
                 cancel,
-                job.begun,
+                begun,
+                pipeline.name,
             )
             self.ctx.events.stage_started(log, attempt)
             self.pool.submit(job)
@@ -108,6 +114,8 @@ class Attempts:
         if running is None or running.token != result.token:
             return None
         del self.running[result.item_id]
+        if running.kind == "process":
+            self.pacing.ran(running.pipeline, running.stage, result.duration)
         return running
 
     def expired(self) -> list[StageResult]:
@@ -128,6 +136,10 @@ class Attempts:
                 error = f"timed out after {running.deadline - running.started:.1f} s (abandoned)"
                 results.append(StageResult(item_id, running.token, "timeout", error))
         return results
+
+    def stopping(self) -> None:
+        """dropline is stopping: the attempts not begun yet are not begun."""
+        self.pool.stop_starting()
 
     def cancel_all(self) -> None:
         """Out of patience while stopping: stop the stages still running."""

@@ -257,6 +257,7 @@ class Daemon:
             self._reload()
         if flags.stop and ctx.stopping_since is None:
             ctx.stopping_since = ctx.mono
+            self.scheduler.attempts.stopping()
             self.notifier.stopping()
             ctx.log.info("daemon.stopping", in_flight=len(self.scheduler.running))
 

@@ -59,3 +59,4 @@ class Running:
     deadline: float
     cancel: threading.Event
     begun: threading.Event | None = None  # set by the worker when it starts the attempt
+    pipeline: str = ""

@@ -52,6 +52,9 @@ class Scheduler:
         self.results: list[tuple[StageResult, Item, Running]] = []  # not recorded yet
         self.finishes: list[Finish] = []  # ends decided, for the transit
         self.held_items: set[str] = set()  # found held open in working/, logged once
+        # While results are recorded: the rows written at the end of their transaction.
+        self._ends: list[tuple[str, str, int]] | None = None
+        self._progress: list[tuple[int, dict[str, Any], str]] | None = None
 
     # --- what the loop asks ---------------------------------------------------
 
@@ -149,8 +152,16 @@ class Scheduler:
 
     def _commit_results(self, now: float) -> None:
         pending, self.results = self.results, []
-        with self.item_log.db.transaction(durable=self._must_be_durable(pending)):
-            ends = [self._record(result, item, running, now) for result, item, running in pending]
+        # The attempts' ends and the files' next stages are written together at
+        # the end of the transaction, one statement for many files.
+        self._ends, self._progress = [], []
+        try:
+            with self.item_log.db.transaction(durable=self._must_be_durable(pending)):
+                ends = [self._record(result, item, run, now) for result, item, run in pending]
+                self.item_log.record_stage_ends(self._ends, now)
+                self.item_log.set_progress_many(self._progress, now)
+        finally:
+            self._ends, self._progress = None, None
         crashpoint("stage.result_committed")
         # Told once committed: the journal never reports a step the database lacks.
         for end in ends:
@@ -190,7 +201,7 @@ class Scheduler:
             stage=running.stage,
             config=stage_cfg,
             failures=item.attempt,
-            stopped=self.ctx.stopping and running.cancel.is_set(),
+            stopped=self.ctx.stopping and (running.cancel.is_set() or not result.began),
             failing=FAILURE in item.metadata,
         )
         end = AttemptEnd(
@@ -204,7 +215,10 @@ class Scheduler:
             stage_cfg.retries if stage_cfg else 0,
         )
         error = {"next": "", "indeterminate": d.reason}.get(d.verdict, result.error)
-        rows.record_stage_end(running.attempt_id, d.attempt_outcome, error, now)
+        if self._ends is not None:
+            self._ends.append((d.attempt_outcome, error, running.attempt_id))
+        else:
+            rows.record_stage_end(running.attempt_id, d.attempt_outcome, error, now)
         if d.verdict == "next":
             item.metadata.update(result.metadata)
             self._next_stage(item, running.stage_index + 1, now)
@@ -237,7 +251,10 @@ class Scheduler:
         item.next_stage = index
         item.attempt = 0
         item.next_at = None
-        self.item_log.set_progress(item.id, index, 0, None, item.metadata, now)
+        if self._progress is not None:  # (recording results: written with the others)
+            self._progress.append((index, item.metadata, item.id))
+        else:
+            self.item_log.set_progress(item.id, index, 0, None, item.metadata, now)
         self.ready.add(item, self.ctx.routes)
 
     # --- dispatching stages -------------------------------------------------
@@ -256,12 +273,12 @@ class Scheduler:
             return
         jobs: list[Job] = []
         busy = self.ready.busy(self.running, self.items)
-        routes, workers = self.ctx.routes, self.attempts.pool.size
+        routes, pacing = self.ctx.routes, self.attempts.pacing
         while len(jobs) < free:
             # A pipeline that sets no concurrency may have the whole pool's room
             # (its running stages are bounded by the workers anyway); one that
             # does has no more than that handed out, ahead or not.
-            name = self.ready.next_turn(routes, busy, self.attempts.pool.capacity)
+            name = self.ready.next_turn(routes, busy, pacing.most())
             if name is None:
                 break
             job = self._job_for(self.ready.pop(name))
@@ -269,14 +286,14 @@ class Scheduler:
                 continue
             item, pipeline, index, _ = job
             stage = pipeline.stages_all[index]
-            ahead = stage.runs_in == "process" and stage.config.idempotent
-            if not ahead and len(self.running) + len(jobs) >= workers:
-                # Only a worker process takes a job ahead (its child is fed the next
-                # file while it runs one); a command or a thread stage waits for a
-                # worker of its own, so whose turn it is is decided when one frees.
-                # So does a stage declared idempotent: false: its start is recorded
-                # when handed out, and one that waited in the pool at a crash would
-                # fail as indeterminate without having run.
+            if len(self.running) + len(jobs) >= pacing.limit(pipeline.name, stage):
+                # Only a worker process takes jobs ahead (its child is fed the next
+                # files while it runs one), as many as pacing.py allows; a command
+                # or a thread stage waits for a worker of its own, so whose turn it
+                # is is decided when one frees.  So does a stage declared
+                # idempotent: false: its start is recorded when handed out, and one
+                # that waited in the pool at a crash would fail as indeterminate
+                # without having run.
                 self.ready.put_back(item.id, name)
                 break
             jobs.append(job)

@@ -96,7 +96,10 @@ def start_daemon(
         # It holds the locks too: no new daemon recovers while it still moves files.
         the_mover = mover(spool, (lock_fd, data_lock_fd))
         stack.callback(the_mover.close)
-        pool = WorkerPool(config.workers, flags.inbox, config.log_format)
+        # Children started with the pool when a stage will run in them: no
+        # file then waits for an interpreter's start.
+        warm = any(s.runs_in == "process" for p in ctx.routes.pipelines for s in p.stages_all)
+        pool = WorkerPool(config.workers, flags.inbox, config.log_format, warm=warm)
         stack.callback(pool.close)
         # The watch first, then the scan: a file arriving in between is seen by both.
         watch = WatchKeeper(ctx, flags.inbox)
@@ -127,6 +130,7 @@ def start_daemon(
             daemon.duties.feed_watchdog
         )  # from here on the loop keeps it fed
         daemon.intake.start_scan()
+        pool.wait_warm()  # started with the rest: READY once they can take files
         notifier.ready(daemon.status_line())
         log.info(
             "daemon.ready",

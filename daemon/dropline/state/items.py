@@ -66,6 +66,7 @@ _ITEM_COLUMNS = (
 _CHUNK_ROWS = 64  # rows per statement: well under SQLite's limit of bound values
 # UPDATE ... FROM (SQLite 3.33): older libraries update one row per statement.
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 _CLAIMED_FINISHING = (
     "pipeline",
     "sha256",
@@ -94,6 +95,15 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[tuple[list[Any], int]]:
 def _insert_sql(columns: str, row_sql: str, count: int) -> str:
     values = ", ".join([f"({row_sql})"] * count)
     return f"INSERT INTO items ({columns}) VALUES {values}"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=64)
+def _starts_sql(count: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * count)
+    return (
+        "INSERT INTO attempts (item_id, stage_index, stage, attempt, started_at) "  # noqa: S608
+        f"VALUES {values} RETURNING id, item_id"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -223,6 +233,32 @@ class ItemLog:
             (item_id, stage_index, stage, attempt, now),
         )
         return int(cur.lastrowid or 0)
+
+    def record_stage_starts(self, rows: list[tuple[str, int, str, int]], now: float) -> list[int]:
+        """Record that these stages are about to run, rows of (item id, stage index,
+        stage, attempt), one item once: their attempts' row ids, in order."""
+        if not _RETURNING:
+            return [self.record_stage_start(*row, now) for row in rows]
+        ids: dict[str, int] = {}
+        for chunk, count in _chunks([(*row, now) for row in rows]):
+            cur = self.db.execute(_starts_sql(count), tuple(chunk))
+            ids.update((item_id, int(row_id)) for row_id, item_id in cur.fetchall())
+        return [ids[row[0]] for row in rows]
+
+    def record_stage_ends(self, rows: list[tuple[str, str, int]], now: float) -> None:
+        """Rows of (outcome, error, attempt id)."""
+        self.db.many(
+            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
+            [(now, outcome, error or None, attempt_id) for outcome, error, attempt_id in rows],
+        )
+
+    def set_progress_many(self, rows: list[tuple[int, dict[str, Any], str]], now: float) -> None:
+        """Rows of (next stage, metadata, id): each item on to that stage, at once."""
+        self._update_items(
+            None,
+            ("next_stage", "attempt", "next_attempt_at", "metadata", "updated_at"),
+            [(stage, 0, None, json.dumps(meta), now, item_id) for stage, meta, item_id in rows],
+        )
 
     def record_stage_end(self, attempt_id: int, outcome: str, error: str, now: float) -> None:
         self.db.execute(
