@@ -269,14 +269,17 @@ class Scheduler:
                 continue
             item, pipeline, index, _ = job
             stage = pipeline.stages_all[index]
-            ahead = stage.runs_in == "process" and stage.config.idempotent
+            ahead = stage.runs_in in ("process", "command") and stage.config.idempotent
             if not ahead and len(self.running) + len(jobs) >= workers:
-                # Only a worker process takes a job ahead (its child is fed the next
-                # file while it runs one); a command or a thread stage waits for a
-                # worker of its own, so whose turn it is is decided when one frees.
-                # So does a stage declared idempotent: false: its start is recorded
-                # when handed out, and one that waited in the pool at a crash would
-                # fail as indeterminate without having run.
+                # A worker process takes a job ahead (its child is fed the next file
+                # while it runs one), and so does a worker thread running commands:
+                # it starts the next one as soon as one exits, not a pass of the
+                # loop later.  A thread stage waits for a worker of its own (past
+                # its timeout its thread is abandoned, not killed), so whose turn
+                # it is is decided when one frees.  So does a stage declared
+                # idempotent: false: its start is recorded when handed out, and one
+                # that waited in the pool at a crash would fail as indeterminate
+                # without having run.
                 self.ready.put_back(item.id, name)
                 break
             jobs.append(job)
