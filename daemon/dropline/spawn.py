@@ -18,9 +18,12 @@ start as started: the error of its ``exec`` is raised as an OSError, as
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import functools
+import itertools
+import operator
 import os
 import signal
 import subprocess
@@ -108,12 +111,9 @@ def _reap(pid: int) -> int:
 
 def _env_list(env: Mapping[bytes, bytes]) -> list[bytes]:
     """env as execve wants it, refused as Popen refuses it."""
-    entries = []
-    for key, value in env.items():
-        if b"=" in key or not key:
-            raise ValueError("illegal environment variable name")
-        entries.append(key + b"=" + value)
-    return entries
+    if not all(env) or b"=" in b"".join(env):
+        raise ValueError("illegal environment variable name")
+    return list(map(b"=".join, env.items()))
 
 
 def _popen(
@@ -136,19 +136,38 @@ def _popen(
     return Child(proc.pid, proc.wait)
 
 
-def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
-    """A NULL-ended char *[] of items; a NUL inside one would cut it short silently."""
-    for item in items:
-        if b"\0" in item:
+class _Strings:
+    """A NULL-ended char *[] of items, as one block of bytes and one table of
+    addresses into it: built in a few calls, where a ctypes array of c_char_p
+    converts each item apart (tens of microseconds for an environment)."""
+
+    def __init__(self, items: Sequence[bytes]) -> None:
+        blob = b"\0".join(items) + b"\0"
+        if blob.count(0) != max(len(items), 1):
+            # A NUL inside an item would cut it short without a word.
             raise ValueError("embedded null byte")
-    return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+        self._block = ctypes.create_string_buffer(blob, len(blob))
+        base = ctypes.addressof(self._block)
+        sizes = map(operator.add, map(len, items), itertools.repeat(1))  # each with its NUL
+        starts = itertools.accumulate(sizes, initial=base)
+        self._table = array.array("L", itertools.islice(starts, len(items)))
+        self._table.append(0)
+
+    @property
+    def address(self) -> int:
+        """Where the table starts: valid while this object lives."""
+        return self._table.buffer_info()[0]
 
 
 class _Spawner:
     """glibc's posix_spawn, with the attributes every command shares built once."""
 
-    def __init__(self, libc: ctypes.CDLL) -> None:
+    def __init__(self, libc: ctypes.CDLL, quick: ctypes.PyDLL) -> None:
         self._libc = libc
+        # The file actions' calls only fill in memory: made holding the lock, so
+        # that the loop is not handed the lock, and the worker made to wait for
+        # it back, six times a command.
+        self._quick = quick
         libc.posix_spawn.argtypes = [
             ctypes.POINTER(ctypes.c_int),
             ctypes.c_char_p,
@@ -158,7 +177,7 @@ class _Spawner:
             ctypes.c_void_p,
         ]
         for name in ("adddup2", "addchdir_np", "addclosefrom_np"):
-            getattr(libc, f"posix_spawn_file_actions_{name}")  # AttributeError: too old
+            getattr(quick, f"posix_spawn_file_actions_{name}")  # AttributeError: too old
         self._attr = ctypes.create_string_buffer(_OPAQUE)
         self._sigdefault = ctypes.create_string_buffer(_OPAQUE)
         self._sigmask = ctypes.create_string_buffer(_OPAQUE)
@@ -183,8 +202,8 @@ class _Spawner:
         stdin: int,
         output: int,
     ) -> int:
-        libc = self._libc
-        args, environ = _strings(argv), _strings(envp)
+        libc = self._quick
+        args, environ = _Strings(argv), _Strings(envp)
         actions = ctypes.create_string_buffer(_OPAQUE)
         _check(libc.posix_spawn_file_actions_init(actions))
         try:
@@ -199,7 +218,9 @@ class _Spawner:
             pid = ctypes.c_int()
             # The lock is let go for this call: the clone, and the wait until the
             # child has exec'd its program or failed to.
-            code = libc.posix_spawn(ctypes.byref(pid), path, actions, self._attr, args, environ)
+            code = self._libc.posix_spawn(
+                ctypes.byref(pid), path, actions, self._attr, args.address, environ.address
+            )
         finally:
             libc.posix_spawn_file_actions_destroy(actions)
         if code:
@@ -241,7 +262,9 @@ def _load() -> _Spawner | None:
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
             return None
+        if array.array("L").itemsize != ctypes.sizeof(ctypes.c_void_p):
+            return None  # _Strings keeps addresses as unsigned longs
         # The interpreter's own symbols, libc's among them: no search for the library.
-        return _Spawner(ctypes.CDLL(None, use_errno=True))
+        return _Spawner(ctypes.CDLL(None), ctypes.PyDLL(None))
     except (OSError, AttributeError, ValueError):
         return None
