@@ -10,8 +10,8 @@ cannot be killed: when one hangs past its timeout the main loop abandons it
 and the pool starts a replacement thread; the stuck thread leaves when its
 stage finally returns.
 
-The pool takes ``capacity`` jobs (twice its threads): each worker has the
-next one at hand when its current one ends.  A job waiting in the queue has
+The pool takes ``capacity`` jobs (a few times its threads): each worker has
+the next one at hand when its current one ends (``room_for``).  A job waiting in the queue has
 not begun (``StageJob.begun``): its timeout counts from when it does.
 """
 
@@ -92,13 +92,20 @@ def run_stage(job: StageJob) -> StageResult:
 
 _NOTHING = object()  # the queue had nothing at hand
 
+# Commands a worker thread has handed to it: the one it runs and three at hand,
+# so that it goes from one to the next while the loop commits (a pass of the
+# loop took about five times a short command), and the loop's commits and
+# moves are shared by more files.  A file of another pipeline waits for at
+# most these three more commands than its turn would have it.
+COMMANDS_AHEAD = 4
+
 
 class WorkerPool:
     """A fixed number of daemon threads taking jobs from one queue."""
 
     def __init__(self, size: int, out: queue.SimpleQueue[Any], log_format: str = "auto") -> None:
         self.size = size
-        self.capacity = size * AHEAD  # jobs in the pool at once, running or at hand
+        self.capacity = size * max(AHEAD, COMMANDS_AHEAD)  # jobs at once, running or at hand
         self._out = out
         self._log_format = log_format
         self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
@@ -171,6 +178,16 @@ class WorkerPool:
     ) -> None:
         crashpoint("stage.finished")
         self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
+
+    def room_for(self, runs_in: str) -> int:
+        """How many attempts may be in the pool (running or at hand) when one
+        more of a stage that runs so is handed out: a thread stage waits for a
+        free worker."""
+        if runs_in == "command":
+            return self.size * COMMANDS_AHEAD
+        if runs_in == "process":
+            return self.size * AHEAD
+        return self.size
 
     def submit(self, job: StageJob) -> None:
         self._jobs.put(job)

@@ -10,6 +10,7 @@ from typing import Any
 from dropline.config import load_config
 from dropline.loop.ready import ReadyQueues
 from dropline.pipeline import Routes
+from dropline.workers import COMMANDS_AHEAD
 
 from ..harness import Tree
 from ..test_stages import pipeline_yaml, sh_stage
@@ -268,9 +269,10 @@ def test_only_an_idempotent_python_stage_is_handed_to_a_worker_ahead(
 
 
 def test_an_idempotent_command_is_handed_to_a_worker_ahead(tree: Tree, tmp_path: Path) -> None:
-    """One worker: an idempotent command has a second file handed ahead (the worker
-    starts it as soon as the first exits, not a pass of the loop later); a command
-    declared idempotent: false never has more than the workers handed out."""
+    """One worker: an idempotent command has more files handed ahead (the worker
+    starts the next as soon as one exits, not a pass of the loop later), as many as
+    COMMANDS_AHEAD; a command declared idempotent: false never has more than the
+    workers handed out."""
     gates = tmp_path / "gates"
     gates.mkdir()
     again = gated(gates, name="again")
@@ -279,14 +281,15 @@ def test_an_idempotent_command_is_handed_to_a_worker_ahead(tree: Tree, tmp_path:
     ).replace('"*"', '"*.dat"')
     tree.write_config(again + once, workers=1)
     with stepped(tree) as s:
-        drop(tree, "a.csv", "b.csv", "c.csv")
-        s.until(lambda: running_of(s, "again") == 2)
+        csvs = [f"{n}.csv" for n in range(COMMANDS_AHEAD + 2)]
+        drop(tree, *csvs)
+        s.until(lambda: running_of(s, "again") == COMMANDS_AHEAD)
         for _ in range(20):
             s.step()
-        assert running_of(s, "again") == 2, "more than one file ahead"
-        for name in ("a.csv", "b.csv", "c.csv"):
+        assert running_of(s, "again") == COMMANDS_AHEAD, "more files ahead than its room"
+        for name in csvs:
             (gates / name).touch()
-        s.until(lambda: archived(s, "a.csv", "b.csv", "c.csv"), timeout=60)
+        s.until(lambda: archived(s, *csvs), timeout=60)
         drop(tree, "a.dat", "b.dat")
         s.until(lambda: running_of(s, "once") >= 1)
         most = running_of(s, "once")

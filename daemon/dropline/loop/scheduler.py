@@ -269,17 +269,14 @@ class Scheduler:
                 continue
             item, pipeline, index, _ = job
             stage = pipeline.stages_all[index]
-            ahead = stage.runs_in in ("process", "command") and stage.config.idempotent
-            if not ahead and len(self.running) + len(jobs) >= workers:
-                # A worker process takes a job ahead (its child is fed the next file
-                # while it runs one), and so does a worker thread running commands:
-                # it starts the next one as soon as one exits, not a pass of the
-                # loop later.  A thread stage waits for a worker of its own (past
-                # its timeout its thread is abandoned, not killed), so whose turn
-                # it is is decided when one frees.  So does a stage declared
-                # idempotent: false: its start is recorded when handed out, and one
-                # that waited in the pool at a crash would fail as indeterminate
-                # without having run.
+            room = self.attempts.pool.room_for(stage.runs_in)
+            if len(self.running) + len(jobs) >= (room if stage.config.idempotent else workers):
+                # A worker process and a worker thread running commands take jobs
+                # ahead (workers.py: room_for); a thread stage waits for a worker
+                # of its own, so whose turn it is is decided when one frees.  So
+                # does a stage declared idempotent: false: its start is recorded
+                # when handed out, and one that waited in the pool at a crash
+                # would fail as indeterminate without having run.
                 self.ready.put_back(item.id, name)
                 break
             jobs.append(job)
