@@ -40,6 +40,10 @@ class Attempts:
         """Room in the pool for more attempts (running, or at hand for a worker)."""
         return self.pool.capacity - len(self.running)
 
+    def begun(self) -> int:
+        """How many attempts a worker has started (not those handed out ahead, at hand)."""
+        return sum(1 for r in self.running.values() if r.begun is None or r.begun.is_set())
+
     def next_deadline(self) -> float | None:
         if not self.running:
             return None
