@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dropline import spawn
 from dropline.process import CommandResult, describe, run_command
 
 # A leaked Popen or temporary file shows up as a ResourceWarning: make it fail the test.
@@ -67,6 +68,23 @@ def read_pid(path: Path) -> int:
     return int(path.read_text())
 
 
+@pytest.fixture(autouse=True, params=["posix_spawn", "popen"])
+def spawned_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: commands started by glibc's posix_spawn, and by Popen
+    (where that glibc is not at hand)."""
+    if request.param == "popen":
+        monkeypatch.setattr(spawn, "_state", [None])
+    return str(request.param)
+
+
+def glibc_at_least(major: int, minor: int) -> bool:
+    found = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    if not found.startswith("glibc "):
+        return False
+    numbers = tuple(int(part) for part in found.split()[1].split(".")[:2])
+    return numbers >= (major, minor)
+
+
 @pytest.fixture(autouse=True)
 def no_children_left() -> Iterator[None]:
     """Fail a test after which this process still has a child, running or unreaped."""
@@ -113,6 +131,51 @@ def test_env_is_the_whole_environment_and_cwd_is_used(tmp_path: Path) -> None:
     assert result.output == "ONLY=one\n"
     result = run_command([b"pwd"], env=ENV, cwd=bytes(tmp_path), timeout=10.0)
     assert result.output == f"{tmp_path}\n"
+
+
+def test_posix_spawn_is_used_where_glibc_has_closefrom(spawned_by: str) -> None:
+    """glibc 2.34 and later has everything the cheap start needs: it is not left
+    unused by a mistake in looking it up."""
+    if spawned_by != "posix_spawn" or not glibc_at_least(2, 34):
+        pytest.skip("only with glibc 2.34 or later")
+    assert spawn._spawner() is not None
+
+
+def test_signals_start_at_their_defaults_and_unblocked() -> None:
+    """The signals Python ignores (SIGPIPE, SIGXFSZ) are at their default in the
+    command, none is blocked, and any other disposition is ours, as Popen leaves it."""
+    ours = {
+        line.split(":")[0]: int(line.split()[1], 16)
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith(("SigIgn:", "SigBlk:"))
+    }
+    restored = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
+    result = run_command(
+        [b"/bin/grep", b"-E", b"^Sig(Ign|Blk):", b"/proc/self/status"],
+        env=ENV,
+        cwd=None,
+        timeout=10.0,
+    )
+    seen = {line.split(":")[0]: int(line.split()[1], 16) for line in result.output.splitlines()}
+    assert seen == {"SigIgn": ours["SigIgn"] & ~restored, "SigBlk": 0}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        ([b"/bin/true", b"a\0b"], ENV),
+        ([b"/bin/true"], {b"A": b"x\0y"}),
+        ([b"/bin/true"], {b"A=B": b"x"}),
+    ],
+    ids=["nul-in-argument", "nul-in-value", "equals-in-name"],
+)
+def test_an_argument_or_variable_execve_cannot_carry_is_refused(
+    argv: list[bytes], env: dict[bytes, bytes]
+) -> None:
+    """A NUL would cut an argument short without a word; it is refused instead, as
+    an '=' in a variable's name is, and nothing runs."""
+    with pytest.raises(ValueError):
+        run_command(argv, env=env, cwd=None, timeout=10.0)
 
 
 def test_stdin_is_dev_null() -> None:

@@ -1,7 +1,8 @@
 """Run the external command of a pipeline stage, bounded in time, output and processes.
 
 The command runs in its own session (so it leads its own process group), with
-stdin from /dev/null and stdout and stderr in one anonymous temporary file.
+stdin from /dev/null and stdout and stderr in one anonymous temporary file
+(``spawn.py`` starts it).
 When it ends, for whatever reason, whatever is left of its process group is
 killed, so a stage never leaves processes behind.  Its end is waited for on a
 pidfd: the worker thread hears of it at once and otherwise wakes only to look
@@ -22,13 +23,14 @@ import math
 import os
 import select
 import signal
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from . import spawn
 
 __all__ = ["CommandResult", "describe", "run_command"]
 
@@ -86,19 +88,10 @@ def run_command(
     out = _output_file(tempfile.gettempdir())
     try:
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=_devnull(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                close_fds=True,
-                start_new_session=True,
-            )
+            child = spawn.start(argv, env=env, cwd=cwd, stdin=_devnull(), output=out)
         except OSError as exc:
             return _start_failure(exc, start)
-        ending, status = _see_through(proc, start + timeout, kill_grace, cancel)
+        ending, status = _see_through(child, start + timeout, kill_grace, cancel)
         duration = time.monotonic() - start
         output, total = _read_capped(out, output_cap)
     finally:
@@ -117,28 +110,28 @@ def run_command(
 
 
 def _see_through(
-    proc: subprocess.Popen[bytes],
+    child: spawn.Child,
     deadline: float,
     kill_grace: float,
     cancel: threading.Event | None,
 ) -> tuple[_Ending, int]:
-    """Wait for proc to end, stopping it at deadline or on cancel; kill what is
+    """Wait for child to end, stopping it at deadline or on cancel; kill what is
     left of its group and reap it.  Returns how it ended and its wait status."""
     ending: _Ending = "exited"
-    exit_fd = _exit_fd(proc.pid)
+    exit_fd = _exit_fd(child.pid)
     try:
-        ending = _wait_exited(proc.pid, exit_fd, deadline, cancel)
+        ending = _wait_exited(child.pid, exit_fd, deadline, cancel)
         if ending != "exited":
-            _signal_group(proc.pid, signal.SIGTERM)
-            _wait_exited(proc.pid, exit_fd, time.monotonic() + kill_grace, None)
+            _signal_group(child.pid, signal.SIGTERM)
+            _wait_exited(child.pid, exit_fd, time.monotonic() + kill_grace, None)
     finally:
         try:
             # Also on success and on exceptions: grandchildren left in the group
             # (daemonised helpers, a `sleep &`) must not outlive the stage.  The
             # leader is still unreaped here, so its pid, which is the group's id,
             # cannot have been reused.
-            _signal_group(proc.pid, signal.SIGKILL)
-            status = proc.wait()
+            _signal_group(child.pid, signal.SIGKILL)
+            status = child.reap()
         finally:
             if exit_fd is not None:
                 os.close(exit_fd)

@@ -10,8 +10,9 @@ cannot be killed: when one hangs past its timeout the main loop abandons it
 and the pool starts a replacement thread; the stuck thread leaves when its
 stage finally returns.
 
-The loop hands the pool one job per thread of a command or a stage run in
-a thread, and of a stage in the worker processes two per thread, so that
+The loop hands the pool one job per thread of a stage run in a thread,
+``COMMANDS_AHEAD`` per thread of a command, and of a stage in the worker
+processes two per thread, so that
 each worker's child has the next one at hand when its current one ends,
 or more of a stage it measured quick (``StageJob.ahead``,
 ``loop/pacing.py``).  A job waiting in
@@ -134,6 +135,13 @@ def run_stage(job: StageJob) -> StageResult:
 
 _NOTHING = object()  # the queue had nothing at hand
 WARM_TIMEOUT = 10.0  # seconds a warm start waits for a child at most
+
+# Commands a worker thread has handed to it: the one it runs and three at hand,
+# so that it goes from one to the next while the loop commits (a pass of the
+# loop took about five times a short command), and the loop's commits and
+# moves are shared by more files.  A file of another pipeline waits for at
+# most these three more commands than its turn would have it.
+COMMANDS_AHEAD = 4
 
 
 class WorkerPool:

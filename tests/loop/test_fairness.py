@@ -10,6 +10,7 @@ from typing import Any
 from dropline.config import load_config
 from dropline.loop.ready import ReadyQueues
 from dropline.pipeline import Routes
+from dropline.workers import COMMANDS_AHEAD
 
 from ..harness import Tree
 from ..test_stages import pipeline_yaml, sh_stage
@@ -74,10 +75,17 @@ def test_a_full_pipeline_does_not_keep_another_pipelines_file_from_its_claim(
 
 def test_a_free_worker_goes_to_the_pipeline_whose_turn_it_is(tree: Tree, tmp_path: Path) -> None:
     """Both workers busy with a backlog of slow files: when one frees, a file of the
-    other pipeline, dropped later, runs before the slow backlog's next file."""
+    other pipeline, dropped later, runs before the slow backlog's next file.  (Stages
+    declared idempotent: false, which no worker is handed ahead of its turn.)"""
     gates = tmp_path / "gates"
     gates.mkdir()
-    tree.write_config(gated(gates) + quick(), workers=2)
+    once = {"idempotent": False}
+    slow = pipeline_yaml([sh_stage("wait", GATED, str(gates), "{name}", **once)], name="slow")
+    tree.write_config(
+        slow.replace('"*"', '"*.csv"')
+        + pipeline_yaml([sh_stage("check", "exit 0", **once)], name="quick", match="*.dat"),
+        workers=2,
+    )
     csvs = [f"f{n:02d}.csv" for n in range(8)]
     with stepped(tree) as s:
         drop(tree, *csvs)
@@ -255,6 +263,40 @@ def test_only_an_idempotent_python_stage_is_handed_to_a_worker_ahead(
             s.step()
             most = max(most, running_of(s, "once"))
         assert most == 1, "a non-idempotent stage was handed out ahead"
+        for name in ("a.dat", "b.dat"):
+            (gates / name).touch()
+        s.until(lambda: archived(s, "a.dat", "b.dat"), timeout=60)
+
+
+def test_an_idempotent_command_is_handed_to_a_worker_ahead(tree: Tree, tmp_path: Path) -> None:
+    """One worker: an idempotent command has more files handed ahead (the worker
+    starts the next as soon as one exits, not a pass of the loop later), as many as
+    COMMANDS_AHEAD; a command declared idempotent: false never has more than the
+    workers handed out."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    again = gated(gates, name="again")
+    once = pipeline_yaml(
+        [sh_stage("wait", GATED, str(gates), "{name}", idempotent=False)], name="once"
+    ).replace('"*"', '"*.dat"')
+    tree.write_config(again + once, workers=1)
+    with stepped(tree) as s:
+        csvs = [f"{n}.csv" for n in range(COMMANDS_AHEAD + 2)]
+        drop(tree, *csvs)
+        s.until(lambda: running_of(s, "again") == COMMANDS_AHEAD)
+        for _ in range(20):
+            s.step()
+        assert running_of(s, "again") == COMMANDS_AHEAD, "more files ahead than its room"
+        for name in csvs:
+            (gates / name).touch()
+        s.until(lambda: archived(s, *csvs), timeout=60)
+        drop(tree, "a.dat", "b.dat")
+        s.until(lambda: running_of(s, "once") >= 1)
+        most = running_of(s, "once")
+        for _ in range(20):
+            s.step()
+            most = max(most, running_of(s, "once"))
+        assert most == 1, "a non-idempotent command was handed out ahead"
         for name in ("a.dat", "b.dat"):
             (gates / name).touch()
         s.until(lambda: archived(s, "a.dat", "b.dat"), timeout=60)

@@ -1,6 +1,7 @@
 """How many attempts the loop hands out at once (``loop/pacing.py``): two per
 worker for a stage not yet measured or measured slow, more for one measured
-quick, one per worker for a command or a stage declared idempotent: false."""
+quick, a few per worker for a command, one per worker for a thread stage or
+one declared idempotent: false."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dropline.config import load_config
 from dropline.isolation import AHEAD, MOST_AHEAD
 from dropline.loop.pacing import HORIZON, Pacing
 from dropline.pipeline import Routes, Stage
+from dropline.workers import COMMANDS_AHEAD
 
 from ..harness import Tree
 from ..test_stages import attempts_of
@@ -57,15 +59,24 @@ def test_a_stage_gets_more_ahead_only_once_measured_quick(tree: Tree, tmp_path: 
     assert pacing.ahead("q", py) == AHEAD, "measured per pipeline and stage"
 
 
-def test_never_ahead_a_command_a_thread_or_a_non_idempotent_stage(
-    tree: Tree, tmp_path: Path
-) -> None:
+def test_never_ahead_a_thread_or_a_non_idempotent_stage(tree: Tree, tmp_path: Path) -> None:
     stages = _stages(tree, tmp_path)
     pacing = Pacing(3)
-    for name in ("once", "cmd", "thread"):
+    for name in ("once", "thread"):
         pacing.ran("p", name, 0.000_01)
         assert pacing.ahead("p", stages[name]) == 1, name
         assert pacing.limit("p", stages[name]) == 3, name
+
+
+def test_an_idempotent_command_has_a_few_at_hand_however_quick(tree: Tree, tmp_path: Path) -> None:
+    """A worker thread running commands has COMMANDS_AHEAD at hand, never paced
+    further (a command's time is mostly its program's start, not measured)."""
+    stages = _stages(tree, tmp_path)
+    pacing = Pacing(3)
+    assert pacing.ahead("p", stages["cmd"]) == COMMANDS_AHEAD
+    pacing.ran("p", "cmd", 0.000_01)
+    assert pacing.ahead("p", stages["cmd"]) == COMMANDS_AHEAD
+    assert pacing.limit("p", stages["cmd"]) == 3 * COMMANDS_AHEAD
 
 
 def test_a_quick_python_stage_has_many_files_handed_out_and_each_runs_once(

@@ -43,6 +43,10 @@ class Attempts:
         were they all of stages measured quick (``pacing.py``)."""
         return self.pacing.most() - len(self.running)
 
+    def begun(self) -> int:
+        """How many attempts a worker has started (not those handed out ahead, at hand)."""
+        return sum(1 for r in self.running.values() if r.begun is None or r.begun.is_set())
+
     def next_deadline(self) -> float | None:
         if not self.running:
             return None

@@ -317,7 +317,7 @@ class Daemon:
         counts = self.ctx.events.counts
         return (
             f"{paused}in flight {len(self.scheduler.items)}, "
-            f"running {len(self.scheduler.running)}, "
+            f"running {self.scheduler.attempts.begun()}, "
             f"waiting {self.intake.waiting}{scanning}, archived {counts['archived']}, "
             f"failed {counts['failed']}"
         )

@@ -3,9 +3,10 @@
 Each pass of the loop costs about the same whatever it carries (its
 commits, its wake-ups), so the more files one pass hands out and records,
 the less each file costs; but a file handed out waits in the pool behind
-the others, and so does the next pipeline's file.  So: a command, a stage
-in a worker thread or one declared ``idempotent: false`` gets no more than
-one attempt per worker (``Scheduler.dispatch`` says why); an idempotent
+the others, and so does the next pipeline's file.  So: a stage in a worker
+thread or one declared ``idempotent: false`` gets no more than one attempt
+per worker (``Scheduler.dispatch`` says why); an idempotent command
+``COMMANDS_AHEAD`` per worker (``workers.py`` says why); an idempotent
 stage in the workers' child processes gets ``AHEAD`` per worker at first,
 and more once its attempts are measured quick: as many as a worker's child
 runs in ``HORIZON`` seconds, up to ``MOST_AHEAD``.  A trivial Python stage
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from ..isolation import AHEAD, MOST_AHEAD
 from ..pipeline import Stage
+from ..workers import COMMANDS_AHEAD
 
 HORIZON = 0.02  # seconds of a stage's work a worker may have queued ahead of a new file
 _WEIGHT = 0.25  # of the newest measure in the average
@@ -50,7 +52,11 @@ class Pacing:
     def ahead(self, pipeline: str, stage: Stage) -> int:
         """How many attempts of STAGE a worker may hold: the one it runs and those
         waiting for it (1 for a stage never handed out ahead)."""
-        if stage.runs_in != "process" or not stage.config.idempotent:
+        if not stage.config.idempotent:
+            return 1
+        if stage.runs_in == "command":
+            return COMMANDS_AHEAD
+        if stage.runs_in != "process":
             return 1
         seconds = self._seconds.get((pipeline, stage.name))
         if seconds is None:

@@ -287,13 +287,13 @@ class Scheduler:
             item, pipeline, index, _ = job
             stage = pipeline.stages_all[index]
             if len(self.running) + len(jobs) >= pacing.limit(pipeline.name, stage):
-                # Only a worker process takes jobs ahead (its child is fed the next
-                # files while it runs one), as many as pacing.py allows; a command
-                # or a thread stage waits for a worker of its own, so whose turn it
-                # is is decided when one frees.  So does a stage declared
-                # idempotent: false: its start is recorded when handed out, and one
-                # that waited in the pool at a crash would fail as indeterminate
-                # without having run.
+                # A worker process takes jobs ahead (its child is fed the next
+                # files while it runs one), as many as pacing.py allows, and so
+                # does a worker running commands (a few); a thread stage waits
+                # for a worker of its own, so whose turn it is is decided when one
+                # frees.  So does a stage declared idempotent: false: its start is
+                # recorded when handed out, and one that waited in the pool at a
+                # crash would fail as indeterminate without having run.
                 self.ready.put_back(item.id, name)
                 break
             jobs.append(job)
