@@ -267,7 +267,7 @@ def test_a_warm_pool_has_its_children_started_before_the_first_file(tmp_path: Pa
     out: queue.SimpleQueue[Any] = queue.SimpleQueue()
     pool = WorkerPool(2, out, "json", warm=True)
     try:
-        pool.wait_warm()
+        assert pool.wait_warm(30), "the children started"
         warm = _children("dropline.isolation_child") - before
         assert len(warm) == 2, "one child per thread, started before any job"
         for i in range(4):

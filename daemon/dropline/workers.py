@@ -299,11 +299,11 @@ class WorkerPool:
         crashpoint("stage.finished")
         self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
 
-    def wait_warm(self) -> None:
-        """With ``warm``: wait until every thread's child has started (or failed
-        to), so that the first files find them ready."""
-        if self._warm:
-            self._warmed.wait(WARM_TIMEOUT)
+    def wait_warm(self, timeout: float) -> bool:
+        """With ``warm``: wait up to TIMEOUT until every thread's child has started
+        (or failed to), so that the first files find them ready; whether they have.
+        Those still starting go on starting: a file handed to one waits for it."""
+        return not self._warm or self._warmed.wait(timeout)
 
     def stop_starting(self) -> None:
         """dropline is stopping: the jobs still waiting in the queue are handed

@@ -32,6 +32,11 @@ from .signals import Flags
 from .transit import MoverLink
 from .watching import WatchKeeper
 
+# READY waits this long at most for the worker processes to have started: the
+# contract promises READY within a second of start, and the rest of the start
+# takes a few tenths of one.
+READY_WAITS_FOR_CHILDREN = 0.5
+
 
 def _leases_refused(log: Any) -> Callable[[str], None]:
     def refused(why: str) -> None:
@@ -130,7 +135,9 @@ def start_daemon(
             daemon.duties.feed_watchdog
         )  # from here on the loop keeps it fed
         daemon.intake.start_scan()
-        pool.wait_warm()  # started with the rest: READY once they can take files
+        # Started with the rest: READY once they can take files, but never later
+        # than the contract's second from start allows for (a loaded host).
+        pool.wait_warm(READY_WAITS_FOR_CHILDREN)
         notifier.ready(daemon.status_line())
         log.info(
             "daemon.ready",
