@@ -24,7 +24,7 @@ from .errors import (
     StateLockedError,
     StateUnavailableError,
 )
-from .programs import SERVICE_PATH, SERVICE_USER
+from .service import SERVICE_PATH, SERVICE_USER
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
