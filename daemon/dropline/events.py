@@ -15,6 +15,7 @@ from typing import Any
 from .lifecycle.claim import Claimed
 from .lifecycle.decide import Decision
 from .lifecycle.finish import Finish
+from .log import FileLog
 from .metrics import MetricsSink
 from .spool import Refusal
 from .workers import StageResult
@@ -39,11 +40,14 @@ class FileEvents:
 
     def __init__(self, log: Any, metrics: MetricsSink) -> None:
         self.log = log
+        self.file_log = FileLog(log)  # the events of every file, at full speed
         self.metrics = metrics
         self.counts = {"archived": 0, "failed": 0}
 
     def claimed(self, c: Claimed) -> None:
-        self.log.info("file.claimed", item=c.item_id, file=c.name, pipeline=c.pipeline, size=c.size)
+        self.file_log.info(
+            "file.claimed", item=c.item_id, file=c.name, pipeline=c.pipeline, size=c.size
+        )
 
     def requeued(self, c: Claimed) -> None:
         """Back from failed/ (``dropline retry``): no longer counted as failed."""
@@ -89,12 +93,12 @@ class FileEvents:
         self.metrics.file_finished(f.pipeline, f.state, time.time() - f.created_at)
         if f.state == "archived":
             self.counts["archived"] += 1
-            self.log.info(
+            self.file_log.info(
                 "file.archived", item=f.item_id, file=f.name, pipeline=f.pipeline, to=where
             )
         elif f.state == "failed":
             self.counts["failed"] += 1
-            self.log.error(
+            self.file_log.error(
                 "file.failed",
                 item=f.item_id,
                 file=f.name,

@@ -26,13 +26,9 @@ from dataclasses import dataclass
 
 from .config import PLACEHOLDERS, Config, StageConfig
 from .errors import ConfigError
+from .service import SERVICE_PATH, SERVICE_USER
 
 __all__ = ["SERVICE_PATH", "SERVICE_USER", "User", "check_programs", "service_user"]
-
-# units/dropline.service sets no Environment=PATH, so the service has systemd's
-# default PATH for services, and runs as its User=.
-SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SERVICE_USER = "automation"
 
 _MAX_LINKS = 40  # the kernel's limit on symbolic links followed in one lookup
 _SHEBANG_MAX = 256  # the kernel reads this much of a script for its "#!" line
