@@ -39,6 +39,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -132,10 +133,10 @@ class StageProcess:
         else:
             self._write(flight)
 
-    def wait(self, wake: int | None = None) -> list[Ended]:
+    def wait(self, wake: Sequence[int] | None = None) -> list[Ended]:
         """Block until at least one attempt has ended; the attempts that did, in order.
 
-        With WAKE (a descriptor), return early, with nothing, once it is
+        With WAKE (descriptors), return early, with nothing, once one is
         readable: the caller has a job to send ahead while the head runs.
         """
         ended: list[Ended] = []
@@ -188,7 +189,7 @@ class StageProcess:
                 self._resend()
         return ended
 
-    def _ready(self, timeout: float, wake: int | None = None) -> bool | None:
+    def _ready(self, timeout: float, wake: Sequence[int] | None = None) -> bool | None:
         """Wait up to TIMEOUT for a result (or the child's end), writing queued
         requests: True if one is there, None if WAKE became readable first."""
         if self._results is None or self._requests is None:
@@ -197,13 +198,13 @@ class StageProcess:
         poller.register(self._results.fd, select.POLLIN)
         if self._unsent:
             poller.register(self._requests.fd, select.POLLOUT)
-        if wake is not None:
-            poller.register(wake, select.POLLIN)
+        for fd in wake or ():
+            poller.register(fd, select.POLLIN)
         woken = False
         for fd, _ in poller.poll(max(0.0, timeout) * 1000):
             if fd == self._results.fd:
                 return True
-            if fd == wake:
+            if wake is not None and fd in wake:
                 woken = True
             else:
                 self._flush()

@@ -41,6 +41,7 @@ from typing import Any
 
 from .crashpoints import crashpoint
 from .isolation import AHEAD, STOPPED, StageProcess
+from .jobqueues import JobQueues
 from .pipeline import Stage
 from .stages import StageContext, call_stage
 
@@ -55,6 +56,7 @@ class StageJob:
     ctx: StageContext
     begun: threading.Event = field(default_factory=threading.Event)  # set when it starts
     ahead: int = AHEAD  # attempts of this stage a worker's child may hold at once
+    prefer: int | None = None  # the worker whose child ran the file's last stage
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class StageResult:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     duration: float = 0.0  # how long the stage ran (in a child: as the child measured it)
     began: bool = True  # False: dropline was stopping before it began, it never ran
+    worker: int | None = None  # the worker whose child ran it (a stage in a child)
 
 
 _BUILDS: dict[int, tuple[Stage, tuple[str, dict[str, Any]]]] = {}  # by id(stage)
@@ -162,12 +165,8 @@ class WorkerPool:
         self._warming = size  # threads whose child has not started yet
         self._warmed = threading.Event()  # set once every thread's has (or failed to)
         self._stopping = threading.Event()  # set at a stop: jobs not begun are not begun
-        self._jobs: queue.SimpleQueue[StageJob | None] = queue.SimpleQueue()
-        # One byte per job queued: a worker waiting on its child polls it too, and
-        # whoever reads a byte takes a job (``_take``).  Never closed: a thread
-        # left in a stuck stage may come back to it after the pool is closed.
-        self._queued, self._queued_w = os.pipe()
-        os.set_blocking(self._queued, False)
+        self._queues: JobQueues[StageJob | None] = JobQueues(size)
+        self._slots = iter(range(size))  # a worker's own queue; none for a replacement
         self._lock = threading.Lock()
         self._excess = 0  # threads that should leave after their current job
         self._idle = 0  # threads waiting for a job: the next one is theirs, not taken ahead
@@ -177,9 +176,12 @@ class WorkerPool:
     def _spawn(self) -> None:
         with self._lock:
             self._idle += 1  # from now: a job for it is not taken ahead by another
-        threading.Thread(target=self._work, name="dropline-worker", daemon=True).start()
+        slot = next(self._slots, None)
+        threading.Thread(
+            target=self._work, args=(slot,), name="dropline-worker", daemon=True
+        ).start()
 
-    def _work(self) -> None:
+    def _work(self, slot: int | None) -> None:
         process = StageProcess(self._log_format)  # started at its first job for a process
         held: StageJob | None = None  # a job for this thread, once the child's have ended
         stop = False
@@ -194,8 +196,8 @@ class WorkerPool:
         try:
             while True:
                 busy = process.busy()
-                if held is None and not stop and (not busy or (process.room() and not self._idle)):
-                    job = self._take(block=not busy, counted=counted)
+                if held is None and not stop and (not busy or process.room()):
+                    job = self._take(slot, block=not busy, counted=counted)
                     counted = False
                     if job is None:
                         stop = True
@@ -211,7 +213,7 @@ class WorkerPool:
                         elif job.stage.runs_in != "process":
                             held = job
                         elif job.ctx.cancel is not None and job.ctx.cancel.is_set():
-                            self._deliver(job, "failed", STOPPED, {}, 0)
+                            self._deliver(job, "failed", STOPPED, {}, 0, None)
                         else:
                             job.begun.set()
                             process.send(
@@ -224,14 +226,16 @@ class WorkerPool:
                             )
                         continue
                 if process.busy():
-                    # Woken by a job queued while the child has room (and no thread
-                    # is idle to take it): it goes to the child ahead.
-                    ahead = held is None and not stop and process.room() and not self._idle
-                    ended = process.wait(self._queued if ahead else None)
+                    # Woken by a job queued while the child has room: one of this
+                    # worker's own, or one for any worker if no thread is idle to
+                    # take it; it goes to the child ahead.
+                    ahead = held is None and not stop and process.room()
+                    wake = self._queues.fds(slot, shared=not self._idle) if ahead else None
+                    ended = process.wait(wake)
                     if ended and not process.busy() and held is None and not stop:
                         counted = self._count_idle()  # before the loop hands out more
                     for job, outcome, error, metadata, took in ended:
-                        self._deliver(job, outcome, error, metadata, took)
+                        self._deliver(job, outcome, error, metadata, took, slot)
                 elif held is not None:
                     held.begun.set()
                     result = run_stage(held)
@@ -258,21 +262,26 @@ class WorkerPool:
             self._idle += 1
         return True
 
-    def _take(self, block: bool, counted: bool = False) -> object:
+    def _take(self, slot: int | None, block: bool, counted: bool = False) -> object:
         """The next job (or None: close), or _NOTHING if none is queued and not BLOCK.
 
-        Blocking, the thread counts as idle (COUNTED: it already does) till it has one.
+        Not blocking (its child runs one and has room), a thread takes one of its
+        own, or one for any worker if no thread is idle.  Blocking, it counts as
+        idle (COUNTED: it already does) till it has one, and takes its own, then
+        one for any worker, then one another worker's child would have run.
         """
         if not block:
-            return self._claim()
+            return self._claim(self._queues.fds(slot, shared=not self._idle))
         if not counted:
             with self._lock:
                 self._idle += 1
         try:
+            fds = self._queues.fds(slot, shared=True, others=True)
             poller = select.poll()
-            poller.register(self._queued, select.POLLIN)
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
             while True:
-                job = self._claim()
+                job = self._claim(fds)
                 if job is not _NOTHING:
                     return job
                 poller.poll()
@@ -280,24 +289,23 @@ class WorkerPool:
             with self._lock:
                 self._idle -= 1
 
-    def _claim(self) -> object:
-        """A queued job if this thread wins its byte, else _NOTHING."""
-        try:
-            if not os.read(self._queued, 1):
-                return _NOTHING
-        except BlockingIOError:
-            return _NOTHING
-        return self._jobs.get_nowait()  # put before its byte was written
-
-    def _put(self, job: StageJob | None) -> None:
-        self._jobs.put(job)
-        os.write(self._queued_w, b"j")
+    def _claim(self, fds: list[int]) -> object:
+        """A job of the queues of FDS if this thread wins its byte, else _NOTHING."""
+        won, job = self._queues.take(fds)
+        return job if won else _NOTHING
 
     def _deliver(
-        self, job: StageJob, outcome: str, error: str, metadata: dict[str, Any], took: float
+        self,
+        job: StageJob,
+        outcome: str,
+        error: str,
+        metadata: dict[str, Any],
+        took: float,
+        slot: int | None,
     ) -> None:
         crashpoint("stage.finished")
-        self._out.put(StageResult(job.item_id, job.token, outcome, error, metadata, took))
+        result = StageResult(job.item_id, job.token, outcome, error, metadata, took, worker=slot)
+        self._out.put(result)
 
     def wait_warm(self, timeout: float) -> bool:
         """With ``warm``: wait up to TIMEOUT until every thread's child has started
@@ -312,7 +320,7 @@ class WorkerPool:
         self._stopping.set()
 
     def submit(self, job: StageJob) -> None:
-        self._put(job)
+        self._queues.put(job, job.prefer)
 
     def abandon_one(self) -> None:
         """A thread is stuck in a stage past its timeout: replace it."""
@@ -322,4 +330,4 @@ class WorkerPool:
 
     def close(self) -> None:
         for _ in range(self.size):
-            self._put(None)
+            self._queues.put(None)

@@ -36,6 +36,7 @@ class Attempts:
         self.running: dict[str, Running] = {}
         self.ran_stages: set[str] = set()  # items that may have a scratch folder
         self.pacing = Pacing(pool.size)
+        self.affinity: dict[str, int] = {}  # item id -> the worker that ran its last stage
         self._token = 0
 
     def free(self) -> int:
@@ -95,7 +96,12 @@ class Attempts:
             self.ran_stages.add(item.id)
             ahead = self.pacing.ahead(pipeline.name, stage)
             begun = shared_begun if kind == "process" else threading.Event()
-            job = StageJob(item.id, self._token, stage, context, begun, ahead)
+            # Back to the worker whose child ran the file's last stage: its parse is
+            # there.  Not a stage declared idempotent: false: that one goes to a
+            # free worker, never behind another attempt in a busy one's pipe.
+            ahead_ok = kind == "process" and stage.config.idempotent
+            prefer = self.affinity.get(item.id) if ahead_ok else None
+            job = StageJob(item.id, self._token, stage, context, begun, ahead, prefer)
             self.running[item.id] = Running(
                 self._token,
                 attempt_id,
@@ -120,6 +126,8 @@ class Attempts:
         del self.running[result.item_id]
         if running.kind == "process":
             self.pacing.ran(running.pipeline, running.stage, result.duration)
+            if result.worker is not None:
+                self.affinity[result.item_id] = result.worker
         return running
 
     def expired(self) -> list[StageResult]:
@@ -152,6 +160,7 @@ class Attempts:
 
     def forget(self, item_id: str) -> None:
         """ITEM_ID ended: its scratch folder, if a stage may have made one, goes."""
+        self.affinity.pop(item_id, None)
         if item_id in self.ran_stages:
             self.ran_stages.discard(item_id)
             remove_scratch(self.scratch_root, [item_id])

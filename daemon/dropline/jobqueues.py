@@ -1,0 +1,69 @@
+"""The jobs handed to the worker pool and not yet taken: one queue any worker
+takes from, and one per worker for the files whose last stage its child ran.
+
+A file's stages in the worker processes go back to the worker that ran its
+previous one (``StageJob.prefer``): its child has the file's parse at hand
+(``stages/csvcache.py``), so validate-csv, transform and a loader in a row
+parse the file once instead of once each.  That is only a preference: a worker
+with nothing to run takes a job waiting for another (whose child is busy), so
+no file waits for one worker while another idles.
+
+Each queue has a pipe holding one byte per job queued: a worker thread waits
+on the pipes together with its child's results (``isolation.py``), and
+whoever reads a job's byte takes the job.  The pipes are never closed: a
+thread left in a stuck stage may come back to them after the pool is closed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class JobQueues(Generic[T]):
+    """The shared queue (index 0) and one queue per worker slot (1 + slot)."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._lock = threading.Lock()
+        self._queues: list[collections.deque[T]] = [collections.deque() for _ in range(slots + 1)]
+        self._pipes: list[tuple[int, int]] = [os.pipe() for _ in range(slots + 1)]
+        for read, _ in self._pipes:
+            os.set_blocking(read, False)
+
+    def put(self, job: T, prefer: int | None = None) -> None:
+        """Queue JOB for worker slot PREFER (any worker when None or no such slot)."""
+        index = prefer + 1 if prefer is not None and 0 <= prefer < self.slots else 0
+        with self._lock:
+            self._queues[index].append(job)
+        os.write(self._pipes[index][1], b"j")
+
+    def fds(self, slot: int | None, shared: bool = True, others: bool = False) -> list[int]:
+        """The pipes a worker of SLOT waits on, in the order it takes from them:
+        its own queue's, the shared one's (SHARED) and the other workers'
+        (OTHERS: it would take their jobs)."""
+        mine = slot + 1 if slot is not None and 0 <= slot < self.slots else None
+        order = [mine] if mine is not None else []
+        if shared:
+            order.append(0)
+        if others:
+            order += [i for i in range(1, self.slots + 1) if i != mine]
+        return [self._pipes[i][0] for i in order]
+
+    def take(self, fds: list[int]) -> tuple[bool, T | None]:
+        """The first job of the queues of FDS, in their order, whose byte this
+        thread wins: (True, job), or (False, None) if there is none."""
+        for fd in fds:
+            try:
+                if not os.read(fd, 1):
+                    continue
+            except BlockingIOError:
+                continue
+            index = next(i for i, (read, _) in enumerate(self._pipes) if read == fd)
+            with self._lock:
+                return True, self._queues[index].popleft()  # put before its byte was written
+        return False, None
