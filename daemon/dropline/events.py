@@ -58,9 +58,10 @@ class FileEvents:
         self.log.warning("entry.refused", file=refusal.name, reason=refusal.reason)
         self.metrics.entry_refused(refusal.kind)
 
-    def stage_started(self, log: Any, attempt: int) -> None:
-        """LOG: bound to the item, file, pipeline and stage (the stage's own log)."""
-        log.info("stage.started", attempt=attempt)
+    def stage_started(self, item: str, file: Any, pipeline: str, stage: str, attempt: int) -> None:
+        self.file_log.info(
+            "stage.started", item=item, file=file, pipeline=pipeline, stage=stage, attempt=attempt
+        )
 
     def attempt_ended(self, end: AttemptEnd) -> None:
         """An attempt's end, recorded: what it means, in the log and the metrics."""
@@ -68,24 +69,27 @@ class FileEvents:
         stopped = d.verdict in ("interrupted", "indeterminate")
         outcome = "interrupted" if stopped else result.outcome
         self.metrics.stage_ended(pipeline, end.stage, outcome, end.seconds)
-        log = self.log.bind(item=end.item, file=end.file, pipeline=end.pipeline, stage=end.stage)
+        # The fields in the order a logger bound to them would write them.
+        its = {"item": end.item, "file": end.file, "pipeline": end.pipeline, "stage": end.stage}
+        log = self.file_log
         if d.verdict == "next":
-            log.info("stage.succeeded", seconds=round(result.duration, 3))
+            log.info("stage.succeeded", **its, seconds=round(result.duration, 3))
         elif d.verdict == "interrupted":
-            log.info("stage.interrupted", error=result.error)
+            log.info("stage.interrupted", **its, error=result.error)
         elif d.verdict == "indeterminate":
-            log.error("stage.failed", error=d.reason)
+            log.error("stage.failed", **its, error=d.reason)
         elif d.verdict == "retry":
             self.metrics.retry_scheduled(pipeline, end.stage)
             log.warning(
                 "stage.retrying",
+                **its,
                 attempt=d.failures,
                 of=end.retries + 1,
                 delay=round(d.delay, 3),
                 error=result.error,
             )
         else:
-            log.error("stage.failed", attempt=d.failures, error=result.error, kind=d.kind)
+            log.error("stage.failed", **its, attempt=d.failures, error=result.error, kind=d.kind)
 
     def finished(self, f: Finish) -> None:
         """At its end: archived, failed, or vanished from working/."""

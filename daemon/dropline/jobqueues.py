@@ -37,10 +37,20 @@ class JobQueues(Generic[T]):
 
     def put(self, job: T, prefer: int | None = None) -> None:
         """Queue JOB for worker slot PREFER (any worker when None or no such slot)."""
-        index = prefer + 1 if prefer is not None and 0 <= prefer < self.slots else 0
+        self.put_all([(job, prefer)])
+
+    def put_all(self, jobs: list[tuple[T, int | None]]) -> None:
+        """Queue each (job, prefer) of JOBS, with one write per queue: each write
+        lets go of the interpreter lock, and a worker it wakes takes it."""
+        counts = [0] * (self.slots + 1)
         with self._lock:
-            self._queues[index].append(job)
-        os.write(self._pipes[index][1], b"j")
+            for job, prefer in jobs:
+                index = prefer + 1 if prefer is not None and 0 <= prefer < self.slots else 0
+                self._queues[index].append(job)
+                counts[index] += 1
+        for index, count in enumerate(counts):
+            if count:
+                os.write(self._pipes[index][1], b"j" * count)
 
     def fds(self, slot: int | None, shared: bool = True, others: bool = False) -> list[int]:
         """The pipes a worker of SLOT waits on, in the order it takes from them:

@@ -322,6 +322,10 @@ class WorkerPool:
     def submit(self, job: StageJob) -> None:
         self._queues.put(job, job.prefer)
 
+    def submit_all(self, jobs: list[StageJob]) -> None:
+        """Hand JOBS to the pool at once (``JobQueues.put_all``)."""
+        self._queues.put_all([(job, job.prefer) for job in jobs])
+
     def abandon_one(self) -> None:
         """A thread is stuck in a stage past its timeout: replace it."""
         with self._lock:

@@ -72,13 +72,20 @@ class Attempts:
         # at once, at a stop) and one begun event (looked at only for a stage in
         # a thread): two fewer objects per file.
         shared_cancel, shared_begun = threading.Event(), threading.Event()
+        handed: list[StageJob] = []
         for (item, pipeline, index, attempt), attempt_id in zip(jobs, attempt_ids, strict=True):
             stage = pipeline.stages_all[index]
             kind = stage.runs_in
             self._token += 1
             cancel = shared_cancel if kind == "process" else threading.Event()
-            log = self.ctx.log.bind(
-                item=item.id, file=item.name, pipeline=pipeline.name, stage=stage.name
+            # The stage's own log (ctx.log), for a stage run here; one in a worker
+            # process makes its own there, at its first line.
+            log = (
+                None
+                if kind == "process"
+                else self.ctx.log.bind(
+                    item=item.id, file=item.name, pipeline=pipeline.name, stage=stage.name
+                )
             )
             context = StageContext(
                 item_id=item.id,
@@ -114,8 +121,9 @@ class Attempts:
                 begun,
                 pipeline.name,
             )
-            self.ctx.events.stage_started(log, attempt)
-            self.pool.submit(job)
+            self.ctx.events.stage_started(item.id, item.name, pipeline.name, stage.name, attempt)
+            handed.append(job)
+        self.pool.submit_all(handed)
 
     def ended(self, result: StageResult) -> Running | None:
         """The attempt RESULT ends; None if it was abandoned already (after its
