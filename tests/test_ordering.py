@@ -445,15 +445,22 @@ def check_order(
             if e.kind == "mkdir" and e.path == final_dir and e.end < arrival.start
         ]
 
-        # The destination is committed before the file appears there.
-        chosen = last_commit_before(arrival.start)
-        if (
-            chosen is None
-            or chosen.start <= done.end
-            or any(chosen.start <= s.end for s in journey.stages)
-            or b"finishing" not in chosen.frames
-            or os.fsencode(final_name) not in chosen.frames
-        ):
+        # The destination is committed before the file appears there: by a
+        # durable commit after its last stage (other commits, of other files,
+        # may come between it and the move while the mover works).
+        after = max([done.end, *(s.end for s in journey.stages)])
+        chosen = next(
+            (
+                c
+                for c in reversed(commits)
+                if after < c.start
+                and c.end < arrival.start
+                and b"finishing" in c.frames
+                and os.fsencode(final_name) in c.frames
+            ),
+            None,
+        )
+        if chosen is None:
             bad(
                 "finish-intent",
                 f"moved to {arrival.target} before a commit recorded that destination "

@@ -45,8 +45,14 @@ class Attempts:
         return self.pacing.most() - len(self.running)
 
     def begun(self) -> int:
-        """How many attempts a worker has started (not those handed out ahead, at hand)."""
-        return sum(1 for r in self.running.values() if r.begun is None or r.begun.is_set())
+        """How many attempts a worker has started (not those handed out ahead, at hand).
+
+        At most one per worker: an attempt ended whose result the loop has not
+        read yet still counts beside the next one its worker began, and the
+        attempts in worker processes share one begun event.
+        """
+        started = sum(1 for r in self.running.values() if r.begun is None or r.begun.is_set())
+        return min(started, self.pool.size)
 
     def next_deadline(self) -> float | None:
         if not self.running:
