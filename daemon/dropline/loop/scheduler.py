@@ -32,6 +32,7 @@ from ..workers import StageResult, WorkerPool
 from .attempts import Attempts, Job
 from .context import LoopContext
 from .items import Item, Running
+from .lookout import changed_since, still_held_open
 from .ready import ReadyQueues, stages_of
 
 
@@ -339,48 +340,18 @@ class Scheduler:
             self.in_flight.pop(pipeline, None)
 
     def _still_held_open(self, item: Item) -> bool:
-        """Whether a process still holds the file open for writing as it is about
-        to leave working/: then it waits (looked at again after a while), and
-        once closed its fingerprint decides (``_changed_under_us``)."""
-        if item.fingerprint_pass == self.ctx.passes:
-            # Probed at its claim this very pass, after the rename: in working/
-            # no new writer can open it since.
+        """Held open for writing as it is about to leave working/: it waits, looked
+        at again after a while (``lookout.still_held_open``)."""
+        if not still_held_open(self.ctx, self.spool, item, self.held_items):
             return False
-        held = self.spool.working.held_open(item.working_name)
-        if not held:
-            self.held_items.discard(item.id)
-            return False
-        if item.id not in self.held_items:
-            self.held_items.add(item.id)
-            self.ctx.log.warning(
-                "file.held_open",
-                item=item.id,
-                file=item.name,
-                detail="a process still holds it open for writing in working/; "
-                "it leaves once closed",
-            )
         heapq.heappush(self.retry_heap, (self.ctx.mono + self.ctx.open_recheck(), item.id))
         return True
 
     def _changed_under_us(self, item: Item) -> bool:
-        """Fail the file if its content changed since the claim (or since the last stage).
-
-        The claim moved it out of every dropper's reach, so a change means a
-        writer kept it open and wrote after the claim: what a stage would see, or
-        archive/ would keep, is not what was dropped.
-        """
-        if item.fingerprint_pass == self.ctx.passes:
-            # Taken by this very pass (the claim's fstat, milliseconds ago): a second
-            # look now would narrow no window the move itself does not leave open.
+        """Failed if its content changed since the claim (``lookout.changed_since``)."""
+        reason = changed_since(self.ctx, self.spool, item)
+        if reason is None:
             return False
-        seen = self.spool.working.fingerprint(item.working_name)
-        if item.fingerprint is None or seen is None or seen == item.fingerprint:
-            return False
-        reason = (
-            "modified after it was claimed (a writer still held it open): "
-            f"size {item.fingerprint[0]} -> {seen[0]}"
-        )
-        item.fingerprint = seen  # on_failure stages may still run on what is there
         self._fail(item, reason, None, time.time())
         return True
 
