@@ -158,12 +158,16 @@ def test_symlinks_and_fifos_in_and_around_folders_are_never_followed(
     daemon = start_daemon()
     daemon.wait_event("daemon.ready")
     os.symlink(outside, tree.incoming / "linked")
+    # The folder arrives whole, moved in as mv does: made empty in incoming/, it
+    # would be removed at once (remove_empty_folders_after: 0s) before its entries.
+    staged = tree.root / "staging" / "batch"
+    staged.mkdir(parents=True)
+    os.symlink(outside / "secret.csv", staged / "secret.csv")
+    os.mkfifo(staged / "pipe.csv")
+    os.symlink(outside, staged / "sublink")
+    (staged / "real.csv").write_bytes(b"real\n")
     folder = tree.incoming / "batch"
-    folder.mkdir()
-    os.symlink(outside / "secret.csv", folder / "secret.csv")
-    os.mkfifo(folder / "pipe.csv")
-    os.symlink(outside, folder / "sublink")
-    (folder / "real.csv").write_bytes(b"real\n")
+    os.rename(staged, folder)
     wait_until(lambda: (tree.archive / "batch" / "real.csv").exists(), timeout=15, what="real")
     for name in ("batch/secret.csv", "batch/pipe.csv", "batch/sublink"):
         daemon.wait_event("entry.refused", file=name)
