@@ -172,6 +172,10 @@ def test_a_reader_that_dies_is_replaced_and_nothing_is_lost(tree: Tree, start_da
     (tree.incoming / "first.txt").write_text("1")
     failed = daemon.wait_event("watch.failed")
     assert "reader" in failed["reason"] or "removed" in failed["reason"]
+    # The reader's traceback is one event of the log, not lines amid its lines.
+    crash = daemon.wait_event("thread.failed")
+    assert "injected fault at watch.event" in crash["error"], crash
+    assert "Traceback" in crash["traceback"], crash
     daemon.wait_event("watch.restored")
     wait_until(lambda: (tree.archive / "first.txt").exists(), timeout=10, what="first.txt")
     for i in range(20):

@@ -224,6 +224,28 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     )
 
 
+def log_thread_failures() -> None:
+    """A thread that ends with an exception is told as one event, ``thread.failed``
+    (its name, the error, the traceback in one field), not as a traceback written
+    to stderr a piece at a time: there it could land in the middle of another
+    line, and that line's event would be lost to whoever reads the log."""
+    import traceback
+
+    log = get_logger()
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        error = "".join(traceback.format_exception_only(args.exc_type, args.exc_value)).strip()
+        told = traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        log.error(
+            "thread.failed",
+            thread=args.thread.name if args.thread else "?",
+            error=error,
+            traceback="".join(told).rstrip(),
+        )
+
+    threading.excepthook = hook
+
+
 def get_logger(**initial: Any) -> Any:
     """Return a bound logger carrying INITIAL fields."""
     return structlog.get_logger("dropline").bind(**initial)

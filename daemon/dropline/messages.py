@@ -80,6 +80,7 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "scan.needed": "rescanning incoming/: {detail}",
     "watch.failed": "the watch on incoming/ failed: {reason}",
     "watch.restored": "the watch on incoming/ is back (generation {generation})",
+    "thread.failed": "thread {thread} ended with an error: {error}",
     "disk.low": "{action}: {problem}",
     "disk.full": "{action}: {error}",
     "disk.ok": "{action}: space again",

@@ -17,7 +17,7 @@ from ..events import FileEvents
 from ..lease import LeaseProbe, catch_lease_breaks, keep_capabilities_to_ourselves
 from ..lifecycle.recovery import describe as describe_recovery
 from ..lifecycle.recovery import recover
-from ..log import get_logger, hold_lines, release_lines
+from ..log import get_logger, hold_lines, log_thread_failures, release_lines
 from ..metrics import make_metrics
 from ..notify import Notifier
 from ..pipeline import Routes
@@ -162,6 +162,7 @@ def run_daemon(
 ) -> None:
     """Start, loop until stopped (or idle, with exit_when_idle), stop."""
     log = get_logger()
+    log_thread_failures()  # a thread's traceback as one event, never amid other lines
     hold_lines()  # the loop's lines are written once per pass (log.LineWriter)
     try:
         with contextlib.ExitStack() as stack:
