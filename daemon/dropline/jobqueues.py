@@ -34,6 +34,11 @@ class JobQueues(Generic[T]):
         self._pipes: list[tuple[int, int]] = [os.pipe() for _ in range(slots + 1)]
         for read, _ in self._pipes:
             os.set_blocking(read, False)
+        self._index_of = {read: index for index, (read, _) in enumerate(self._pipes)}
+
+    def _index(self, slot: int | None) -> int:
+        """The queue of worker SLOT: the shared one (0) for None or no such slot."""
+        return slot + 1 if slot is not None and 0 <= slot < self.slots else 0
 
     def put(self, job: T, prefer: int | None = None) -> None:
         """Queue JOB for worker slot PREFER (any worker when None or no such slot)."""
@@ -45,7 +50,7 @@ class JobQueues(Generic[T]):
         counts = [0] * (self.slots + 1)
         with self._lock:
             for job, prefer in jobs:
-                index = prefer + 1 if prefer is not None and 0 <= prefer < self.slots else 0
+                index = self._index(prefer)
                 self._queues[index].append(job)
                 counts[index] += 1
         for index, count in enumerate(counts):
@@ -56,8 +61,8 @@ class JobQueues(Generic[T]):
         """The pipes a worker of SLOT waits on, in the order it takes from them:
         its own queue's, the shared one's (SHARED) and the other workers'
         (OTHERS: it would take their jobs)."""
-        mine = slot + 1 if slot is not None and 0 <= slot < self.slots else None
-        order = [mine] if mine is not None else []
+        mine = self._index(slot)
+        order = [mine] if mine else []
         if shared:
             order.append(0)
         if others:
@@ -73,7 +78,6 @@ class JobQueues(Generic[T]):
                     continue
             except BlockingIOError:
                 continue
-            index = next(i for i, (read, _) in enumerate(self._pipes) if read == fd)
-            with self._lock:
-                return True, self._queues[index].popleft()  # put before its byte was written
+            with self._lock:  # the job was put before its byte was written
+                return True, self._queues[self._index_of[fd]].popleft()
         return False, None

@@ -256,16 +256,22 @@ def test_only_an_idempotent_python_stage_is_handed_to_a_worker_ahead(
         for name in ("a.csv", "b.csv", "c.csv"):
             (gates / name).touch()
         s.until(lambda: archived(s, "a.csv", "b.csv", "c.csv"), timeout=60)
-        drop(tree, "a.dat", "b.dat")
-        s.until(lambda: running_of(s, "once") >= 1)
-        most = running_of(s, "once")
-        for _ in range(20):
-            s.step()
-            most = max(most, running_of(s, "once"))
-        assert most == 1, "a non-idempotent stage was handed out ahead"
-        for name in ("a.dat", "b.dat"):
-            (gates / name).touch()
-        s.until(lambda: archived(s, "a.dat", "b.dat"), timeout=60)
+        _never_ahead(s, tree, gates, "a non-idempotent stage was handed out ahead")
+
+
+def _never_ahead(s: Stepper, tree: Tree, gates: Path, what: str) -> None:
+    """Two files for the pipeline "once" (idempotent: false, one worker): never
+    more than one handed out at a time, then both released and archived."""
+    drop(tree, "a.dat", "b.dat")
+    s.until(lambda: running_of(s, "once") >= 1)
+    most = running_of(s, "once")
+    for _ in range(20):
+        s.step()
+        most = max(most, running_of(s, "once"))
+    assert most == 1, what
+    for name in ("a.dat", "b.dat"):
+        (gates / name).touch()
+    s.until(lambda: archived(s, "a.dat", "b.dat"), timeout=60)
 
 
 def test_an_idempotent_command_is_handed_to_a_worker_ahead(tree: Tree, tmp_path: Path) -> None:
@@ -290,13 +296,4 @@ def test_an_idempotent_command_is_handed_to_a_worker_ahead(tree: Tree, tmp_path:
         for name in csvs:
             (gates / name).touch()
         s.until(lambda: archived(s, *csvs), timeout=60)
-        drop(tree, "a.dat", "b.dat")
-        s.until(lambda: running_of(s, "once") >= 1)
-        most = running_of(s, "once")
-        for _ in range(20):
-            s.step()
-            most = max(most, running_of(s, "once"))
-        assert most == 1, "a non-idempotent command was handed out ahead"
-        for name in ("a.dat", "b.dat"):
-            (gates / name).touch()
-        s.until(lambda: archived(s, "a.dat", "b.dat"), timeout=60)
+        _never_ahead(s, tree, gates, "a non-idempotent command was handed out ahead")
