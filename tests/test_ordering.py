@@ -5,18 +5,23 @@ an ordered list of events and checked against the group-commit protocol
 (``lifecycle/claim.py``, ``lifecycle/finish.py``):
 
 claim:  commit of the "claiming" rows -> rename incoming/NAME -> working/
-        -> fsync working/ and incoming/ -> commit of the claim ("active")
-        -> commit of the stage's start -> the stage runs (execve);
+        -> fsync working/ and incoming/ -> the claim recorded ("active")
+        -> the stage's start recorded -> the stage runs (execve);
 finish: commit of the destination ("finishing") -> for failed/: NAME.error.json
         written, fsynced, renamed into place -> rename working/ -> archive/DAY or
         failed/ -> fsync of that folder, of working/, and of archive/ when DAY is
-        new -> commit of the end.  When archive/ is on another filesystem (a tmpfs
+        new -> the end recorded.  When archive/ is on another filesystem (a tmpfs
         in a private mount namespace here), the rename is a copy: written, fsynced,
         renamed into place, its folder fsynced, and only then the source unlinked.
 
 A commit is SQLite's fsync (or fdatasync) of the ``-wal`` file after writing frames
 to it; which commit is which is told by order and by what its frames hold (the
-row's name and state), so a commit is proved to record this very file.  Every
+row's name and state), so a commit is proved to record this very file.  What the
+renames did (the claim, the end) is recorded without an fsync: the renames are on
+disk already, and a power loss that takes the record back leaves the intent before
+it, which recovery completes.  So those steps are checked at the write of the WAL
+page in which the file's row first says so (its name, its working name, its
+pipeline and its state are stored side by side in the row).  Every
 event has the position of the line where the call started and of the line where it
 returned (``<unfinished ...>`` / ``<... resumed>``); "A before B" means A had
 returned before B started.  A checker that cannot fail proves nothing: synthetic
@@ -331,7 +336,9 @@ def check_order(
     archive, failed = f"{data_dir}/archive", f"{data_dir}/failed"
     done_ok = [e for e in events if e.ok]
     commits = find_commits(done_ok, wal)
-    wal_writes = [e for e in done_ok if e.kind == "write" and e.path == wal]
+    wal_writes = sorted(
+        (e for e in done_ok if e.kind == "write" and e.path == wal), key=lambda e: e.start
+    )
     renames = [e for e in done_ok if e.kind == "rename"]
     violations: list[Violation] = []
     journeys: dict[str, Journey] = {}
@@ -348,6 +355,20 @@ def check_order(
             e.kind == "sync" and e.path == path and e.start > after and e.end < before
             for e in done_ok
         )
+
+    def first_record(at: int, name: str, working_name: str, *states: bytes) -> Event | None:
+        """The first write to the WAL after AT of a page where the file's row is in
+        one of STATES (the row's name, working name, pipeline and state are side
+        by side in the page)."""
+        row = re.compile(
+            re.escape(os.fsencode(name))
+            + re.escape(os.fsencode(working_name))
+            + rb".{0,64}?(?:"
+            + b"|".join(states)
+            + b")",
+            re.DOTALL,
+        )
+        return next((w for w in wal_writes if w.start > at and row.search(w.data)), None)
 
     for claim in renames:
         if os.path.dirname(claim.path) != incoming or os.path.dirname(claim.target) != working:
@@ -366,19 +387,23 @@ def check_order(
         elif b"claiming" not in intent.frames:
             bad("claim-intent", "the commit before its claim does not record it as 'claiming'")
 
-        # 2. The rename is durable (both folders fsynced) before the claim is committed.
-        done = first_commit_after(claim.end)
+        # 2. The rename is durable (both folders fsynced) before the claim is recorded
+        # (its row "active", or "finishing" for a file with no stage), and a
+        # durable commit follows.
+        done = first_record(claim.end, name, wname, b"active", b"finishing")
         if done is None:
-            bad("claim-synced", "no commit recorded the claim after the rename")
+            bad("claim-synced", "no write to the state database recorded the claim")
             continue
         for folder in (working, incoming):
             if not synced(folder, claim.end, done.start):
                 bad(
                     "claim-synced",
-                    f"{folder} was not fsynced between the rename and the commit of the claim",
+                    f"{folder} was not fsynced between the rename and the record of the claim",
                 )
+        if first_commit_after(done.start) is None:
+            bad("claim-synced", "the record of the claim was never made durable")
 
-        # 3. Stages run only after the claim is committed, and after their start is.
+        # 3. Stages run only after the claim is recorded, and after their start is.
         journey.stages = [
             e
             for e in done_ok
@@ -390,7 +415,7 @@ def check_order(
         ]
         for stage in journey.stages:
             if not done.end < stage.start:
-                bad("stage-after-commit", "a stage ran before the claim was committed")
+                bad("stage-after-commit", "a stage ran before the claim was recorded")
             # The attempt's start is written to the WAL before the stage runs: a
             # crash of the process cannot lose it.  (It is fsynced too only for a
             # stage declared idempotent: false, tests/loop/test_durability.py.)
@@ -503,19 +528,19 @@ def check_order(
                     f"{parent} was fsynced",
                 )
 
-        # After the move: the folders it touched are fsynced before the commit of the end
-        # (the first commit after the move that records an end of this kind: the
-        # loop may commit other files' stages in between).
+        # After the move: the folders it touched are fsynced before the end is
+        # recorded (the first page written after the move where the file's row
+        # says so: the loop may record other files in between).
         outcome = b"failed" if final_dir == failed else b"archived"
-        final = next((c for c in commits if c.start > departure.end and outcome in c.frames), None)
+        final = first_record(departure.end, name, wname, outcome)
         if final is None:
-            bad("finish-synced", "no commit recorded the end after the move")
+            bad("finish-synced", "no write to the state database recorded the end")
             continue
         for folder, since in ((final_dir, arrival.end), (working, departure.end)):
             if not synced(folder, since, final.start):
                 bad(
                     "finish-synced",
-                    f"{folder} was not fsynced between the move and the commit of the end",
+                    f"{folder} was not fsynced between the move and the record of the end",
                 )
         if made and not synced(parent, made[-1].end, final.start):
             bad(
@@ -868,14 +893,15 @@ def _synced(events: Sequence[Event], folder: str, after: int, before: int) -> bo
 @needs_strace
 def test_put_back_is_synced_before_its_row_is_forgotten(tmp_path: Path) -> None:
     """A file found still being written goes back to incoming/: incoming/ and working/
-    are fsynced after that rename and before the next commit (which forgets its
-    "claiming" row); until then a crash leaves a claim recovery undoes."""
+    are fsynced after that rename and before anything more is written to the state
+    database (the next transaction forgets its "claiming" row); until then a crash
+    leaves a claim recovery undoes."""
     tree = make_tree(tmp_path)
     run, back = _traced_rewrite(tree, again=False)
     assert [e.ok for e in back] == [True], back
-    commits = find_commits(run.events, run.wal)
-    after = [c for c in commits if c.start > back[0].end]
-    assert after, "no commit after the put-back"
+    after = [e for e in run.events if e.kind == "write" and e.ok and e.path == run.wal]
+    after = sorted((e for e in after if e.start > back[0].end), key=lambda e: e.start)
+    assert after, "nothing written to the state database after the put-back"
     for folder in ("incoming", "working"):
         path = f"{run.data_dir}/{folder}"
         assert _synced(run.events, path, back[0].end, after[0].start), f"{folder}/ not fsynced"
@@ -932,6 +958,8 @@ _DOC = f"13<{D}/failed/.tmp-beta.bad.error.json>"
 _ARGV = f'["/bin/sh", "-c", "exit 65", "sh", "{D}/working/beta.bad"]'
 
 Trace = list[tuple[str, int, str]]
+# What separates two rows in a page (the rest of the first, the header of the next).
+_GAP = "\\0" * 80
 
 GOOD: Trace = [
     ("intent.w", 100, f'pwrite64({_W}, "\\0\\rclaimingalpha.txt\\0claimingbeta.bad", 64, 0) = 64'),
@@ -940,7 +968,12 @@ GOOD: Trace = [
     ("claim.b", 100, f'renameat2({_INCOMING}, "beta.bad", {_WORKING}, "beta.bad", 1) = 0'),
     ("sync.in", 100, f"fsync({_INCOMING}) = 0"),
     ("sync.work", 100, f"fsync({_WORKING}) = 0"),
-    ("done.w", 100, f'pwrite64({_W}, "activealpha.txt\\1activebeta.bad", 32, 64) = 32'),
+    (
+        "done.w",
+        100,
+        f'pwrite64({_W}, "alpha.txtalpha.txtkeepactive{_GAP}beta.badbeta.badrejectactive", 136, 64)'
+        " = 136",
+    ),
     ("done.call", 100, f"fdatasync({_W} <unfinished ...>"),
     ("worker", 101, f'openat(AT_FDCWD<{D}>, "/tmp", O_TMPFILE, 0600) = 3</tmp/#7>(deleted)'),
     ("done.ret", 100, "<... fdatasync resumed>) = 0"),
@@ -954,7 +987,7 @@ GOOD: Trace = [
     ("sync.day", 100, f"fsync({_DAY}) = 0"),
     ("sync.arch", 100, f"fsync({_ARCHIVE}) = 0"),
     ("sync.work.a", 100, f"fsync({_WORKING}) = 0"),
-    ("end.a.w", 100, f'pwrite64({_W}, "archivedalpha.txt", 16, 144) = 16'),
+    ("end.a.w", 100, f'pwrite64({_W}, "alpha.txtalpha.txtkeeparchived", 30, 144) = 30'),
     ("end.a", 100, f"fdatasync({_W}) = 0"),
     ("result.w", 100, f'pwrite64({_W}, "failed{STAGE_NAME}", 16, 160) = 16'),
     ("result", 100, f"fdatasync({_W}) = 0"),
@@ -970,7 +1003,7 @@ GOOD: Trace = [
     ("move.b", 100, f'renameat2({_WORKING}, "beta.bad", {_FAILED}, "beta.bad", 1) = 0'),
     ("sync.failed", 100, f"fsync({_FAILED}) = 0"),
     ("sync.work.b", 100, f"fsync({_WORKING}) = 0"),
-    ("end.b.w", 100, f'pwrite64({_W}, "failedbeta.bad", 16, 192) = 16'),
+    ("end.b.w", 100, f'pwrite64({_W}, "beta.badbeta.badrejectfailed", 28, 192) = 28'),
     ("end.b", 100, f"fdatasync({_W}) = 0"),
     ("checkpoint", 100, f"fdatasync({_W}) = 0"),
 ]
@@ -985,7 +1018,7 @@ COPIED: Trace = [
     ("claim", 100, f'renameat2({_INCOMING}, "delta.txt", {_WORKING}, "delta.txt", 1) = 0'),
     ("sync.in", 100, f"fsync({_INCOMING}) = 0"),
     ("sync.work", 100, f"fsync({_WORKING}) = 0"),
-    ("done.w", 100, f'pwrite64({_W}, "activedelta.txt", 16, 16) = 16'),
+    ("done.w", 100, f'pwrite64({_W}, "delta.txtdelta.txtkeepactive", 28, 16) = 28'),
     ("done", 100, f"fdatasync({_W}) = 0"),
     ("fin.w", 100, f'pwrite64({_W}, "finishingdelta.txt", 16, 32) = 16'),
     ("fin", 100, f"fdatasync({_W}) = 0"),
@@ -1002,7 +1035,7 @@ COPIED: Trace = [
     ("sync.arch", 100, f"fsync({_ARCHIVE}) = 0"),
     ("unlink", 100, f'unlinkat({_WORKING}, "delta.txt", 0) = 0'),
     ("sync.work.d", 100, f"fsync({_WORKING}) = 0"),
-    ("end.w", 100, f'pwrite64({_W}, "archiveddelta.txt", 16, 48) = 16'),
+    ("end.w", 100, f'pwrite64({_W}, "delta.txtdelta.txtkeeparchived", 30, 48) = 30'),
     ("end", 100, f"fdatasync({_W}) = 0"),
 ]
 
@@ -1109,9 +1142,15 @@ MUTATIONS: list[tuple[str, Callable[[Trace], Trace], str, str]] = [
         "claim-intent",
         "its claim",
     ),
-    ("working-synced-after-commit", moved("sync.work", after="done.ret"), "claim-synced", "work"),
+    ("working-synced-after-record", moved("sync.work", after="done.w"), "claim-synced", "work"),
     ("incoming-never-synced", deleted("sync.in"), "claim-synced", "/d/incoming"),
-    ("stage-during-claim-commit", moved("exec", after="done.call"), "stage-after-commit", "ran"),
+    (
+        "claim-never-recorded",
+        edited("done.w", "keepactive", "keepclaiming"),
+        "claim-synced",
+        "recorded the claim",
+    ),
+    ("stage-before-claim-record", moved("exec", after="sync.work"), "stage-after-commit", "ran"),
     ("stage-start-not-written", deleted("start.w"), "stage-recorded", "its start"),
     ("move-before-destination-commit", moved("move.a", after="start"), "finish-intent", "moved"),
     (

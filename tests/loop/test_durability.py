@@ -1,10 +1,12 @@
-"""Which stage bookkeeping is fsync'd: read from the statements the loop sends to SQLite.
+"""Which bookkeeping is fsync'd: read from the statements the loop sends to SQLite.
 
 An idempotent stage's start and success are committed without an fsync
 (synchronous=NORMAL: a crash of the process loses nothing, a power loss may
 take the record back and the stage runs again); a non-idempotent stage's
 start, every failure, and a stage that rewrote the file are committed
-durably (synchronous=FULL) before anything goes on.
+durably (synchronous=FULL) before anything goes on.  Each batch's intent
+(claim or finish) is durable before its renames; what the renames did is
+committed without an fsync, since they are on disk already.
 """
 
 from __future__ import annotations
@@ -80,10 +82,17 @@ def test_only_a_non_idempotent_stage_start_and_failures_are_fsyncd(tree: Tree) -
     assert len(ends) == 3, [c.statements for c in ends]
     # quick's success: no fsync; once's end (non-idempotent) and flaky's failure: fsync'd.
     assert [c.synchronous for c in ends] == ["NORMAL", "FULL", "FULL"]
-    # What is not stage bookkeeping stays durable: the claim and the finish.
+    # The intents stay durable: the claim's and the finish's, each before its renames.
     claim = the_one(commits, lambda c: c.has(r"INSERT INTO items"))
     assert claim.synchronous == "FULL"
-    assert all(c.synchronous == "FULL" for c in commits if c.has(r"state = 'finishing'"))
+    intents = [c for c in commits if c.has(r"state = 'finishing'")]
+    assert intents and all(c.synchronous == "FULL" for c in intents)
+    # What the renames did is recorded without an fsync: they are on disk, and
+    # recovery completes the intent before it when a power loss takes it back.
+    claimed = the_one(commits, lambda c: c.has(r"SET state = 'active', pipeline = "))
+    assert claimed.synchronous == "NORMAL"
+    ended = the_one(commits, lambda c: c.has(r"SET state = v.column1, finished_at"))
+    assert ended.synchronous == "NORMAL"
 
 
 def test_a_stage_that_rewrites_the_file_commits_its_success_durably(tree: Tree) -> None:

@@ -10,7 +10,8 @@ depends on it, with the crash point the tests kill the daemon at.
    still being written goes back to incoming/                claim.put_back
    or, its name taken again there, is kept in working/        claim.held
 6. ``record_claimed``: rows "active", the others' deleted;
-   commit                                                    claim.committed
+   commit (in the loop, not fsync'd: a power loss that takes it
+   back leaves step 2, which recovery completes)            claim.committed
 
 In the daemon the renames and fsyncs of a batch are done by the mover
 process (``spool/mover.py``) while the loop records another batch
@@ -276,5 +277,5 @@ def intent_committed() -> None:
 
 
 def committed() -> None:
-    """Step 6 is durable: the claim is recorded."""
+    """Step 6 is committed: the claim is recorded."""
     crashpoint("claim.committed")

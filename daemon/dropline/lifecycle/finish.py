@@ -12,7 +12,8 @@ next depends on it, with the crash point the tests kill the daemon at.
                                                                finish.copy_renamed
 5. one fsync per folder touched; ``take_answers``            finish.synced
 6. ``record_finished``: rows "archived", "failed" or "vanished";
-   commit                                                    finish.committed
+   commit (in the loop, not fsync'd: a power loss that takes it
+   back leaves step 2, which recovery confirms)             finish.committed
 
 ``finish_batch`` runs all six here, in order (recovery); the daemon's loop
 runs them across two passes with the mover (``loop/transit.py``), and
@@ -251,7 +252,7 @@ def synced() -> None:
 
 
 def committed() -> None:
-    """Step 6 is durable: the ends are recorded."""
+    """Step 6 is committed: the ends are recorded."""
     crashpoint("finish.committed")
 
 

@@ -177,7 +177,12 @@ class Transit:
             return got
         if result is not None:
             self.unrecorded = {c.item_id: c for c in result.claimed if self._goes_straight_on(c)}
-        with self.item_log.db.transaction():
+        # Not fsync'd: these record what the renames did, and the renames are
+        # on disk already (the mover fsynced their folders).  A power loss that
+        # takes the record back leaves the intent ("claiming", "finishing"),
+        # which recovery completes from what it finds on disk, as after a crash
+        # before this commit; the next durable commit puts it on disk anyway.
+        with self.item_log.db.transaction(durable=False):
             if claim is not None and result is not None:
                 record_claimed(self.item_log, claim, result, later=self.unrecorded)
             for batch in finishes:

@@ -10,7 +10,10 @@ process (kill -9) loses none of it, since the WAL is in the kernel's hands at
 COMMIT; a power loss may lose a tail of such transactions, never one before
 a durable commit, because the WAL is appended in order and each durable
 COMMIT fsyncs all of it.  The stage bookkeeping of idempotent stages is
-committed so: what a power loss takes back, the stage runs again.
+committed so: what a power loss takes back, the stage runs again.  So is
+the result of a claim or of a move to the file's end: the renames it
+records are on disk, and what a power loss takes back leaves the intent
+before it ("claiming", "finishing"), which recovery completes.
 This module knows no table but through ``MIGRATIONS``; the item log, the
 requests and pruning put their SQL through it.  A connection is never carried
 across fork.
