@@ -132,6 +132,9 @@ def _build_stage(
     return Stage(sc, func)
 
 
+_JUDGED_KEPT = 8192  # names whose route is remembered (a claim batch is at most 256)
+
+
 class Routes:
     """Which pipeline a name belongs to (first match wins), and which names to ignore."""
 
@@ -152,20 +155,32 @@ class Routes:
             for n, pc in enumerate(config.pipelines)
         )
         self._by_name = {p.name: p for p in self.pipelines}
+        # Each name is judged once and remembered: a claim asks of every file
+        # whether it is ignored and where it goes three times (the look, the
+        # batch's count by pipeline, the judgement after the rename), and the
+        # globs were a few percent of the loop's time at full speed.
+        self._judged: dict[bytes, tuple[bool, Pipeline | None]] = {}
 
     def is_ignored(self, name: bytes) -> bool:
         """Hidden and temporary names: never claimed, so write-then-rename works.
         Judged by the base name: a file in a folder is named like any other."""
-        return self._ignore.match(os.fsdecode(name.rpartition(b"/")[2])) is not None
+        return self._judge(name)[0]
 
     def route(self, name: bytes) -> Pipeline | None:
         """The first pipeline whose match fits the base name (a file's folder in
         incoming/ does not decide its pipeline)."""
-        text = os.fsdecode(name.rpartition(b"/")[2])
-        for pipeline in self.pipelines:
-            if pipeline.pattern.match(text):
-                return pipeline
-        return None
+        return self._judge(name)[1]
+
+    def _judge(self, name: bytes) -> tuple[bool, Pipeline | None]:
+        judged = self._judged.get(name)
+        if judged is None:
+            text = os.fsdecode(name.rpartition(b"/")[2])
+            ignored = self._ignore.match(text) is not None
+            pipeline = next((p for p in self.pipelines if p.pattern.match(text)), None)
+            if len(self._judged) >= _JUDGED_KEPT:
+                self._judged.clear()
+            judged = self._judged[name] = (ignored, pipeline)
+        return judged
 
     def get(self, name: str | None) -> Pipeline | None:
         return self._by_name.get(name) if name else None
