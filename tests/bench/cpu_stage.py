@@ -9,9 +9,14 @@ threads, hiding what worker processes are for.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def burn(rounds: int) -> int:
@@ -45,3 +50,21 @@ def calibrate(target_ms: float, samples: int = 5) -> int:
     rates.sort()
     per_second = rates[len(rates) // 2] if rates else 5_000_000.0
     return max(1, round(per_second * target_ms / 1000))
+
+
+def plain_processes(rounds: int, calls: int, processes: int) -> float | None:
+    """Calls per second of PROCESSES plain interpreters started together, sharing
+    CALLS calls of ``burn(rounds)``: what the machine itself gives two workers
+    (two cores of a shared machine may not be two cores' worth).  None if one failed."""
+    each = calls // processes
+    command = [sys.executable, "-m", "tests.bench.cpu_stage", str(rounds), str(each)]
+    started = time.perf_counter()
+    running = [subprocess.Popen(command, cwd=_REPO) for _ in range(processes)]
+    codes = [p.wait() for p in running]
+    elapsed = time.perf_counter() - started
+    return each * processes / elapsed if not any(codes) and elapsed > 0 else None
+
+
+if __name__ == "__main__":  # python -m tests.bench.cpu_stage ROUNDS CALLS
+    for _ in range(int(sys.argv[2])):
+        burn(int(sys.argv[1]))

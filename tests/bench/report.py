@@ -286,6 +286,10 @@ def build(results: Results) -> Report:
         t.dropline_only(f"{what}, 1 worker: files/s", _measured(cpu.one, _fps, ",.1f"))
         t.dropline_only(f"{what}, 2 workers: files/s", _measured(cpu.two, _fps, ",.1f"))
         t.dropline_only("2 workers ÷ 1 worker", _num(cpu.speedup, ".2f") + "x")
+        t.dropline_only(
+            "the same calls in 2 plain processes ÷ 1 (the machine's own scaling)",
+            _num(cpu.plain_speedup, ".2f") + "x",
+        )
 
     stage_targets = [Goal(*g) for g in stage_goals(results.stages)]
     return Report(
@@ -439,7 +443,8 @@ def goals(results: Results) -> list[Goal]:
         1.7,
         f"{speedup or 0:.2f}x"
         + (
-            f" ({cs.one.files_per_s or 0:.1f} → {cs.two.files_per_s or 0:.1f} files/s)"
+            f" ({cs.one.files_per_s or 0:.1f} → {cs.two.files_per_s or 0:.1f} files/s;"
+            f" plain processes here: {cs.plain_speedup or 0:.2f}x)"
             if cs
             else ""
         ),

@@ -187,10 +187,18 @@ class CpuStageResult:
     rounds: int
     one: Measurement
     two: Measurement
+    # The same calls in one plain process, then in two at once: the machine's own scaling.
+    plain_one: float | None = None
+    plain_two: float | None = None
 
     @property
     def speedup(self) -> float | None:
         a, b = self.one.files_per_s, self.two.files_per_s
+        return b / a if a and b else None
+
+    @property
+    def plain_speedup(self) -> float | None:
+        a, b = self.plain_one, self.plain_two
         return b / a if a and b else None
 
 
@@ -515,7 +523,14 @@ def cpu_bound_stage(root: Path, settings: Settings, progress: Progress) -> CpuSt
         progress(f"cpu stage, {workers} worker(s): {_summary(m)}")
         runs.append(m)
         _discard(tree.root, settings)
-    return CpuStageResult(settings.cpu_files, settings.burn_ms, rounds, runs[0], runs[1])
+    result = CpuStageResult(settings.cpu_files, settings.burn_ms, rounds, runs[0], runs[1])
+    result.plain_one = cpu_stage.plain_processes(rounds, settings.cpu_files, 1)
+    result.plain_two = cpu_stage.plain_processes(rounds, settings.cpu_files, 2)
+    progress(
+        f"cpu stage, plain processes: {result.plain_one or 0:,.1f} → "
+        f"{result.plain_two or 0:,.1f} calls/s"
+    )
+    return result
 
 
 def _summary(m: Measurement) -> str:
