@@ -25,8 +25,8 @@ from dropline.config import (
     load_config,
 )
 from dropline.errors import ConfigError
-from dropline.globs import overlaps, uncovered_name
-from dropline.pipeline import compile_globs, unreachable_pipelines
+from dropline.globs import compile_globs, overlaps, uncovered_name
+from dropline.pipeline import unreachable_pipelines
 from dropline.stages import StageContext
 from dropline.stages.command import substitutions
 from dropline.units import parse_duration, parse_size

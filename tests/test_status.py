@@ -9,6 +9,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from dropline.commands import status
+from dropline.config import load_config
+
 from .harness import Tree, cli_json, make_tree, run_cli, run_until_idle, wait_until
 from .loop.stepper import stepped
 from .test_stages import pipeline_yaml, sh_stage
@@ -145,6 +148,64 @@ def test_status_without_a_daemon_counts_the_backlog(tree: Tree) -> None:
     human = run_cli("status", "--config", str(tree.config))
     assert "not running" in human.stdout
     assert "5 waiting in incoming/" in human.stdout
+
+
+def test_status_rate_over_the_last_seconds_and_the_last_minute(tree: Tree) -> None:
+    """A burst that ended a moment ago shows at its pace over the last 10 s; half a
+    minute later only the minute's rate still counts it."""
+    tree.write_config(SLOW)
+    _drop(tree, 6)
+    _drop(tree, 2, ".bad")
+    assert run_until_idle(tree) == 0
+    ended = sorted(
+        (float(at), str(state)) for at, state in tree.query("SELECT finished_at, state FROM items")
+    )
+    last = ended[-1][0]
+    config = load_config(tree.config)
+
+    def counted(now: float, window: float) -> dict[str, int]:
+        seen = [state for at, state in ended if at >= now - window]
+        return {"archived": seen.count("archived"), "failed": seen.count("failed")}
+
+    for now in (last, last + 30.0):
+        rate = status.collect(config, now)["rate"]
+        recent = rate["recent"]
+        assert recent["window_seconds"] == 10.0
+        assert {k: recent[k] for k in ("archived", "failed")} == counted(now, 10.0)
+        assert {k: rate[k] for k in ("archived", "failed")} == counted(now, 60.0)
+        assert recent["files_per_second"] == round(sum(counted(now, 10.0).values()) / 10.0, 3)
+    assert status.collect(config, last + 30.0)["rate"]["recent"]["files_per_second"] == 0
+    assert status.collect(config, last)["rate"]["recent"]["archived"] >= 1
+    human = run_cli("status", "--config", str(tree.config)).stdout
+    assert "files/s over the last 10 s, " in human and " over the last minute (" in human
+
+
+def test_status_says_how_many_failures_it_leaves_out(tree: Tree) -> None:
+    """Recent failures lists the last few, and says of how many."""
+    tree.write_config(SLOW)
+    _drop(tree, status.FAILURES_SHOWN + 2, ".bad")
+    assert run_until_idle(tree) == 0
+    human = run_cli("status", "--config", str(tree.config)).stdout
+    shown = status.FAILURES_SHOWN
+    assert f"Recent failures: the last {shown} of {shown + 2}" in human, human
+
+
+def test_status_imports_nothing_of_the_daemon_it_does_not_need(tree: Tree) -> None:
+    """A read command starts fast: no structlog, no metrics, no inotify, no stages
+    (``-X importtime`` lists every module the real command line imported)."""
+    tree.write_config(SLOW)
+    _drop(tree, 1)
+    assert run_until_idle(tree) == 0
+    done = run_cli("status", "--config", str(tree.config), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0, done.stderr
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "dropline.commands.status" in imported  # the listing is there
+    for heavy in ("structlog", "prometheus_client", "watchdog", "dropline.pipeline"):
+        assert heavy not in imported, f"status imported {heavy}"
 
 
 def test_missing_database_is_a_clear_error(tree: Tree) -> None:

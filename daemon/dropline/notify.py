@@ -32,7 +32,8 @@ from typing import Any, Literal
 
 import sdnotify
 
-from .log import escape_text, get_logger
+from .escaping import escape_text
+from .log import get_logger
 
 RETRY_EVERY = 0.02  # seconds between tries while a message waits for room
 MAX_PENDING = 256  # ordered messages kept at most (the oldest go first past it)

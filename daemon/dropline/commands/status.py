@@ -13,7 +13,7 @@ from typing import Any
 from .. import console as c
 from ..config import Config
 from ..datalock import lock_holder
-from ..pipeline import compile_globs
+from ..globs import compile_globs
 from ..state import AttemptView, ItemView, StateReader, daemon_pid
 from ..toolnames import ToolNames
 from .flight import groups as flight_groups
@@ -21,6 +21,9 @@ from .flight import render as render_flight
 from .waiting import count_folder, held_long, look_at_incoming
 
 RATE_WINDOW = 60.0  # seconds: files/s over the last minute
+# ... and over the last few seconds: a burst drained in seconds shows as what
+# it is, not as a sixth of it spread over the minute.
+RECENT_WINDOW = 10.0
 IN_FLIGHT_SHOWN = 20
 FAILURES_SHOWN = 5
 HELD_SHOWN = 20
@@ -51,6 +54,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
     with StateReader(config.state_db) as reader, reader.snapshot():
         states = reader.counts()
         recent = reader.finished_since(now - RATE_WINDOW)
+        latest = reader.finished_since(now - RECENT_WINDOW)
         flight = reader.in_flight(IN_FLIGHT_SHOWN)
         flight_counts = reader.in_flight_counts(now)
         failures = reader.recent_failures(FAILURES_SHOWN)
@@ -71,6 +75,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         }
         in_flight.append(entry)
     done = recent["archived"] + recent["failed"]
+    done_lately = latest["archived"] + latest["failed"]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "data_folder_pid": holder},
         "counts": {
@@ -105,6 +110,12 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
             "files_per_second": round(done / RATE_WINDOW, 3),
             "archived": recent["archived"],
             "failed": recent["failed"],
+            "recent": {
+                "window_seconds": RECENT_WINDOW,
+                "files_per_second": round(done_lately / RECENT_WINDOW, 3),
+                "archived": latest["archived"],
+                "failed": latest["failed"],
+            },
         },
         "recent_failures": [
             {
@@ -158,8 +169,10 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         waiting += f", the oldest for {c.span(oldest)}"
     rate = doc["rate"]
     out.line(f"Backlog:    {waiting}")
+    lately = rate["recent"]
     out.line(
-        f"Throughput: {rate['files_per_second']:.1f} files/s over the last minute "
+        f"Throughput: {lately['files_per_second']:,.1f} files/s over the last "
+        f"{lately['window_seconds']:g} s, {rate['files_per_second']:,.1f} over the last minute "
         f"({rate['archived']:,} archived, {rate['failed']:,} failed)"
     )
     refused = doc["refused"]
@@ -193,7 +206,13 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
     if not failures:
         out.line("Recent failures: none")
         return
-    out.line("Recent failures:")
+    # The failed files are counted apart: the list shows the last few of them.
+    total = max(doc["counts"]["failed"], len(failures))
+    out.line(
+        "Recent failures:"
+        if total <= len(failures)
+        else f"Recent failures: the last {len(failures)} of {total:,}"
+    )
     rows = [
         [
             c.ago(c.parse_iso(f["failed_at"]), now),

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..crashpoints import crashpoint
 from ..errors import DiskFullError
-from ..log import escape_text
+from ..escaping import escape_text
 from ..spool import Spool
 from ..spool.mover import FinishMove, Ticket
 from ..state import ItemLog

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..crashpoints import crashpoint
-from ..log import escape_text
+from ..escaping import escape_text
 from ..pipeline import Routes
 from ..spool import Refusal, Spool, free_working_name
 from ..state import ItemLog, ItemRow
