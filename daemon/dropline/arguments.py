@@ -19,6 +19,17 @@ def _default_config() -> str:
     return os.environ.get("DROPLINE_CONFIG") or DEFAULT_CONFIG
 
 
+def _positive(text: str) -> int:
+    """A whole number of at least 1 (argparse's type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's commands, options and help."""
     parser = argparse.ArgumentParser(
@@ -123,12 +134,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="the provenance of a file: claim, every stage attempt, retries, its end",
         description="Every step of a file: its claim, each stage attempt with start, end, "
         "outcome and error, retries and their delays, where it ended and its content hash. "
-        "By item id, or by file name (every item of that name, newest first).",
+        "By item id, or by file name (every item of that name, newest first; a name as "
+        "status or the journal printed it, or a path ending in it). A glob, or no name "
+        "with filters, lists the items found, one line each, newest first, a page at a time.",
         epilog="Examples:\n  dropline history 01JD3Q6W5X0B8Z2Y7V4T9R1M0K\n"
-        "  dropline history report-2026-11-28.csv --json",
+        "  dropline history report-2026-11-28.csv --json\n"
+        "  dropline history /opt/automation/data/archive/2026-11-28/report-2026-11-28.csv\n"
+        "  dropline history 'orders-*.csv' --since 2h --outcome failed\n"
+        "  dropline history --pipeline reports --since 2026-11-28 --until 2026-11-29 --page 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    history.add_argument("item", metavar="ITEM_OR_NAME", help="an item id or a file name")
+    history.add_argument(
+        "item",
+        metavar="ITEM_NAME_OR_GLOB",
+        nargs="?",
+        help="an item id, a file name or a path ending in it, or a glob such as 'orders-*'",
+    )
+    history.add_argument(
+        "--since", metavar="WHEN", help="claimed since: a duration back (2h, 3d) or a date/time"
+    )
+    history.add_argument("--until", metavar="WHEN", help="claimed before: as --since")
+    history.add_argument("--pipeline", help="only the items of this pipeline")
+    history.add_argument(
+        "--outcome",
+        choices=("archived", "failed", "vanished", "unfinished"),
+        help="only the items that ended so (unfinished: claimed and not yet ended)",
+    )
+    history.add_argument(
+        "--page", type=_positive, default=1, help="which page of the items found (1, 2, ...)"
+    )
+    history.add_argument(
+        "--per-page", type=_positive, default=20, metavar="N", help="items per page (20)"
+    )
     history.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     retry = sub.add_parser(
         "retry",

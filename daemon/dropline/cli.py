@@ -59,13 +59,20 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from .commands import history
+    from .commands import history, parse_since
     from .config import load_config
-    from .state import StateReader
+    from .state import UNFINISHED, ItemQuery, StateReader
 
     config = load_config(args.config)
+    states = {None: (), "unfinished": UNFINISHED}.get(args.outcome, (args.outcome,))
+    filters = ItemQuery(
+        since=parse_since(args.since) if args.since else None,
+        until=parse_since(args.until, option="--until") if args.until else None,
+        pipeline=args.pipeline,
+        states=tuple(states),
+    )
     with StateReader(config.state_db) as reader:
-        doc = history.collect(reader, args.item)
+        doc = history.collect(reader, args.item, filters, args.page, args.per_page)
     _output(args, doc, history.render)
     return EXIT_OK
 

@@ -33,3 +33,36 @@ def escape_text(value: str | bytes) -> str:
         else:
             out.append(f"\\u{code:04x}")
     return "".join(out)
+
+
+_UNESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "\\": b"\\"}
+
+
+def unescape_text(text: str) -> bytes:
+    """The name ``escape_text`` printed as TEXT, as bytes: what an operator pastes
+    from ``status`` or the journal finds the file.  ``\\xHH`` is taken as the byte
+    it most often is (a name that was not UTF-8); a backslash that starts no
+    escape stays itself."""
+    out = bytearray()
+    i, end = 0, len(text)
+    while i < end:
+        ch = text[i]
+        if ch == "\\" and i + 1 < end:
+            nxt = text[i + 1]
+            if nxt in _UNESCAPES:
+                out += _UNESCAPES[nxt]
+                i += 2
+                continue
+            width = {"x": 2, "u": 4}.get(nxt, 0)
+            digits = text[i + 2 : i + 2 + width]
+            if width and len(digits) == width and all(d in _HEX for d in digits):
+                code = int(digits, 16)
+                out += bytes([code]) if nxt == "x" else chr(code).encode("utf-8", "surrogatepass")
+                i += 2 + width
+                continue
+        out += ch.encode("utf-8", "surrogateescape")
+        i += 1
+    return bytes(out)
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")

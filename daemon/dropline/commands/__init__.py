@@ -13,8 +13,9 @@ from ..errors import ConfigError
 from ..units import parse_duration
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    """--since: a duration back from now ("2h", "1d") or a local date/time ("2026-11-28")."""
+def parse_since(text: str, now: float | None = None, option: str = "--since") -> float:
+    """--since (or OPTION): a duration back from now ("2h", "1d") or a local date/time
+    ("2026-11-28")."""
     now = time.time() if now is None else now
     try:
         return now - parse_duration(text)
@@ -24,7 +25,7 @@ def parse_since(text: str, now: float | None = None) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ConfigError(
-            f'--since: "{text}" is neither a duration (such as 2h or 3d) '
+            f'{option}: "{text}" is neither a duration (such as 2h or 3d) '
             "nor a date or time (such as 2026-11-28 or 2026-11-28T14:00)"
         ) from None
 

@@ -3,10 +3,17 @@
 The timeline is assembled from the item's row (claim, end), its stage
 attempts (start, end, outcome, error; the delay before each retry is the gap
 to the next attempt) and its events (recovery, retries from failed/).
+
+What to show: an item id; a file name (as ``status`` or the journal printed
+it, escapes and all, or a path whose last part is the name); a glob; or
+none, with filters (claimed since, until, pipeline, outcome).  Newest first,
+a page at a time.  One id or one name shows each item's story; a glob or
+filters list the items found, one line each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -14,21 +21,67 @@ from typing import Any
 
 from .. import console as c
 from ..errors import NotFoundError
-from ..state import AttemptView, ItemView, StateReader
+from ..escaping import unescape_text
+from ..state import AttemptView, ItemQuery, ItemView, StateReader
 
 _ITEM_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+_GLOB = re.compile(r"[*?\[]")
+PER_PAGE = 20
 
 
-def find(reader: StateReader, key: str) -> list[ItemView]:
-    """Items for KEY: an item id, else every item of that file name (newest first)."""
-    if _ITEM_ID.fullmatch(key.upper()):
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """A page of items, and what it was."""
+
+    items: list[ItemView]
+    listed: bool  # a search (one line each), not one file's story
+    more: bool  # another page follows
+
+
+def find(
+    reader: StateReader, key: str | None, filters: ItemQuery, page: int, per_page: int
+) -> Found:
+    """The items for KEY (an id, a name, a path, a glob or None) and FILTERS: the
+    PAGE-th PER_PAGE of them, newest first.  NotFoundError if there are none."""
+    if key is not None and _ITEM_ID.fullmatch(key.upper()):
         item = reader.item(key.upper())
         if item is not None:
-            return [item]
-    items = reader.items_named(os.fsencode(key))
-    if not items:
-        raise NotFoundError(f"no item and no file named {c.name(key)!r} in the state database")
-    return items
+            return Found([item], listed=False, more=False)
+    listed = key is None or bool(_GLOB.search(key)) or filters != ItemQuery()
+    queries = [filters]
+    if key is not None and _GLOB.search(key):
+        queries = [dataclasses.replace(filters, glob=os.fsdecode(unescape_text(key)))]
+    elif key is not None:
+        name = unescape_text(key)
+        queries = [dataclasses.replace(filters, name=name)]
+        if b"/" in name:  # a path: its last part, if the whole is no name
+            queries.append(dataclasses.replace(filters, name=name.rpartition(b"/")[2]))
+    offset = (page - 1) * per_page
+    for query in queries:
+        rows = reader.search(query, per_page + 1, offset)
+        if rows:
+            return Found(rows[:per_page], listed, more=len(rows) > per_page)
+    if key is None:
+        what = "no item"
+    elif _GLOB.search(key):
+        what = f'no file matching "{c.name(unescape_text(key))}"'
+    else:  # as it was typed (the escapes it holds read, then written again)
+        what = f'no item and no file named "{c.name(unescape_text(key))}"'
+    beyond = f" on page {page}" if page > 1 else ""
+    raise NotFoundError(f"{what}{beyond} in the state database" + _filters_said(filters))
+
+
+def _filters_said(filters: ItemQuery) -> str:
+    said = []
+    if filters.pipeline is not None:
+        said.append(f"pipeline {filters.pipeline}")
+    if filters.states:
+        said.append("state " + " or ".join(filters.states))
+    if filters.since is not None:
+        said.append(f"claimed since {c.iso(filters.since)}")
+    if filters.until is not None:
+        said.append(f"claimed before {c.iso(filters.until)}")
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _where(item: ItemView) -> str | None:
@@ -89,11 +142,18 @@ def timeline(
     return [s[2] for s in steps]
 
 
-def collect(reader: StateReader, key: str) -> dict[str, Any]:
+def collect(
+    reader: StateReader,
+    key: str | None,
+    filters: ItemQuery | None = None,
+    page: int = 1,
+    per_page: int = PER_PAGE,
+) -> dict[str, Any]:
     """The history of KEY as one JSON-ready document: {"items": [...]}, newest first."""
     out = []
     with reader.snapshot():
-        for item in find(reader, key):
+        found = find(reader, key, filters or ItemQuery(), page, per_page)
+        for item in found.items:
             attempts = reader.attempts(item.id)
             out.append(
                 {
@@ -112,13 +172,49 @@ def collect(reader: StateReader, key: str) -> dict[str, Any]:
                     "timeline": timeline(item, attempts, reader),
                 }
             )
-    return {"items": out}
+    return {
+        "items": out,
+        "listed": found.listed,
+        "page": page,
+        "per_page": per_page,
+        "more": found.more,
+    }
 
 
 _COLOUR = {"succeeded": "green", "retrying": "yellow", "failed": "red", "indeterminate": "red"}
 
 
 def render(doc: dict[str, Any], out: c.Console) -> None:
+    if doc.get("listed"):
+        _render_list(doc, out)
+    else:
+        _render_stories(doc, out)
+    if doc.get("more"):
+        out.line()
+        out.line(f"More: the same with --page {doc['page'] + 1}")
+
+
+def _render_list(doc: dict[str, Any], out: c.Console) -> None:
+    """One line per item: when it was claimed, what it is, where it is now."""
+    rows = []
+    colours: list[str | None] = []
+    for item in doc["items"]:
+        state = item["state"]
+        rows.append(
+            [
+                c.stamp(c.parse_iso(item["claimed_at"])),
+                item["item"],
+                c.shorten(item["file"], 40),
+                item["pipeline"] or "-",
+                state,
+                c.shorten(item["where"] or item["reason"] or "", 50),
+            ]
+        )
+        colours.append({"failed": "red", "vanished": "red"}.get(state))
+    out.table(["CLAIMED", "ITEM", "FILE", "PIPELINE", "STATE", "WHERE"], rows, colours=colours)
+
+
+def _render_stories(doc: dict[str, Any], out: c.Console) -> None:
     now = time.time()
     for n, item in enumerate(doc["items"]):
         if n:

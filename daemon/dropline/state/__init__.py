@@ -13,7 +13,7 @@ from __future__ import annotations
 from .db import Database, acquire_lock
 from .items import ItemLog, ItemRow, OpenAttempt
 from .pruning import Pruning
-from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid
+from .reader import AttemptView, EventView, ItemQuery, ItemView, StateReader, daemon_pid
 from .requests import RequestQueue
 from .schema import FINISHED, MIGRATIONS, UNFINISHED, ItemState
 
@@ -25,6 +25,7 @@ __all__ = [
     "Database",
     "EventView",
     "ItemLog",
+    "ItemQuery",
     "ItemRow",
     "ItemState",
     "ItemView",

@@ -86,6 +86,41 @@ _ITEM_SQL = (
 )
 
 
+@dataclass(frozen=True)
+class ItemQuery:
+    """Which items ``search`` finds: every condition given must hold.
+
+    NAME: a name in incoming/ (bytes, exact); GLOB: fnmatch's syntax on the
+    name (as SQLite's GLOB reads it: ``glob_pattern``); SINCE and UNTIL:
+    claimed at or after, and before; STATES: the rows' states."""
+
+    name: bytes | None = None
+    glob: str | None = None
+    since: float | None = None
+    until: float | None = None
+    pipeline: str | None = None
+    states: tuple[str, ...] = ()
+
+
+# Names are BLOBs (bytes, not always UTF-8): GLOB compares them, and the pattern,
+# as text (a BLOB on either side matches nothing).
+_NAME_GLOB = "CAST(name AS TEXT) GLOB CAST(? AS TEXT)"
+
+
+def glob_pattern(glob: str) -> str:
+    """An fnmatch glob as SQLite's GLOB reads it: ``[!...]`` is ``[^...]`` there."""
+    return glob.replace("[!", "[^")
+
+
+def glob_literal(name: bytes) -> bytes:
+    """NAME as a GLOB pattern that matches only itself."""
+    out = bytearray()
+    for byte in name:
+        char = bytes([byte])
+        out += b"[" + char + b"]" if char in b"*?[" else char
+    return bytes(out)
+
+
 def _item(row: tuple[Any, ...]) -> ItemView:
     values = list(row)
     values[1] = bytes(values[1])
@@ -216,6 +251,40 @@ class StateReader:
     def item(self, item_id: str) -> ItemView | None:
         rows = self._q(f"{_ITEM_SQL} WHERE id = ?", (item_id,))
         return _item(rows[0]) if rows else None
+
+    def search(self, query: ItemQuery, limit: int, offset: int = 0) -> list[ItemView]:
+        """The items QUERY asks for, newest first, LIMIT of them after OFFSET.
+
+        Newest first is the table's own order (rows are written as files are
+        claimed): the rows are read from the end and the reading stops once
+        LIMIT are found, with no sort.  A name or a glob reads the items
+        through where it must (no index on names: see the README).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if query.name is not None:
+            # The name in incoming/, or in a folder of it (recursive mode).
+            where.append(f"(name = ? OR {_NAME_GLOB})")
+            params += [query.name, b"*/" + glob_literal(query.name)]
+        if query.glob is not None:
+            pattern = os.fsencode(glob_pattern(query.glob))
+            where.append(f"({_NAME_GLOB} OR {_NAME_GLOB})")
+            params += [pattern, b"*/" + pattern]
+        if query.since is not None:
+            where.append("created_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("created_at < ?")
+            params.append(query.until)
+        if query.pipeline is not None:
+            where.append("pipeline = ?")
+            params.append(query.pipeline)
+        if query.states:
+            where.append(f"state IN ({','.join('?' * len(query.states))})")
+            params += list(query.states)
+        sql = _ITEM_SQL + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._q(f"{sql} ORDER BY rowid DESC LIMIT ? OFFSET ?", (*params, limit, offset))
+        return [_item(r) for r in rows]
 
     def items_named(self, name: bytes) -> list[ItemView]:
         """Every item of that name in incoming/, newest first."""

@@ -1,0 +1,127 @@
+"""``dropline history`` found by glob, path, the name as printed, time window,
+pipeline and outcome: newest first, a page at a time, from a real daemon's
+state."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import pytest
+
+from .harness import Tree, cli_json, run_cli, run_until_idle
+
+PIPELINES = """
+- name: orders
+  match: "orders-*.csv"
+- name: bad
+  match: "*.bad"
+  stages:
+    - name: reject
+      command: ["sh", "-c", "echo 'no good' >&2; exit 65"]
+- name: other
+  match: "*"
+"""
+
+
+def _drop(folder: Path, names: list[str]) -> None:
+    for name in names:
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(b"data of " + os.fsencode(name) + b"\n")
+        os.rename(tmp, folder / name)
+
+
+@pytest.fixture
+def filled(tree: Tree) -> Tree:
+    """Two rounds of files, one run each: orders, failures, a folder, an odd name."""
+    tree.write_config(PIPELINES)
+    _drop(tree.incoming, ["orders-1.csv", "orders-2.csv", "x.bad", "notes.txt"])
+    assert run_until_idle(tree) == 0
+    (tree.incoming / "batch").mkdir()
+    _drop(tree.incoming / "batch", ["orders-3.csv"])
+    _drop(tree.incoming, ["orders-4.csv", "y.bad", os.fsdecode(b"odd\nname-\xff.txt")])
+    assert run_until_idle(tree) == 0
+    return tree
+
+
+def _files(doc: dict[str, object]) -> list[str]:
+    items = doc["items"]
+    assert isinstance(items, list)
+    return [str(i["file"]) for i in items]
+
+
+def test_a_glob_lists_the_files_it_matches_newest_first_and_in_folders(filled: Tree) -> None:
+    doc = cli_json(filled, "history", "orders-*", schema="history")
+    assert doc["listed"] is True and doc["more"] is False
+    files = _files(doc)
+    assert sorted(files) == ["batch/orders-3.csv", "orders-1.csv", "orders-2.csv", "orders-4.csv"]
+    # Newest first: the second round before the first.
+    assert set(files[:2]) == {"batch/orders-3.csv", "orders-4.csv"}
+    assert set(files[2:]) == {"orders-1.csv", "orders-2.csv"}
+    claimed = [str(i["claimed_at"]) for i in doc["items"]]
+    assert claimed == sorted(claimed, reverse=True)
+    assert _files(cli_json(filled, "history", "orders-[!3]*", schema="history")) == [
+        f for f in files if f != "batch/orders-3.csv"
+    ]
+    human = run_cli("history", "orders-*", "--config", str(filled.config))
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines[0].split()[:3] == ["CLAIMED", "ITEM", "FILE"]
+    assert len(lines) == 5, "one line per file"
+
+
+def test_pages_of_the_newest(filled: Tree) -> None:
+    everything = _files(cli_json(filled, "history", "--per-page", "50", schema="history"))
+    assert len(everything) == 8
+    first = cli_json(filled, "history", "--per-page", "3", schema="history")
+    second = cli_json(filled, "history", "--per-page", "3", "--page", "2", schema="history")
+    third = cli_json(filled, "history", "--per-page", "3", "--page", "3", schema="history")
+    assert (first["more"], second["more"], third["more"]) == (True, True, False)
+    assert _files(first) + _files(second) + _files(third) == everything
+    human = run_cli("history", "--per-page", "3", "--config", str(filled.config))
+    assert "More: the same with --page 2" in human.stdout
+    beyond = run_cli("history", "--page", "9", "--config", str(filled.config))
+    assert beyond.returncode == 1 and "on page 9" in beyond.stderr
+
+
+def test_a_path_or_the_name_as_printed_finds_the_file(filled: Tree) -> None:
+    archived = next(p for p in filled.archive.rglob("orders-4.csv"))
+    doc = cli_json(filled, "history", str(archived), schema="history")
+    assert doc["listed"] is False and _files(doc) == ["orders-4.csv"]
+    assert _files(cli_json(filled, "history", "batch/orders-3.csv", schema="history")) == [
+        "batch/orders-3.csv"
+    ]
+    # The odd name, pasted as status and the journal print it (escaped).
+    printed = "odd\\nname-\\xff.txt"
+    doc = cli_json(filled, "history", printed, schema="history")
+    assert _files(doc) == [printed]
+    missing = run_cli("history", "gone\\n.csv", "--config", str(filled.config))
+    assert missing.returncode == 1
+    assert 'no file named "gone\\n.csv"' in missing.stderr, "escaped once, not twice"
+
+
+def test_filters_pipeline_outcome_and_time_window(filled: Tree) -> None:
+    failed = cli_json(filled, "history", "--outcome", "failed", schema="history")
+    assert sorted(_files(failed)) == ["x.bad", "y.bad"]
+    assert all(i["state"] == "failed" for i in failed["items"])
+    orders = cli_json(filled, "history", "--pipeline", "orders", schema="history")
+    assert len(_files(orders)) == 4
+    both = cli_json(filled, "history", "*.bad", "--pipeline", "bad", schema="history")
+    assert sorted(_files(both)) == ["x.bad", "y.bad"]
+    # A window around the second round only: claimed since its first claim.
+    rows = sorted(float(at) for (at,) in filled.query("SELECT created_at FROM items"))
+    second_round = rows[4]  # four files in the first round
+    since = str(second_round - 0.0005)
+
+    stamp = datetime.datetime.fromtimestamp(float(since)).isoformat()
+    window = cli_json(filled, "history", "--since", stamp, "--per-page", "50", schema="history")
+    assert sorted(_files(window)) == sorted(
+        ["batch/orders-3.csv", "orders-4.csv", "y.bad", "odd\\nname-\\xff.txt"]
+    )
+    before = cli_json(filled, "history", "--until", stamp, "--per-page", "50", schema="history")
+    assert sorted(_files(before)) == ["notes.txt", "orders-1.csv", "orders-2.csv", "x.bad"]
+    none = run_cli("history", "--outcome", "vanished", "--config", str(filled.config))
+    assert none.returncode == 1 and "state vanished" in none.stderr
+    bad = run_cli("history", "--until", "soonish", "--config", str(filled.config))
+    assert bad.returncode == 2 and "--until" in bad.stderr
