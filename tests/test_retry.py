@@ -226,3 +226,25 @@ def test_retry_since_selects_recent_failures(tree: Tree) -> None:
     doc = cli_json(tree, "retry", "--all-failed", "--since", "1h", schema="retry")
     assert [i["item"] for i in doc["items"]] == [ids["new.csv"]]
     assert sorted(p.name for p in tree.working.iterdir()) == ["new.csv"]
+
+
+def test_retry_by_name_and_by_id_answer_alike(tree: Tree) -> None:
+    """An archived file: by its name or by its id, the same answer, and nothing said
+    to be requeued when nothing was."""
+    tree.write_config(_pipelines(tree))
+    (tree.root / "fixed").touch()
+    _drop(tree, ["done.csv"])
+    assert run_until_idle(tree) == 0
+    (item,) = [str(i) for (i,) in tree.query("SELECT id FROM items")]
+    by_name = cli_json(tree, "retry", "done.csv", schema="retry", expect=1)
+    by_id = cli_json(tree, "retry", item, schema="retry", expect=1)
+    assert by_name == by_id
+    assert by_id["items"] == [
+        {"item": item, "result": "it is archived, not failed", "requeued": False}
+    ]
+    human = run_cli("retry", "done.csv", "--config", str(tree.config))
+    assert human.returncode == 1
+    assert "0 requeued" not in human.stdout
+    assert "Nothing requeued: 1 not requeued" in human.stdout
+    missing = run_cli("retry", "gone\\n.csv", "--config", str(tree.config))
+    assert missing.returncode == 1 and 'file named "gone\\n.csv"' in missing.stderr

@@ -20,6 +20,7 @@ from .. import console as c
 from ..config import Config
 from ..datalock import acquire_data_lock
 from ..errors import NotFoundError, StateLockedError
+from ..escaping import unescape_text
 from ..state import Database, ItemLog, RequestQueue, StateReader, acquire_lock
 
 _BATCH = 256
@@ -29,7 +30,11 @@ _POLL = 0.1
 def select(
     config: Config, keys: list[str], all_failed: bool, since: float | None, pipeline: str | None
 ) -> list[str]:
-    """The item ids to retry: named ones (ids or file names), or every failed one."""
+    """The item ids to retry: named ones (ids or file names), or every failed one.
+
+    A name stands for its failed items; with none, for its newest item, so that
+    the answer (it is archived, not failed, say) is the one its id gets.  A
+    name is read as ``status`` prints it (``escaping.unescape_text``)."""
     with StateReader(config.state_db) as reader, reader.snapshot():
         if all_failed:
             return reader.failed_ids(since, pipeline)
@@ -39,12 +44,14 @@ def select(
             if item is not None:
                 ids.append(item.id)
                 continue
-            named = [i for i in reader.items_named(os.fsencode(key)) if i.state == "failed"]
+            named = reader.items_named(unescape_text(key))  # newest first
             if not named:
                 raise NotFoundError(
-                    f"no item id and no failed file named {c.name(key)!r} in the state database"
+                    f'no item id and no file named "{c.name(unescape_text(key))}" '
+                    "in the state database"
                 )
-            ids.extend(i.id for i in named)
+            failed = [i for i in named if i.state == "failed"]
+            ids.extend(i.id for i in failed or named[:1])
         return list(dict.fromkeys(ids))
 
 
@@ -132,7 +139,10 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         if doc["applied_by"] == "daemon"
         else "they are back in working/ and run when the daemon starts"
     )
-    out.line(f"{doc['requeued']} requeued ({where}); {doc['not_requeued']} not requeued.")
+    if doc["requeued"]:
+        out.line(f"{doc['requeued']} requeued ({where}); {doc['not_requeued']} not requeued.")
+    elif not any(i["result"] == "pending" for i in doc["items"]):
+        out.line(f"Nothing requeued: {doc['not_requeued']} not requeued (see RESULT).")
     if any(i["result"] == "pending" for i in doc["items"]):
         out.line(
             "Pending: the daemon has not answered yet; the requests stay queued and are "
