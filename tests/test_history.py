@@ -5,12 +5,14 @@ state."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from .harness import Tree, cli_json, run_cli, run_until_idle
+from .harness import DaemonProcess, Tree, cli_json, run_cli, run_until_idle
 
 PIPELINES = """
 - name: orders
@@ -125,3 +127,30 @@ def test_filters_pipeline_outcome_and_time_window(filled: Tree) -> None:
     assert none.returncode == 1 and "state vanished" in none.stderr
     bad = run_cli("history", "--until", "soonish", "--config", str(filled.config))
     assert bad.returncode == 2 and "--until" in bad.stderr
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
+
+
+def test_every_moment_is_written_one_way(tree: Tree) -> None:
+    """The log, --json, and NAME.error.json write a moment alike: RFC 3339, local
+    time with its offset, to the millisecond; each reads back to the same instant."""
+    tree.write_config(PIPELINES)
+    _drop(tree.incoming, ["z.bad"])
+    daemon = DaemonProcess(tree, args=("--exit-when-idle",))
+    try:
+        assert daemon.wait(60) == 0
+        events = daemon.events()
+    finally:
+        daemon.kill()
+    stamps = [str(e["timestamp"]) for e in events]
+    assert stamps and all(_RFC3339.fullmatch(s) for s in stamps), stamps[:3]
+    reason = json.loads((tree.failed / "z.bad.error.json").read_text())
+    doc = cli_json(tree, "history", "z.bad", schema="history")
+    (item,) = doc["items"]
+    written = [reason["failed_at"], reason["claimed_at"], item["claimed_at"], item["finished_at"]]
+    assert all(_RFC3339.fullmatch(str(s)) for s in written), written
+    assert datetime.datetime.fromisoformat(reason["failed_at"]).utcoffset() is not None
+    failed = [e for e in events if e["event"] == "file.failed"]
+    at = datetime.datetime.fromisoformat(str(failed[0]["timestamp"])).timestamp()
+    assert abs(at - datetime.datetime.fromisoformat(item["finished_at"]).timestamp()) < 5

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from . import stamps
 from .escaping import escape_text
 
 _COLOURS = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
@@ -126,13 +127,8 @@ def stamp(ts: float | None) -> str:
 
 
 def iso(ts: float | None) -> str | None:
-    """A timestamp for JSON: ISO 8601 with the UTC offset (None stays None)."""
-    if ts is None:
-        return None
-    local = time.localtime(ts)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", local)
-    offset = time.strftime("%z", local)
-    return f"{text}.{int((ts % 1) * 1000):03d}{offset[:3]}:{offset[3:]}"
+    """A timestamp for JSON: ``stamps.iso`` (None stays None)."""
+    return None if ts is None else stamps.iso(ts)
 
 
 def parse_iso(text: str | None) -> float | None:

@@ -9,7 +9,6 @@ escape or invalid UTF-8 cannot forge a log line or repaint a terminal.
 from __future__ import annotations
 
 import atexit
-import datetime
 import json
 import logging
 import sys
@@ -22,6 +21,7 @@ import structlog
 from .escaping import escape_text
 from .journal import JournalSender, stderr_is_journal
 from .messages import describe
+from .stamps import iso_now
 
 Logger = structlog.stdlib.BoundLogger | Any
 
@@ -39,7 +39,7 @@ def _level_time_escape(
         if kind is bytes or (kind is str and not (value.isprintable() and "\\" not in value)):
             event_dict[key] = escape_text(value)
     event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
-    event_dict["timestamp"] = datetime.datetime.now().isoformat()
+    event_dict["timestamp"] = iso_now()
     return event_dict
 
 

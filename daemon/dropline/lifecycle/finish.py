@@ -32,6 +32,7 @@ from ..errors import DiskFullError
 from ..escaping import escape_text
 from ..spool import Spool
 from ..spool.mover import FinishMove, Ticket
+from ..stamps import iso
 from ..state import ItemLog
 from .claim import Claimed
 
@@ -66,13 +67,9 @@ def error_document(f: Finish, now: float) -> dict[str, Any]:
         "attempts": f.attempts,
         "error": f.reason,
         "sha256": f.sha256,
-        "claimed_at": _iso(f.created_at) if f.created_at else None,
-        "failed_at": _iso(now),
+        "claimed_at": iso(f.created_at) if f.created_at else None,
+        "failed_at": iso(now),
     }
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
 def _move_to_end(

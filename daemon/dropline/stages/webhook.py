@@ -4,7 +4,7 @@ The body (UTF-8 JSON)::
 
     {"item_id": "01HV...", "name": "report.csv", "pipeline": "reports",
      "rows": 120, "outcome": "succeeded", "error": null, "stage": null,
-     "sha256": "9f86...", "size": 18621, "at": "2024-05-01T12:00:03+00:00"}
+     "sha256": "9f86...", "size": 18621, "at": "2024-05-01T12:00:03.318+00:00"}
 
 In a pipeline's ``on_failure`` stages (the metadata holds FAILURE) the
 outcome is "failed", ``error`` the reason and ``stage`` the stage that
@@ -28,7 +28,6 @@ than it costs here.
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import json
 import os
@@ -47,6 +46,7 @@ from ..config.keys import key
 from ..config.source import Loc
 from ..config.values import Duration, FreeMap, IntRange, Text
 from ..errors import PermanentError
+from ..stamps import iso_now
 from . import FAILURE, StageContext, StageFunc
 from .builtin import BuildEnv
 from .csvdata import ROWS_KEY
@@ -213,7 +213,7 @@ def summary(ctx: StageContext) -> dict[str, Any]:
         "stage": None if stage is None else _text(str(stage)),
         "sha256": sha256 if isinstance(sha256, str) else None,
         "size": size,
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "at": iso_now(),
     }
 
 
