@@ -154,3 +154,33 @@ def test_every_moment_is_written_one_way(tree: Tree) -> None:
     failed = [e for e in events if e["event"] == "file.failed"]
     at = datetime.datetime.fromisoformat(str(failed[0]["timestamp"])).timestamp()
     assert abs(at - datetime.datetime.fromisoformat(item["finished_at"]).timestamp()) < 5
+
+
+def test_an_attempt_has_one_duration_in_the_log_and_the_history(tree: Tree) -> None:
+    """The seconds the log gives a stage attempt are the ones history shows (the
+    stage's own time, kept in its row), not the time between two records."""
+    tree.write_config(
+        """
+- name: slowish
+  match: "*"
+  stages:
+    - name: nap
+      command: ["sleep", "0.05"]
+"""
+    )
+    _drop(tree.incoming, ["a.txt", "b.txt", "c.txt"])
+    daemon = DaemonProcess(tree, args=("--exit-when-idle",))
+    try:
+        assert daemon.wait(60) == 0
+        events = daemon.events()
+    finally:
+        daemon.kill()
+    logged = {str(e["file"]): e["seconds"] for e in events if e["event"] == "stage.succeeded"}
+    assert sorted(logged) == ["a.txt", "b.txt", "c.txt"]
+    for name, seconds in logged.items():
+        (item,) = cli_json(tree, "history", name, schema="history")["items"]
+        (stage,) = [s for s in item["timeline"] if s["event"] == "stage"]
+        assert stage["seconds"] == seconds, (name, stage, seconds)
+        assert 0.04 <= float(seconds) < 10
+    stored = [s for (s,) in tree.query("SELECT seconds FROM attempts")]
+    assert len(stored) == 3 and all(s is not None for s in stored)

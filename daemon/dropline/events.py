@@ -73,7 +73,8 @@ class FileEvents:
         its = {"item": end.item, "file": end.file, "pipeline": end.pipeline, "stage": end.stage}
         log = self.file_log
         if d.verdict == "next":
-            log.info("stage.succeeded", **its, seconds=round(result.duration, 3))
+            # The time the history shows too (the attempt's row keeps it).
+            log.info("stage.succeeded", **its, seconds=round(end.seconds, 3))
         elif d.verdict == "interrupted":
             log.info("stage.interrupted", **its, error=result.error)
         elif d.verdict == "indeterminate":

@@ -92,6 +92,14 @@ def _where(item: ItemView) -> str | None:
     return "/".join(p for p in parts if p)
 
 
+def _took(a: AttemptView) -> float | None:
+    """How long the attempt ran, as the stage measured itself (the log's "seconds");
+    for an attempt recorded before that was kept, from its start to its end."""
+    if a.seconds is not None:
+        return round(a.seconds, 3)
+    return round(a.ended_at - a.started_at, 3) if a.ended_at else None
+
+
 def timeline(
     item: ItemView, attempts: list[AttemptView], reader: StateReader
 ) -> list[dict[str, Any]]:
@@ -115,7 +123,7 @@ def timeline(
             "stage": a.stage,
             "attempt": a.attempt,
             "outcome": a.outcome or "running",
-            "seconds": round(a.ended_at - a.started_at, 3) if a.ended_at else None,
+            "seconds": _took(a),
             "ended_at": c.iso(a.ended_at),
             "error": a.error,
         }

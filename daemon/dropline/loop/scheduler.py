@@ -54,7 +54,7 @@ class Scheduler:
         self.finishes: list[Finish] = []  # ends decided, for the transit
         self.held_items: set[str] = set()  # found held open in working/, logged once
         # While results are recorded: the rows written at the end of their transaction.
-        self._ends: list[tuple[str, str, int]] | None = None
+        self._ends: list[tuple[str, str, float | None, int]] | None = None
         self._progress: list[tuple[int, dict[str, Any], str]] | None = None
 
     # --- what the loop asks ---------------------------------------------------
@@ -216,10 +216,11 @@ class Scheduler:
             stage_cfg.retries if stage_cfg else 0,
         )
         error = {"next": "", "indeterminate": d.reason}.get(d.verdict, result.error)
+        took = round(end.seconds, 6) if result.began else None
         if self._ends is not None:
-            self._ends.append((d.attempt_outcome, error, running.attempt_id))
+            self._ends.append((d.attempt_outcome, error, took, running.attempt_id))
         else:
-            rows.record_stage_end(running.attempt_id, d.attempt_outcome, error, now)
+            rows.record_stage_end(running.attempt_id, d.attempt_outcome, error, now, took)
         if d.verdict == "next":
             item.metadata.update(result.metadata)
             self._next_stage(item, running.stage_index + 1, now)

@@ -245,11 +245,11 @@ class ItemLog:
             ids.update((item_id, int(row_id)) for row_id, item_id in cur.fetchall())
         return [ids[row[0]] for row in rows]
 
-    def record_stage_ends(self, rows: list[tuple[str, str, int]], now: float) -> None:
-        """Rows of (outcome, error, attempt id)."""
+    def record_stage_ends(self, rows: list[tuple[str, str, float | None, int]], now: float) -> None:
+        """Rows of (outcome, error, the attempt's own seconds, attempt id)."""
         self.db.many(
-            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
-            [(now, outcome, error or None, attempt_id) for outcome, error, attempt_id in rows],
+            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, seconds = ? WHERE id = ?",
+            [(now, outcome, error or None, took, at) for outcome, error, took, at in rows],
         )
 
     def set_progress_many(self, rows: list[tuple[int, dict[str, Any], str]], now: float) -> None:
@@ -260,10 +260,12 @@ class ItemLog:
             [(stage, 0, None, json.dumps(meta), now, item_id) for stage, meta, item_id in rows],
         )
 
-    def record_stage_end(self, attempt_id: int, outcome: str, error: str, now: float) -> None:
+    def record_stage_end(
+        self, attempt_id: int, outcome: str, error: str, now: float, seconds: float | None = None
+    ) -> None:
         self.db.execute(
-            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
-            (now, outcome, error or None, attempt_id),
+            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, seconds = ? WHERE id = ?",
+            (now, outcome, error or None, seconds, attempt_id),
         )
 
     def set_progress(

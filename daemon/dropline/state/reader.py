@@ -57,6 +57,7 @@ class AttemptView:
     ended_at: float | None
     outcome: str | None
     error: str | None
+    seconds: float | None = None  # as the stage measured itself (schema 5 on)
 
 
 @dataclass
@@ -119,6 +120,14 @@ def glob_literal(name: bytes) -> bytes:
         char = bytes([byte])
         out += b"[" + char + b"]" if char in b"*?[" else char
     return bytes(out)
+
+
+_ATTEMPTS_SQL = (
+    "SELECT id, stage_index, stage, attempt, started_at, ended_at, outcome, error, seconds "
+    "FROM attempts WHERE item_id = ? ORDER BY id"
+)
+# A state of schema 4 or older (its daemon not yet upgraded) has no seconds.
+_ATTEMPTS_SQL_4 = _ATTEMPTS_SQL.replace(", seconds ", ", NULL ")
 
 
 def _item(row: tuple[Any, ...]) -> ItemView:
@@ -295,11 +304,8 @@ class StateReader:
         return [_item(r) for r in rows]
 
     def attempts(self, item_id: str) -> list[AttemptView]:
-        rows = self._q(
-            "SELECT id, stage_index, stage, attempt, started_at, ended_at, outcome, error "
-            "FROM attempts WHERE item_id = ? ORDER BY id",
-            (item_id,),
-        )
+        sql = _ATTEMPTS_SQL if self.schema >= 5 else _ATTEMPTS_SQL_4
+        rows = self._q(sql, (item_id,))
         return [AttemptView(*r) for r in rows]
 
     def events(self, item_id: str) -> list[EventView]:

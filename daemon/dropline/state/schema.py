@@ -88,6 +88,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX items_name;
     """,
+    # 5: each attempt's own duration, as the stage measured it (the log's
+    # "seconds"); ended_at - started_at also counts the wait for a worker and
+    # for the loop to record the end.
+    """
+    ALTER TABLE attempts ADD COLUMN seconds REAL;
+    """,
 )
 
 
