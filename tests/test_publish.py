@@ -169,6 +169,19 @@ def test_a_name_without_extension_and_an_undecodable_name(tmp_path: Path, out: P
     assert sorted(os.listdir(os.fsencode(out))) == [b"README.done", b"caf\xe9.done.csv"]
 
 
+def test_a_name_in_an_error_is_quoted_and_escaped_never_a_python_repr(
+    tmp_path: Path, out: Path
+) -> None:
+    """A name a template made that is no file name: said as "..." (escaped), not b'...'."""
+    raw = os.fsdecode(TEMP_PREFIX + b"caf\xe9")  # not UTF-8
+    stage = build({"to": str(out), "name": "{name}"})
+    with pytest.raises(PermanentError) as caught:
+        stage(context(dropped(tmp_path, raw, b"a")))
+    text = str(caught.value)
+    assert f'"{TEMP_PREFIX.decode()}caf\\xe9" would look like a temporary' in text, text
+    assert "b'" not in text and 'b"' not in text
+
+
 @pytest.mark.parametrize(
     ("template", "needle"),
     [

@@ -66,3 +66,8 @@ def unescape_text(text: str) -> bytes:
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def quoted(name: str | bytes) -> str:
+    """NAME for a sentence: escaped and in double quotes (never Python's b'...')."""
+    return f'"{escape_text(name)}"'

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from ..crashpoints import crashpoint
 from ..errors import DiskFullError
+from ..escaping import quoted
 from ..ids import new_item_id
 from ..pipeline import Routes
 from ..spool import (
@@ -166,7 +167,7 @@ def judge_claim(spool: Spool, routes: Routes, batch: ClaimBatch, answers: list[i
             continue
         item_id, entry, working_name = plan
         if err in FULL_ERRNOS and result.full is None:
-            result.full = DiskFullError(f"claim of {entry.name!r}: {os.strerror(err)}")
+            result.full = DiskFullError(f"claim of {quoted(entry.name)}: {os.strerror(err)}")
         elif err == errno.ENOENT:
             result.lost.append(entry.name)  # renamed or removed by its writer: a lost race
         elif err == errno.EEXIST:

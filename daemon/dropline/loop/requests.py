@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ..escaping import quoted
 from ..lifecycle.requeue import RequeueResult, requeue_batch
 from ..pipeline import Routes
 from ..reloading import KIND as RELOAD
@@ -47,7 +48,7 @@ def serve_retries(
     answers = []
     for request_id, kind, item_id in asked:
         if kind != "retry":
-            answers.append((request_id, f"unknown request {kind!r}"))
+            answers.append((request_id, f"unknown request {quoted(kind)}"))
         else:
             answers.append((request_id, result.answer(item_id)))
     with requests.db.transaction():

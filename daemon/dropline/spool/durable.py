@@ -30,6 +30,7 @@ from typing import Any
 
 from ..crashpoints import crashpoint, fault
 from ..errors import DiskFullError, FatalIOError
+from ..escaping import quoted
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A FIFO opens without blocking, a symlink fails the open.
@@ -202,12 +203,12 @@ def copy_across(src_fd: int, src_name: bytes, dir_fd: int, final_name: bytes, la
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
-            raise io_error(f"copy of {src_name!r} to {label}", exc) from exc
+            raise io_error(f"copy of {quoted(src_name)} to {label}", exc) from exc
         crashpoint("finish.copy_renamed")
     try:
         os.unlink(src_name, dir_fd=src_fd)
     except OSError as exc:
-        raise io_error(f"removal of {src_name!r} after its copy", exc) from exc
+        raise io_error(f"removal of {quoted(src_name)} after its copy", exc) from exc
 
 
 def same_content(src_fd: int, src_name: bytes, dir_fd: int, name: bytes) -> bool:

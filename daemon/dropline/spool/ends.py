@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from ..errors import FatalIOError
+from ..escaping import quoted
 from .dirs import Dirs, Settings, remove_if_empty
 from .durable import (
     NAME_MAX,
@@ -70,9 +71,9 @@ class Ends:
                 try:
                     os.close(open_folder(self._end_dir(outcome, subdir), folder, 0o750))
                 except OSError as exc:
-                    raise io_error(f"cannot create the folder of {candidate!r}", exc) from exc
+                    raise io_error(f"cannot create the folder of {quoted(candidate)}", exc) from exc
             return subdir, candidate
-        raise FatalIOError(f"no free name for {name!r} in {outcome}")
+        raise FatalIOError(f"no free name for {quoted(name)} in {outcome}")
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
         dirs = self._dirs
@@ -114,7 +115,7 @@ class Ends:
         try:
             dir_fd, final_name = dirs.place(end_fd, final_name, create=True)
         except OSError as exc:
-            raise io_error(f"cannot create the folder of {final_name!r}", exc) from exc
+            raise io_error(f"cannot create the folder of {quoted(final_name)}", exc) from exc
         if not self._beside_working(dir_fd):
             if not exists(dirs.working, working_name):
                 return False
@@ -127,7 +128,7 @@ class Ends:
             except FileExistsError:
                 raise
             except OSError as exc:
-                raise io_error(f"move of {working_name!r} to {outcome}", exc) from exc
+                raise io_error(f"move of {quoted(working_name)} to {outcome}", exc) from exc
         dirs.mark(dirs.working, "working")
         dirs.mark(dir_fd, label)
         return True
@@ -142,13 +143,15 @@ class Ends:
         try:
             failed_fd, name = dirs.place(dirs.failed, final_name + ERROR_SUFFIX, create=True)
         except OSError as exc:
-            raise io_error(f"cannot create the folder of {final_name!r} in failed/", exc) from exc
+            raise io_error(
+                f"cannot create the folder of {quoted(final_name)} in failed/", exc
+            ) from exc
         data = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True).encode() + b"\n"
         try:
             # Replaces (atomically) a reason left by an earlier, interrupted attempt.
             write_atomic(failed_fd, name, b".tmp-" + name[: NAME_MAX - 5], data)
         except OSError as exc:
-            raise io_error(f"writing {name!r} in failed/", exc) from exc
+            raise io_error(f"writing {quoted(name)} in failed/", exc) from exc
         dirs.mark(failed_fd, dirs.label(dirs.failed, final_name))
 
     def remove_error(self, final_name: bytes) -> None:
@@ -195,7 +198,9 @@ class Ends:
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                raise io_error(f"move of {final_name!r} from failed/ to working/", exc) from exc
+                raise io_error(
+                    f"move of {quoted(final_name)} from failed/ to working/", exc
+                ) from exc
         dirs.mark(src_fd, dirs.label(dirs.failed, final_name))
         dirs.mark(dirs.working, "working")
         return True
@@ -229,7 +234,7 @@ class Ends:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise io_error(f"removal of {name!r} for retention", exc) from exc
+                raise io_error(f"removal of {quoted(name)} for retention", exc) from exc
             freed += st.st_size
             self._dirs.mark(dir_fd, f"{outcome}/{subdir}")
         return freed

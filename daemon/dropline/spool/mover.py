@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..crashpoints import crash_together_with, crashpoint
 from ..errors import FatalIOError
+from ..escaping import quoted
 from .durable import DIR_FLAGS, FULL_ERRNOS, fsync_dir, open_folder, rename_noreplace
 from .ipc import Pipe, start_helper
 from .names import split_name
@@ -95,7 +96,7 @@ def _rename(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> int:
         rename_noreplace(src_dir, src, dst_dir, dst)
     except OSError as exc:
         if exc.errno not in _ACCEPTED:
-            raise FatalIOError(f"rename of {src!r}: {exc.strerror}") from exc
+            raise FatalIOError(f"rename of {quoted(src)}: {exc.strerror}") from exc
         return exc.errno
     return 0
 
@@ -140,7 +141,9 @@ def _claim_from(
             fd = subs[folder] = open_folder(folders.incoming, folder)
         except OSError as exc:
             if exc.errno not in _NOT_THERE:
-                raise FatalIOError(f"opening incoming/{folder!r}: {exc.strerror}") from exc
+                raise FatalIOError(
+                    f"opening {quoted(b'incoming/' + folder)}: {exc.strerror}"
+                ) from exc
             return errno.ENOENT
     try:
         rename_noreplace(fd, base, folders.working, working_name)
@@ -148,7 +151,7 @@ def _claim_from(
         if exc.errno in _NOT_THERE:
             return errno.ENOENT
         if exc.errno not in _ACCEPTED:
-            raise FatalIOError(f"rename of {base!r}: {exc.strerror}") from exc
+            raise FatalIOError(f"rename of {quoted(base)}: {exc.strerror}") from exc
         return exc.errno
     return 0
 

@@ -15,6 +15,7 @@ import stat
 
 from ..crashpoints import crashpoint
 from ..errors import FatalIOError
+from ..escaping import quoted
 from .dirs import Dirs, Settings
 from .durable import FILE_FLAGS, FULL_ERRNOS, exists, rename_noreplace
 from .entries import (
@@ -181,7 +182,9 @@ class Working:
         except OSError as exc:
             if exc.errno in FULL_ERRNOS:
                 return None
-            raise FatalIOError(f"putting {working_name!r} back into incoming/: {exc}") from exc
+            raise FatalIOError(
+                f"putting {quoted(working_name)} back into incoming/: {exc}"
+            ) from exc
         dirs.mark(dir_fd, dirs.label(dirs.incoming, name))
         dirs.mark(dirs.working, "working")
         crashpoint("claim.put_back")
@@ -202,4 +205,4 @@ class Working:
                 return None
             if done:
                 return candidate
-        raise FatalIOError(f"no free name in incoming/ to put {working_name!r} back")
+        raise FatalIOError(f"no free name in incoming/ to put {quoted(working_name)} back")

@@ -44,6 +44,7 @@ from ..config.keys import key
 from ..config.source import Loc
 from ..config.values import AbsolutePath, Choice, Text
 from ..errors import PermanentError
+from ..escaping import quoted
 from ..spool import fit_name
 from ..spool.durable import (
     DIR_FLAGS,
@@ -151,9 +152,9 @@ def render(template: str, ctx: StageContext) -> bytes:
     )
     raw = os.fsencode(name)
     if raw in (b"", b".", b"..") or b"/" in raw or b"\0" in raw:
-        raise PermanentError(f"publish: {raw!r} (from the name template) is not a file name")
+        raise PermanentError(f"publish: {quoted(raw)} (from the name template) is not a file name")
     if raw.startswith(TEMP_PREFIX):
-        raise PermanentError(f"publish: {raw!r} would look like a temporary of publish")
+        raise PermanentError(f"publish: {quoted(raw)} would look like a temporary of publish")
     return raw
 
 
@@ -178,7 +179,7 @@ def _candidates(final: bytes, item_id: str, if_exists: str) -> Iterator[bytes]:
     if len(final) <= NAME_MAX:
         yield final
     elif if_exists != "keep-both":
-        raise PermanentError(f"publish: {final!r} is longer than {NAME_MAX} bytes")
+        raise PermanentError(f"publish: {quoted(final)} is longer than {NAME_MAX} bytes")
     if if_exists == "keep-both":
         yield fit_name(final, item_id)
         for n in range(1, 100):
@@ -266,7 +267,7 @@ def _place(
                 raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists") from None
             copied = False  # renamed into place: no temporary left
             return name
-        raise FileExistsError(errno.EEXIST, f"publish: no free name for {final!r} in {to}")
+        raise FileExistsError(errno.EEXIST, f"publish: no free name for {quoted(final)} in {to}")
     finally:
         if copied:
             with contextlib.suppress(OSError):

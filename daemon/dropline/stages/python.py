@@ -10,6 +10,7 @@ as is.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,7 +56,8 @@ def load_python_stage(
             target = target(dict(options))
         except Exception as exc:  # noqa: BLE001 - the operator's constructor
             raise ConfigError(
-                f"{ref}({dict(options)!r}) failed: {type(exc).__name__}: {exc}",
+                f"{ref}({json.dumps(dict(options), default=str)}) failed: "
+                f"{type(exc).__name__}: {exc}",
                 file=file,
                 line=line,
                 key=key,
