@@ -178,6 +178,7 @@ clean:
 # overwriting one that exists).  WHEELHOUSE=DIR installs from wheels built
 # beforehand (make wheelhouse) instead of the package index.
 PREFIX          ?= /opt/automation/dropline
+BINDIR          ?= /usr/local/bin
 CONFDIR         ?= /etc/dropline
 PIPELINESDIR    ?= /opt/automation/pipelines
 UNITDIR         ?= /etc/systemd/system
@@ -211,6 +212,9 @@ install:
 	$(PREFIX)/bin/python -m pip install --quiet $(PIP_FROM) --require-hashes -r $(LOCK_RUN)
 	$(PREFIX)/bin/python -m pip install --quiet $(PIP_FROM) --no-deps --force-reinstall $(DROPLINE_SOURCE)
 	$(PREFIX)/bin/python -m pip check
+	@# `dropline` on PATH: a link to the program in its environment (the README's commands).
+	install -d -m 0755 $(BINDIR)
+	ln -sfn $(PREFIX)/bin/dropline $(BINDIR)/dropline
 	install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(UNITDIR) $(SYSUSERSDIR) $(TMPFILESDIR)
 	for u in $(UNITS); do install -m 0644 units/$$u $(UNITDIR)/$$u; done
@@ -243,6 +247,8 @@ uninstall:
 	for u in $(UNITS); do rm -f $(UNITDIR)/$$u; done
 	rm -f $(SYSUSERSDIR)/dropline.conf $(TMPFILESDIR)/dropline.conf
 	rm -rf $(PREFIX)
+	@# The link on PATH, if it is still ours.
+	if [ "$$(readlink $(BINDIR)/dropline)" = "$(PREFIX)/bin/dropline" ]; then rm -f $(BINDIR)/dropline; fi
 	@if [ "$(PURGE)" = 1 ]; then \
 	  rm -rf /opt/automation/data /var/lib/dropline $(CONFDIR) $(PIPELINESDIR); \
 	  echo "removed data, state, configuration and pipelines"; \

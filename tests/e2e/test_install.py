@@ -35,6 +35,18 @@ def test_installed_environment_holds_exactly_the_run_lock(dropline: Container) -
     assert installed == locked(REPO / "requirements" / "run.txt")
 
 
+def test_dropline_is_on_the_path_after_install(dropline: Container) -> None:
+    """`dropline` runs by its name from a login shell's PATH, as the README shows it."""
+    done = dropline.sh(
+        "PATH=/usr/local/bin:$PATH; command -v dropline; dropline --version", check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == "/usr/local/bin/dropline"
+    assert "dropline" in done.stdout.splitlines()[1]
+    link = dropline.run("readlink", "/usr/local/bin/dropline").stdout.strip()
+    assert link == "/opt/automation/dropline/bin/dropline"
+
+
 def test_installed_host_passes_check(dropline: Container) -> None:
     """`dropline check`, run as the service user on the installed host, accepts it."""
     done = dropline.run(
