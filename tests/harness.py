@@ -237,8 +237,10 @@ def crash_run(tree: Tree, point: str, timeout: float = 30.0) -> None:
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m dropline ARGS`` and capture its output."""
+    """Run ``python -m dropline ARGS`` and capture its output (tables not fitted to
+    a $COLUMNS of the caller's, unless ENV gives one)."""
     full_env = dict(os.environ)
+    full_env.pop("COLUMNS", None)
     full_env["PYTHONPATH"] = str(REPO / "daemon")
     full_env.update(env or {})
     return subprocess.run(

@@ -43,6 +43,39 @@ def test_table_columns_align_and_numbers_go_right() -> None:
     ]
 
 
+def test_wide_characters_count_two_columns_and_combining_marks_none() -> None:
+    assert c.display_width("orders.csv") == 10
+    assert c.display_width("日本語.csv") == 10
+    assert c.display_width("cafe\u0301.csv") == 8  # e + combining acute
+    out = io.StringIO()
+    c.Console(out, colour=False).table(["FILE", "N"], [["日本語.csv", "1"], ["b.csv", "22"]])
+    lines = out.getvalue().splitlines()
+    # The second column starts at the same screen column on every line.
+    starts = {c.display_width(line[: line.rindex(" ") + 1]) for line in lines}
+    assert len(starts) == 1, lines
+
+
+def test_a_table_fits_the_width_the_widest_text_column_giving_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    rows = [["01JD3PZ1K2M3N4P5Q6R7S8T9V0", "orders-3.csv", "7", "x" * 90]]
+    c.Console(out, colour=False, width=60).table(["ITEM", "FILE", "N", "REASON"], rows, right=(2,))
+    lines = out.getvalue().splitlines()
+    assert all(c.display_width(line) <= 60 for line in lines), lines
+    assert lines[1].endswith("...") and "orders-3.csv" in lines[1] and " 7 " in lines[1]
+    assert c.clip("日本語のファイル名", 9) == "日本語..."
+    narrow = io.StringIO()
+    c.Console(narrow, colour=False, width=10).table(["FILE"], [["a-rather-long-name.csv"]])
+    assert narrow.getvalue().splitlines()[1] == "  a-rat..."  # never under 8 columns
+    wide = io.StringIO()
+    c.Console(wide, colour=False).table(["REASON"], [["y" * 300]])  # not a terminal: whole
+    assert wide.getvalue().splitlines()[1] == "  " + "y" * 300
+    monkeypatch.setenv("COLUMNS", "40")  # as `watch` sets it for the command it runs
+    assert c.Console(io.StringIO()).width == 40
+
+
 def test_colour_only_on_a_terminal_and_never_with_no_color(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
@@ -24,11 +26,19 @@ _COLOURS = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
 class Console:
     """Where a command prints, and whether it may use colour."""
 
-    def __init__(self, stream: TextIO | None = None, colour: bool | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, colour: bool | None = None, width: int | None = None
+    ) -> None:
         self.stream = stream or sys.stdout
+        tty = self.stream.isatty()
         if colour is None:
-            colour = self.stream.isatty() and not os.environ.get("NO_COLOR")
+            colour = tty and not os.environ.get("NO_COLOR")
         self.colour = colour
+        # Tables fit WIDTH columns: the terminal's ($COLUMNS first, as shutil reads
+        # it); into a pipe, only when $COLUMNS asks (a script reads --json anyway).
+        if width is None and (tty or os.environ.get("COLUMNS")):
+            width = shutil.get_terminal_size().columns
+        self.width = width
 
     def paint(self, text: str, colour: str) -> str:
         if not self.colour or colour not in _COLOURS:
@@ -49,17 +59,22 @@ class Console:
     ) -> None:
         """Aligned columns; RIGHT: indexes of right-aligned (numeric) columns.
 
-        COLOURS: one colour (or None) per row, applied after alignment so the
-        escape codes never disturb the widths.
+        Widths count what a terminal shows (a wide character two columns, a
+        combining one none).  Wider than the console, the widest text columns
+        give way, their cells cut with "...".  COLOURS: one colour (or None)
+        per row, applied after alignment so the escape codes never disturb
+        the widths.
         """
-        widths = [len(h) for h in headers]
+        widths = [display_width(h) for h in headers]
         for row in rows:
             for i, cell in enumerate(row):
-                widths[i] = max(widths[i], len(cell))
+                widths[i] = max(widths[i], display_width(cell))
+        if self.width is not None:
+            _fit(widths, [display_width(h) for h in headers], right, self.width - len(indent))
 
         def fmt(cells: Sequence[str]) -> str:
             parts = [
-                cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                pad(clip(cell, widths[i]), widths[i], right=i in right)
                 for i, cell in enumerate(cells)
             ]
             return (indent + "  ".join(parts)).rstrip()
@@ -69,6 +84,55 @@ class Console:
             colour = colours[n] if colours else None
             text = fmt(row)
             self.line(self.paint(text, colour) if colour else text)
+
+
+_NARROWEST = 8  # a text column is never cut narrower than this (or its header)
+
+
+def _fit(widths: list[int], headers: list[int], right: Sequence[int], room: int) -> None:
+    """Narrow the widest text columns (never the numbers) until the row fits ROOM."""
+    while sum(widths) + 2 * (len(widths) - 1) > room:
+        text = [i for i in range(len(widths)) if i not in right]
+        floor = {i: max(_NARROWEST, headers[i]) for i in text}
+        wide = [i for i in text if widths[i] > floor[i]]
+        if not wide:
+            return  # as narrow as it goes: the terminal wraps the rest
+        widest = max(wide, key=lambda i: widths[i])
+        over = sum(widths) + 2 * (len(widths) - 1) - room
+        widths[widest] = max(floor[widest], widths[widest] - over)
+
+
+def display_width(text: str) -> int:
+    """The columns TEXT takes in a terminal: two for a wide (East Asian) character,
+    none for a combining mark or a format character, one for the others."""
+    if text.isascii():
+        return len(text)
+    total = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        total += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return total
+
+
+def clip(text: str, width: int) -> str:
+    """TEXT cut to WIDTH columns, with "..." where it was cut."""
+    if display_width(text) <= width:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = display_width(ch)
+        if used + w > width - 3:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "..."[: max(0, width - used)]
+
+
+def pad(text: str, width: int, *, right: bool = False) -> str:
+    """TEXT filled with spaces to WIDTH columns (on the left when RIGHT)."""
+    fill = " " * max(0, width - display_width(text))
+    return fill + text if right else text + fill
 
 
 def print_json(doc: Any, stream: TextIO | None = None) -> None:
@@ -145,8 +209,11 @@ def shorten(text: str, width: int) -> str:
 __all__ = [
     "Console",
     "ago",
+    "clip",
+    "display_width",
     "iso",
     "name",
+    "pad",
     "parse_iso",
     "print_json",
     "shorten",
