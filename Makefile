@@ -179,6 +179,9 @@ clean:
 # beforehand (make wheelhouse) instead of the package index.
 PREFIX          ?= /opt/automation/dropline
 BINDIR          ?= /usr/local/bin
+MANDIR          ?= /usr/local/share/man
+BASHCOMPDIR     ?= /usr/share/bash-completion/completions
+ZSHCOMPDIR      ?= /usr/local/share/zsh/site-functions
 CONFDIR         ?= /etc/dropline
 PIPELINESDIR    ?= /opt/automation/pipelines
 UNITDIR         ?= /etc/systemd/system
@@ -215,6 +218,12 @@ install:
 	@# `dropline` on PATH: a link to the program in its environment (the README's commands).
 	install -d -m 0755 $(BINDIR)
 	ln -sfn $(PREFIX)/bin/dropline $(BINDIR)/dropline
+	@# The manual page and the completions, made from the installed parser.
+	install -d -m 0755 $(MANDIR)/man1 $(BASHCOMPDIR) $(ZSHCOMPDIR)
+	$(PREFIX)/bin/python -m dropline.manual man > $(MANDIR)/man1/dropline.1
+	$(PREFIX)/bin/python -m dropline.manual bash > $(BASHCOMPDIR)/dropline
+	$(PREFIX)/bin/python -m dropline.manual zsh > $(ZSHCOMPDIR)/_dropline
+	chmod 0644 $(MANDIR)/man1/dropline.1 $(BASHCOMPDIR)/dropline $(ZSHCOMPDIR)/_dropline
 	install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(UNITDIR) $(SYSUSERSDIR) $(TMPFILESDIR)
 	for u in $(UNITS); do install -m 0644 units/$$u $(UNITDIR)/$$u; done
@@ -249,6 +258,7 @@ uninstall:
 	rm -rf $(PREFIX)
 	@# The link on PATH, if it is still ours.
 	if [ "$$(readlink $(BINDIR)/dropline)" = "$(PREFIX)/bin/dropline" ]; then rm -f $(BINDIR)/dropline; fi
+	rm -f $(MANDIR)/man1/dropline.1 $(BASHCOMPDIR)/dropline $(ZSHCOMPDIR)/_dropline
 	@if [ "$(PURGE)" = 1 ]; then \
 	  rm -rf /opt/automation/data /var/lib/dropline $(CONFDIR) $(PIPELINESDIR); \
 	  echo "removed data, state, configuration and pipelines"; \

@@ -47,6 +47,22 @@ def test_dropline_is_on_the_path_after_install(dropline: Container) -> None:
     assert link == "/opt/automation/dropline/bin/dropline"
 
 
+def test_the_manual_page_and_the_completions_are_installed(dropline: Container) -> None:
+    """dropline(1) where man looks, and a bash completion that completes the commands."""
+    page = dropline.run("cat", "/usr/local/share/man/man1/dropline.1").stdout
+    assert page.startswith(".TH DROPLINE 1") and ".SS history" in page
+    done = dropline.run(
+        "bash",
+        "-c",
+        ". /usr/share/bash-completion/completions/dropline; "
+        "COMP_WORDS=(dropline hist); COMP_CWORD=1; _dropline; echo ${COMPREPLY[*]}",
+        check=False,
+    )
+    assert done.stdout.split() == ["history"], done.stdout + done.stderr
+    zsh = dropline.run("cat", "/usr/local/share/zsh/site-functions/_dropline").stdout
+    assert zsh.startswith("#compdef dropline")
+
+
 def test_installed_host_passes_check(dropline: Container) -> None:
     """`dropline check`, run as the service user on the installed host, accepts it."""
     done = dropline.run(
