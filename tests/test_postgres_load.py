@@ -261,6 +261,29 @@ def test_dsn_from_the_environment(
     assert stage(context(path, "E")) == {"loaded_rows": 1, "table": "from_env"}
 
 
+def test_dsn_from_a_credential(
+    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dsn_credential: the connection string (its password with it) comes from the file
+    systemd's LoadCredential= passed; a wrong one is not repeated in the error."""
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    (folder / "pg-dsn").write_text(pg.dsn() + "\n")
+    (folder / "garbled").write_text("host password=hunter2\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(folder))
+    stage = stage_of({"dsn_credential": "pg-dsn", "table": "from_credential"})
+    path = write(tmp_path / "c.csv", "id\n1\n")
+    assert stage(context(path, "C")) == {"loaded_rows": 1, "table": "from_credential"}
+    with pytest.raises(ConfigError) as caught:
+        stage_of({"dsn_credential": "garbled", "table": "t"})
+    assert "the credential does not hold a valid" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError, match="not passed"):
+        stage_of({"dsn_credential": "absent", "table": "t"})
+    with pytest.raises(ConfigError, match="not both"):
+        stage_of({"dsn_credential": "pg-dsn", "dsn_env": "X", "table": "t"})
+
+
 @pytest.mark.parametrize(
     ("options", "key", "line", "text"),
     [

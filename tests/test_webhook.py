@@ -239,6 +239,32 @@ def test_headers_take_environment_variables_at_call_time(
     assert script.received[0].headers["X-Source"] == "dropline $HOME"  # only ${...} is replaced
 
 
+def test_headers_take_credentials_at_call_time(
+    tmp_path: Path, server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """${credential:NAME}: the file systemd's LoadCredential= passed, read at each call."""
+    url, script = server
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    (folder / "api-token").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(folder))
+    stage = build(
+        {"url": url, **FAST, "headers": {"Authorization": "Bearer ${credential:api-token}"}}
+    )
+    stage(context(tmp_path))
+    (folder / "api-token").write_text("rotated\n")
+    stage(context(tmp_path))
+    assert [r.headers["Authorization"] for r in script.received] == [
+        "Bearer s3cret",
+        "Bearer rotated",
+    ]
+    with pytest.raises(ConfigError, match=r"headers\.X-Key: .*credential \"nope\" was not passed"):
+        build({"url": url, "headers": {"X-Key": "${credential:nope}"}})
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        build({"url": url, "headers": {"X-Key": "${credential:api-token}"}})
+
+
 # --- options --------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.keys import key
 from ..config.source import Loc
 from ..config.values import Duration, Flag, Text, sql_identifier
+from ..credentials import CredentialError, read_credential
 from ..errors import PermanentError
 from . import StageContext, StageFunc, csvdata
 from .held import Held
@@ -51,6 +52,9 @@ _COPY_LINE = re.compile(r"\bCOPY \S+, line (\d+)")
 class Options:
     dsn: str | None = key(Text("a libpq connection string"), default=None)
     dsn_env: str | None = key(Text("the name of an environment variable"), default=None)
+    dsn_credential: str | None = key(
+        Text("the name of a credential (LoadCredential=)"), default=None
+    )
     table: str = key(Text('a table name ("orders" or "schema.orders")'))
     create: bool = key(Flag(), default=True)
     delimiter: str | None = key(Text("a one-character delimiter"), default=None)
@@ -94,8 +98,9 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
     try:
         given = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        if dsn_key == "dsn_env":  # its text may hold a password: not repeated
-            at.fail(dsn_key, "the variable does not hold a valid libpq connection string")
+        if dsn_key != "dsn":  # its text may hold a password: not repeated
+            where = "the variable" if dsn_key == "dsn_env" else "the credential"
+            at.fail(dsn_key, f"{where} does not hold a valid libpq connection string")
         at.fail(dsn_key, f"not a valid libpq connection string: {exc}")
     params: dict[str, Any] = {}
     if timeout_given or "connect_timeout" not in given:
@@ -112,18 +117,31 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
 
 
 def _dsn(opts: Options, at: Loc) -> tuple[str, str]:
-    """(the option it came from, the connection string): dsn, or dsn_env naming a variable."""
-    inline, variable = opts.dsn, opts.dsn_env
-    if inline is not None and variable is not None:
-        at.fail("dsn_env", "give dsn or dsn_env, not both")
+    """(the option it came from, the connection string): dsn, dsn_env naming a variable,
+    or dsn_credential naming a credential the unit passes (``credentials.py``)."""
+    inline, variable, credential = opts.dsn, opts.dsn_env, opts.dsn_credential
+    given = [
+        k
+        for k, v in (("dsn", inline), ("dsn_env", variable), ("dsn_credential", credential))
+        if v is not None
+    ]
+    if len(given) > 1:
+        which = f"{given[0]} or {given[1]}, not both" if len(given) == 2 else "one, not three"
+        at.fail(given[1], f"give {which}")
     if inline is not None:
         return "dsn", inline
+    if credential is not None:
+        try:
+            return "dsn_credential", read_credential(credential)
+        except CredentialError as exc:
+            at.fail("dsn_credential", str(exc))
     if variable is None:
         at.fail(
             "dsn",
             'missing required key "dsn": a libpq connection string such as '
             '"host=db.example port=5432 dbname=reports user=dropline" '
-            "(or dsn_env: the name of an environment variable holding it)",
+            "(or dsn_credential: the name of a credential holding it, or dsn_env: "
+            "the name of an environment variable)",
         )
     value = os.environ.get(variable, "")
     if not value:

@@ -45,6 +45,7 @@ from .. import __version__
 from ..config.keys import key
 from ..config.source import Loc
 from ..config.values import Duration, FreeMap, IntRange, Text
+from ..credentials import CredentialError, read_credential
 from ..errors import PermanentError
 from ..stamps import iso_now
 from . import FAILURE, StageContext, StageFunc
@@ -57,6 +58,7 @@ SHA256_KEY = "sha256"
 
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CREDENTIAL = "credential:"  # ${credential:NAME}: a credential, not a variable
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
 # Set by the stage (or by http.client) for every request: not from the configuration.
 _OWN_HEADERS = ("content-length", "host", "idempotency-key", "transfer-encoding", "connection")
@@ -143,7 +145,8 @@ def _check_url(at: Loc, url: str) -> None:
 
 
 def _headers(given: Mapping[str, object], mapping: Loc) -> dict[str, str]:
-    """The ``headers`` mapping, checked; ``${NAME}`` must name a set environment variable."""
+    """The ``headers`` mapping, checked; ``${NAME}`` must name a set environment variable,
+    ``${credential:NAME}`` a credential the unit passes (``credentials.py``)."""
     headers: dict[str, str] = {}
     for name in list(given):
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
@@ -156,6 +159,14 @@ def _headers(given: Mapping[str, object], mapping: Loc) -> dict[str, str]:
         if "\r" in value or "\n" in value:
             mapping.fail(name, "a header value is one line")
         for variable in _VARIABLE.findall(value):
+            if variable.startswith(_CREDENTIAL):
+                try:
+                    secret = read_credential(variable.removeprefix(_CREDENTIAL))
+                except CredentialError as exc:
+                    mapping.fail(name, str(exc))
+                if "\r" in secret or "\n" in secret:
+                    mapping.fail(name, f"${{{variable}}} holds more than one line")
+                continue
             if not _ENV_NAME.fullmatch(variable):
                 mapping.fail(name, f'"${{{variable}}}" does not name an environment variable')
             if variable not in os.environ:
@@ -169,10 +180,17 @@ def _headers(given: Mapping[str, object], mapping: Loc) -> dict[str, str]:
 
 
 def _resolve(name: str, value: str) -> str:
-    """VALUE with each ``${NAME}`` replaced from the environment, now."""
+    """VALUE with each ``${NAME}`` replaced from the environment, and each
+    ``${credential:NAME}`` from its credential, now (a rotated secret is used at once)."""
 
     def variable(match: re.Match[str]) -> str:
-        found = os.environ.get(match.group(1))
+        if match.group(1).startswith(_CREDENTIAL):
+            try:
+                found: str | None = read_credential(match.group(1).removeprefix(_CREDENTIAL))
+            except CredentialError as exc:
+                raise PermanentError(f"webhook: header {name}: {exc}") from None
+        else:
+            found = os.environ.get(match.group(1))
         if found is None:
             raise PermanentError(f"webhook: header {name}: ${{{match.group(1)}}} is not set")
         if "\r" in found or "\n" in found:
