@@ -114,11 +114,12 @@ postgresql-server:
 
 # The tier of real writers (tests/test_real_writers.py) runs the tools operators write
 # into incoming/ with, and strace to hold a tool's race window open; promtool (Debian's
-# prometheus package) checks the alert rules and the dashboard shipped in config/.  As
+# prometheus package) checks the alert rules and the dashboard shipped in config/, and
+# tmux is the real terminal `dropline top` is tested in.  As
 # root, Debian's packages of those missing are installed (COMMAND:PACKAGE); where they
 # cannot be, the tests that need them skip, naming the tool.
 WRITER_TOOLS := rsync:rsync vim.tiny:vim-tiny sqlite3:sqlite3 tar:tar unzip:unzip zip:zip \
-	curl:curl wget:wget gzip:gzip strace:strace promtool:prometheus
+	curl:curl wget:wget gzip:gzip strace:strace promtool:prometheus tmux:tmux
 writer-tools:
 	@missing=""; for t in $(WRITER_TOOLS); do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \

@@ -128,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    top = sub.add_parser(
+        "top",
+        parents=[common],
+        help="a live view: per pipeline and stage, files/s now, running, waiting, retrying",
+        description="Redraws every second what dropline does now, from the state database "
+        "read-only: per pipeline, files ended per second over the last 10 s and failed in the "
+        "last hour; per pipeline and stage, attempts started per second, files running, "
+        "waiting, waiting for a retry and the oldest one's age; what waits in incoming/. "
+        "Ctrl-C quits. Not on a terminal (or with --once or --json) it prints one frame.",
+        epilog="Examples:\n  dropline top\n  dropline top --once\n  dropline top --json | jq .",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="between frames (1)"
+    )
+    top.add_argument("--once", action="store_true", help="one frame, then exit")
+    top.add_argument("--json", action="store_true", help="one frame as a JSON object")
     history = sub.add_parser(
         "history",
         parents=[common],

@@ -58,6 +58,22 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _top(args: argparse.Namespace) -> int:
+    from .commands import top
+    from .config import load_config
+    from .state import StateReader
+
+    if not args.interval > 0:
+        raise ConfigError("--interval: a number of seconds above 0")
+    config = load_config(args.config)
+    with StateReader(config.state_db) as reader:
+        if args.json or args.once or not sys.stdout.isatty():
+            _output(args, top.collect(config, reader), top.render)
+        else:
+            top.watch(config, reader, args.interval, sys.stdout)
+    return EXIT_OK
+
+
 def _history(args: argparse.Namespace) -> int:
     from .commands import history, parse_since
     from .config import load_config
@@ -183,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": lambda a: _run(a.config, a.exit_when_idle),
         "reload": _reload,
         "status": _status,
+        "top": _top,
         "history": _history,
         "retry": _retry,
         "prune": _prune,

@@ -248,6 +248,28 @@ class StateReader:
             for p, st, n, run, r, c, o in rows
         ]
 
+    def ended_by_pipeline(self, since: float) -> dict[tuple[str | None, str], int]:
+        """Files that ended since SINCE, by (pipeline, how): an index range, however
+        long the history."""
+        rows = self._q(
+            "SELECT pipeline, state, count(*) FROM items WHERE state IN "
+            "('archived', 'failed', 'vanished') AND finished_at >= ? GROUP BY 1, 2",
+            (since,),
+        )
+        return {(p, str(st)): int(n) for p, st, n in rows}
+
+    def attempts_started(self, since: float, lookback: int) -> dict[tuple[str | None, str], int]:
+        """Stage attempts started since SINCE, by (pipeline, stage), among the last
+        LOOKBACK attempts written (the table's end: a bounded read, however long the
+        history; beyond LOOKBACK within the window, the count stops there)."""
+        rows = self._q(
+            "SELECT i.pipeline, a.stage, count(*) FROM attempts a JOIN items i "
+            "ON i.id = a.item_id WHERE a.id > (SELECT coalesce(max(id), 0) FROM attempts) - ? "
+            "AND a.started_at >= ? GROUP BY 1, 2",
+            (lookback, since),
+        )
+        return {(p, str(stage)): int(n) for p, stage, n in rows}
+
     def recent_failures(self, limit: int) -> list[ItemView]:
         rows = self._q(
             f"{_ITEM_SQL} WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?",
