@@ -102,6 +102,33 @@ def test_event_fields_become_journal_fields(journal_socket: tuple[str, socket.so
     assert "TIMESTAMP" not in fields
 
 
+def test_lists_and_flags_are_json_in_the_journal_and_on_the_console(
+    journal_socket: tuple[str, socket.socket],
+) -> None:
+    """A list, a mapping or a flag reads as JSON (["a", "b"], true), never as Python
+    writes it (['a', 'b'], True): in a journal field and on a console line."""
+    path, sock = journal_socket
+    JournalSender(path).send(
+        "configuration reloaded",
+        "info",
+        {"pipelines": ["reports", "caf\u00e9"], "running": True, "limits": {"a": 1}},
+    )
+    fields = _parse(sock.recv(65536))
+    assert fields["PIPELINES"] == '["reports", "caf\u00e9"]'
+    assert fields["RUNNING"] == "true"
+    assert fields["LIMITS"] == '{"a": 1}'
+    out = io.StringIO()
+    dlog.configure("console", stream=out)
+    try:
+        dlog.get_logger().info("daemon.reloaded", pipelines=["reports", "orders"], dry=False)
+        dlog.release_lines()
+    finally:
+        dlog.configure("json", stream=io.StringIO())
+    line = out.getvalue()
+    assert '["reports","orders"]' in line and "dry=false" in line, line
+    assert "['reports'" not in line
+
+
 def test_multiline_value_uses_length_framing(journal_socket: tuple[str, socket.socket]) -> None:
     """A value holding a newline is sent length-prefixed, so it cannot forge a field."""
     path, sock = journal_socket

@@ -71,3 +71,20 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 def quoted(name: str | bytes) -> str:
     """NAME for a sentence: escaped and in double quotes (never Python's b'...')."""
     return f'"{escape_text(name)}"'
+
+
+def field_text(value: object) -> str:
+    """A field's value as text for a journal field or a console line: a string as it
+    is, a number as written, true/false, and a list or a mapping as JSON (never
+    Python's ['a', 'b'] or True)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple | dict):
+        import json
+
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)

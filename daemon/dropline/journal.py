@@ -42,6 +42,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TextIO
 
+from .escaping import field_text
 from .messages import describe, message_id
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -153,8 +154,7 @@ class JournalSender:
         for key, value in fields.items():
             if value is None or key in ("level", "timestamp"):
                 continue
-            text = value if isinstance(value, str) else repr(value)
-            parts.append(_encode(field_name(key), text))
+            parts.append(_encode(field_name(key), field_text(value)))
         end = event in END_EVENTS
         entry = _Entry(b"".join(parts), end or priority <= 4, end, message)
         with self._lock:
@@ -220,7 +220,7 @@ class JournalSender:
                 _encode("SYSLOG_IDENTIFIER", "dropline"),
                 _encode("MESSAGE_ID", message_id("journal.dropped")),
             ]
-            parts += [_encode(key, str(value)) for key, value in fields.items()]
+            parts += [_encode(key, field_text(value)) for key, value in fields.items()]
             entry = _Entry(b"".join(parts), True, False, report)
             if not self._send(entry):
                 self._queue.append(entry)

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .escaping import escape_text
+from .escaping import escape_text, field_text
 from .journal import JournalSender, stderr_is_journal
 from .messages import describe
 from .stamps import iso_now
@@ -59,6 +59,23 @@ class _JournalRenderer:
         fields["EVENT"] = event
         self._sender.send(message, level, fields)
         raise structlog.DropEvent
+
+
+class _ConsoleRenderer:
+    """structlog's console renderer, each list, mapping or flag of an event written
+    as JSON (["a", "b"], true) rather than as Python writes it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        for key, value in event_dict.items():
+            if isinstance(value, bool):
+                event_dict[key] = field_text(value)
+            elif isinstance(value, list | tuple | dict):
+                # Compact, as the console shows it (quoted, as any text with quotes).
+                event_dict[key] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return str(self._inner(logger, method, event_dict))
 
 
 def _fallback(value: Any) -> Any:
@@ -182,7 +199,9 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
         atexit.register(_journal.close)
         renderer = _JournalRenderer(_journal)
     elif use_console:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), pad_event_to=22)
+        renderer = _ConsoleRenderer(
+            structlog.dev.ConsoleRenderer(colors=out.isatty(), pad_event_to=22)
+        )
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps())
     # Short on purpose: it runs for every event of every file (no context
