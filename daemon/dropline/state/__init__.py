@@ -13,9 +13,10 @@ from __future__ import annotations
 from .db import Database, acquire_lock
 from .items import ItemLog, ItemRow, OpenAttempt
 from .pruning import Pruning
-from .reader import AttemptView, EventView, ItemQuery, ItemView, StateReader, daemon_pid
+from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid
 from .requests import RequestQueue
 from .schema import FINISHED, MIGRATIONS, UNFINISHED, ItemState
+from .search import ItemQuery
 
 __all__ = [
     "FINISHED",
