@@ -222,10 +222,11 @@ install:
 	ln -sfn $(PREFIX)/bin/dropline $(BINDIR)/dropline
 	@# The manual page and the completions, made from the installed parser.
 	install -d -m 0755 $(MANDIR)/man1 $(BASHCOMPDIR) $(ZSHCOMPDIR)
-	$(PREFIX)/bin/python -m dropline.manual man > $(MANDIR)/man1/dropline.1
-	$(PREFIX)/bin/python -m dropline.manual bash > $(BASHCOMPDIR)/dropline
-	$(PREFIX)/bin/python -m dropline.manual zsh > $(ZSHCOMPDIR)/_dropline
-	chmod 0644 $(MANDIR)/man1/dropline.1 $(BASHCOMPDIR)/dropline $(ZSHCOMPDIR)/_dropline
+	@# Each written aside, then renamed into place: a failure leaves no empty file.
+	for m in man:$(MANDIR)/man1/dropline.1 bash:$(BASHCOMPDIR)/dropline \
+	    zsh:$(ZSHCOMPDIR)/_dropline; do \
+	  $(PREFIX)/bin/python -m dropline.manual $${m%%:*} > $${m#*:}.tmp && \
+	  chmod 0644 $${m#*:}.tmp && mv -f $${m#*:}.tmp $${m#*:} || exit 1; done
 	install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(UNITDIR) $(SYSUSERSDIR) $(TMPFILESDIR)
 	for u in $(UNITS); do install -m 0644 units/$$u $(UNITDIR)/$$u; done

@@ -24,6 +24,10 @@ def test_a_credential_is_its_file_without_the_final_newline(credentials: Path) -
     (credentials / "pg-dsn").write_text("host=db password=x y\n\n")
     assert read_credential("api-token") == "s3cret"
     assert read_credential("pg-dsn") == "host=db password=x y\n"  # only one newline goes
+    (credentials / "windows").write_bytes(b"token\r\n")
+    assert read_credential("windows") == "token"
+    (credentials / "long").write_text("k" * 100_000 + "\n")
+    assert read_credential("long") == "k" * 100_000  # whole, however long
 
 
 def test_what_cannot_be_read_says_how_to_pass_it(

@@ -184,3 +184,34 @@ def test_an_attempt_has_one_duration_in_the_log_and_the_history(tree: Tree) -> N
         assert 0.04 <= float(seconds) < 10
     stored = [s for (s,) in tree.query("SELECT seconds FROM attempts")]
     assert len(stored) == 3 and all(s is not None for s in stored)
+
+
+def test_escaped_names_read_back_as_they_were() -> None:
+    """Every name escape_text prints reads back to its bytes: what status printed
+    finds the file (a C1 control, a no-break space, a character past U+FFFF)."""
+    from dropline.escaping import escape_text, unescape_text
+
+    names = [
+        b"plain.csv",
+        b"bad-\xff\xfe.csv",
+        "nbsp\u00a0soft\u00ad.csv".encode(),
+        "c1-\u0085-\u009b.csv".encode(),
+        "far-\U000f0000.csv".encode(),
+        b"ctl-\x01\x1b[31m.csv",
+        b"back\\slash\\x41.csv",
+        "rlo-\u202e.csv".encode(),
+    ]
+    for name in names:
+        assert unescape_text(escape_text(name)) == name, (name, escape_text(name))
+
+
+def test_a_name_with_glob_characters_is_found_as_a_name(tree: Tree) -> None:
+    tree.write_config(PIPELINES)
+    _drop(tree.incoming, ["scan[1].pdf", "scan1.pdf"])
+    assert run_until_idle(tree) == 0
+    doc = cli_json(tree, "history", "scan[1].pdf", schema="history")
+    assert doc["listed"] is False and _files(doc) == ["scan[1].pdf"]
+    assert sorted(_files(cli_json(tree, "history", "scan*", schema="history"))) == [
+        "scan1.pdf",
+        "scan[1].pdf",
+    ]

@@ -225,7 +225,7 @@ ODD_STEMS: dict[bytes, str] = {
     b"bad-\xff\xfe": "bad-\\xff\\xfe",
     b"\x1b[31mred\x1b[0m": "\\x1b[31mred\\x1b[0m",
     b"tab\tand\rreturn": "tab\\tand\\rreturn",
-    "c1-\u009b31mcsi".encode(): "c1-\\x9b31mcsi",  # the one-byte CSI of C1 terminals
+    "c1-\u009b31mcsi".encode(): "c1-\\u009b31mcsi",  # the one-byte CSI of C1 terminals
     "rlo-\u202egnp".encode(): "rlo-\\u202egnp",  # right-to-left override
     b"back\\slash": "back\\\\slash",
     b"-rf": "-rf",

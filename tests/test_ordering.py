@@ -390,10 +390,15 @@ def check_order(
         # 2. The rename is durable (both folders fsynced) before the claim is recorded
         # (its row "active", or "finishing" for a file with no stage), and a
         # durable commit follows.
-        done = first_record(claim.end, name, wname, b"active", b"finishing")
+        # Looked for from the intent on: a claim recorded before its rename is caught
+        # as such, not matched with a later page that still holds the row.
+        since = intent.end if intent is not None else claim.start
+        done = first_record(since, name, wname, b"active", b"finishing")
         if done is None:
             bad("claim-synced", "no write to the state database recorded the claim")
             continue
+        if done.start < claim.end:
+            bad("claim-synced", "the claim was recorded before the rename returned")
         for folder in (working, incoming):
             if not synced(folder, claim.end, done.start):
                 bad(
@@ -1144,6 +1149,12 @@ MUTATIONS: list[tuple[str, Callable[[Trace], Trace], str, str]] = [
     ),
     ("working-synced-after-record", moved("sync.work", after="done.w"), "claim-synced", "work"),
     ("incoming-never-synced", deleted("sync.in"), "claim-synced", "/d/incoming"),
+    (
+        "claim-recorded-before-its-rename",
+        moved("done.w", after="intent"),
+        "claim-synced",
+        "recorded before the rename",
+    ),
     (
         "claim-never-recorded",
         edited("done.w", "keepactive", "keepclaiming"),

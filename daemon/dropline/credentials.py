@@ -45,11 +45,15 @@ def read_credential(name: str) -> str:
     except OSError as exc:
         raise CredentialError(f'the credential "{name}" cannot be read: {exc.strerror}') from None
     try:
-        data = os.read(fd, 1 << 16)
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read()
     finally:
         os.close(fd)
     text = data.decode("utf-8", "replace")
-    return text[:-1] if text.endswith("\n") else text
+    for ending in ("\r\n", "\n"):  # the file's last line ending, as an editor wrote it
+        if text.endswith(ending):
+            return text[: -len(ending)]
+    return text
 
 
 __all__ = ["NAME", "CredentialError", "read_credential"]

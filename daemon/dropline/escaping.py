@@ -28,10 +28,14 @@ def escape_text(value: str | bytes) -> str:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif ch.isprintable():
             out.append(ch)
-        elif code <= 0xFF:
+        # Each form reads back as one thing (``unescape_text``): \xHH a byte (an
+        # ASCII control, or one that was not UTF-8), \uHHHH and \UHHHHHHHH a character.
+        elif code < 0x80:
             out.append(f"\\x{code:02x}")
-        else:
+        elif code <= 0xFFFF:
             out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
     return "".join(out)
 
 
@@ -40,9 +44,9 @@ _UNESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "\\": b"\\"}
 
 def unescape_text(text: str) -> bytes:
     """The name ``escape_text`` printed as TEXT, as bytes: what an operator pastes
-    from ``status`` or the journal finds the file.  ``\\xHH`` is taken as the byte
-    it most often is (a name that was not UTF-8); a backslash that starts no
-    escape stays itself."""
+    from ``status`` or the journal finds the file.  ``\\xHH`` is a byte,
+    ``\\uHHHH`` and ``\\UHHHHHHHH`` a character; a backslash that starts no escape
+    stays itself."""
     out = bytearray()
     i, end = 0, len(text)
     while i < end:
@@ -53,7 +57,7 @@ def unescape_text(text: str) -> bytes:
                 out += _UNESCAPES[nxt]
                 i += 2
                 continue
-            width = {"x": 2, "u": 4}.get(nxt, 0)
+            width = {"x": 2, "u": 4, "U": 8}.get(nxt, 0)
             digits = text[i + 2 : i + 2 + width]
             if width and len(digits) == width and all(d in _HEX for d in digits):
                 code = int(digits, 16)

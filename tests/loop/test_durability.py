@@ -104,5 +104,8 @@ def test_a_stage_that_rewrites_the_file_commits_its_success_durably(tree: Tree) 
         s.until(lambda: bool(s.find("file.archived")))
     (end,) = [c for c in commits if c.has(r"UPDATE attempts SET ended_at")]
     assert end.synchronous == "FULL"
+    # Its start too: the claim before it may be in the WAL only, and a rewritten
+    # file whose claim a power loss took back would come back as another item.
+    assert the_one(commits, attempt_start("rewrite")).synchronous == "FULL"
     assert end.has(r"UPDATE items SET size = ")
     assert (tree.archive / "a.csv").read_bytes() == b"b\nb\n"

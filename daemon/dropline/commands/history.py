@@ -47,20 +47,24 @@ def find(
         item = reader.item(key.upper())
         if item is not None:
             return Found([item], listed=False, more=False)
-    listed = key is None or bool(_GLOB.search(key)) or filters != ItemQuery()
-    queries = [filters]
-    if key is not None and _GLOB.search(key):
-        queries = [dataclasses.replace(filters, glob=os.fsdecode(unescape_text(key)))]
-    elif key is not None:
+    filtered = filters != ItemQuery()
+    # (query, listed): the first that finds anything on page 1 is the one paged.
+    queries: list[tuple[ItemQuery, bool]] = [(filters, True)]
+    if key is not None:
         name = unescape_text(key)
-        queries = [dataclasses.replace(filters, name=name)]
+        # A name first, even one with [, * or ? in it (scan[1].pdf), then as a glob.
+        queries = [(dataclasses.replace(filters, name=name), filtered)]
         if b"/" in name:  # a path: its last part, if the whole is no name
-            queries.append(dataclasses.replace(filters, name=name.rpartition(b"/")[2]))
-    offset = (page - 1) * per_page
-    for query in queries:
-        rows = reader.search(query, per_page + 1, offset)
+            queries.append((dataclasses.replace(filters, name=name.rpartition(b"/")[2]), filtered))
+        if _GLOB.search(key):
+            queries.append((dataclasses.replace(filters, glob=os.fsdecode(name)), True))
+    for query, listed in queries:
+        if not reader.search(query, 1):
+            continue
+        rows = reader.search(query, per_page + 1, (page - 1) * per_page)
         if rows:
             return Found(rows[:per_page], listed, more=len(rows) > per_page)
+        break  # found, but not this far: the page is beyond the end
     if key is None:
         what = "no item"
     elif _GLOB.search(key):

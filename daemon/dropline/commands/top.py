@@ -13,6 +13,7 @@ incoming/ is counted up to 100,000 entries.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any, TextIO
 
@@ -169,7 +170,9 @@ def watch(config: Config, reader: StateReader, interval: float, stream: TextIO) 
         while True:
             started = time.monotonic()
             frame = io.StringIO()
-            render(collect(config, reader), c.Console(frame, colour=True))
+            # The terminal's width now (a window resized between frames is followed).
+            width = shutil.get_terminal_size().columns
+            render(collect(config, reader), c.Console(frame, colour=True, width=width))
             stream.write("\x1b[H\x1b[2J" + frame.getvalue() + "\n(Ctrl-C to quit)")
             stream.flush()
             time.sleep(max(0.0, interval - (time.monotonic() - started)))

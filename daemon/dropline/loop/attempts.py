@@ -66,9 +66,15 @@ class Attempts:
         ``idempotent: false``: such a stage never runs before its start is
         durable, so that after a crash or a power loss it is known to have
         (maybe) run and is not run again.  An idempotent stage whose start a
-        power loss takes back simply runs again (``state/db.py``).
+        power loss takes back simply runs again (``state/db.py``).  So is one
+        of a stage that rewrites the file (``modifies``): the claim before it
+        may not be on disk yet, and recovery finds a claim of that inode only;
+        a file rewritten under a claim a power loss took back would come back
+        under a new item id (and a new idempotency key for the stages after).
         """
-        durable = any(not p.stages_all[i].config.idempotent for _, p, i, _ in jobs)
+        durable = any(
+            not (c := p.stages_all[i].config).idempotent or c.modifies for _, p, i, _ in jobs
+        )
         rows = [(item.id, index, p.stages_all[index].name, n) for item, p, index, n in jobs]
         with self.item_log.db.transaction(durable=durable):
             attempt_ids = self.item_log.record_stage_starts(rows, now)

@@ -216,7 +216,7 @@ class Scheduler:
             stage_cfg.retries if stage_cfg else 0,
         )
         error = {"next": "", "indeterminate": d.reason}.get(d.verdict, result.error)
-        took = round(end.seconds, 6) if result.began else None
+        took = end.seconds if result.began else None  # the log rounds the same value
         if self._ends is not None:
             self._ends.append((d.attempt_outcome, error, took, running.attempt_id))
         else:
