@@ -9,6 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,16 @@ def test_filters_pipeline_outcome_and_time_window(filled: Tree) -> None:
     assert bad.returncode == 2 and "--until" in bad.stderr
 
 
+def _run_logged(tree: Tree) -> list[dict[str, Any]]:
+    """Run the daemon until idle; the events it logged."""
+    daemon = DaemonProcess(tree, args=("--exit-when-idle",))
+    try:
+        assert daemon.wait(60) == 0
+        return daemon.events()
+    finally:
+        daemon.kill()
+
+
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
 
 
@@ -137,12 +148,7 @@ def test_every_moment_is_written_one_way(tree: Tree) -> None:
     time with its offset, to the millisecond; each reads back to the same instant."""
     tree.write_config(PIPELINES)
     _drop(tree.incoming, ["z.bad"])
-    daemon = DaemonProcess(tree, args=("--exit-when-idle",))
-    try:
-        assert daemon.wait(60) == 0
-        events = daemon.events()
-    finally:
-        daemon.kill()
+    events = _run_logged(tree)
     stamps = [str(e["timestamp"]) for e in events]
     assert stamps and all(_RFC3339.fullmatch(s) for s in stamps), stamps[:3]
     reason = json.loads((tree.failed / "z.bad.error.json").read_text())
@@ -169,12 +175,7 @@ def test_an_attempt_has_one_duration_in_the_log_and_the_history(tree: Tree) -> N
 """
     )
     _drop(tree.incoming, ["a.txt", "b.txt", "c.txt"])
-    daemon = DaemonProcess(tree, args=("--exit-when-idle",))
-    try:
-        assert daemon.wait(60) == 0
-        events = daemon.events()
-    finally:
-        daemon.kill()
+    events = _run_logged(tree)
     logged = {str(e["file"]): e["seconds"] for e in events if e["event"] == "stage.succeeded"}
     assert sorted(logged) == ["a.txt", "b.txt", "c.txt"]
     for name, seconds in logged.items():

@@ -58,13 +58,13 @@ def find(
             queries.append((dataclasses.replace(filters, name=name.rpartition(b"/")[2]), filtered))
         if _GLOB.search(key):
             queries.append((dataclasses.replace(filters, glob=os.fsdecode(name)), True))
+    offset = (page - 1) * per_page
     for query, listed in queries:
-        if not reader.search(query, 1):
-            continue
-        rows = reader.search(query, per_page + 1, (page - 1) * per_page)
+        rows = reader.search(query, per_page + 1, offset)
         if rows:
             return Found(rows[:per_page], listed, more=len(rows) > per_page)
-        break  # found, but not this far: the page is beyond the end
+        if offset and reader.search(query, 1):
+            break  # found, but not this far: the page is beyond the end
     if key is None:
         what = "no item"
     elif _GLOB.search(key):
