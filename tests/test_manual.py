@@ -56,6 +56,9 @@ def test_bash_completes_choices_and_files() -> None:
         str(REPO / "README.md")
     ]
     assert _complete(bash, "dropline", "history", "--since", "") == []  # the user's own value
+    # dropline try FILE: a file name, or an option after a dash.
+    assert _complete(bash, "dropline", "try", str(REPO / "READ")) == [str(REPO / "README.md")]
+    assert "--pipeline" in _complete(bash, "dropline", "try", "--")
 
 
 def test_the_page_renders_without_a_warning() -> None:

@@ -28,7 +28,7 @@ from dropline.stages import StageContext, call_stage
 from dropline.stages.builtin import build_builtin
 
 from .builtin_helpers import context as builtin_context
-from .harness import REPO, Tree, run_until_idle
+from .harness import REPO, Tree, cli_json, run_until_idle
 from .pg import PgServer, Unavailable, start_server
 
 SCHEMA = [
@@ -405,6 +405,43 @@ def test_daemon_loads_dropped_files(pg: PgServer, tree: Tree) -> None:
     assert tree.query("SELECT count(*) FROM attempts WHERE item_id = ?", (items["bad.csv"],)) == [
         (1,)
     ]
+
+
+def test_try_loads_in_a_transaction_rolled_back(pg: PgServer, tree: Tree, tmp_path: Path) -> None:
+    """`dropline try`: the rows go through the server's own checks, and nothing stays:
+    not the rows (a table that holds some keeps exactly those), not a table it created."""
+    pg.query("CREATE TABLE tried (id bigint, name text, dropline_item text NOT NULL)")
+    pg.query("INSERT INTO tried VALUES (1, 'kept', 'earlier')")
+    tree.write_config(
+        f"""
+- name: orders
+  match: "*.csv"
+  stages:
+    - name: load
+      builtin: postgres-load
+      with: {{dsn: "{pg.dsn()}", table: tried}}
+- name: fresh
+  match: "*.new"
+  stages:
+    - name: load
+      builtin: postgres-load
+      with: {{dsn: "{pg.dsn()}", table: never_made}}
+"""
+    )
+    good = write(tmp_path / "good.csv", "id,name\n2,ann\n3,bob\n")
+    doc = cli_json(tree, "try", str(good), schema="try")
+    assert doc["outcome"] == "archived"
+    assert doc["stages"][0]["metadata"]["would"] == (
+        "load 2 rows into tried: loaded, then rolled back"
+    )
+    assert pg.query("SELECT id, name FROM tried") == [(1, "kept")]
+    bad = write(tmp_path / "bad.csv", "id,name\n4,cy\nfive,di\n")
+    doc = cli_json(tree, "try", str(bad), schema="try", expect=1)
+    assert "line 3: invalid input syntax for type bigint" in doc["reason"]
+    fresh = write(tmp_path / "x.new", "id\n1\n")
+    assert cli_json(tree, "try", str(fresh), schema="try")["outcome"] == "archived"
+    assert pg.query("SELECT to_regclass('never_made') IS NULL") == [(True,)]
+    assert not tree.state_db.exists()
 
 
 def test_a_statement_past_the_stage_timeout_is_cancelled_and_retried(

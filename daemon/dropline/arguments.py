@@ -116,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the daemon's verdict (default 20; systemd allows "
         "ExecReload= TimeoutStartSec=, 30 s)",
     )
+    trial = sub.add_parser(
+        "try",
+        parents=[common],
+        help="try a file: where it would go and what its stages make of it, nothing counted",
+        description="Which pipeline FILE's name routes to and why, then its stages run once "
+        "on a scratch copy: nothing moved, nothing recorded, the daemon's state untouched. "
+        "Builtin loads run inside a transaction that is rolled back; publish and webhook say "
+        "what they would do. A command or Python stage runs only if it says 'try: run' "
+        "(the default is skip: it may send mail or call a service); try says which it "
+        "skipped. Exit 0 when the file would be archived, 1 when it would fail (or be "
+        "ignored or refused), 2 when it cannot be tried.",
+        epilog="Examples:\n  dropline try orders-2026-11-28.csv\n"
+        "  dropline try /tmp/sample.json --pipeline reports\n"
+        "  dropline try orders.csv --json | jq .outcome",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    trial.add_argument("file", metavar="FILE", help="the file to try (any path; it is copied)")
+    trial.add_argument(
+        "--pipeline", metavar="P", help="through this pipeline, whatever its name routes to"
+    )
+    trial.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     status = sub.add_parser(
         "status",
         parents=[common],

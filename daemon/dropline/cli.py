@@ -1,4 +1,4 @@
-"""The command line: run, check, reload, status, history, retry, prune.
+"""The command line: run, check, reload, try, status, top, history, retry, prune.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage, bad configuration or
 an unfit host (systemd's RestartPreventExitStatus=2 keeps it from looping on
@@ -47,6 +47,16 @@ def _output(args: argparse.Namespace, doc: dict[str, object], render: Callable[.
         print_json(doc)
     else:
         render(doc, Console())
+
+
+def _try(args: argparse.Namespace) -> int:
+    from .commands import try_file
+    from .config import load_config
+
+    config = load_config(args.config)
+    doc = try_file.collect(config, args.file, args.pipeline)
+    _output(args, doc, try_file.render)
+    return EXIT_OK if doc["outcome"] == "archived" else EXIT_FAILURE
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -198,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "run": lambda a: _run(a.config, a.exit_when_idle),
         "reload": _reload,
+        "try": _try,
         "status": _status,
         "top": _top,
         "history": _history,

@@ -41,6 +41,12 @@ class PermanentError(DroplineError):
     """Raised by a stage when the file itself is bad: it fails at once, no retries."""
 
 
+class RetriableError(DroplineError):
+    """Raised by a stage whose attempt failed in a way worth retrying (a command's
+    exit status, a webhook not delivered); its message is complete operator
+    text, recorded as it is, without the exception's class name."""
+
+
 class FatalIOError(DroplineError):
     """A write or fsync failed on the spool or the state database.
 

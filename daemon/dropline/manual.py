@@ -33,6 +33,7 @@ class Command:
     usage: str
     options: tuple[Option, ...]
     epilog: str
+    takes_file: bool = False  # a positional FILE (dropline try): completed with file names
 
 
 def _options(parser: argparse.ArgumentParser) -> Iterator[Option]:
@@ -63,6 +64,7 @@ def commands(parser: argparse.ArgumentParser) -> list[Command]:
                     " ".join(usage.split()),
                     tuple(_options(sub)),
                     sub.epilog or "",
+                    any(not a.option_strings and a.metavar == "FILE" for a in sub._actions),
                 )
             )
     return found
@@ -161,10 +163,13 @@ def bash_completion(parser: argparse.ArgumentParser | None = None) -> str:
             else:
                 values.append(f"{pattern}) return 0 ;;")  # a value of the user's own
         value_case = "\n".join(f"                {v}" for v in values)
+        otherwise = f'words="{flags} --help"'
+        if command.takes_file:  # an option after a dash, else a file name
+            otherwise = f'if [[ "$cur" == -* ]]; then {otherwise}; else files=1; fi'
         cases.append(
             f"        {command.name})\n"
             f'            case "$prev" in\n{value_case}\n'
-            f'                *) words="{flags} --help" ;;\n'
+            f"                *) {otherwise} ;;\n"
             "            esac ;;"
         )
     names = " ".join(c.name for c in found)

@@ -48,6 +48,8 @@ LogFormat = Literal["auto", "console", "json"]
 Isolation = Literal["process", "thread"]
 STAGE_KINDS: tuple[StageKind, ...] = ("command", "python", "builtin")
 ISOLATIONS: tuple[Isolation, ...] = ("process", "thread")
+TryMode = Literal["run", "skip"]
+TRY_MODES: tuple[TryMode, ...] = ("run", "skip")
 ARCHIVE_LAYOUTS: tuple[ArchiveLayout, ...] = ("flat", "daily")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 
@@ -102,11 +104,24 @@ class StageConfig:
     isolation: Isolation = key(Choice(ISOLATIONS), default="process")
     # python stages in a process: address-space limit
     memory_limit: int = key(Size(), default=1024**3)
+    # What `dropline try` does with the stage; "" when not written (see ``try_mode``).
+    try_written: str = key(Choice(TRY_MODES), name="try", default="")
     line: int = derived("line")  # where the stage is declared, for later error messages
     command_line: int = derived("line_of", "command[0]")  # where its program is written
     # The line of every key under "with:" ("columns[2].type" -> 14): a builtin's
     # option error names the line of the very option.
     option_lines: Mapping[str, int] = derived("lines_under", "with", default={})
+
+    @property
+    def try_mode(self) -> TryMode:
+        """Whether `dropline try` runs the stage.  Builtins run by default: each
+        rehearses itself (a load rolled back, a publish or a webhook only
+        described).  A command or a Python stage may send mail or call a
+        service, and dropline cannot tell, so it is skipped unless it says
+        ``try: run``."""
+        if self.try_written:
+            return "run" if self.try_written == "run" else "skip"
+        return "run" if self.kind == "builtin" else "skip"
 
     @property
     def backoff_initial(self) -> float:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PermanentError
+from ..errors import PermanentError, RetriableError
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class StageContext:
     # kept across restarts until the item ends, then removed.  Created on demand
     # by ``scratch_dir()``.
     scratch: Path | None = None
+    # True under `dropline try`: the file is a scratch copy and nothing may
+    # count.  The builtins then load inside a transaction that is rolled back
+    # and only describe a publish or a webhook; a stage of the operator's own
+    # that runs there (``try: run``) can read it to do the same.
+    rehearsal: bool = False
 
     def data_file(self) -> Path:
         """The file to read: a transform's output when an earlier stage made one, else PATH."""
@@ -83,6 +88,8 @@ def call_stage(func: StageFunc, ctx: StageContext) -> tuple[str, str, dict[str, 
         return "permanent", str(exc) or type(exc).__name__, {}
     except StageTimeout as exc:
         return "timeout", str(exc), {}
+    except RetriableError as exc:
+        return "failed", str(exc) or type(exc).__name__, {}
     except BaseException as exc:  # noqa: BLE001 - a stage must never kill its worker
         return "failed", f"{type(exc).__name__}: {exc}", {}
     return "succeeded", "", metadata

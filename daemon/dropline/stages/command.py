@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import PLACEHOLDERS
-from ..errors import PermanentError
+from ..errors import PermanentError, RetriableError
 from ..process import describe, run_command
 from . import StageContext, StageFunc, StageTimeout
 
@@ -61,6 +61,8 @@ def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
             b"DROPLINE_STAGE": ctx.stage.encode(),
             b"DROPLINE_ATTEMPT": str(ctx.attempt).encode(),
         }
+        if ctx.rehearsal:
+            env[b"DROPLINE_TRY"] = b"1"  # under `dropline try`: a scratch copy, nothing counts
         result = run_command(
             args,
             env=env,
@@ -72,6 +74,9 @@ def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
             cancel=ctx.cancel,
         )
         if result.returncode == 0:
+            if ctx.rehearsal and result.output.strip():
+                # `dropline try` shows what the program said; the daemon keeps quiet.
+                return {"output": result.output.strip()[-2000:]}
             return None
         tail = result.output.strip()[-2000:]
         message = describe(result) + (f": {tail}" if tail else "")
@@ -79,6 +84,6 @@ def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
             raise StageTimeout(message)
         if result.returncode == EX_DATAERR:
             raise PermanentError(message)
-        raise RuntimeError(message)
+        raise RetriableError(message)
 
     return stage

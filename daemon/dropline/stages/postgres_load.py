@@ -111,7 +111,11 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
     loader = _Loader(dsn, params, table, parts, create, delimiter, encoding)
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
-        return {"loaded_rows": loader.load(ctx), "table": table}
+        loaded = loader.load(ctx)
+        if ctx.rehearsal:
+            would = f"load {loaded} rows into {table}: loaded, then rolled back"
+            return {"loaded_rows": loaded, "table": table, "would": would}
+        return {"loaded_rows": loaded, "table": table}
 
     return stage
 
@@ -215,7 +219,8 @@ class _Loader:
             for again in (False, True):
                 conn, fresh = self._connection()
                 try:
-                    loaded, replaced = self._load(conn, ctx, columns, source, sent)
+                    load = self._rehearse if ctx.rehearsal else self._load
+                    loaded, replaced = load(conn, ctx, columns, source, sent)
                     break
                 except (psycopg.DataError, psycopg.IntegrityError) as exc:
                     # Refused rows: the transaction rolled back, the connection is sound.
@@ -236,6 +241,23 @@ class _Loader:
         if replaced > 0 and ctx.log is not None:
             ctx.log.info("postgres.replaced", table=self.table, rows=replaced)
         return loaded
+
+    def _rehearse(
+        self,
+        conn: psycopg.Connection[Any],
+        ctx: StageContext,
+        columns: list[str],
+        source: csvdata.Source,
+        sent: list[int],
+    ) -> tuple[int, int]:
+        """``dropline try``: the whole load (the table created if need be, the
+        rows copied and checked by the server) in one transaction rolled back."""
+        import psycopg
+
+        with conn.transaction() as outer:
+            done = self._load(conn, ctx, columns, source, sent)
+            raise psycopg.Rollback(outer)
+        return done
 
     def _load(
         self,

@@ -87,12 +87,27 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         _check_cancel(ctx)
         final = render(template, ctx)
+        if ctx.rehearsal:
+            return {"would": _would_publish(to, final, if_exists)}
         tmp = temp_name(ctx)
         with _exclusive((str(to), tmp)):
             published = _publish(ctx, to, final, tmp, if_exists)
         return {"published": str(to / os.fsdecode(published))}
 
     return stage
+
+
+def _would_publish(to: Path, final: bytes, if_exists: str) -> str:
+    """What publishing FINAL into TO would do (``dropline try``), nothing copied."""
+    target = quoted(os.path.join(os.fsencode(to), final))
+    if not os.path.lexists(os.path.join(os.fsencode(to), final)):
+        return f"publish a copy as {target}"
+    then = {
+        "keep-both": "the copy would take a name of its own beside it",
+        "replace": "it would be replaced",
+        "fail": "the file would fail (if_exists: fail)",
+    }[if_exists]
+    return f"publish a copy as {target}, which exists: {then}"
 
 
 # --- start-up checks -----------------------------------------------------------

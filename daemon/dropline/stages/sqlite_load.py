@@ -132,6 +132,9 @@ class _SqliteLoad:
             except BaseException:
                 self.held.drop()
                 raise
+        if ctx.rehearsal:
+            would = f"load {loaded} rows into {table}: loaded, then rolled back"
+            return {"loaded_rows": loaded, "table": table, "would": would}
         return {"loaded_rows": loaded, "table": table}
 
     def _load(self, db: sqlite3.Connection, ctx: StageContext, source: Source) -> int:
@@ -158,7 +161,8 @@ class _SqliteLoad:
                 source.rows(item),
             )
             loaded = cursor.rowcount
-            db.execute("COMMIT")
+            # `dropline try`: everything done, the table's checks passed, nothing kept.
+            db.execute("ROLLBACK" if ctx.rehearsal else "COMMIT")
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")
             raise PermanentError(f"{table}: {exc}") from None

@@ -46,7 +46,7 @@ from ..config.keys import key
 from ..config.source import Loc
 from ..config.values import Duration, FreeMap, IntRange, Text
 from ..credentials import CredentialError, read_credential
-from ..errors import PermanentError
+from ..errors import PermanentError, RetriableError
 from ..stamps import iso_now
 from . import FAILURE, StageContext, StageFunc
 from .builtin import BuildEnv
@@ -64,7 +64,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 
 _OWN_HEADERS = ("content-length", "host", "idempotency-key", "transfer-encoding", "connection")
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(RetriableError):
     """The receiver was not reached, or asked for later, at every attempt (retried)."""
 
 
@@ -88,6 +88,10 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
 
     def stage(ctx: StageContext) -> Mapping[str, Any]:
         body = json.dumps(summary(ctx), ensure_ascii=False).encode()
+        if ctx.rehearsal:
+            # Described, not sent; the headers by name only (their values may be secrets).
+            named = ", ".join(["Content-Type", *headers, "Idempotency-Key"])
+            return {"would": f"POST {shown} ({len(body)} bytes of JSON; headers {named})"}
         sent = {
             "Content-Type": "application/json",
             "User-Agent": f"dropline/{__version__}",
