@@ -101,8 +101,15 @@ def _assert_all_final(tree: Tree, files: dict[str, bytes]) -> None:
 
 # Reached only when archive/ or failed/ is on another filesystem: test_filesystems.py.
 ACROSS_FILESYSTEMS = {"finish.copied", "finish.copy_renamed"}
-# Reached only by `dropline retry`: test_retry.py.
-RETRY = {"retry.intent_committed", "retry.moved", "retry.synced"}
+# Reached only by `dropline retry` (test_retry.py) and `dropline replay` (test_replay.py).
+RETRY = {
+    "retry.intent_committed",
+    "retry.moved",
+    "retry.synced",
+    "replay.intent_committed",
+    "replay.copied",
+    "replay.synced",
+}
 # Reached only when a file is rewritten while it is claimed: the test below.
 REWRITTEN = {"claim.put_back", "claim.held"}
 
@@ -140,7 +147,7 @@ def test_crash_at_each_step_loses_nothing(tree: Tree, points: tuple[str, ...]) -
 
 def test_crash_points_cover_the_protocol() -> None:
     """Every declared crash point is reached by some test case (here, across filesystems
-    or in the retry tests)."""
+    or in the retry and replay tests)."""
     armed = {p.split("#")[0] for case in CASES for p in case}
     assert armed | ACROSS_FILESYSTEMS | RETRY | REWRITTEN == set(POINTS)
     assert {point for point, _ in REWRITE_CASES} == REWRITTEN

@@ -232,6 +232,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the running daemon to apply it (default 30)",
     )
     retry.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="send archived files through their pipeline again, as new items",
+        description="Copy archived files (archive/ keeps them) into working/ as new items, "
+        "each linked to the one it replays (see history), and run them through their "
+        "pipeline again: from the first stage, or from --from-stage with the metadata the "
+        "old item ended with. A new item has a new id, so a load keyed on the item loads its "
+        "rows again. Safe while the daemon runs (the daemon applies the request); when it "
+        "does not run, the copies wait in working/ until it starts.",
+        epilog="Examples:\n  dropline replay 01JD3Q6W5X0B8Z2Y7V4T9R1M0K\n"
+        "  dropline replay orders-2026-11-28.csv --from-stage load\n"
+        "  dropline replay --glob 'orders-*.csv' --since 2026-11-28 --pipeline orders",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("items", nargs="*", metavar="ITEM", help="item ids or file names")
+    replay.add_argument("--glob", metavar="G", help="every archived file whose name matches G")
+    replay.add_argument(
+        "--since", metavar="WHEN", help="with --glob: claimed since (2h, 3d, or a date)"
+    )
+    replay.add_argument("--pipeline", metavar="P", help="with --glob: only this pipeline's")
+    replay.add_argument(
+        "--from-stage", metavar="STAGE", help="start at this stage (default: the first)"
+    )
+    replay.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the running daemon to apply it (default 30)",
+    )
+    replay.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     prune = sub.add_parser(
         "prune",
         parents=[common],

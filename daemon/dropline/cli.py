@@ -1,4 +1,4 @@
-"""The command line: run, check, reload, try, status, top, history, retry, prune.
+"""The command line: run, check, reload, try, status, top, history, retry, replay, prune.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage, bad configuration or
 an unfit host (systemd's RestartPreventExitStatus=2 keeps it from looping on
@@ -119,6 +119,23 @@ def _retry(args: argparse.Namespace) -> int:
     return EXIT_OK if doc["not_requeued"] == 0 else EXIT_FAILURE
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from .commands import parse_since, replay
+    from .config import load_config
+
+    if (args.glob is None) == (not args.items):
+        raise ConfigError("name the items to replay, or give --glob (not both)")
+    if args.glob is None and (args.pipeline or args.since):
+        raise ConfigError("--pipeline and --since go with --glob")
+    config = load_config(args.config)
+    replay.check_stage(config, args.from_stage)
+    since = parse_since(args.since) if args.since else None
+    ids = replay.select(config, args.items, args.glob, since, args.pipeline)
+    doc = replay.run(config, ids, args.from_stage, args.wait)
+    _output(args, doc, replay.render)
+    return EXIT_OK if doc["not_replayed"] == 0 else EXIT_FAILURE
+
+
 def _reload(args: argparse.Namespace) -> int:
     from .commands import reload
 
@@ -213,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "top": _top,
         "history": _history,
         "retry": _retry,
+        "replay": _replay,
         "prune": _prune,
     }
     try:

@@ -43,6 +43,9 @@ POINTS: tuple[str, ...] = (
     "retry.intent_committed",  # `dropline retry`: rows say "requeuing", nothing moved
     "retry.moved",  # the first file is back in working/, not yet fsynced
     "retry.synced",  # files back in working/ and reasons removed, rows still "requeuing"
+    "replay.intent_committed",  # `dropline replay`: new rows say "replaying", nothing copied
+    "replay.copied",  # the first copy written and fsynced under its temporary name
+    "replay.synced",  # copies in working/ and durable, rows still "replaying"
 )
 
 

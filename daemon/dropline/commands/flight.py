@@ -14,7 +14,12 @@ from ..config import Config
 from ..state.reader import FlightCount
 
 # Files between two folders (claimed or ending) have no stage: shown by what they do.
-_MOVING = {"claiming": "(being claimed)", "finishing": "(ending)", "requeuing": "(requeued)"}
+_MOVING = {
+    "claiming": "(being claimed)",
+    "finishing": "(ending)",
+    "requeuing": "(requeued)",
+    "replaying": "(replayed)",
+}
 
 
 def _stage_name(count: FlightCount, config: Config) -> tuple[str, int]:

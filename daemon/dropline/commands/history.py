@@ -109,17 +109,16 @@ def timeline(
 ) -> list[dict[str, Any]]:
     """Every step of one item, in time order, as JSON-ready entries."""
     steps: list[tuple[float, int, dict[str, Any]]] = []
-    steps.append(
-        (
-            item.created_at,
-            0,
-            {
-                "at": c.iso(item.created_at),
-                "event": "claimed",
-                "detail": f"incoming/{c.name(item.name)}",
-            },
-        )
-    )
+    events = reader.events(item.id)
+    # A replay's item was never claimed: it begins as a copy from archive/ (its
+    # "replay" event, at its creation, says of which item).
+    if not any(e.event == "replay" and e.at == item.created_at for e in events):
+        claimed = {
+            "at": c.iso(item.created_at),
+            "event": "claimed",
+            "detail": f"incoming/{c.name(item.name)}",
+        }
+        steps.append((item.created_at, 0, claimed))
     for n, a in enumerate(attempts):
         entry: dict[str, Any] = {
             "at": c.iso(a.started_at),
@@ -140,7 +139,7 @@ def timeline(
         steps.append((a.started_at, 2, entry))
     # An event (a retry from failed/, a recovery) sorts before a stage started at
     # the same moment: the loop records it first, in the same pass.
-    for e in reader.events(item.id):
+    for e in events:
         steps.append((e.at, 1, {"at": c.iso(e.at), "event": e.event, "detail": e.detail}))
     if item.finished_at is not None and item.state in ("archived", "failed", "vanished"):
         end: dict[str, Any] = {"at": c.iso(item.finished_at), "event": item.state}

@@ -14,7 +14,7 @@ from .. import console as c
 from ..config import Config
 from ..datalock import lock_holder
 from ..globs import compile_globs
-from ..state import AttemptView, ItemView, StateReader, daemon_pid
+from ..state import UNFINISHED, AttemptView, ItemView, StateReader, daemon_pid
 from ..toolnames import ToolNames
 from .flight import groups as flight_groups
 from .flight import render as render_flight
@@ -58,7 +58,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         flight = reader.in_flight(IN_FLIGHT_SHOWN)
         flight_counts = reader.in_flight_counts(now)
         failures = reader.recent_failures(FAILURES_SHOWN)
-    unfinished = sum(states.get(s, 0) for s in ("claiming", "active", "finishing", "requeuing"))
+    unfinished = sum(states.get(s, 0) for s in UNFINISHED)
     in_flight = []
     for item, running in flight:
         entry: dict[str, Any] = {

@@ -11,6 +11,8 @@ The folders are the truth.  For each unfinished row:
   happened, confirmed;
 - "requeuing" (``dropline retry``): the move back from failed/ is completed
   (``requeue.py``).
+- "replaying" (``dropline replay``): the copy from archive/ is completed
+  (``replay.py``).
 A file in working/ that no row knows (copied there by hand) is adopted, but
 for a stage's temporary (``.dropline-tmp-*``), which is removed; one whose
 "claiming" row was forgotten because it is another file than the one that
@@ -32,6 +34,7 @@ from ..stages import FAILURE
 from ..state import ItemLog, ItemRow
 from .decide import interrupted
 from .finish import Finish, finish_batch
+from .replay import ReplayResult, complete_replay
 from .requeue import RequeueResult, complete_requeue
 
 
@@ -46,6 +49,7 @@ class RecoveryReport:
     finished: list[Finish] = field(default_factory=list)
     vanished: int = 0
     requeued: int = 0
+    replayed: int = 0
 
     @property
     def changed(self) -> bool:
@@ -57,6 +61,7 @@ class RecoveryReport:
             or self.finished
             or self.vanished
             or self.requeued
+            or self.replayed
         )
 
 
@@ -129,6 +134,25 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
         for item_id in requeue_result.vanished:
             log.error("file.vanished", item=item_id, detail="missing from failed/ and working/")
         report.vanished += len(requeue_result.vanished)
+
+    # Replays interrupted before their copy was recorded in working/.
+    replaying = [row for row in rows if row.state == "replaying"]
+    if replaying:
+        replay_result = ReplayResult()
+        complete_replay(items, spool, replaying, now, replay_result)
+        report.replayed = len(replay_result.replayed)
+        for r in replay_result.replayed:
+            c = r.claimed
+            log.info(
+                "file.replayed",
+                item=c.item_id,
+                file=c.name,
+                pipeline=c.pipeline,
+                detail="completed by recovery",
+            )
+        for item_id in replay_result.vanished:
+            log.error("file.vanished", item=item_id, detail="its copy from archive/")
+        report.vanished += len(replay_result.vanished)
 
     # Files in working/ that no row knows.
     adopted: list[tuple[str, bytes, bytes, str, int, int, str | None]] = []
@@ -208,6 +232,7 @@ def describe(report: RecoveryReport) -> dict[str, int]:
         "finished": len(report.finished),
         "vanished": report.vanished,
         "requeued": report.requeued,
+        "replayed": report.replayed,
     }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from ..config import Config
 from ..lifecycle.claim import Claimed
 from ..lifecycle.finish import Finish
+from ..lifecycle.replay import ReplayResult
 from ..log import release_lines
 from ..notify import Notifier
 from ..reloading import Verdict
@@ -36,7 +37,7 @@ from .context import LoopContext
 from .duties import Duties
 from .intake import Intake
 from .reload import read_again
-from .requests import serve_reloads, serve_retries
+from .requests import serve_moves, serve_reloads
 from .scheduler import Scheduler
 from .signals import Flags
 from .transit import MoverLink, Received, Transit
@@ -229,7 +230,7 @@ class Daemon:
         if room <= 0 or self.duties.disk_problem:
             return
         routes = self.ctx.routes
-        result = serve_retries(
+        moved = serve_moves(
             self.requests,
             self.scheduler.item_log,
             self.spool,
@@ -238,8 +239,9 @@ class Daemon:
             self._names_in_working(),
             now,
         )
-        if result is None:
+        if moved is None:
             return
+        result, replays = moved
         for r in result.requeued:
             self.scheduler.admit(r)
             self.ctx.events.requeued(r)
@@ -247,6 +249,19 @@ class Daemon:
             self.ctx.log.warning("retry.refused", item=item_id, reason=why)
         for item_id in result.vanished:
             self.ctx.log.error("file.vanished", item=item_id, detail="missing from failed/")
+        self._admit_replays(replays)
+
+    def _admit_replays(self, replays: ReplayResult) -> None:
+        """Copies of archived files now in working/ (``dropline replay``): told, and run."""
+        replay_of = {new: old for old, new in replays.made.items()}
+        for r in replays.replayed:
+            c = r.claimed
+            self.scheduler.admit(c, r.next_stage, r.metadata)
+            self.ctx.events.replayed(c, replay_of.get(c.item_id, ""), r.next_stage)
+        for item_id, why in replays.refused.items():
+            self.ctx.log.warning("replay.refused", item=item_id, reason=why)
+        for item_id in replays.vanished:
+            self.ctx.log.error("file.vanished", item=item_id, detail="its copy from archive/")
 
     # --- stop, reload, idle -------------------------------------------------------
 

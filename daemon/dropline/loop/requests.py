@@ -1,6 +1,8 @@
 """Requests the command line leaves in the database for the running daemon:
-``dropline retry`` (a failed file back through its pipeline) and ``dropline
-reload`` (read the configuration again and say whether it was applied)."""
+``dropline retry`` (a failed file back through its pipeline), ``dropline
+replay`` (a copy of an archived file through it again, as a new item) and
+``dropline reload`` (read the configuration again and say whether it was
+applied)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import time
 from collections.abc import Callable
 
 from ..escaping import quoted
+from ..lifecycle.replay import KIND as REPLAY
+from ..lifecycle.replay import ReplayResult, replay_batch
 from ..lifecycle.requeue import RequeueResult, requeue_batch
 from ..pipeline import Routes
 from ..reloading import KIND as RELOAD
@@ -29,7 +33,7 @@ def serve_reloads(requests: RequestQueue, reload: Callable[[], Verdict]) -> None
         requests.finish_requests([(r[0], verdict) for r in reloads], time.time())
 
 
-def serve_retries(
+def serve_moves(
     requests: RequestQueue,
     items: ItemLog,
     spool: Spool,
@@ -37,20 +41,28 @@ def serve_retries(
     room: int,
     in_use: set[bytes],
     now: float,
-) -> RequeueResult | None:
-    """Apply up to ROOM `dropline retry` requests; None when there was none."""
+) -> tuple[RequeueResult, ReplayResult] | None:
+    """Apply up to ROOM `dropline retry` and `dropline replay` requests (each brings
+    a file into working/); None when there was none."""
     # A reload request that came after the reloads were served waits for the next look.
     asked = [r for r in requests.open_requests(room) if r[1] != RELOAD]
     if not asked:
         return None
-    retry_ids = [item_id for _, kind, item_id in asked if kind == "retry"]
-    result = requeue_batch(items, spool, routes, retry_ids, now, in_use)
+    retry_ids = [item_id for _, kind, item_id, _ in asked if kind == "retry"]
+    requeued = requeue_batch(items, spool, routes, retry_ids, now, in_use)
+    replays = [(item_id, detail) for _, kind, item_id, detail in asked if kind == REPLAY]
+    replayed = ReplayResult()
+    if replays:
+        taken = in_use | {c.working_name for c in requeued.requeued}
+        replayed = replay_batch(items, spool, routes, replays, now, taken)
     answers = []
-    for request_id, kind, item_id in asked:
-        if kind != "retry":
-            answers.append((request_id, f"unknown request {quoted(kind)}"))
+    for request_id, kind, item_id, _ in asked:
+        if kind == "retry":
+            answers.append((request_id, requeued.answer(item_id)))
+        elif kind == REPLAY:
+            answers.append((request_id, replayed.answer(item_id)))
         else:
-            answers.append((request_id, result.answer(item_id)))
+            answers.append((request_id, f"unknown request {quoted(kind)}"))
     with requests.db.transaction():
         requests.finish_requests(answers, now)
-    return result
+    return requeued, replayed

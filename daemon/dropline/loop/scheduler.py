@@ -101,13 +101,18 @@ class Scheduler:
             self._count(item.pipeline, 1)
         self.attempts.ran_stages = set(self.items)
 
-    def admit(self, c: Claimed) -> Item:
-        """A file now in working/ and recorded active (claimed, or back from failed/)."""
+    def admit(
+        self, c: Claimed, next_stage: int = 0, metadata: dict[str, Any] | None = None
+    ) -> Item:
+        """A file now in working/ and recorded active (claimed, back from failed/, or
+        a replay's copy, which may start at a later stage with metadata)."""
         item = Item(
             c.item_id,
             c.name,
             c.working_name,
             c.pipeline,
+            next_stage,
+            metadata=metadata if metadata is not None else {},
             sha256=c.sha256,
             created_at=c.created_at,
             fingerprint=(c.size, c.ctime_ns),

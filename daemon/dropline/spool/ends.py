@@ -17,12 +17,15 @@ import stat
 import time
 from typing import Any
 
+from ..crashpoints import crashpoint
 from ..errors import FatalIOError
 from ..escaping import quoted
 from .dirs import Dirs, Settings, remove_if_empty
 from .durable import (
+    FILE_FLAGS,
     NAME_MAX,
     copy_across,
+    copy_to_temp,
     exists,
     io_error,
     open_folder,
@@ -204,6 +207,54 @@ class Ends:
         dirs.mark(src_fd, dirs.label(dirs.failed, final_name))
         dirs.mark(dirs.working, "working")
         return True
+
+    # --- a copy of an archived file (``dropline replay``) ------------------
+
+    def archived_exists(self, subdir: str, final_name: bytes) -> bool:
+        """Whether archive/SUBDIR/FINAL_NAME is there (a glance before a replay)."""
+        day = self._dirs.archive_dir(subdir, create=False)
+        return day is not None and self._dirs.exists_at(day, final_name)
+
+    def replay_copy(self, subdir: str, final_name: bytes, working_name: bytes, temp: bytes) -> str:
+        """Copy archive/SUBDIR/FINAL_NAME to working/WORKING_NAME, the archived file
+        left in place: "copied", "gone" (not in archive/ any more) or why not.
+
+        Copied into working/TEMP (a ``.dropline-tmp-`` name, which recovery
+        removes), fsync'd, then renamed into place: WORKING_NAME never holds
+        part of a file.  Durable after the next ``sync()``.  Done already
+        (a crash after the rename) is "copied" too.
+        """
+        dirs = self._dirs
+        if exists(dirs.working, working_name):
+            return "copied"
+        day = dirs.archive_dir(subdir, create=False)
+        if day is None:
+            return "gone"
+        try:
+            src_fd, base = dirs.place(day, final_name)
+            src = os.open(base, FILE_FLAGS, dir_fd=src_fd)
+        except FileNotFoundError:
+            return "gone"
+        except OSError as exc:  # a symlink put in its place (ELOOP), a folder
+            return f"cannot be opened safely: {exc.strerror}"
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                return "not a regular file"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dirs.working)  # a copy a crash cut short
+            try:
+                copy_to_temp(src, st.st_size, dirs.working, temp, 0o640, lambda: None)
+                crashpoint("replay.copied")
+                rename_noreplace(dirs.working, temp, dirs.working, working_name)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dirs.working)
+                raise io_error(f"copy of {quoted(final_name)} from archive/", exc) from exc
+        finally:
+            os.close(src)
+        dirs.mark(dirs.working, "working")
+        return "copied"
 
     # --- retention (``dropline prune``) -------------------------------------
 

@@ -14,6 +14,7 @@ from .db import Database, acquire_lock
 from .items import ItemLog, ItemRow, OpenAttempt
 from .pruning import Pruning
 from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid
+from .replays import ReplayRows
 from .requests import RequestQueue
 from .schema import FINISHED, MIGRATIONS, UNFINISHED, ItemState
 from .search import ItemQuery
@@ -32,6 +33,7 @@ __all__ = [
     "ItemView",
     "OpenAttempt",
     "Pruning",
+    "ReplayRows",
     "RequestQueue",
     "StateReader",
     "acquire_lock",

@@ -18,33 +18,43 @@ class RequestQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add_requests(self, kind: str, item_ids: list[str], now: float) -> list[int]:
+    def add_requests(
+        self, kind: str, item_ids: list[str], now: float, detail: str | None = None
+    ) -> list[int]:
+        """DETAIL: the request's argument, if its kind takes one (replay: the stage)."""
         ids = []
         for item_id in item_ids:
             cur = self.db.execute(
-                "INSERT INTO requests (kind, item_id, requested_at) VALUES (?, ?, ?)",
-                (kind, item_id, now),
+                "INSERT INTO requests (kind, item_id, requested_at, detail) VALUES (?, ?, ?, ?)",
+                (kind, item_id, now, detail),
             )
             ids.append(int(cur.lastrowid or 0))
         return ids
 
-    def open_requests(self, limit: int, kind: str | None = None) -> list[tuple[int, str, str]]:
-        """Requests not yet done (of KIND, if given), oldest first: (id, kind, item_id).
+    def open_requests(
+        self, limit: int, kind: str | None = None
+    ) -> list[tuple[int, str, str, str | None]]:
+        """Requests not yet done (of KIND, if given), oldest first: (id, kind, item_id, detail).
 
-        Kinds: "retry" (item_id: the item), "reload" (item_id: the file the
-        command checked; result: the daemon's verdict as JSON, see reloading.py).
+        Kinds: "retry" (item_id: the item), "replay" (item_id: the archived
+        item; detail: the stage to start from, or None for the first),
+        "reload" (item_id: the file the command checked; result: the
+        daemon's verdict as JSON, see reloading.py).
         """
         if kind is None:
-            sql = "SELECT id, kind, item_id FROM requests WHERE done_at IS NULL ORDER BY id LIMIT ?"
+            sql = (
+                "SELECT id, kind, item_id, detail FROM requests WHERE done_at IS NULL "
+                "ORDER BY id LIMIT ?"
+            )
             params: tuple[Any, ...] = (limit,)
         else:
             sql = (
-                "SELECT id, kind, item_id FROM requests WHERE done_at IS NULL AND kind = ? "
+                "SELECT id, kind, item_id, detail FROM requests WHERE done_at IS NULL AND kind = ? "
                 "ORDER BY id LIMIT ?"
             )
             params = (kind, limit)
         rows = self.db.execute(sql, params).fetchall()
-        return [(int(i), str(k), str(item)) for i, k, item in rows]
+        return [(int(i), str(k), str(item), d) for i, k, item, d in rows]
 
     def finish_requests(self, results: list[tuple[int, str]], now: float) -> None:
         """Rows of (request id, result)."""

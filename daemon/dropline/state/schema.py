@@ -94,6 +94,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE attempts ADD COLUMN seconds REAL;
     """,
+    # 6: `dropline replay`: a request's argument (the stage to start from).
+    """
+    ALTER TABLE requests ADD COLUMN detail TEXT;
+    """,
 )
 
 
@@ -105,6 +109,8 @@ class ItemState(StrEnum):
     FINISHING = "finishing"
     # On its way back from failed/ to working/ (`dropline retry`).
     REQUEUING = "requeuing"
+    # A copy of an archived file on its way into working/ as a new item (`dropline replay`).
+    REPLAYING = "replaying"
     ARCHIVED = "archived"
     FAILED = "failed"
     VANISHED = "vanished"
@@ -117,6 +123,7 @@ UNFINISHED: tuple[str, ...] = (
     ItemState.ACTIVE,
     ItemState.FINISHING,
     ItemState.REQUEUING,
+    ItemState.REPLAYING,
 )
 FINISHED: tuple[str, ...] = (ItemState.ARCHIVED, ItemState.FAILED, ItemState.VANISHED)
 
