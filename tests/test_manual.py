@@ -56,6 +56,7 @@ def test_bash_completes_choices_and_files() -> None:
         str(REPO / "README.md")
     ]
     assert _complete(bash, "dropline", "history", "--since", "") == []  # the user's own value
+    assert _complete(bash, "dropline", "check", "--path", "/us") == []  # a search path, not a file
     # dropline try FILE: a file name, or an option after a dash.
     assert _complete(bash, "dropline", "try", str(REPO / "READ")) == [str(REPO / "README.md")]
     assert "--pipeline" in _complete(bash, "dropline", "try", "--")

@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--path",
         default=SERVICE_PATH,
-        metavar="PATH",
-        help="look programs up in this PATH, the unit's (default: systemd's for "
-        "services, %(default)s)",
+        metavar="DIRS",
+        help="look programs up in these directories, colon-separated as the unit's PATH "
+        "(default: systemd's for services, %(default)s)",
     )
     reload = sub.add_parser(
         "reload",
