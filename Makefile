@@ -119,7 +119,7 @@ postgresql-server:
 # root, Debian's packages of those missing are installed (COMMAND:PACKAGE); where they
 # cannot be, the tests that need them skip, naming the tool.
 WRITER_TOOLS := rsync:rsync vim.tiny:vim-tiny sqlite3:sqlite3 tar:tar unzip:unzip zip:zip \
-	curl:curl wget:wget gzip:gzip strace:strace promtool:prometheus tmux:tmux
+	curl:curl wget:wget gzip:gzip strace:strace promtool:prometheus tmux:tmux zsh:zsh
 writer-tools:
 	@missing=""; for t in $(WRITER_TOOLS); do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \

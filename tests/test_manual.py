@@ -4,16 +4,18 @@ completion completes in a real bash."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dropline.arguments import build_parser
 from dropline.manual import bash_completion, commands, man_page, zsh_completion
 
-from .harness import REPO
+from .harness import REPO, wait_until
 
 
 def _complete(script: str, *words: str) -> list[str]:
@@ -103,3 +105,48 @@ def test_python_m_dropline_manual_prints_each() -> None:
         env={"PYTHONPATH": env_path},
     )
     assert wrong.returncode == 2 and "usage" in wrong.stderr
+
+
+TMUX, ZSH = shutil.which("tmux"), shutil.which("zsh")
+
+
+@pytest.mark.skipif(TMUX is None or ZSH is None, reason="tmux or zsh is not installed")
+def test_zsh_completes_from_the_first_tab(tmp_path: Path) -> None:
+    """In a real interactive zsh (in tmux), with the completion where compinit finds
+    it: the very first Tab completes (compinit loads the file as the function at
+    that Tab), and the next ones do too."""
+    assert TMUX is not None and ZSH is not None
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    (functions / "_dropline").write_text(zsh_completion())
+    (tmp_path / ".zshrc").write_text(
+        f"fpath=({functions} $fpath)\nautoload -U compinit && compinit -u\nPS1='> '\n"
+    )
+    program = tmp_path / "bin" / "dropline"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    session = f"dropline-zsh-{os.getpid()}"
+    tmux = [TMUX, "-L", session]
+    env = f"ZDOTDIR={tmp_path} PATH={program.parent}:/usr/bin:/bin"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "10",
+         "env", *env.split(), ZSH, "-i"],
+        check=True,
+    )  # fmt: skip
+    try:
+
+        def line() -> str:
+            shown = subprocess.run(
+                [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
+            return shown.splitlines()[0] if shown.strip() else ""
+
+        wait_until(lambda: line().startswith(">"), 20, what="the zsh prompt")
+        subprocess.run([*tmux, "send-keys", "-t", session, "dropline hist", "Tab"], check=True)
+        wait_until(lambda: line() == "> dropline history", 10, what="the first Tab's completion")
+        keys = ["C-u", "dropline history --out", "Tab"]
+        subprocess.run([*tmux, "send-keys", "-t", session, *keys], check=True)
+        wait_until(lambda: line() == "> dropline history --outcome", 10, what="the next Tab's")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)

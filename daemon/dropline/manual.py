@@ -200,7 +200,11 @@ def zsh_completion(parser: argparse.ArgumentParser | None = None) -> str:
     return (
         "#compdef dropline\n"
         "# zsh completion for dropline (made by python -m dropline.manual zsh)\n"
-        "autoload -U +X bashcompinit && bashcompinit\n" + bash_completion(parser).split("\n", 1)[1]
+        "autoload -U +X bashcompinit && bashcompinit\n"
+        + bash_completion(parser).split("\n", 1)[1]
+        # compinit loads this file as the function _dropline at the first Tab: the
+        # lines above define the completion, and this one answers that first Tab.
+        + '[[ -n "${funcstack[(r)_main_complete]}" ]] && _bash_complete -F _dropline "$@"\n'
     )
 
 
