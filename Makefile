@@ -234,11 +234,14 @@ install:
 	install -m 0644 units/dropline.tmpfiles $(TMPFILESDIR)/dropline.conf
 	systemd-sysusers $(SYSUSERSDIR)/dropline.conf
 	systemd-tmpfiles --create $(TMPFILESDIR)/dropline.conf
+	@# Readable by everyone: it holds no secrets (they are credentials, README "Secrets"),
+	@# and so `dropline status` tells a user outside dropline-readers which group to join
+	@# rather than that the configuration is unreadable (README, "Read-only access").
 	install -d -m 0755 $(CONFDIR)
 	@if [ -e $(CONFDIR)/dropline.yaml ]; then \
 	  echo "kept the existing $(CONFDIR)/dropline.yaml"; \
 	else \
-	  install -m 0640 -g automation config/dropline.yaml $(CONFDIR)/dropline.yaml; \
+	  install -m 0644 config/dropline.yaml $(CONFDIR)/dropline.yaml; \
 	  echo "installed an example $(CONFDIR)/dropline.yaml"; \
 	fi
 	@# The example's own stages and the template; an operator's folder is never overwritten.

@@ -262,9 +262,15 @@ def test_incoming_default_acl_installed_restored_and_accepted(dropline: Containe
     dropper_uid = int(box.run("id", "-u", DROPPER).stdout.strip())
     want = expected_default_acl(uid)
     assert read_acl(incoming) == want
-    # incoming/ itself stays as it was: its mode, no access ACL.
+    # incoming/ itself keeps its mode; its access ACL only adds the readers' r-x
+    # (README, "Read-only access": status and top list it), the mask as the mode's
+    # group bits were.
+    readers = box.run("getent", "group", "dropline-readers").stdout.split(":")[2]
     st = incoming.stat()
-    assert (oct(st.st_mode & 0o7777), read_acl(incoming, ACL_ACCESS)) == ("0o3770", [])
+    assert (oct(st.st_mode & 0o7777), read_acl(incoming, ACL_ACCESS)) == (
+        "0o3770",
+        ["user::rwx", "group::rwx", f"group:{readers}:r-x", "mask::rwx", "other::---"],
+    )
     with service_stopped(box):
         os.removexattr(incoming, ACL_DEFAULT)
         assert read_acl(incoming) == []

@@ -10,8 +10,10 @@ quick however long the history grows.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
@@ -108,6 +110,47 @@ def _item(row: tuple[Any, ...]) -> ItemView:
     return ItemView(*values)
 
 
+READERS_GROUP = "dropline-readers"  # made by the installed sysusers.d file
+
+
+def _denied(problem: str) -> StateUnavailableError:
+    """A permission problem, and what would give access: root, or the readers' group
+    where it exists (its members read the installed state through ACLs)."""
+    hint = "run as root or as the user the daemon runs as"
+    with contextlib.suppress(KeyError):
+        group = grp.getgrnam(READERS_GROUP)
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+        if group.gr_gid in (os.getegid(), *os.getgroups()):
+            hint = f"run as root: the group {READERS_GROUP} has no read access to it"
+        elif user in group.gr_mem:
+            hint = f"{user} joined the group {READERS_GROUP} after logging in: log in again"
+        else:
+            hint = (
+                f"run as root, or as a member of the group {READERS_GROUP}: "
+                f"usermod -aG {READERS_GROUP} {user}, then log in again"
+            )
+    return StateUnavailableError(f"permission denied: {problem} ({hint})")
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> StateUnavailableError:
+    """Why SQLite could not open PATH read-only: in WAL mode it needs the -wal and -shm
+    beside it, readable, or to make them where they are missing."""
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if os.path.exists(side) and not os.access(side, os.R_OK):
+            return _denied(f"cannot read {side}")
+    wal = path.with_name(path.name + "-wal")
+    if not os.path.exists(wal) and not os.access(path.parent, os.W_OK | os.X_OK):
+        return StateUnavailableError(
+            f"cannot read the state database {path}: {wal.name} is missing and only "
+            "the daemon's user or root may make it (start the daemon, or run as root)"
+        )
+    return StateUnavailableError(f"cannot read the state database {path}: {exc}")
+
+
 class StateReader:
     """The state database, opened read-only."""
 
@@ -121,22 +164,16 @@ class StateReader:
                 "configuration? check state_db)"
             ) from None
         except PermissionError:
-            raise StateUnavailableError(
-                f"permission denied: cannot reach the state database {path} "
-                "(run as root or as the user the daemon runs as)"
-            ) from None
+            raise _denied(f"cannot reach the state database {path}") from None
         if not os.access(path, os.R_OK):
-            raise StateUnavailableError(
-                f"permission denied: cannot read the state database {path} "
-                "(run as root or as the user the daemon runs as)"
-            )
+            raise _denied(f"cannot read the state database {path}")
         uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
         try:
             self._db = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout = 5000")
             self.schema = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
-            raise StateUnavailableError(f"cannot read the state database {path}: {exc}") from exc
+            raise _open_error(path, exc) from exc
         if self.schema < 1:
             raise StateUnavailableError(f"{path} is not a dropline state database (schema 0)")
 
