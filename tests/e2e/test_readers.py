@@ -279,6 +279,14 @@ def test_a_member_writes_nothing(dropline: Container, users: None) -> None:
     assert (done.returncode, done.stdout) == (0, "done\n"), done.stdout + done.stderr
     assert user_version() == version
     assert not os.path.lexists(box.path(f"{STATE_DIR}/readers-new"))
+    # The commands that change things refuse a member, and say why, not that no
+    # daemon runs (one does).
+    name = archived.name
+    for args in (("reload",), ("retry", name), ("replay", name), ("prune", "--older-than", "1d")):
+        done = as_user(box, READER, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert "permission denied" in done.stderr.lower(), (args, done.stderr)
+        assert "no dropline daemon runs" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_configuration_of_an_earlier_install_is_readable_by_members(

@@ -85,6 +85,10 @@ def _daemon_runs(config: Config) -> bool:
         fd = acquire_lock(config.state_db)
     except StateLockedError:
         return True
+    except PermissionError:
+        # Not "no daemon runs": whether one does cannot be told from here (a member of
+        # dropline-readers, say, may not open the folder); the reason goes out as is.
+        raise
     except OSError:  # no state directory: nothing runs on it
         return False
     os.close(fd)
