@@ -7,6 +7,8 @@ import os
 import pwd
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,3 +407,22 @@ def test_pipelines_in_the_right_order_are_valid(tree: Tree) -> None:
     code, out, err = check(tree)
     assert code == 0, err
     assert "is valid (2 pipelines)" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_a_configuration_one_may_not_read_is_a_permission_problem(tree: Tree) -> None:
+    """Read by a user who may not: the read commands say "permission denied", exit 1
+    (README: a permission problem); the daemon exits 2 (an unfit host: systemd does not
+    restart it, which could not help)."""
+    tree.write_config(GOOD)
+    tree.config.chmod(0o600)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    for args, code in ((["status"], 1), (["run"], 2)):
+        done = subprocess.run(
+            [*nobody, "-m", "dropline", *args, "--config", str(tree.config)],
+            capture_output=True, text=True, env=env, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == code, done.stderr
+        assert "permission denied" in done.stderr and str(tree.config) in done.stderr
+        assert "Traceback" not in done.stderr

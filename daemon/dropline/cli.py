@@ -207,7 +207,12 @@ def _run(config_path: str, exit_when_idle: bool) -> int:
     from .loop.signals import Flags
     from .loop.startup import run_daemon
 
-    config = load_config(config_path)
+    try:
+        config = load_config(config_path)
+    except PermissionError as exc:
+        # For the daemon an unfit host (exit 2): a restart cannot make it readable.
+        unreadable = f"permission denied: cannot read the configuration {exc.filename}"
+        raise HostError(unreadable) from None
     configure(config.log_format)
     check_paths(config)
     check_host(config)

@@ -123,6 +123,9 @@ def _read_text(path: Path) -> str:
         raise ConfigError("cannot read the configuration: no such file", file=file) from None
     except IsADirectoryError:
         raise ConfigError("cannot read the configuration: it is a directory", file=file) from None
+    except PermissionError:
+        # Not a bad configuration: the caller may not read it (exit 1, README "Exit codes").
+        raise
     except OSError as exc:
         raise ConfigError(f"cannot read the configuration: {exc.strerror}", file=file) from None
     try:
