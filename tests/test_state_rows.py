@@ -138,3 +138,36 @@ def test_schema_3_migrates_without_the_name_index(tmp_path: Path) -> None:
     assert "items_state_finished" in indexes
     found = StateReader(path).items_named(b"old.csv")
     assert [(i.id, i.state) for i in found] == [("OLD1", "failed")]
+
+
+def test_a_migration_made_meanwhile_by_another_process_is_not_made_twice(
+    tmp_path: Path,
+) -> None:
+    """Two dropline processes open a database of the previous schema at once: the one
+    that reads the version first, then waits for the lock while the other migrates,
+    reads it again under the lock and does not migrate twice ("duplicate column")."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    last = len(MIGRATIONS) - 1
+    for number, migration in enumerate(MIGRATIONS[:last], 1):
+        conn.executescript(migration)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.commit()
+    conn.close()
+
+    class Late(Database):
+        """Reads the version, then the other process migrates before its lock."""
+
+        reads = 0
+
+        @property
+        def schema_version(self) -> int:
+            version = super().schema_version
+            Late.reads += 1
+            if Late.reads == 1:
+                Database(path).close()  # the other process: a whole, real migration
+            return version
+
+    db = Late(path)
+    assert Late.reads >= 2 and db.schema_version == len(MIGRATIONS)
+    db.close()

@@ -71,6 +71,11 @@ class Database:
             )
         for number in range(version, len(MIGRATIONS)):
             self.connection.execute("BEGIN IMMEDIATE")
+            if self.schema_version > number:
+                # Another process (a command beside the daemon starting) migrated it
+                # between our reading of the version and our lock: read again.
+                self.connection.execute("COMMIT")
+                continue
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
                     self.connection.execute(statement)
