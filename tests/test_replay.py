@@ -8,6 +8,7 @@ Real daemons, a real SQLite target, a command stage that writes one line per run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from .harness import Tree, cli_json, run_cli, run_until_idle, wait_until
+from .harness import DaemonProcess, Tree, cli_json, run_cli, run_until_idle, wait_until
+from .test_filesystems import Mounter
+from .test_filesystems import mount_tmpfs as mount_tmpfs  # a fixture
 
 
 def _pipelines(tree: Tree) -> str:
@@ -191,3 +194,90 @@ def test_replay_interrupted_by_a_crash_loses_nothing(tree: Tree, point: str) -> 
     assert tree.query("SELECT count(*) FROM items WHERE state = 'archived'") == [(4,)]
     loaded = _loaded(tree)
     assert all(loaded[i] == 1 for i in [*ids.values(), *new])
+
+
+@pytest.mark.parametrize("point", ["replay.intent_committed", "replay.copied", "replay.synced"])
+def test_a_daemon_killed_while_it_replays_replays_once(
+    tree: Tree, start_daemon: Any, point: str
+) -> None:
+    """The daemon applies the request and is killed at a step of the copy: the request
+    was answered with the new rows, so the next start completes that one replay and
+    makes no second one."""
+    ids = _archive(tree, {"k.csv": "id\n1\n"})
+    daemon = start_daemon(env={"DROPLINE_CRASH_AT": point})
+    daemon.wait_event("daemon.ready")
+    asked = run_cli("replay", "k.csv", "--wait", "10", "--json", "--config", str(tree.config))
+    assert daemon.wait(20) == -9, f"never reached {point}"
+    new = json.loads(asked.stdout)["items"][0]["new_item"]
+    assert new is not None, asked.stdout  # answered before the kill
+    assert run_until_idle(tree) == 0
+    assert tree.query("SELECT id FROM items WHERE replay_of = ?", (ids["k.csv"],)) == [(new,)]
+    assert _loaded(tree) == {ids["k.csv"]: 1, new: 1}
+    assert len(_archive_files(tree)) == 2 and list(tree.working.iterdir()) == []
+
+
+def test_a_replay_cut_short_is_neither_repeated_nor_shares_its_name(tree: Tree) -> None:
+    """Killed after its row, before its copy: asked again, the replay is refused as under
+    way; another item of the same name gets a name of its own in working/; the next
+    start completes both, each on its own file."""
+    tree.write_config(_pipelines(tree))
+    for text in ("id\n1\n", "id\n2\n"):  # two items named s.csv, archived in turn
+        (tree.incoming / "s.csv").write_text(text)
+        assert run_until_idle(tree) == 0
+    first, second = [i for (i,) in tree.query("SELECT id FROM items ORDER BY created_at")]
+    crashed = run_cli(
+        "replay", first, "--config", str(tree.config),
+        env={"DROPLINE_CRASH_AT": "replay.intent_committed"},
+    )  # fmt: skip
+    assert crashed.returncode == -9
+    # The row on its way reads as such (the schemas know the state).
+    status = cli_json(tree, "status", schema="status")
+    assert status["states"].get("replaying") == 1, status["states"]
+    (cut,) = cli_json(tree, "history", "--outcome", "unfinished", schema="history")["items"]
+    assert cut["state"] == "replaying"
+    again = cli_json(tree, "replay", first, schema="replay", expect=1)
+    assert again["items"][0]["result"].startswith("a replay of it is under way (item ")
+    other = cli_json(tree, "replay", second, schema="replay")
+    assert other["replayed"] == 1
+    names = {
+        row[0] for row in tree.query("SELECT working_name FROM items WHERE replay_of IS NOT NULL")
+    }
+    assert len(names) == 2, names
+    assert run_until_idle(tree) == 0
+    replays = dict(tree.query("SELECT replay_of, id FROM items WHERE replay_of IS NOT NULL"))
+    assert set(replays) == {first, second}
+    # Each replay loaded the rows of its own file.
+    db = sqlite3.connect(tree.root / "target.db")
+    rows = dict(db.execute("SELECT dropline_item, id FROM orders"))
+    db.close()
+    assert rows[replays[first]] == 1 and rows[replays[second]] == 2
+
+
+def test_no_room_for_the_copy_refuses_or_abandons_it(tree: Tree, mount_tmpfs: Mounter) -> None:
+    """No room in working/ for the copy: refused when asked; and when the room went
+    between the row and the copy (a crash, then a fuller disk), the start abandons that
+    replay, says so in the old item's history, and runs on."""
+    big = "id\n" + "1000000\n" * 150_000  # 1.2 MB
+    ids = _archive(tree, {"big.csv": big, "small.csv": "id\n1\n"})
+    mount_tmpfs(tree.working, "size=1m")  # working/, empty now, on a small disk
+    # (under the default min_free_space of 64 MiB, the daemon would claim nothing)
+    tree.write_config(_pipelines(tree), min_free_space="1KiB")
+    doc = cli_json(tree, "replay", "big.csv", schema="replay", expect=1)
+    assert doc["items"][0]["result"].startswith("no room in working/ for its copy (")
+    crashed = run_cli(
+        "replay", "small.csv", "--config", str(tree.config),
+        env={"DROPLINE_CRASH_AT": "replay.intent_committed"},
+    )  # fmt: skip
+    assert crashed.returncode == -9
+    filler = tree.working / ".filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        f.write(b"\0" * (1 << 20))  # the rest of working/'s room, taken meanwhile
+    daemon = DaemonProcess(tree, args=("--exit-when-idle",))
+    try:
+        assert daemon.wait(30) == 0, daemon.text()
+    finally:
+        daemon.kill()
+    assert daemon.find("replay.abandoned")
+    assert tree.query("SELECT count(*) FROM items WHERE replay_of IS NOT NULL") == [(0,)]
+    events = tree.query("SELECT detail FROM events WHERE item_id = ?", (ids["small.csv"],))
+    assert any("abandoned" in d and "no room" in d for (d,) in events), events

@@ -24,6 +24,9 @@ def shout(ctx):
     ctx.log.info("shout.done", rows=3, names=["a", "b"])
     return {"shouted": ctx.rehearsal}
 
+def child(ctx):
+    os.system("echo from-a-child; echo to-stderr >&2")
+
 def tell(ctx):
     with open(os.environ["TOLD"], "a") as f:
         f.write(json.dumps(ctx.metadata.get("failure")) + "\\n")
@@ -71,6 +74,15 @@ def _pipelines(tmp: Path, url: str, db: Path, published: Path, marker: Path) -> 
       try: run
     - name: never
       builtin: noop
+- name: strict
+  match: "*.strict"
+  stages:
+    - name: talk
+      python: "steps:child"
+      try: run
+    - name: publish
+      builtin: publish
+      with: {{to: {published}, if_exists: fail}}
 - name: flaky
   match: "*.flaky"
   stages:
@@ -176,14 +188,42 @@ def test_a_good_file_would_be_archived_and_nothing_counts(
     _untouched(tree, setup)
 
 
-def test_a_table_a_try_would_create_is_not_left_behind(
+def test_a_database_or_a_table_a_try_would_create_is_not_left_behind(
     tree: Tree, setup: dict[str, Any], tmp_path: Path
 ) -> None:
     sample = tmp_path / "orders-2.csv"
     sample.write_text("id,amount\n1,2.50\n")
+    doc = _try(tree, sample, expect=0)
+    assert not setup["db"].exists()  # connecting would have made it
+    assert doc["stages"][1]["metadata"]["would"] == (
+        f"create {setup['db']} and load 1 rows into orders"
+    )
+    sqlite3.connect(setup["db"]).close()  # an empty database: the table would be made
     _try(tree, sample, expect=0)
     tables = sqlite3.connect(setup["db"]).execute("SELECT name FROM sqlite_master").fetchall()
     assert tables == []
+
+
+def test_publish_is_judged_as_the_stage_judges_it(
+    tree: Tree, setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """if_exists: fail and a different file there: the file would fail, as it would under
+    the daemon; the same content there: nothing to copy, it would be archived.  What a
+    program a stage starts prints is the stage's output, never in try's JSON."""
+    sample = tmp_path / "x.strict"
+    sample.write_text("the data\n")
+    there = setup["published"] / "x.strict"
+    there.write_text("other data\n")
+    doc = _try(tree, sample, expect=1)
+    assert doc["reason"] == f"publish: permanent error: publish: {there} already exists"
+    talk = doc["stages"][0]
+    assert sorted(talk["output"]) == ["from-a-child", "to-stderr"]
+    there.write_text("the data\n")
+    doc = _try(tree, sample, expect=0)
+    assert doc["stages"][1]["metadata"]["would"] == (
+        f'nothing to copy: "{there}" holds the same content already'
+    )
+    there.unlink()
 
 
 def test_a_bad_file_would_fail_with_the_daemons_reason_and_its_on_failure_stages(
@@ -245,7 +285,7 @@ def test_the_route_is_told_with_its_reason(
     assert doc["route"]["glob"] == "*.orders" and doc["route"]["chosen"] == "broken"
     wrong = run_cli("try", str(chosen), "--pipeline", "nope", "--config", str(tree.config))
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
-    assert 'no pipeline "nope" (pipelines: orders, broken, flaky)' in wrong.stderr
+    assert 'no pipeline "nope" (pipelines: orders, broken, strict, flaky)' in wrong.stderr
     gone = run_cli("try", str(tmp_path / "missing.csv"), "--config", str(tree.config))
     assert gone.returncode == 2 and "missing.csv: no such file" in gone.stderr
     _untouched(tree, setup)

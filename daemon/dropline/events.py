@@ -54,15 +54,17 @@ class FileEvents:
         self.counts["failed"] = max(0, self.counts["failed"] - 1)
         self.log.info("file.requeued", item=c.item_id, file=c.name, pipeline=c.pipeline)
 
-    def replayed(self, c: Claimed, replay_of: str, next_stage: int) -> None:
-        """A copy of an archived file in working/ as a new item (``dropline replay``)."""
+    def replayed(self, c: Claimed, replay_of: str, from_stage: str) -> None:
+        """A copy of an archived file in working/ as a new item (``dropline replay``);
+        FROM_STAGE: the stage it starts at, "" for the first."""
+        fields = {"from_stage": from_stage} if from_stage else {}
         self.log.info(
             "file.replayed",
             item=c.item_id,
             file=c.name,
             pipeline=c.pipeline,
             replay_of=replay_of,
-            from_stage=next_stage,
+            **fields,
         )
 
     def refused(self, refusal: Refusal) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -99,6 +99,34 @@ def scratch_copy(source: Path, max_size: int) -> Iterator[Copy]:
         yield Copy(folder, copy, copy.stat().st_size, digest.hexdigest())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Printed:
+    text = ""
+
+
+@contextlib.contextmanager
+def _output_captured() -> Iterator[_Printed]:
+    """Descriptors 1 and 2 (and Python's streams over them) into a temporary file for
+    the block; what was written there is in the yielded ``text`` afterwards."""
+    printed = _Printed()
+    with tempfile.TemporaryFile() as capture:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 1)
+            os.dup2(capture.fileno(), 2)
+            yield printed
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            capture.seek(0)
+            printed.text = capture.read().decode("utf-8", "replace")
 
 
 class _Notes:
@@ -199,7 +227,6 @@ def _run_stage(
         rehearsal=True,
     )
     ended: list[tuple[str, str, dict[str, Any]]] = []
-    printed = io.StringIO()
 
     def attempt() -> None:
         ended.append(call_stage(stage.func, ctx))
@@ -207,14 +234,15 @@ def _run_stage(
     started = time.monotonic()
     worker = threading.Thread(target=attempt, name=f"try-{stage.name}", daemon=True)
     try:
-        # What a Python stage prints is its output too (a command's is its own).
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        # What a Python stage prints is its output too, and what a program it starts
+        # prints: never on try's own output (its --json).  A command's is its own.
+        with _output_captured() as printed:
             worker.start()
             worker.join(config.timeout + _ABANDON_GRACE)
     finally:
         cancel.set()  # Ctrl-C, or past its time: a command's process group is killed
     run.seconds = round(time.monotonic() - started, 6)
-    run.output[:0] = [line for line in printed.getvalue().splitlines() if line.strip()]
+    run.output[:0] = [line for line in printed.text.splitlines() if line.strip()]
     if not ended:
         run.outcome = "timeout"
         run.error = f"timed out after {config.timeout:g} s (abandoned)"

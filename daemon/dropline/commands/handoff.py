@@ -45,10 +45,14 @@ def _offline(
     spool = Spool(config.data_dir, max_file_size=config.max_file_size, layout=config.archive_layout)
     try:
         routes = Routes(config)
+        items = ItemLog(db)
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
+            # The names in working/, and those rows still on their way there hold (a
+            # retry or a replay a crash cut short, completed when the daemon starts).
             in_use = set(spool.working.names())
-            results.update(apply(ItemLog(db), spool, routes, chunk, time.time(), in_use))
+            in_use.update(row.working_name for row in items.unfinished_items())
+            results.update(apply(items, spool, routes, chunk, time.time(), in_use))
     finally:
         spool.close()
         db.close()

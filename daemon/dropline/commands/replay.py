@@ -75,7 +75,9 @@ def run(config: Config, item_ids: list[str], from_stage: str | None, wait: float
     ) -> dict[str, str]:
         from ..lifecycle.replay import replay_batch
 
-        result = replay_batch(items, spool, routes, [(i, from_stage) for i in ids], now, used)
+        asked = [(i, from_stage) for i in ids]
+        min_free = routes.config.min_free_space
+        result = replay_batch(items, spool, routes, asked, now, used, min_free=min_free)
         return {item_id: result.answer(item_id) for item_id in ids}
 
     mode, answers = hand_off(config, "replay", item_ids, wait, replay, detail=from_stage)

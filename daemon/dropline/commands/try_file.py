@@ -9,6 +9,7 @@ scratch copy (``rehearsal.py``).  The verdict is "archived", "failed",
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,12 @@ def collect(config: Config, file: str, chosen: str | None) -> dict[str, Any]:
     except RefusedError as exc:
         doc["outcome"], doc["reason"] = "refused", str(exc)
         return doc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # made a symbolic link since it was judged
+            doc["outcome"], doc["reason"] = "refused", "symbolic link (never followed)"
+            return doc
+        where = f" ({escape_text(os.fsencode(exc.filename))})" if exc.filename else ""
+        raise ConfigError(f"{escape_text(file)}: cannot be tried: {exc.strerror}{where}") from None
     doc["stages"] = [_stage_doc(run) for run in runs]
     doc["skipped"] = [run.stage for run in runs if run.outcome == "skipped"]
     doc["outcome"] = "failed" if failure else "archived"

@@ -31,7 +31,7 @@ from ..ids import new_item_id
 from ..pipeline import Routes
 from ..spool import WORKING_TEMP_PREFIX, Entry, Spool
 from ..stages import FAILURE
-from ..state import ItemLog, ItemRow
+from ..state import ItemLog, ItemRow, ReplayRows
 from .decide import interrupted
 from .finish import Finish, finish_batch
 from .replay import ReplayResult, complete_replay
@@ -141,6 +141,7 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
         replay_result = ReplayResult()
         complete_replay(items, spool, replaying, now, replay_result)
         report.replayed = len(replay_result.replayed)
+        replays = ReplayRows(items.db)
         for r in replay_result.replayed:
             c = r.claimed
             log.info(
@@ -148,10 +149,13 @@ def recover(items: ItemLog, spool: Spool, routes: Routes, now: float, log: Any) 
                 item=c.item_id,
                 file=c.name,
                 pipeline=c.pipeline,
+                replay_of=replays.replay_of(c.item_id) or "",
                 detail="completed by recovery",
             )
+        for item_id in replay_result.abandoned:
+            log.warning("replay.abandoned", item=item_id, reason=replay_result.lost[item_id])
         for item_id in replay_result.vanished:
-            log.error("file.vanished", item=item_id, detail="its copy from archive/")
+            log.error("file.vanished", item=item_id, detail=replay_result.lost[item_id])
         report.vanished += len(replay_result.vanished)
 
     # Files in working/ that no row knows.

@@ -20,10 +20,12 @@ active; else copied again while the archived file is there; else vanished.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crashpoints import crashpoint
+from ..errors import DiskFullError
 from ..escaping import escape_text
 from ..ids import new_item_id
 from ..pipeline import Pipeline, Routes
@@ -50,14 +52,19 @@ class ReplayResult:
     refused: dict[str, str] = field(default_factory=dict)  # old item id -> why not
     made: dict[str, str] = field(default_factory=dict)  # old item id -> new item id
     vanished: list[str] = field(default_factory=list)  # new items whose copy could not be made
+    # New item id -> why its copy could not be made: vanished, or (no room) abandoned.
+    lost: dict[str, str] = field(default_factory=dict)
+    abandoned: list[str] = field(default_factory=list)  # new rows deleted: no room for the copy
 
     def answer(self, item_id: str) -> str:
         """What became of the replay of ITEM_ID, as `dropline replay` reports it."""
         if item_id in self.refused:
             return self.refused[item_id]
         new = self.made.get(item_id, "")
+        if new in self.abandoned:
+            return f"not replayed: {self.lost[new]}"
         if new in self.vanished:
-            return f"gone from archive/ before its copy was made (item {new} vanished)"
+            return f"its copy could not be made ({self.lost[new]}): item {new} vanished"
         return f"replayed as {new}"
 
 
@@ -68,9 +75,13 @@ def archived_at(row: ItemRow) -> str:
 
 
 def plan(
-    row: ItemRow | None, routes: Routes, spool: Spool, from_stage: str | None
+    row: ItemRow | None, routes: Routes, spool: Spool, from_stage: str | None, room: list[int]
 ) -> tuple[Pipeline, int, dict[str, Any]] | str:
-    """The pipeline, the stage index and the metadata to replay ROW with, or why not."""
+    """The pipeline, the stage index and the metadata to replay ROW with, or why not.
+
+    ROOM: the bytes still free in working/ for this batch's copies, [n]; the
+    copy's size is taken from it when the replay is planned.
+    """
     if row is None:
         return "unknown item"
     if row.state != "archived":
@@ -78,32 +89,39 @@ def plan(
         return f"it is {row.state}, not archived{hint}"
     if not row.final_name:
         return "no place in archive/ is recorded for it"
-    if not spool.ends.archived_exists(row.final_dir or "", row.final_name):
+    size = spool.ends.archived_size(row.final_dir or "", row.final_name)
+    if size is None:
         return f"{archived_at(row)} is no longer there"
     # Its own pipeline if it is still configured, else where its name goes now.
     pipeline = routes.get(row.pipeline) or routes.route(row.name)
     if pipeline is None:
         return "no pipeline takes its name now"
-    if from_stage is None:
-        return pipeline, 0, {}
-    names = [s.name for s in pipeline.stages]
-    if from_stage not in names:
-        listed = ", ".join(names) or "none"
-        return f'pipeline "{pipeline.name}" has no stage "{from_stage}" (its stages: {listed})'
-    index = names.index(from_stage)
-    # What the stages before it returned, as the old item ended: a derived file
-    # (a transform's output) went with the old item's scratch folder.
-    derived = [
-        s.name
-        for s in pipeline.stages[:index]
-        if s.config.kind == "builtin" and s.config.builtin == "transform"
-    ]
-    if derived:
-        return (
-            f'stage "{derived[-1]}" derives the data the stages after it read, and its '
-            f'output went with the old item: replay from "{derived[-1]}" or before'
-        )
-    metadata = {k: v for k, v in row.metadata.items() if k not in (FAILURE, DATA_PATH)}
+    index, metadata = 0, {}
+    if from_stage is not None:
+        names = [s.name for s in pipeline.stages]
+        if from_stage not in names:
+            listed = ", ".join(names) or "none"
+            return f'pipeline "{pipeline.name}" has no stage "{from_stage}" (its stages: {listed})'
+        index = names.index(from_stage)
+        # A transform whose output the stages after it read went with the old item's
+        # scratch folder (one that archives its output left it in archive/: fine).
+        derived = [
+            s.name
+            for s in pipeline.stages[:index]
+            if s.config.kind == "builtin"
+            and s.config.builtin == "transform"
+            and s.config.options.get("archive", "original") != "transformed"
+        ]
+        if derived:
+            return (
+                f'stage "{derived[-1]}" derives the data the stages after it read, and its '
+                f'output went with the old item: replay from "{derived[-1]}" or before'
+            )
+        # What the stages before it returned, as the old item ended.
+        metadata = {k: v for k, v in row.metadata.items() if k not in (FAILURE, DATA_PATH)}
+    if size >= room[0]:
+        return f"no room in working/ for its copy ({size} bytes; {max(room[0], 0)} free)"
+    room[0] -= size
     return pipeline, index, metadata
 
 
@@ -114,21 +132,32 @@ def replay_batch(
     asked: list[tuple[str, str | None]],
     now: float,
     in_use: set[bytes],
+    answer: Callable[[ReplayResult], None] | None = None,
+    min_free: int = 0,
 ) -> ReplayResult:
     """Replay each archived item of ASKED, (item id, stage to start from or None).
 
-    IN_USE: the names in working/ now (only dropline writes there).
+    IN_USE: the names in working/ now and those unfinished rows hold.  ANSWER,
+    if given, is called inside the transaction that records the new rows (the
+    daemon answers the requests there: a crash after it never makes a request
+    replay twice).
     """
     result = ReplayResult()
     replays = ReplayRows(items.db)
     taken = set(in_use)
     new_rows: list[ItemRow] = []
+    # Room for the copies, less the margin the daemon keeps free (min_free_space).
+    room = [spool.ends.working_free() - min_free]
     with items.db.transaction():
         for old_id, from_stage in asked:
             if old_id in result.made:
                 continue  # asked twice in one batch: one copy
+            under_way = replays.under_way(old_id)
+            if under_way is not None:
+                result.refused[old_id] = f"a replay of it is under way (item {under_way})"
+                continue
             row = items.item(old_id)
-            planned = plan(row, routes, spool, from_stage)
+            planned = plan(row, routes, spool, from_stage, room)
             if isinstance(planned, str):
                 result.refused[old_id] = planned
                 continue
@@ -139,7 +168,7 @@ def replay_batch(
             taken.add(working_name)
             source = (row.final_dir or "", row.final_name)
             replays.insert_replaying(
-                new_id, row.name, working_name, pipeline.name, index, metadata, source, now
+                new_id, old_id, row.name, working_name, pipeline.name, index, metadata, source, now
             )
             start = f' from stage "{pipeline.stages[index].name}"' if index else ""
             items.add_event(new_id, "replay", now, f"of {old_id} ({archived_at(row)}){start}")
@@ -157,6 +186,8 @@ def replay_batch(
                     created_at=now,
                 )
             )
+        if answer is not None:
+            answer(result)
     crashpoint("replay.intent_committed")
     complete_replay(items, spool, new_rows, now, result)
     return result
@@ -165,19 +196,28 @@ def replay_batch(
 def complete_replay(
     items: ItemLog, spool: Spool, rows: list[ItemRow], now: float, result: ReplayResult
 ) -> None:
-    """Bring the copies of rows recorded as "replaying" into working/, record them active."""
+    """Bring the copies of rows recorded as "replaying" into working/, record them active.
+
+    A copy the disk has no room for is abandoned: its row goes (the old item's
+    history says so) and nothing else stops, not the daemon's start either.
+    """
     if not rows:
         return
     copied: list[ItemRow] = []
-    lost: list[tuple[ItemRow, str]] = []
+    lost: list[ItemRow] = []
     for row in rows:
         temp = WORKING_TEMP_PREFIX + b"replay-" + row.id.encode()
         source = (row.final_dir or "", row.final_name or b"")
-        said = spool.ends.replay_copy(*source, row.working_name, temp)
+        try:
+            said = spool.ends.replay_copy(*source, row.working_name, temp)
+        except DiskFullError as exc:
+            said = f"no room in working/: {exc}"
+            result.abandoned.append(row.id)
         if said == "copied":
             copied.append(row)
         else:
-            lost.append((row, said))
+            result.lost[row.id] = said
+            lost.append(row)
     spool.sync()
     crashpoint("replay.synced")
     replays = ReplayRows(items.db)
@@ -186,18 +226,25 @@ def complete_replay(
             try:
                 sha256, size, ctime_ns = spool.working.hash(row.working_name)
             except ValueError as exc:  # only dropline writes working/: not expected
-                lost.append((row, f"its copy in working/: {exc}"))
+                result.lost[row.id] = f"its copy in working/: {exc}"
+                lost.append(row)
                 continue
             replays.mark_replayed(row.id, sha256, size, ctime_ns, now)
             claimed = Claimed(
                 row.id, row.name, row.working_name, row.pipeline, sha256, size, ctime_ns, now
             )
             result.replayed.append(Replayed(claimed, row.next_stage, dict(row.metadata)))
-        for row, why in lost:
-            where = archived_at(row)
-            items.mark_finished_many([("vanished", row.id)], now)
-            items.add_event(row.id, "vanished", now, f"its copy from {where}: {why}")
-            result.vanished.append(row.id)
+        for row in lost:
+            why = f"its copy from {archived_at(row)}: {result.lost[row.id]}"
+            old = replays.replay_of(row.id)
+            if row.id in result.abandoned:
+                items.delete_item(row.id)  # its events go with it
+                if old is not None:
+                    items.add_event(old, "replay", now, f"as {row.id} abandoned: {why}")
+            else:
+                items.mark_finished_many([("vanished", row.id)], now)
+                items.add_event(row.id, "vanished", now, why)
+                result.vanished.append(row.id)
 
 
 __all__ = ["KIND", "ReplayResult", "Replayed", "complete_replay", "plan", "replay_batch"]

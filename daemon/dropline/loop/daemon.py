@@ -257,11 +257,15 @@ class Daemon:
         for r in replays.replayed:
             c = r.claimed
             self.scheduler.admit(c, r.next_stage, r.metadata)
-            self.ctx.events.replayed(c, replay_of.get(c.item_id, ""), r.next_stage)
+            pipeline = self.ctx.routes.get(c.pipeline)
+            stage = pipeline.stages[r.next_stage].name if pipeline and r.next_stage else ""
+            self.ctx.events.replayed(c, replay_of.get(c.item_id, ""), stage)
         for item_id, why in replays.refused.items():
             self.ctx.log.warning("replay.refused", item=item_id, reason=why)
         for item_id in replays.vanished:
-            self.ctx.log.error("file.vanished", item=item_id, detail="its copy from archive/")
+            self.ctx.log.error("file.vanished", item=item_id, detail=replays.lost[item_id])
+        for item_id in replays.abandoned:
+            self.ctx.log.warning("replay.abandoned", item=item_id, reason=replays.lost[item_id])
 
     # --- stop, reload, idle -------------------------------------------------------
 

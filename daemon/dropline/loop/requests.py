@@ -54,7 +54,15 @@ def serve_moves(
     replayed = ReplayResult()
     if replays:
         taken = in_use | {c.working_name for c in requeued.requeued}
-        replayed = replay_batch(items, spool, routes, replays, now, taken)
+        asked_ids = [(r, item_id) for r, kind, item_id, _ in asked if kind == REPLAY]
+
+        def answer(result: ReplayResult) -> None:
+            # With the new rows, in their transaction: a crash after it leaves no
+            # request open to be replayed a second time at the next start.
+            requests.finish_requests([(r, result.answer(i)) for r, i in asked_ids], now)
+
+        min_free = routes.config.min_free_space
+        replayed = replay_batch(items, spool, routes, replays, now, taken, answer, min_free)
     answers = []
     for request_id, kind, item_id, _ in asked:
         if kind == "retry":

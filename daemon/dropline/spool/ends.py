@@ -210,10 +210,23 @@ class Ends:
 
     # --- a copy of an archived file (``dropline replay``) ------------------
 
-    def archived_exists(self, subdir: str, final_name: bytes) -> bool:
-        """Whether archive/SUBDIR/FINAL_NAME is there (a glance before a replay)."""
-        day = self._dirs.archive_dir(subdir, create=False)
-        return day is not None and self._dirs.exists_at(day, final_name)
+    def archived_size(self, subdir: str, final_name: bytes) -> int | None:
+        """The size of archive/SUBDIR/FINAL_NAME, a regular file; None if it is not there."""
+        dirs = self._dirs
+        day = dirs.archive_dir(subdir, create=False)
+        if day is None:
+            return None
+        try:
+            src_fd, base = dirs.place(day, final_name)
+            st = os.stat(base, dir_fd=src_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def working_free(self) -> int:
+        """Bytes free in working/'s filesystem for an unprivileged writer."""
+        st = os.fstatvfs(self._dirs.working)
+        return st.f_bavail * st.f_frsize
 
     def replay_copy(self, subdir: str, final_name: bytes, working_name: bytes, temp: bytes) -> str:
         """Copy archive/SUBDIR/FINAL_NAME to working/WORKING_NAME, the archived file
@@ -243,8 +256,15 @@ class Ends:
                 return "not a regular file"
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=dirs.working)  # a copy a crash cut short
+            # A file of gigabytes takes seconds: the watchdog is fed meanwhile.
+            tick = self._settings.reading_tick or (lambda: None)
             try:
-                copy_to_temp(src, st.st_size, dirs.working, temp, 0o640, lambda: None)
+                copy_to_temp(src, st.st_size, dirs.working, temp, 0o640, tick)
+                owner = os.fstat(dirs.working)
+                if os.geteuid() == 0 and owner.st_uid != 0:
+                    # Made by root (an offline `sudo dropline replay`): the daemon's,
+                    # as working/ is, or its user could not read it.
+                    os.chown(temp, owner.st_uid, owner.st_gid, dir_fd=dirs.working)
                 crashpoint("replay.copied")
                 rename_noreplace(dirs.working, temp, dirs.working, working_name)
             except OSError as exc:

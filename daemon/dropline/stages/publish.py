@@ -88,7 +88,7 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
         _check_cancel(ctx)
         final = render(template, ctx)
         if ctx.rehearsal:
-            return {"would": _would_publish(to, final, if_exists)}
+            return {"would": _would_publish(ctx, to, final, if_exists)}
         tmp = temp_name(ctx)
         with _exclusive((str(to), tmp)):
             published = _publish(ctx, to, final, tmp, if_exists)
@@ -97,17 +97,36 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
     return stage
 
 
-def _would_publish(to: Path, final: bytes, if_exists: str) -> str:
-    """What publishing FINAL into TO would do (``dropline try``), nothing copied."""
-    target = quoted(os.path.join(os.fsencode(to), final))
-    if not os.path.lexists(os.path.join(os.fsencode(to), final)):
-        return f"publish a copy as {target}"
-    then = {
-        "keep-both": "the copy would take a name of its own beside it",
-        "replace": "it would be replaced",
-        "fail": "the file would fail (if_exists: fail)",
-    }[if_exists]
-    return f"publish a copy as {target}, which exists: {then}"
+def _would_publish(ctx: StageContext, to: Path, final: bytes, if_exists: str) -> str:
+    """What publishing would do (``dropline try``), judged as ``_place`` judges, nothing
+    written: the name it would take, or PermanentError where the real stage fails."""
+    try:
+        dir_fd = os.open(to, DIR_FLAGS)
+    except OSError as exc:
+        raise OSError(exc.errno, f"publish folder {to}: {exc.strerror}") from exc
+    try:
+        src = os.open(ctx.data_file(), FILE_FLAGS)
+        try:
+            size = os.fstat(src).st_size
+            for name in _candidates(final, ctx.item_id, if_exists):
+                found = compare(src, size, dir_fd, name)
+                target = quoted(os.path.join(os.fsencode(to), name))
+                if found == "same":
+                    return f"nothing to copy: {target} holds the same content already"
+                if found == "different" and if_exists == "keep-both":
+                    continue
+                if found == "different" and if_exists == "fail":
+                    raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists")
+                if found == "different":
+                    return f"publish a copy as {target}, replacing the file there"
+                return f"publish a copy as {target}"
+            raise FileExistsError(
+                errno.EEXIST, f"publish: no free name for {quoted(final)} in {to}"
+            )
+        finally:
+            os.close(src)
+    finally:
+        os.close(dir_fd)
 
 
 # --- start-up checks -----------------------------------------------------------

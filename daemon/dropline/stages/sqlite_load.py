@@ -124,6 +124,12 @@ class _SqliteLoad:
                     f'column "{bad[0]}" cannot be a column of {table}: use letters, digits '
                     "and _ (a transform can rename it)"
                 )
+            if ctx.rehearsal and not os.path.lexists(self.database):
+                # `dropline try`: connecting would create the file (as the one
+                # trying, maybe root): the load is rehearsed on an empty database.
+                loaded = self._rehearse_new(ctx, source)
+                would = f"create {self.database} and load {loaded} rows into {table}"
+                return {"loaded_rows": loaded, "table": table, "would": would}
             db = self._begin()
             try:
                 loaded = self._load(db, ctx, source)
@@ -136,6 +142,14 @@ class _SqliteLoad:
             would = f"load {loaded} rows into {table}: loaded, then rolled back"
             return {"loaded_rows": loaded, "table": table, "would": would}
         return {"loaded_rows": loaded, "table": table}
+
+    def _rehearse_new(self, ctx: StageContext, source: Source) -> int:
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return self._load(db, ctx, source)  # rolled back: it is a rehearsal
+        finally:
+            db.close()
 
     def _load(self, db: sqlite3.Connection, ctx: StageContext, source: Source) -> int:
         """Replace the rows of CTX's item in the transaction begun, and commit; the rows loaded."""

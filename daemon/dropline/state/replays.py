@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from .db import Database
-from .schema import ItemState
+from .schema import UNFINISHED, ItemState, sql_list
 
 
 class ReplayRows:
@@ -25,6 +25,7 @@ class ReplayRows:
     def insert_replaying(
         self,
         item_id: str,
+        replay_of: str,
         name: bytes,
         working_name: bytes,
         pipeline: str | None,
@@ -33,13 +34,14 @@ class ReplayRows:
         source: tuple[str, bytes],
         now: float,
     ) -> None:
-        """The new item, its copy to come from archive/SOURCE[0]/SOURCE[1]."""
+        """The new item, replaying REPLAY_OF, its copy to come from archive/SOURCE."""
         self.db.execute(
-            "INSERT INTO items (id, name, working_name, pipeline, state, next_stage, "
-            "metadata, final_dir, final_name, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO items (id, replay_of, name, working_name, pipeline, state, "
+            "next_stage, metadata, final_dir, final_name, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 item_id,
+                replay_of,
                 name,
                 working_name,
                 pipeline,
@@ -63,6 +65,20 @@ class ReplayRows:
             f"WHERE id = ? AND state = '{ItemState.REPLAYING}'",
             (sha256, size, ctime_ns, now, item_id),
         )
+
+    def under_way(self, replay_of: str) -> str | None:
+        """An unfinished replay of item REPLAY_OF, if there is one (its id)."""
+        row = self.db.execute(
+            f"SELECT id FROM items WHERE replay_of = ? AND state IN ({sql_list(UNFINISHED)}) "  # noqa: S608
+            "LIMIT 1",
+            (replay_of,),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def replay_of(self, item_id: str) -> str | None:
+        """The item ITEM_ID replays, if it is a replay."""
+        row = self.db.execute("SELECT replay_of FROM items WHERE id = ?", (item_id,)).fetchone()
+        return str(row[0]) if row and row[0] is not None else None
 
 
 __all__ = ["ReplayRows"]

@@ -94,9 +94,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE attempts ADD COLUMN seconds REAL;
     """,
-    # 6: `dropline replay`: a request's argument (the stage to start from).
+    # 6: `dropline replay`: a request's argument (the stage to start from), and the
+    # item a replay's item copies.  The index holds the replays' rows only (a
+    # claim writes no entry in it).
     """
     ALTER TABLE requests ADD COLUMN detail TEXT;
+    ALTER TABLE items ADD COLUMN replay_of TEXT;
+    CREATE INDEX items_replay_of ON items(replay_of) WHERE replay_of IS NOT NULL;
     """,
 )
 
