@@ -317,3 +317,24 @@ def cli_json(tree: Tree, *args: str, schema: str, expect: int = 0) -> dict[str, 
     spec = json.loads((SCHEMAS / f"{schema}.json").read_text())
     jsonschema.validate(doc, spec, format_checker=jsonschema.FormatChecker())
     return doc
+
+
+class StatusListener:
+    """A real AF_UNIX datagram socket as NOTIFY_SOCKET, read for STATUS= lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+
+    def saw(self, *fragments: str) -> bool:
+        """Read one datagram (or time out); True if it is a STATUS with every FRAGMENT."""
+        try:
+            message = self.sock.recv(4096).decode()
+        except TimeoutError:
+            return False
+        return "STATUS=" in message and all(f in message for f in fragments)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -7,7 +7,6 @@ unmounts it at the end.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from dropline.crashpoints import FAULTS
 
-from .harness import DaemonProcess, Tree, crash_run, run_until_idle, wait_until
+from .harness import DaemonProcess, StatusListener, Tree, crash_run, run_until_idle, wait_until
 
 PIPELINES = """
 - name: good
@@ -50,27 +49,6 @@ def mount_tmpfs() -> Iterator[Mounter]:
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-class StatusListener:
-    """A real AF_UNIX datagram socket as NOTIFY_SOCKET, read for STATUS= lines."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-
-    def saw(self, *fragments: str) -> bool:
-        """Read one datagram (or time out); True if it is a STATUS with every FRAGMENT."""
-        try:
-            message = self.sock.recv(4096).decode()
-        except TimeoutError:
-            return False
-        return "STATUS=" in message and all(f in message for f in fragments)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _drop(tree: Tree, count: int, size: int = 2000) -> dict[str, bytes]:

@@ -264,6 +264,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the running daemon to apply it (default 30)",
     )
     replay.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    for verb, helped, described, example in (
+        (
+            "pause",
+            "stop taking a pipeline's files until resume; they wait, no attempt spent",
+            "Pause PIPELINE: its files are not claimed (they wait in incoming/), its files "
+            "in working/ start no stage (the stages running end as they would; no attempt is "
+            "spent waiting), files whose stages are done still end. Other pipelines go on. "
+            "Kept across restarts, until dropline resume; shown by status, top and the "
+            "unit's status line.",
+            "  dropline pause orders --reason 'database maintenance until 14:00'",
+        ),
+        (
+            "resume",
+            "take a paused pipeline's files again",
+            "Resume PIPELINE after dropline pause: its waiting files go on at once.",
+            "  dropline resume orders",
+        ),
+    ):
+        gate = sub.add_parser(
+            verb,
+            parents=[common],
+            help=helped,
+            description=described,
+            epilog=f"Examples:\n{example}\n  dropline {verb} orders --json",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        gate.add_argument("pipeline", metavar="PIPELINE", help="the pipeline's name")
+        if verb == "pause":
+            gate.add_argument("--reason", default="", help="why, for status and the log")
+        gate.add_argument(
+            "--wait",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="how long to wait for the running daemon to apply it (default 30)",
+        )
+        gate.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     prune = sub.add_parser(
         "prune",
         parents=[common],

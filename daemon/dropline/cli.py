@@ -1,4 +1,5 @@
-"""The command line: run, check, reload, try, status, top, history, retry, replay, prune.
+"""The command line: run, check, reload, try, status, top, history, retry, replay, pause,
+resume, prune.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad usage, bad configuration or
 an unfit host (systemd's RestartPreventExitStatus=2 keeps it from looping on
@@ -136,6 +137,17 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK if doc["not_replayed"] == 0 else EXIT_FAILURE
 
 
+def _gate(args: argparse.Namespace) -> int:
+    from .commands import pause
+    from .config import load_config
+
+    config = load_config(args.config)
+    reason = getattr(args, "reason", "")
+    doc = pause.run(config, args.command, args.pipeline, reason, args.wait)
+    _output(args, doc, pause.render)
+    return EXIT_OK if doc["result"] != "pending" else EXIT_FAILURE
+
+
 def _reload(args: argparse.Namespace) -> int:
     from .commands import reload
 
@@ -236,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "history": _history,
         "retry": _retry,
         "replay": _replay,
+        "pause": _gate,
+        "resume": _gate,
         "prune": _prune,
     }
     try:

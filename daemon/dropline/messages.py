@@ -66,6 +66,11 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "entry.refused": "refused {file}: {reason}",
     "folder.found": "folder {file} dropped into incoming/: its files are processed",
     "folder.removed": "folder {file} removed from incoming/ ({detail})",
+    "pipeline.paused": lambda f: (
+        f"pipeline {f['pipeline']} paused: its files wait until dropline resume"
+        + (f" ({f['reason']})" if f.get("reason") else "")
+    ),
+    "pipeline.resumed": "pipeline {pipeline} resumed: its files go on",
     "daemon.ready": "ready: watching {data_dir}/incoming ({resumed} files resumed)",
     "daemon.reloading": "reloading the configuration {config}",
     "daemon.reloaded": "configuration reloaded",

@@ -14,7 +14,14 @@ from .. import console as c
 from ..config import Config
 from ..datalock import lock_holder
 from ..globs import compile_globs
-from ..state import UNFINISHED, AttemptView, ItemView, StateReader, daemon_pid
+from ..state import (
+    UNFINISHED,
+    AttemptView,
+    ItemView,
+    StateReader,
+    daemon_pid,
+    paused_pipelines,
+)
 from ..toolnames import ToolNames
 from .flight import groups as flight_groups
 from .flight import render as render_flight
@@ -58,6 +65,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         flight = reader.in_flight(IN_FLIGHT_SHOWN)
         flight_counts = reader.in_flight_counts(now)
         failures = reader.recent_failures(FAILURES_SHOWN)
+        paused = paused_pipelines(reader)
     unfinished = sum(states.get(s, 0) for s in UNFINISHED)
     in_flight = []
     for item, running in flight:
@@ -85,6 +93,10 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
             "failed": states.get("failed", 0),
         },
         "states": states,
+        "paused": [
+            {"pipeline": p, "since": c.iso(since), "reason": reason or None}
+            for p, (since, reason) in sorted(paused.items())
+        ],
         "backlog": {
             "incoming": incoming,
             "oldest_seconds": round(now - oldest, 3) if oldest is not None else None,
@@ -154,6 +166,11 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         if other is not None:
             head += f" (another dropline, pid {other}, runs on its data folder with another state)"
     out.line(f"dropline {head}; data {doc['data_dir']}, state {doc['state_db']}")
+    for p in doc["paused"]:
+        since = c.ago(c.parse_iso(p["since"]), now)
+        why = f": {p['reason']}" if p["reason"] else ""
+        line = f'Paused:     pipeline "{p["pipeline"]}" since {since}{why} (dropline resume)'
+        out.line(out.paint(line, "yellow"))
     out.line()
     counts = doc["counts"]
     out.table(

@@ -60,6 +60,7 @@ def collect(config: Config, file: str, chosen: str | None) -> dict[str, Any]:
     else:
         pipeline = routes.get(routed["pipeline"])
     doc: dict[str, Any] = {
+        "paused": _paused(config, pipeline.name) if pipeline else None,
         "file": escape_text(os.fsencode(path)),
         "name": escape_text(os.fsencode(name)),
         "size": None,
@@ -96,6 +97,19 @@ def collect(config: Config, file: str, chosen: str | None) -> dict[str, Any]:
     doc["reason"] = failure.get("reason")
     doc["retriable"] = bool(failure.get("retriable"))
     return doc
+
+
+def _paused(config: Config, pipeline: str) -> bool | None:
+    """Whether PIPELINE is paused (``dropline pause``); None when the state cannot
+    be read (none yet, or not for this user)."""
+    from ..errors import StateUnavailableError
+    from ..state import StateReader, paused_pipelines
+
+    try:
+        with StateReader(config.state_db) as reader:
+            return pipeline in paused_pipelines(reader)
+    except (StateUnavailableError, PermissionError):
+        return None
 
 
 def _stage_doc(run: StageRun) -> dict[str, Any]:
@@ -157,6 +171,11 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         out.line(
             "  (a retriable error: the daemon would try again as the stage's retries allow, "
             "and fail so only if every attempt does)"
+        )
+    if doc["paused"]:
+        out.line(
+            f'Paused: pipeline "{doc["pipeline"]}" is paused; the file would wait in '
+            f"incoming/ until dropline resume {doc['pipeline']}, then go as above."
         )
     if doc["skipped"]:
         out.line(

@@ -30,11 +30,12 @@ from ..notify import Notifier
 from ..reloading import Verdict
 from ..scratch import scratch_root
 from ..spool import Entry, Spool
-from ..state import ItemLog, RequestQueue
+from ..state import ItemLog, PauseRows, RequestQueue
 from ..watch import FileReady, FolderFound, Overflow, RescanNeeded, WatchLost
 from ..workers import StageResult, WorkerPool
 from .context import LoopContext
 from .duties import Duties
+from .gates import Gates
 from .intake import Intake
 from .reload import read_again
 from .requests import serve_moves, serve_reloads
@@ -81,6 +82,8 @@ class Daemon:
         spool.settings.judge_claimed = self.intake.holds.database_claimed
         self.duties = Duties(ctx, notifier, ctx.events.metrics, self.status_line)
         self.scheduler = Scheduler(ctx, items, spool, pool, scratch_root(started.state_db))
+        self.gates = Gates(PauseRows(items.db), ctx.log)
+        self.scheduler.ready.closed = self.gates.closed  # a paused pipeline starts no stage
         self.transit = Transit(ctx, items, spool, mover, self.duties.disk_full)
 
     # --- the loop -----------------------------------------------------------
@@ -195,6 +198,8 @@ class Daemon:
     def _room_of(self, pipeline: str | None) -> int:
         """How many more files of PIPELINE may be taken into working/: a
         pipeline's backlog never takes another's places."""
+        if pipeline in self.gates.closed:
+            return 0  # paused: its files wait in incoming/
         taken = self.scheduler.in_flight.get(pipeline, 0) + self.transit.in_claim_of(pipeline)
         return self.ctx.config.max_in_flight - taken
 
@@ -226,6 +231,7 @@ class Daemon:
     def _serve_requests(self, now: float) -> None:
         """Reloads first, and whatever the room or the disk: they move no file."""
         serve_reloads(self.requests, self._reload)
+        self.gates.serve(self.requests)
         room = self._room()
         if room <= 0 or self.duties.disk_problem:
             return
@@ -298,7 +304,13 @@ class Daemon:
         return got.verdict
 
     def idle(self) -> bool:
-        return not self.scheduler.items and self.intake.idle() and self.transit.idle()
+        """Nothing to do now but what paused pipelines keep waiting."""
+        closed, scheduler = self.gates.closed, self.scheduler
+        waiting = all(
+            item.pipeline in closed and item_id not in scheduler.running
+            for item_id, item in scheduler.items.items()
+        ) and not (closed and scheduler.ready.ends)
+        return waiting and self.intake.idle(closed) and self.transit.idle()
 
     def _should_exit(self) -> bool:
         ctx = self.ctx
@@ -329,7 +341,7 @@ class Daemon:
                 error = error[: _STATUS_ERROR_MAX - 3] + "..."
             refused = f"reload refused: {error}; running the previous configuration; "
         disk = self.duties.disk_problem
-        paused = refused + (f"PAUSED, {disk}; " if disk else "")
+        paused = refused + (f"PAUSED, {disk}; " if disk else "") + self.gates.status()
         if self.duties.journal_paused:
             paused += "PAUSED, journald is not reading; "
         scanning = ", scanning" if self.intake.scan is not None else ""

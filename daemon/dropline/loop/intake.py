@@ -9,7 +9,7 @@ files to claim: checked, settled, not refused, not held.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from ..crashpoints import pausepoint
 from ..folders import DroppedFolders
@@ -74,13 +74,14 @@ class Intake:
             deadlines.append(min(self.settling.values()))
         return min(deadlines)
 
-    def idle(self) -> bool:
+    def idle(self, closed: Collection[str] = ()) -> bool:
+        """Nothing to look at but names parked for the CLOSED (paused) pipelines."""
         return not (
             self.candidates
             or (self.settling and not self.holds.only_waiting(self.settling))
             or self.scan is not None
             or self.folders.unlooked
-            or self.parked
+            or any(names for p, names in self.parked.names.items() if p not in closed)
         )
 
     # --- what comes in ------------------------------------------------------------

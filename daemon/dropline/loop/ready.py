@@ -34,6 +34,7 @@ class ReadyQueues:
         self.ends: collections.deque[str] = collections.deque()
         self._spent: dict[str, float] = {}  # a pipeline's hand-outs, each 1/priority
         self._level = 0.0  # the spent level of the last pipeline served
+        self.closed: set[str] = set()  # paused pipelines: their files wait (loop/gates.py)
 
     def __len__(self) -> int:
         return len(self.ends) + sum(len(q) for q in self.queues.values())
@@ -85,7 +86,7 @@ class ReadyQueues:
                 cfg = pipeline.config
                 key = (self._spent.get(name, 0.0), -cfg.priority, cfg.line)
                 limit = cfg.concurrency or workers
-            if not queue or busy.get(name, 0) >= limit:
+            if not queue or busy.get(name, 0) >= limit or name in self.closed:
                 continue
             if best is None or key < best:
                 best, chosen = key, name

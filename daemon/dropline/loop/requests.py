@@ -18,6 +18,7 @@ from ..reloading import KIND as RELOAD
 from ..reloading import Verdict
 from ..spool import Spool
 from ..state import ItemLog, RequestQueue
+from .gates import PAUSE, RESUME
 
 _RELOADS_AT_ONCE = 64  # reload requests answered by one reading of the file
 
@@ -45,7 +46,7 @@ def serve_moves(
     """Apply up to ROOM `dropline retry` and `dropline replay` requests (each brings
     a file into working/); None when there was none."""
     # A reload request that came after the reloads were served waits for the next look.
-    asked = [r for r in requests.open_requests(room) if r[1] != RELOAD]
+    asked = [r for r in requests.open_requests(room) if r[1] not in (RELOAD, PAUSE, RESUME)]
     if not asked:
         return None
     retry_ids = [item_id for _, kind, item_id, _ in asked if kind == "retry"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from .db import Database, acquire_lock
 from .items import ItemLog, ItemRow, OpenAttempt
+from .pauses import PauseRows
 from .pruning import Pruning
-from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid
+from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid, paused_pipelines
 from .replays import ReplayRows
 from .requests import RequestQueue
 from .schema import FINISHED, MIGRATIONS, UNFINISHED, ItemState
@@ -32,10 +33,12 @@ __all__ = [
     "ItemState",
     "ItemView",
     "OpenAttempt",
+    "PauseRows",
     "Pruning",
     "ReplayRows",
     "RequestQueue",
     "StateReader",
     "acquire_lock",
     "daemon_pid",
+    "paused_pipelines",
 ]

@@ -327,9 +327,26 @@ class StateReader:
         return [str(r[0]) for r in self._q(sql + " ORDER BY finished_at", tuple(params))]
 
 
+def paused_pipelines(reader: StateReader) -> dict[str, tuple[float, str]]:
+    """The pipelines paused (``dropline pause``): (since, reason) each; none before
+    schema 7."""
+    if reader.schema < 7:
+        return {}
+    rows = reader._q("SELECT pipeline, since, reason FROM pauses")
+    return {str(p): (float(since), str(reason or "")) for p, since, reason in rows}
+
+
 def daemon_pid(state_db: Path) -> int | None:
     """The pid holding the daemon's lock on the state directory, or None."""
     return lock_holder(state_db.parent)
 
 
-__all__ = ["AttemptView", "EventView", "FlightCount", "ItemView", "StateReader", "daemon_pid"]
+__all__ = [
+    "AttemptView",
+    "EventView",
+    "FlightCount",
+    "ItemView",
+    "StateReader",
+    "daemon_pid",
+    "paused_pipelines",
+]

@@ -102,6 +102,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE items ADD COLUMN replay_of TEXT;
     CREATE INDEX items_replay_of ON items(replay_of) WHERE replay_of IS NOT NULL;
     """,
+    # 7: pipelines the operator paused (`dropline pause`), kept across restarts.
+    """
+    CREATE TABLE pauses (
+        pipeline TEXT PRIMARY KEY,
+        since REAL NOT NULL,
+        reason TEXT
+    );
+    """,
 )
 
 
