@@ -13,6 +13,7 @@ import pytest
 
 from .harness import DaemonProcess, Tree, make_tree
 from .http_recorder import server  # noqa: F401 - a fixture for every test module
+from .pg import pg  # noqa: F401 - a fixture for every test module
 
 
 @pytest.fixture

@@ -23,9 +23,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 SUPERUSER = "postgres"  # the role initdb creates
 START_TIMEOUT = 30.0
@@ -86,6 +89,15 @@ class PgServer:
         except (subprocess.SubprocessError, OSError):
             self._kill_postmaster()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def down(self) -> None:
+        """Stop the server, its data kept (a downstream that goes down)."""
+        self.pg_ctl("stop", "-m", "fast", "-w", "-t", "20")
+
+    def up(self) -> None:
+        """Start it again after down() and wait until it accepts connections."""
+        self.pg_ctl("start", "-w", "-t", str(int(START_TIMEOUT)), "-l", str(self.log_path))
+        _wait_accepting(self, time.monotonic() + START_TIMEOUT)
 
     def _kill_postmaster(self) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -210,3 +222,16 @@ def start_server() -> PgServer:
 
 
 __all__ = ["SUPERUSER", "PgServer", "Unavailable", "find_bindir", "start_server"]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """A PostgreSQL server of the tests' own for the session (skips where none can run)."""
+    try:
+        server = start_server()
+    except Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server for the postgres-load tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -38,6 +38,7 @@ def _exported(tmp_path: Path) -> set[str]:
     metrics.file_finished("p", "archived", 0.01)
     metrics.stage_ended("p", "s", "succeeded", 0.01)
     metrics.retry_scheduled("p", "s")
+    metrics.pipeline_held("p", True)
     metrics.close()
     names = set()
     for line in textfile.read_text().splitlines():

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from dropline.stages.builtin import build_builtin
 
 from .builtin_helpers import context as builtin_context
 from .harness import REPO, Tree, cli_json, run_until_idle
-from .pg import PgServer, Unavailable, start_server
+from .pg import PgServer
 
 SCHEMA = [
     {"name": "id", "type": "integer"},
@@ -37,18 +37,6 @@ SCHEMA = [
     {"name": "day", "type": "date"},
     {"name": "note", "type": "text"},
 ]
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PgServer]:
-    try:
-        server = start_server()
-    except Unavailable as exc:
-        pytest.skip(f"no PostgreSQL server for the postgres-load tests: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def stage_of(options: Mapping[str, Any]) -> Callable[[StageContext], dict[str, Any]]:

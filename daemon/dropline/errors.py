@@ -47,6 +47,12 @@ class RetriableError(DroplineError):
     text, recorded as it is, without the exception's class name."""
 
 
+class UnavailableError(RetriableError):
+    """Raised by a stage that cannot work for any file now, whichever it is given (its
+    program cannot be started, its service refuses everyone): the pipeline holds at
+    once (loop/gates.py), and the attempt is not counted against the file."""
+
+
 class FatalIOError(DroplineError):
     """A write or fsync failed on the spool or the state database.
 

@@ -80,7 +80,7 @@ class FileEvents:
         """An attempt's end, recorded: what it means, in the log and the metrics."""
         d, result, pipeline = end.decision, end.result, end.pipeline or "none"
         stopped = d.verdict in ("interrupted", "indeterminate")
-        outcome = "interrupted" if stopped else result.outcome
+        outcome = "interrupted" if stopped else "held" if d.verdict == "held" else result.outcome
         self.metrics.stage_ended(pipeline, end.stage, outcome, end.seconds)
         # The fields in the order a logger bound to them would write them.
         its = {"item": end.item, "file": end.file, "pipeline": end.pipeline, "stage": end.stage}
@@ -90,6 +90,8 @@ class FileEvents:
             log.info("stage.succeeded", **its, seconds=round(end.seconds, 3))
         elif d.verdict == "interrupted":
             log.info("stage.interrupted", **its, error=result.error)
+        elif d.verdict == "held":
+            log.warning("stage.held", **its, error=result.error)
         elif d.verdict == "indeterminate":
             log.error("stage.failed", **its, error=d.reason)
         elif d.verdict == "retry":

@@ -71,6 +71,10 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
         + (f" ({f['reason']})" if f.get("reason") else "")
     ),
     "pipeline.resumed": "pipeline {pipeline} resumed: its files go on",
+    "pipeline.held": "pipeline {pipeline} held at stage {stage}: {reason}",
+    "pipeline.probe_failed": "pipeline {pipeline} still held: {error}",
+    "pipeline.released": "pipeline {pipeline} released: stage {stage} works again",
+    "stage.held": "stage {stage} on {file} not counted (its pipeline is held): {error}",
     "daemon.ready": "ready: watching {data_dir}/incoming ({resumed} files resumed)",
     "daemon.reloading": "reloading the configuration {config}",
     "daemon.reloaded": "configuration reloaded",

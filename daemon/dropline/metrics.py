@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from .config import MetricsConfig
 
 FILE_OUTCOMES: tuple[str, ...] = ("archived", "failed", "vanished")
-STAGE_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "timeout", "permanent", "interrupted")
+STAGE_OUTCOMES: tuple[str, ...] = (
+    "succeeded",
+    "failed",
+    "timeout",
+    "permanent",
+    "interrupted",
+    "held",
+)
 NO_PIPELINE = "none"  # the pipeline label of a file no pipeline matched
 OTHER = "other"  # an outcome outside the sets above (never expected)
 
@@ -48,6 +55,8 @@ class MetricsSink(Protocol):
     def overflow(self) -> None: ...
 
     def rescan(self) -> None: ...
+
+    def pipeline_held(self, pipeline: str, held: bool) -> None: ...
 
     def set_gauges(self, waiting: int, in_flight: int, running: int) -> None: ...
 
@@ -81,6 +90,9 @@ class NoMetrics:
         pass
 
     def rescan(self) -> None:
+        pass
+
+    def pipeline_held(self, pipeline: str, held: bool) -> None:
         pass
 
     def set_gauges(self, waiting: int, in_flight: int, running: int) -> None:

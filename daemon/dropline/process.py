@@ -58,6 +58,7 @@ class CommandResult:
     output: str  # stdout and stderr merged; head and tail if longer than output_cap
     output_bytes: int  # everything the command wrote, kept or not
     duration: float  # seconds, from start to reaped
+    started: bool = True  # False: the program could not be started (127, 126)
 
 
 def run_command(
@@ -170,6 +171,7 @@ def _start_failure(exc: OSError, start: float) -> CommandResult:
         output=text,
         output_bytes=len(text.encode()),
         duration=time.monotonic() - start,
+        started=False,
     )
 
 

@@ -145,6 +145,12 @@ class Metrics:
         self.running = Gauge(
             "dropline_running_stages", "Stage attempts running now.", registry=None
         )
+        self.held = Gauge(
+            "dropline_pipeline_held",
+            "1 while a stage's breaker holds the pipeline (its downstream fails every file).",
+            ["pipeline"],
+            registry=None,
+        )
         for metric in (
             self.files,
             self.latency,
@@ -157,6 +163,7 @@ class Metrics:
             self.backlog,
             self.in_flight,
             self.running,
+            self.held,
         ):
             self.registry.register(metric)
             self.textfile_registry.register(metric)
@@ -222,6 +229,9 @@ class Metrics:
 
     def rescan(self) -> None:
         self.rescans.inc()
+
+    def pipeline_held(self, pipeline: str, held: bool) -> None:
+        self.held.labels(pipeline).set(1 if held else 0)
 
     def set_gauges(self, waiting: int, in_flight: int, running: int) -> None:
         self.backlog.set(waiting)

@@ -20,6 +20,7 @@ from ..state import (
     ItemView,
     StateReader,
     daemon_pid,
+    held_pipelines,
     paused_pipelines,
 )
 from ..toolnames import ToolNames
@@ -66,6 +67,7 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         flight_counts = reader.in_flight_counts(now)
         failures = reader.recent_failures(FAILURES_SHOWN)
         paused = paused_pipelines(reader)
+        holding = held_pipelines(reader)
     unfinished = sum(states.get(s, 0) for s in UNFINISHED)
     in_flight = []
     for item, running in flight:
@@ -96,6 +98,10 @@ def collect(config: Config, now: float | None = None) -> dict[str, Any]:
         "paused": [
             {"pipeline": p, "since": c.iso(since), "reason": reason or None}
             for p, (since, reason) in sorted(paused.items())
+        ],
+        "held_pipelines": [
+            {"pipeline": p, "stage": stage, "since": c.iso(since), "reason": reason}
+            for p, (stage, since, reason) in sorted(holding.items())
         ],
         "backlog": {
             "incoming": incoming,
@@ -171,6 +177,13 @@ def render(doc: dict[str, Any], out: c.Console, now: float | None = None) -> Non
         why = f": {p['reason']}" if p["reason"] else ""
         line = f'Paused:     pipeline "{p["pipeline"]}" since {since}{why} (dropline resume)'
         out.line(out.paint(line, "yellow"))
+    for h in doc["held_pipelines"]:
+        since = c.ago(c.parse_iso(h["since"]), now)
+        line = (
+            f'Held:       pipeline "{h["pipeline"]}" at stage "{h["stage"]}" since {since}: '
+            f"{h['reason']} (one file retries it; the first success releases it)"
+        )
+        out.line(out.paint(line, "red"))
     out.line()
     counts = doc["counts"]
     out.table(

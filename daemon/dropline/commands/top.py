@@ -21,7 +21,7 @@ from .. import console as c
 from ..config import Config
 from ..datalock import lock_holder
 from ..globs import compile_globs
-from ..state import StateReader, daemon_pid, paused_pipelines
+from ..state import StateReader, daemon_pid, held_pipelines, paused_pipelines
 from .flight import groups as flight_groups
 
 RATE_WINDOW = 10.0  # seconds: the "now" of the rates
@@ -58,6 +58,7 @@ def collect(config: Config, reader: StateReader, now: float | None = None) -> di
         started = reader.attempts_started(now - RATE_WINDOW, RECENT_ATTEMPTS)
         flight = flight_groups(reader.in_flight_counts(now), config, now)
         paused = paused_pipelines(reader)
+        holding = held_pipelines(reader)
     names: list[str | None] = [p.name for p in config.pipelines]
     seen = {p for p, _ in [*ended, *started]} | {g["pipeline"] for g in flight}
     names += sorted((p for p in seen if p not in names), key=lambda p: (p is None, p or ""))
@@ -89,6 +90,7 @@ def collect(config: Config, reader: StateReader, now: float | None = None) -> di
                 **done,
                 "failed_last_hour": failed_hour.get((name, "failed"), 0),
                 "paused": name in paused,
+                "held_at": holding[name][0] if name in holding else None,
                 "stages": stages,
             }
         )
@@ -126,7 +128,9 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         failed = p["failed_last_hour"]
         rows.append(
             [
-                (p["pipeline"] or "(none)") + (" (paused)" if p["paused"] else ""),
+                (p["pipeline"] or "(none)")
+                + (" (paused)" if p["paused"] else "")
+                + (f" (held at {p['held_at']})" if p["held_at"] else ""),
                 "(ended)",
                 f"{p['ended_per_second']:,.1f}",
                 "",
@@ -136,7 +140,7 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
                 f"{failed:,}",
             ]
         )
-        colours.append("red" if failed else "yellow" if p["paused"] else "bold")
+        colours.append("red" if failed or p["held_at"] else "yellow" if p["paused"] else "bold")
         for s in p["stages"]:
             rows.append(
                 [

@@ -104,6 +104,11 @@ class StageConfig:
     isolation: Isolation = key(Choice(ISOLATIONS), default="process")
     # python stages in a process: address-space limit
     memory_limit: int = key(Size(), default=1024**3)
+    # The pipeline holds after this many retriable failures of the stage in a row, each
+    # of another file (a downstream down, not a bad file); 0: never (loop/gates.py).
+    hold_after: int = key(IntRange(0, 1000), default=5)
+    # While held, one file tries the stage at these growing intervals.
+    hold_probe: Backoff = key(Section(Backoff), default=Backoff(initial=5.0, max=300.0))
     # What `dropline try` does with the stage; "" when not written (see ``try_mode``).
     try_written: str = key(Choice(TRY_MODES), name="try", default="")
     line: int = derived("line")  # where the stage is declared, for later error messages

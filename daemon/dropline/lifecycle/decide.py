@@ -15,7 +15,10 @@ The verdicts:
 - ``interrupted``: dropline stopped it; not the stage's failure, it runs
   again after the restart;
 - ``indeterminate``: dropline stopped a stage that is not idempotent; it may
-  have done part of its work, so it is not run again and the file fails.
+  have done part of its work, so it is not run again and the file fails;
+- ``held``: the stage failed for want of its downstream, not for this file
+  (its pipeline holds, or it was the hold's probe: ``loop/gates.py``); not
+  counted, the file waits for the stage again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Verdict = Literal["next", "retry", "fail", "go_on", "interrupted", "indeterminate"]
+Verdict = Literal["next", "retry", "fail", "go_on", "interrupted", "indeterminate", "held"]
 
 # What the attempt's row records for each verdict.
 ATTEMPT_OUTCOME: dict[Verdict, str] = {
@@ -34,6 +37,7 @@ ATTEMPT_OUTCOME: dict[Verdict, str] = {
     "go_on": "failed",
     "interrupted": "interrupted",
     "indeterminate": "indeterminate",
+    "held": "held",
 }
 
 
@@ -114,7 +118,10 @@ def decide(
         return interrupted(stage, config, failures)
     failures += 1
     retries = config.retries if config is not None else 0
-    if outcome in ("failed", "timeout") and failures <= retries and config is not None:
+    # "unavailable" reaches here only where no hold takes it (hold_after: 0, an
+    # on_failure stage): an ordinary failure then.
+    retried = outcome in ("failed", "timeout", "unavailable")
+    if retried and failures <= retries and config is not None:
         delay = compute_backoff(failures, config.backoff_initial, config.backoff_max, rand)
         return Decision("retry", failures, delay=delay)
     kind = "permanent error" if outcome == "permanent" else f"failed after {failures} attempt(s)"

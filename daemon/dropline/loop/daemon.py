@@ -30,7 +30,7 @@ from ..notify import Notifier
 from ..reloading import Verdict
 from ..scratch import scratch_root
 from ..spool import Entry, Spool
-from ..state import ItemLog, PauseRows, RequestQueue
+from ..state import HoldRows, ItemLog, PauseRows, RequestQueue
 from ..watch import FileReady, FolderFound, Overflow, RescanNeeded, WatchLost
 from ..workers import StageResult, WorkerPool
 from .context import LoopContext
@@ -82,8 +82,10 @@ class Daemon:
         spool.settings.judge_claimed = self.intake.holds.database_claimed
         self.duties = Duties(ctx, notifier, ctx.events.metrics, self.status_line)
         self.scheduler = Scheduler(ctx, items, spool, pool, scratch_root(started.state_db))
-        self.gates = Gates(PauseRows(items.db), ctx.log)
-        self.scheduler.ready.closed = self.gates.closed  # a paused pipeline starts no stage
+        self.gates = Gates(PauseRows(items.db), HoldRows(items.db), ctx.log, ctx.events.metrics)
+        # A paused or held pipeline starts no stage; the scheduler tells the breaker.
+        self.scheduler.ready.closed = self.gates.closed
+        self.scheduler.gates = self.gates
         self.transit = Transit(ctx, items, spool, mover, self.duties.disk_full)
 
     # --- the loop -----------------------------------------------------------
@@ -167,7 +169,10 @@ class Daemon:
         ):
             return 0.0
         deadlines = [self.intake.next_deadline(), self.duties.next_deadline()]
-        for due in (self.scheduler.next_deadline(), self.transit.next_deadline()):
+        # A probe waits for a file ready to try it and a worker free to run it.
+        free = self.scheduler.attempts.free() > 0
+        probe = self.gates.next_probe(lambda p: free and self.scheduler.ready.waiting(p) > 0)
+        for due in (self.scheduler.next_deadline(), self.transit.next_deadline(), probe):
             if due is not None:
                 deadlines.append(due)
         if ctx.stopping_since is not None:
@@ -198,8 +203,8 @@ class Daemon:
     def _room_of(self, pipeline: str | None) -> int:
         """How many more files of PIPELINE may be taken into working/: a
         pipeline's backlog never takes another's places."""
-        if pipeline in self.gates.closed:
-            return 0  # paused: its files wait in incoming/
+        if pipeline in self.gates.paused:
+            return 0  # paused: its files wait in incoming/ (a held one's are claimed)
         taken = self.scheduler.in_flight.get(pipeline, 0) + self.transit.in_claim_of(pipeline)
         return self.ctx.config.max_in_flight - taken
 
@@ -305,7 +310,7 @@ class Daemon:
 
     def idle(self) -> bool:
         """Nothing to do now but what paused pipelines keep waiting."""
-        closed, scheduler = self.gates.closed, self.scheduler
+        closed, scheduler = self.gates.paused, self.scheduler
         waiting = all(
             item.pipeline in closed and item_id not in scheduler.running
             for item_id, item in scheduler.items.items()

@@ -19,7 +19,7 @@ hand-outs.  Nothing here touches the database or the workers.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ..pipeline import Pipeline, Routes
 from ..stages import FAILURE
@@ -99,6 +99,19 @@ class ReadyQueues:
         if not queue:
             del self.queues[pipeline]  # a pipeline gone by a reload leaves nothing behind
         return item_id
+
+    def take_probe(self, pipeline: str, wanted: Callable[[str], bool]) -> str | None:
+        """For a held PIPELINE's probe: its oldest ready file that is WANTED (at the
+        held stage), else its oldest (which moves a file on towards that stage);
+        None if it has none ready.  Taken out of its queue, the share untouched."""
+        queue = self.queues.get(pipeline)
+        if not queue:
+            return None
+        chosen = next((i for i in queue if wanted(i)), queue[0])
+        queue.remove(chosen)
+        if not queue:
+            del self.queues[pipeline]
+        return chosen
 
     def put_back(self, item_id: str, pipeline: str) -> None:
         """ITEM_ID, just popped, was not handed out: first in its queue again, its

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PermanentError, RetriableError
+from ..errors import PermanentError, RetriableError, UnavailableError
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def call_stage(func: StageFunc, ctx: StageContext) -> tuple[str, str, dict[str, 
     """Run FUNC on CTX and say how it ended: (outcome, error, metadata).
 
     The outcome is "succeeded", "permanent" (PermanentError: no retries),
-    "timeout" or "failed" (anything else, retried).  The metadata is
+    "timeout", "unavailable" (UnavailableError: the stage cannot work for any
+    file now; the pipeline holds) or "failed" (anything else, retried).  The metadata is
     recorded, so what cannot be written as JSON fails the attempt.
     """
     try:
@@ -88,6 +89,8 @@ def call_stage(func: StageFunc, ctx: StageContext) -> tuple[str, str, dict[str, 
         return "permanent", str(exc) or type(exc).__name__, {}
     except StageTimeout as exc:
         return "timeout", str(exc), {}
+    except UnavailableError as exc:
+        return "unavailable", str(exc) or type(exc).__name__, {}
     except RetriableError as exc:
         return "failed", str(exc) or type(exc).__name__, {}
     except BaseException as exc:  # noqa: BLE001 - a stage must never kill its worker

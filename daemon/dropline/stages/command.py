@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import PLACEHOLDERS
-from ..errors import PermanentError, RetriableError
+from ..errors import PermanentError, RetriableError, UnavailableError
 from ..process import describe, run_command
 from . import StageContext, StageFunc, StageTimeout
 
@@ -80,6 +80,9 @@ def build_command_stage(argv: tuple[str, ...]) -> StageFunc:
             return None
         tail = result.output.strip()[-2000:]
         message = describe(result) + (f": {tail}" if tail else "")
+        if not result.started:
+            # Not this file's doing: no file gets through until it can start.
+            raise UnavailableError(f"the program cannot be started: {result.output.strip()}")
         if result.timed_out:
             raise StageTimeout(message)
         if result.returncode == EX_DATAERR:

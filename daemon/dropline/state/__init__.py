@@ -11,10 +11,19 @@ nothing here knows about files.
 from __future__ import annotations
 
 from .db import Database, acquire_lock
+from .holds import HoldRow, HoldRows
 from .items import ItemLog, ItemRow, OpenAttempt
 from .pauses import PauseRows
 from .pruning import Pruning
-from .reader import AttemptView, EventView, ItemView, StateReader, daemon_pid, paused_pipelines
+from .reader import (
+    AttemptView,
+    EventView,
+    ItemView,
+    StateReader,
+    daemon_pid,
+    held_pipelines,
+    paused_pipelines,
+)
 from .replays import ReplayRows
 from .requests import RequestQueue
 from .schema import FINISHED, MIGRATIONS, UNFINISHED, ItemState
@@ -27,6 +36,8 @@ __all__ = [
     "AttemptView",
     "Database",
     "EventView",
+    "HoldRow",
+    "HoldRows",
     "ItemLog",
     "ItemQuery",
     "ItemRow",
@@ -40,5 +51,6 @@ __all__ = [
     "StateReader",
     "acquire_lock",
     "daemon_pid",
+    "held_pipelines",
     "paused_pipelines",
 ]

@@ -336,6 +336,15 @@ def paused_pipelines(reader: StateReader) -> dict[str, tuple[float, str]]:
     return {str(p): (float(since), str(reason or "")) for p, since, reason in rows}
 
 
+def held_pipelines(reader: StateReader) -> dict[str, tuple[str, float, str]]:
+    """The pipelines their breaker holds: (stage, since, reason) each; none before
+    schema 8."""
+    if reader.schema < 8:
+        return {}
+    rows = reader._q("SELECT pipeline, stage, since, reason FROM holds")
+    return {str(p): (str(stage), float(since), str(why)) for p, stage, since, why in rows}
+
+
 def daemon_pid(state_db: Path) -> int | None:
     """The pid holding the daemon's lock on the state directory, or None."""
     return lock_holder(state_db.parent)
@@ -348,5 +357,6 @@ __all__ = [
     "ItemView",
     "StateReader",
     "daemon_pid",
+    "held_pipelines",
     "paused_pipelines",
 ]

@@ -110,6 +110,17 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT
     );
     """,
+    # 8: pipelines held by their breaker (a stage failing for every file), kept
+    # across restarts with the delay of their next probe.
+    """
+    CREATE TABLE holds (
+        pipeline TEXT PRIMARY KEY,
+        stage TEXT NOT NULL,
+        since REAL NOT NULL,
+        reason TEXT NOT NULL,
+        probe_delay REAL NOT NULL
+    );
+    """,
 )
 
 

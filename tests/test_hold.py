@@ -1,0 +1,194 @@
+"""A stage's breaker: when a downstream is down, the pipeline holds (files wait, no
+attempt spent on them), one file probes at growing intervals, and the first probe
+that succeeds releases it.  Against real downstreams that go down and come back: the
+local HTTP server of the webhook tests, the local PostgreSQL of the load tests, a
+program that is missing and then installed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .harness import Tree, cli_json, wait_until
+from .http_recorder import Script
+from .pg import PgServer
+
+
+def _drop(tree: Tree, names: list[str]) -> None:
+    for name in names:
+        (tree.incoming / f".{name}.tmp").write_text(f"data of {name}\n")
+        os.rename(tree.incoming / f".{name}.tmp", tree.incoming / name)
+
+
+def _states(tree: Tree) -> dict[str, int]:
+    return dict(tree.query("SELECT state, count(*) FROM items GROUP BY state"))
+
+
+def _held_gauge(tree: Tree) -> str | None:
+    """dropline_pipeline_held of pipeline "tell" in the metrics textfile."""
+    path = tree.root / "dropline.prom"
+    text = path.read_text() if path.exists() else ""
+    lines = [line for line in text.splitlines() if line.startswith("dropline_pipeline_held{")]
+    return lines[0].split()[-1] if lines else None
+
+
+def test_a_webhook_receiver_down_holds_the_pipeline_until_it_answers(
+    tree: Tree, server: tuple[str, Script], start_daemon: Any
+) -> None:
+    url, script = server
+    script.answers = [503]
+    tree.write_config(
+        f"""
+- name: tell
+  match: "*.txt"
+  stages:
+    - name: hook
+      builtin: webhook
+      with: {{url: "{url}", attempts: 1, backoff: 10ms}}
+      retries: 2
+      backoff: {{initial: 50ms, max: 100ms}}
+      hold_after: 3
+      hold_probe: {{initial: 200ms, max: 400ms}}
+""",
+        metrics=f"{{textfile: {tree.root / 'dropline.prom'}, interval: 100ms}}",
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    names = [f"f{n}.txt" for n in range(10)]
+    _drop(tree, names)
+    held = daemon.wait_event("pipeline.held", timeout=20, pipeline="tell")
+    assert held["stage"] == "hook" and "503" in held["reason"]
+    # While held: probes at growing intervals, no file fails, few requests.
+    daemon.wait_event("pipeline.probe_failed", timeout=20)
+    wait_until(lambda: _held_gauge(tree) == "1.0", timeout=10, what="the held gauge at 1")
+    status = cli_json(tree, "status", schema="status")
+    assert [h["pipeline"] for h in status["held_pipelines"]] == ["tell"]
+    assert _states(tree).get("failed", 0) == 0
+    asked = len(script.received)
+    assert asked < 10 + 3 * 3, asked
+    script.answers = [200]  # the receiver is back
+    daemon.wait_event("pipeline.released", timeout=20, pipeline="tell")
+    wait_until(lambda: _states(tree) == {"archived": 10}, timeout=30, what="all archived")
+    wait_until(lambda: _held_gauge(tree) == "0.0", timeout=10, what="the held gauge at 0")
+    # No file spent more than its retries allow, and none failed.
+    counted = tree.query(
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM attempts "
+        "WHERE outcome IN ('retrying', 'failed') GROUP BY item_id)"
+    )
+    assert counted[0][0] is None or counted[0][0] <= 2
+    assert cli_json(tree, "status", schema="status")["held_pipelines"] == []
+    daemon.stop()
+
+
+def test_postgresql_stopped_and_restarted_holds_and_releases_the_load(
+    tree: Tree, pg: PgServer, start_daemon: Any
+) -> None:
+    """The server stops: the load fails for three files, the pipeline holds; it starts
+    again: a probe loads, the rest follow, every row loaded once."""
+    pg.query("DROP TABLE IF EXISTS held_rows")
+    pg.query("CREATE TABLE held_rows (id bigint, dropline_item text NOT NULL)")
+    tree.write_config(
+        f"""
+- name: load
+  match: "*.csv"
+  stages:
+    - name: pg
+      builtin: postgres-load
+      with: {{dsn: "{pg.dsn()}", table: held_rows, connect_timeout: 2s}}
+      retries: 5
+      backoff: {{initial: 50ms, max: 100ms}}
+      hold_after: 3
+      hold_probe: {{initial: 200ms, max: 500ms}}
+"""
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    pg.down()
+    try:
+        for n in range(8):
+            (tree.incoming / f"r{n}.csv").write_text(f"id\n{n}\n")
+        daemon.wait_event("pipeline.held", timeout=30, pipeline="load")
+        daemon.wait_event("pipeline.probe_failed", timeout=30, pipeline="load")
+        assert _states(tree).get("failed", 0) == 0
+    finally:
+        pg.up()
+    daemon.wait_event("pipeline.released", timeout=30, pipeline="load")
+    wait_until(lambda: _states(tree) == {"archived": 8}, timeout=30, what="all archived")
+    assert sorted(r[0] for r in pg.query("SELECT id FROM held_rows")) == list(range(8))
+    daemon.stop()
+
+
+def test_a_program_that_cannot_start_holds_at_once(tree: Tree, start_daemon: Any) -> None:
+    """exec fails (no such program): held at the first file, no file fails; installed,
+    the next probe releases the pipeline."""
+    program = tree.root / "bin" / "convert"
+    tree.write_config(
+        f"""
+- name: convert
+  match: "*.txt"
+  stages:
+    - name: run
+      command: ["{program}", "{{path}}"]
+      hold_probe: {{initial: 200ms, max: 400ms}}
+"""
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, [f"c{n}.txt" for n in range(5)])
+    held = daemon.wait_event("pipeline.held", timeout=20, pipeline="convert")
+    assert "the program cannot be started" in held["reason"]
+    assert "No such file or directory" in held["reason"]
+    daemon.wait_event("pipeline.probe_failed", timeout=20)
+    # Not one attempt counted against a file.
+    counted = "SELECT count(*) FROM attempts WHERE outcome != 'held'"
+    assert tree.query(counted) == [(0,)]
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    daemon.wait_event("pipeline.released", timeout=20, pipeline="convert")
+    wait_until(lambda: _states(tree) == {"archived": 5}, timeout=30, what="all archived")
+    daemon.stop()
+
+
+def test_a_hold_lasts_across_a_crash(tree: Tree, start_daemon: Any) -> None:
+    """Killed while held (and again during a probe): the restart is still held, its
+    files wait, and a probe releases it once the program is there."""
+    program = tree.root / "bin" / "convert"
+    tree.write_config(
+        f"""
+- name: convert
+  match: "*.txt"
+  stages:
+    - name: run
+      command: ["{program}"]
+      hold_probe: {{initial: 300ms, max: 300ms}}
+"""
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, ["k1.txt", "k2.txt"])
+    daemon.wait_event("pipeline.held", timeout=20)
+    daemon.kill()
+    daemon.wait()
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    assert daemon.find("pipeline.held")[0]["at"] == "start"
+    daemon.wait_event("pipeline.probe_failed", timeout=20)
+    # A probe that is running when the daemon is killed: a program that waits.
+    program.parent.mkdir()
+    started = tree.root / "started"
+    program.write_text(f"#!/bin/sh\ntouch {started}\nsleep 30\n")
+    program.chmod(0o755)
+    wait_until(started.exists, timeout=20, what="a probe running")
+    daemon.kill()
+    daemon.wait()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    daemon.wait_event("pipeline.released", timeout=20)
+    wait_until(lambda: _states(tree) == {"archived": 2}, timeout=30, what="both archived")
+    assert tree.query("SELECT count(*) FROM attempts WHERE outcome IN ('failed', 'retrying')") == [
+        (0,)
+    ]
+    daemon.stop()
