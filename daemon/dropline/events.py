@@ -67,6 +67,12 @@ class FileEvents:
             **fields,
         )
 
+    def duplicate(self, item: Any, first: str) -> None:
+        """ITEM's content is the earlier item FIRST's: it ends unrun (duplicates: skip)."""
+        self.file_log.info(
+            "file.duplicate", item=item.id, file=item.name, pipeline=item.pipeline, first=first
+        )
+
     def refused(self, refusal: Refusal) -> None:
         self.log.warning("entry.refused", file=refusal.name, reason=refusal.reason)
         self.metrics.entry_refused(refusal.kind)

@@ -162,6 +162,10 @@ class PipelineConfig:
     concurrency: int | None = key(IntRange(1, 256), default=None)
     # Its share of the workers while other pipelines have files ready too (loop/ready.py).
     priority: int = key(IntRange(1, 100), default=1)
+    # A file whose content (SHA-256) an earlier file of the pipeline had within the
+    # window: run like any other (process), or archived unrun (skip: loop/duplicates.py).
+    duplicates: str = key(Choice(("process", "skip")), default="process")
+    duplicate_window: float = key(Duration(positive=True), default=30 * 86400.0)
 
 
 @dataclass(frozen=True)

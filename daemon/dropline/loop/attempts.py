@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ..crashpoints import crashpoint
@@ -59,8 +60,16 @@ class Attempts:
             return None
         return min(r.deadline for r in self.running.values()) + PY_TIMEOUT_GRACE
 
-    def start(self, jobs: list[Job], now: float) -> None:
+    def start(
+        self,
+        jobs: list[Job],
+        now: float,
+        screen: Callable[[list[Job]], set[str]] | None = None,
+    ) -> None:
         """Record the attempts (one commit), then hand them to the workers.
+
+        SCREEN, in the same commit, names the items whose stage does not start
+        after all (duplicates, ``duplicates.py``): they are left out.
 
         The commit is fsync'd only when one of the stages is declared
         ``idempotent: false``: such a stage never runs before its start is
@@ -75,9 +84,12 @@ class Attempts:
         durable = any(
             not (c := p.stages_all[i].config).idempotent or c.modifies for _, p, i, _ in jobs
         )
-        rows = [(item.id, index, p.stages_all[index].name, n) for item, p, index, n in jobs]
         with self.item_log.db.transaction(durable=durable):
-            attempt_ids = self.item_log.record_stage_starts(rows, now)
+            if screen is not None:
+                held = screen(jobs)
+                jobs = [job for job in jobs if job[0].id not in held]
+            rows = [(item.id, index, p.stages_all[index].name, n) for item, p, index, n in jobs]
+            attempt_ids = self.item_log.record_stage_starts(rows, now) if rows else []
         crashpoint("stage.start_committed")
         mono, working = self.ctx.mono, self.ctx.config.working
         # The attempts in worker processes share one cancel event (set only all

@@ -32,6 +32,9 @@ from ..state import ItemLog, ItemRow
 from ..workers import StageResult, WorkerPool
 from .attempts import Attempts, Job
 from .context import LoopContext
+from .duplicates import WAIT as DUPLICATE_WAIT
+from .duplicates import Screened
+from .duplicates import screen as screen_duplicates
 from .gates import Gates
 from .items import Item, Running
 from .lookout import changed_since, still_held_open
@@ -355,7 +358,30 @@ class Scheduler:
             busy[name] = busy.get(name, 0) + 1
             self.ready.served(name, routes)
         if jobs:
+            self._start(jobs, now)
+
+    def _start(self, jobs: list[Job], now: float) -> None:
+        """Start JOBS; the first stages of a pipeline that skips duplicates are judged
+        in the same commit (``duplicates.py``), and a duplicate ends unrun."""
+        if not any(i == 0 and p.config.duplicates == "skip" for _, p, i, _ in jobs):
             self.attempts.start(jobs, now)
+            return
+        found = Screened()
+
+        def judge(batch: list[Job]) -> set[str]:
+            nonlocal found
+            found = screen_duplicates(self.item_log, batch, now)
+            return found.held
+
+        self.attempts.start(jobs, now, judge)
+        for item_id, first in found.duplicates.items():
+            item = self.items[item_id]
+            self.ctx.events.duplicate(item, first)
+            self._finish(item, "archived", f"duplicate of {first}", None)
+        for item_id in found.waiting:
+            item = self.items[item_id]
+            item.next_at = now + DUPLICATE_WAIT
+            heapq.heappush(self.retry_heap, (self.ctx.mono + DUPLICATE_WAIT, item_id))
 
     def _probes(self, free: int) -> list[Job]:
         """The probes due of held pipelines: one file each tries the held stage,

@@ -10,6 +10,7 @@ nothing here knows about files.
 
 from __future__ import annotations
 
+from .contents import ContentRows
 from .db import Database, acquire_lock
 from .holds import HoldRow, HoldRows
 from .items import ItemLog, ItemRow, OpenAttempt
@@ -34,6 +35,7 @@ __all__ = [
     "MIGRATIONS",
     "UNFINISHED",
     "AttemptView",
+    "ContentRows",
     "Database",
     "EventView",
     "HoldRow",

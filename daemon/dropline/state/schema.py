@@ -121,6 +121,19 @@ MIGRATIONS: tuple[str, ...] = (
         probe_delay REAL NOT NULL
     );
     """,
+    # 9: the content of the files of pipelines that skip duplicates: the first item
+    # of each SHA-256, per pipeline.  Written for those pipelines only (a claim
+    # elsewhere pays nothing: an index on hashes costs a page write per file).
+    """
+    CREATE TABLE contents (
+        pipeline TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        item_id TEXT NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        PRIMARY KEY (pipeline, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX contents_item ON contents(item_id);
+    """,
 )
 
 

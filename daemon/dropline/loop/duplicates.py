@@ -1,0 +1,62 @@
+"""Files a pipeline has had already (``duplicates: skip``), found before their first stage.
+
+Judged in the transaction that records the first stage's start
+(``Attempts.start``'s screen), by the SHA-256 taken at the claim: a file
+whose content an earlier file of the pipeline had within
+``duplicate_window`` does not run; it ends in archive/ unprocessed, its
+history pointing to that earlier item (an event "duplicate"), and
+``file.duplicate`` is logged.  An earlier file still on its way makes it
+wait (if that one fails, this one runs: a file sent again after a failure
+is meant to run); one that failed or vanished does not count.  A crash
+between the judgement and the end judges it again: nothing runs twice.
+A replay (``dropline replay``) is never a duplicate: it is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..stages import FAILURE
+from ..state import ContentRows, ItemLog
+from .attempts import Job
+
+WAIT = 1.0  # seconds before a file whose earlier twin is on its way is judged again
+
+
+@dataclass
+class Screened:
+    """What the last screen found: item id -> the earlier item it repeats; waiting."""
+
+    duplicates: dict[str, str] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)
+
+    @property
+    def held(self) -> set[str]:
+        return set(self.duplicates) | self.waiting
+
+
+def screen(items: ItemLog, jobs: list[Job], now: float) -> Screened:
+    """Judge the first stages of JOBS (caller's transaction); remember the content of
+    those that run."""
+    found = Screened()
+    rows = ContentRows(items.db)
+    for item, pipeline, index, _ in jobs:
+        config = pipeline.config
+        skip = config.duplicates == "skip" and index == 0 and item.sha256
+        if not skip or FAILURE in item.metadata or rows.is_replay(item.id):
+            continue
+        assert item.sha256 is not None
+        first = rows.first_of(pipeline.name, item.sha256, now - config.duplicate_window, item.id)
+        if first is None:
+            rows.remember(pipeline.name, item.sha256, item.id, now)
+            continue
+        state = items.item(first)
+        if state is not None and state.state != "archived":
+            found.waiting.add(item.id)  # its twin is on its way: judged again after it
+            continue
+        items.add_event(item.id, "duplicate", now, f"of {first} (the same SHA-256)")
+        found.duplicates[item.id] = first
+    return found
+
+
+__all__ = ["WAIT", "Screened", "screen"]

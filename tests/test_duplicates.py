@@ -1,0 +1,128 @@
+"""``duplicates: skip``: a file whose content an earlier file of the pipeline had is
+archived unrun, its history pointing to that item; nothing is loaded twice, across a
+crash between the judgement and the end too.  ``process`` (the default) runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+import pytest
+
+from .harness import Tree, cli_json, crash_run, run_until_idle
+
+
+def _pipelines(tree: Tree, duplicates: str = "skip", window: str = "30d") -> str:
+    runs = tree.root / "runs.log"
+    return f"""
+- name: orders
+  match: "*.csv"
+  duplicates: {duplicates}
+  duplicate_window: {window}
+  stages:
+    - name: validate
+      builtin: validate-csv
+      with:
+        columns: [{{name: order_id, type: integer}}]
+    - name: load
+      builtin: sqlite-load
+      with: {{database: {tree.root / "target.db"}, table: orders}}
+    - name: count
+      command: ["sh", "-c", {json.dumps(f'echo "$DROPLINE_ITEM_ID" >> {runs}')}]
+"""
+
+
+def _drop(tree: Tree, name: str, text: str) -> None:
+    (tree.incoming / f".{name}.tmp").write_text(text)
+    os.rename(tree.incoming / f".{name}.tmp", tree.incoming / name)
+
+
+def _loaded(tree: Tree) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(tree.root / "target.db")
+    try:
+        return sorted(db.execute("SELECT order_id FROM orders"))
+    finally:
+        db.close()
+
+
+def _ids(tree: Tree) -> dict[str, str]:
+    return {os.fsdecode(n): i for i, n in tree.query("SELECT id, name FROM items")}
+
+
+def test_the_same_content_dropped_again_is_archived_unrun(tree: Tree) -> None:
+    tree.write_config(_pipelines(tree))
+    _drop(tree, "a.csv", "order_id\n1001\n")
+    assert run_until_idle(tree) == 0
+    _drop(tree, "a-again.csv", "order_id\n1001\n")  # same bytes, another name
+    _drop(tree, "b.csv", "order_id\n1002\n")
+    assert run_until_idle(tree) == 0
+    assert sorted(tree.archived()) == ["a-again.csv", "a.csv", "b.csv"]
+    assert _loaded(tree) == [(1001,), (1002,)]  # order 1001 once
+    ids = _ids(tree)
+    runs = (tree.root / "runs.log").read_text().split()
+    assert ids["a-again.csv"] not in runs and len(runs) == 2
+    (item,) = cli_json(tree, "history", "a-again.csv", schema="history")["items"]
+    assert item["state"] == "archived" and item["reason"] == f"duplicate of {ids['a.csv']}"
+    assert item["attempts"] == 0
+    events = [(s["event"], s.get("detail")) for s in item["timeline"]]
+    assert ("duplicate", f"of {ids['a.csv']} (the same SHA-256)") in events
+
+
+def test_twins_dropped_together_run_once(tree: Tree) -> None:
+    """Two files of the same content in one batch: the second waits for the first,
+    then is a duplicate of it."""
+    tree.write_config(_pipelines(tree))
+    for n in range(3):
+        _drop(tree, f"t{n}.csv", "order_id\n7\n")
+    assert run_until_idle(tree) == 0
+    assert len(tree.archived()) == 3
+    assert _loaded(tree) == [(7,)]
+    reasons = [r for (r,) in tree.query("SELECT reason FROM items ORDER BY created_at")]
+    assert sum(1 for r in reasons if r and r.startswith("duplicate of ")) == 2
+
+
+def test_a_file_sent_again_after_a_failure_runs(tree: Tree) -> None:
+    tree.write_config(_pipelines(tree))
+    bad = "order_id\nx\n"
+    _drop(tree, "bad.csv", bad)
+    assert run_until_idle(tree) == 0
+    assert list(tree.failed_files()) == ["bad.csv"]
+    _drop(tree, "bad-again.csv", bad)  # the earlier one failed: this one is judged anew
+    assert run_until_idle(tree) == 0
+    assert sorted(tree.failed_files()) == ["bad-again.csv", "bad.csv"]
+
+
+def test_process_runs_every_file_and_the_window_bounds_skip(tree: Tree) -> None:
+    tree.write_config(_pipelines(tree, duplicates="process"))
+    _drop(tree, "p1.csv", "order_id\n5\n")
+    assert run_until_idle(tree) == 0
+    _drop(tree, "p2.csv", "order_id\n5\n")
+    assert run_until_idle(tree) == 0
+    assert _loaded(tree) == [(5,), (5,)]  # today's behaviour: loaded twice
+    # A window that has passed: the earlier file no longer counts.
+    tree.write_config(_pipelines(tree, window="1ms"))
+    _drop(tree, "p3.csv", "order_id\n5\n")
+    assert run_until_idle(tree) == 0
+    _drop(tree, "p4.csv", "order_id\n5\n")
+    assert run_until_idle(tree) == 0
+    assert len(_loaded(tree)) == 4
+
+
+@pytest.mark.parametrize("point", ["stage.start_committed", "finish.intent_committed"])
+def test_a_crash_between_the_judgement_and_the_end_loads_nothing_twice(
+    tree: Tree, point: str
+) -> None:
+    tree.write_config(_pipelines(tree))
+    _drop(tree, "c.csv", "order_id\n9\n")
+    assert run_until_idle(tree) == 0
+    _drop(tree, "c-again.csv", "order_id\n9\n")
+    crash_run(tree, point)
+    assert run_until_idle(tree) == 0
+    assert sorted(tree.archived()) == ["c-again.csv", "c.csv"]
+    assert _loaded(tree) == [(9,)]
+    ids = _ids(tree)
+    reason = tree.query("SELECT reason FROM items WHERE id = ?", (ids["c-again.csv"],))
+    assert reason == [(f"duplicate of {ids['c.csv']}",)]
