@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .harness import Tree, cli_json, wait_until
+from .harness import Tree, cli_json, run_cli, wait_until
 from .http_recorder import Script
 from .pg import PgServer
 
@@ -191,4 +191,31 @@ def test_a_hold_lasts_across_a_crash(tree: Tree, start_daemon: Any) -> None:
     assert tree.query("SELECT count(*) FROM attempts WHERE outcome IN ('failed', 'retrying')") == [
         (0,)
     ]
+    daemon.stop()
+
+
+def test_a_hold_whose_stage_a_reload_removed_is_released(tree: Tree, start_daemon: Any) -> None:
+    """Held at a stage the operator then renames (or removes) and reloads: no probe of
+    that stage could ever end the hold, so the reload releases it."""
+    missing = tree.root / "bin" / "missing"
+    config = """
+- name: convert
+  match: "*.txt"
+  stages:
+    - name: {stage}
+      command: ["{program}"]
+      hold_probe: {{initial: 5m, max: 5m}}
+"""
+    tree.write_config(config.format(stage="run", program=missing))
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, ["r1.txt"])
+    daemon.wait_event("pipeline.held", timeout=20)
+    tree.write_config(config.format(stage="convert", program="/bin/true"))
+    done = run_cli("reload", "--config", str(tree.config))
+    assert done.returncode == 0, done.stderr
+    released = daemon.wait_event("pipeline.released", timeout=20)
+    assert released["detail"] == "its stage is no longer configured"
+    wait_until(lambda: _states(tree) == {"archived": 1}, timeout=20, what="r1 archived")
+    assert tree.query("SELECT count(*) FROM holds") == [(0,)]
     daemon.stop()

@@ -83,6 +83,7 @@ class Daemon:
         self.duties = Duties(ctx, notifier, ctx.events.metrics, self.status_line)
         self.scheduler = Scheduler(ctx, items, spool, pool, scratch_root(started.state_db))
         self.gates = Gates(PauseRows(items.db), HoldRows(items.db), ctx.log, ctx.events.metrics)
+        self.gates.reconfigured(ctx.routes)  # a hold of a stage no longer there goes
         # A paused or held pipeline starts no stage; the scheduler tells the breaker.
         self.scheduler.ready.closed = self.gates.closed
         self.scheduler.gates = self.gates
@@ -304,6 +305,7 @@ class Daemon:
             self.spool.settings.max_file_size = got.config.max_file_size
             self.spool.settings.layout = got.config.archive_layout
             self.intake.reloaded()
+            self.gates.reconfigured(got.routes)
             self.reload_refused = ""
         self.notifier.ready(self.status_line())
         return got.verdict

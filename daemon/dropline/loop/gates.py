@@ -21,12 +21,14 @@ at start: a restart keeps them.  Each change is logged once.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import StageConfig
+from ..pipeline import Routes
 from ..state import HoldRow, HoldRows, PauseRows, RequestQueue
 from ..workers import StageResult
 
@@ -231,6 +233,25 @@ class Gates:
             if h.probing is None and p not in self.paused and has_ready(p)
         ]
         return min(due) if due else None
+
+    def reconfigured(self, routes: Routes) -> None:
+        """The configuration (at start, or reloaded): a hold whose pipeline or stage is
+        no longer configured is released, or no probe could ever end it."""
+        for pipeline, hold in list(self.held.items()):
+            found = routes.get(pipeline)
+            names = {s.name for s in found.stages} if found is not None else set()
+            if hold.row.stage in names:
+                continue
+            self._write(functools.partial(self.holds_rows.release, pipeline))
+            del self.held[pipeline]
+            self.log.info(
+                "pipeline.released",
+                pipeline=pipeline,
+                stage=hold.row.stage,
+                detail="its stage is no longer configured",
+            )
+            self.metrics.pipeline_held(pipeline, False)
+            self._reclose(pipeline)
 
     def _write(self, write: Callable[[], None]) -> None:
         """WRITE in the caller's transaction (a pass recording its results) or its own."""
