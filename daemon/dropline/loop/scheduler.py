@@ -13,7 +13,6 @@ goes on past the ordinary stages (``Pipeline.stage_at``).
 
 from __future__ import annotations
 
-import functools
 import heapq
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..config import StageConfig
 from ..crashpoints import crashpoint
 from ..events import AttemptEnd
 from ..lifecycle.claim import Claimed
-from ..lifecycle.decide import Decision, decide
+from ..lifecycle.decide import decide
 from ..lifecycle.finish import Finish
 from ..lifecycle.recovery import finish_for
 from ..spool import Spool
@@ -32,16 +31,14 @@ from ..state import ItemLog, ItemRow
 from ..workers import StageResult, WorkerPool
 from .attempts import Attempts, Job
 from .context import LoopContext
-from .duplicates import WAIT as DUPLICATE_WAIT
-from .duplicates import Screened
-from .duplicates import screen as screen_duplicates
+from .flow import FlowControl
 from .gates import Gates
 from .items import Item, Running
 from .lookout import changed_since, still_held_open
 from .ready import ReadyQueues, stages_of
 
 
-class Scheduler:
+class Scheduler(FlowControl):
     """The items in flight and their stage attempts."""
 
     def __init__(
@@ -261,49 +258,6 @@ class Scheduler:
             self._fail(item, d.reason, running.stage, now, stopping=d.verdict == "indeterminate")
         return end
 
-    def _held_back(
-        self, result: StageResult, item: Item, running: Running, config: StageConfig | None
-    ) -> bool:
-        """Whether the attempt is not the file's failure (``Gates.judge``)."""
-        if self.gates is None or item.pipeline is None or config is None:
-            return False
-        return self.gates.judge(
-            item.pipeline,
-            running.stage,
-            config,
-            item.id,
-            result,
-            failing=FAILURE in item.metadata,
-            mono=self.ctx.mono,
-        )
-
-    def _wait_for_release(
-        self,
-        result: StageResult,
-        item: Item,
-        running: Running,
-        config: StageConfig | None,
-        now: float,
-    ) -> AttemptEnd:
-        """The attempt ends "held": recorded, not counted; the file is ready again
-        (its pipeline's gate keeps it waiting until a probe releases it)."""
-        took = result.duration or self.ctx.mono - running.started
-        if self._ends is not None:
-            self._ends.append(("held", result.error, took, running.attempt_id))
-        else:
-            self.item_log.record_stage_end(running.attempt_id, "held", result.error, now, took)
-        self.ready.add(item, self.ctx.routes)
-        return AttemptEnd(
-            item.id,
-            item.name,
-            item.pipeline,
-            running.stage,
-            result,
-            Decision("held", item.attempt),
-            took,
-            config.retries if config else 0,
-        )
-
     def _next_stage(self, item: Item, index: int, now: float) -> None:
         """ITEM goes on to stage INDEX, at once (caller's transaction)."""
         item.next_stage = index
@@ -359,52 +313,6 @@ class Scheduler:
             self.ready.served(name, routes)
         if jobs:
             self._start(jobs, now)
-
-    def _start(self, jobs: list[Job], now: float) -> None:
-        """Start JOBS; the first stages of a pipeline that skips duplicates are judged
-        in the same commit (``duplicates.py``), and a duplicate ends unrun."""
-        if not any(i == 0 and p.config.duplicates == "skip" for _, p, i, _ in jobs):
-            self.attempts.start(jobs, now)
-            return
-        found = Screened()
-
-        def judge(batch: list[Job]) -> set[str]:
-            nonlocal found
-            found = screen_duplicates(self.item_log, batch, now)
-            return found.held
-
-        self.attempts.start(jobs, now, judge)
-        for item_id, first in found.duplicates.items():
-            item = self.items[item_id]
-            self.ctx.events.duplicate(item, first)
-            self._finish(item, "archived", f"duplicate of {first}", None)
-        for item_id in found.waiting:
-            item = self.items[item_id]
-            item.next_at = now + DUPLICATE_WAIT
-            heapq.heappush(self.retry_heap, (self.ctx.mono + DUPLICATE_WAIT, item_id))
-
-    def _probes(self, free: int) -> list[Job]:
-        """The probes due of held pipelines: one file each tries the held stage,
-        past the closed gate (``gates.py``)."""
-        jobs: list[Job] = []
-        if self.gates is None:
-            return jobs
-        for pipeline, stage in self.gates.probes_due(self.ctx.mono):
-            if len(jobs) >= free:
-                break
-            item_id = self.ready.take_probe(pipeline, functools.partial(self._next_is, stage))
-            job = self._job_for(item_id) if item_id is not None else None
-            if job is not None:
-                self.gates.probing(pipeline, job[0].id)
-                jobs.append(job)
-        return jobs
-
-    def _next_is(self, stage: str, item_id: str) -> bool:
-        """Whether ITEM_ID's next stage is STAGE."""
-        item = self.items.get(item_id)
-        pipeline = self.ctx.routes.get(item.pipeline) if item is not None else None
-        found = pipeline.stage_at(item.next_stage) if pipeline and item else None
-        return found is not None and found.name == stage
 
     def _job_for(self, item_id: str) -> Job | None:
         """The next stage of a ready file, or None: ended (or waiting) instead."""
