@@ -122,19 +122,23 @@ class FlowControl:
         for pipeline, stage in self.gates.probes_due(self.ctx.mono):
             if len(jobs) >= free:
                 break
-            item_id = self.ready.take_probe(pipeline, functools.partial(self._next_is, stage))
+            item_id = self.ready.take_probe(pipeline, functools.partial(self._probe_rank, stage))
             job = self._job_for(item_id) if item_id is not None else None
             if job is not None:
                 self.gates.probing(pipeline, job[0].id)
                 jobs.append(job)
         return jobs
 
-    def _next_is(self, stage: str, item_id: str) -> bool:
-        """Whether ITEM_ID's next stage is STAGE."""
+    def _probe_rank(self, stage: str, item_id: str) -> int:
+        """Which file probes STAGE: first one that failed at it already (its retry is
+        due: a failure that came from the file's first try alone does not keep the
+        pipeline held), then one at it, else any (it moves on towards it)."""
         item = self.items.get(item_id)
         pipeline = self.ctx.routes.get(item.pipeline) if item is not None else None
         found = pipeline.stage_at(item.next_stage) if pipeline and item else None
-        return found is not None and found.name == stage
+        if item is None or found is None or found.name != stage:
+            return 2
+        return 0 if item.attempt > 0 else 1
 
 
 __all__ = ["FlowControl"]

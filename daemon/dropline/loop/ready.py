@@ -100,14 +100,14 @@ class ReadyQueues:
             del self.queues[pipeline]  # a pipeline gone by a reload leaves nothing behind
         return item_id
 
-    def take_probe(self, pipeline: str, wanted: Callable[[str], bool]) -> str | None:
-        """For a held PIPELINE's probe: its oldest ready file that is WANTED (at the
-        held stage), else its oldest (which moves a file on towards that stage);
-        None if it has none ready.  Taken out of its queue, the share untouched."""
+    def take_probe(self, pipeline: str, rank: Callable[[str], int]) -> str | None:
+        """For a held PIPELINE's probe: its ready file of the lowest RANK, the oldest
+        of those; None if it has none ready.  Taken out of its queue, the share
+        untouched."""
         queue = self.queues.get(pipeline)
         if not queue:
             return None
-        chosen = next((i for i in queue if wanted(i)), queue[0])
+        chosen = min(queue, key=rank)  # (min keeps the first of equals: the oldest)
         queue.remove(chosen)
         if not queue:
             del self.queues[pipeline]
