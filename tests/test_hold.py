@@ -7,10 +7,12 @@ program that is missing and then installed.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
-from .harness import Tree, cli_json, run_cli, wait_until
+from .harness import Tree, cli_json, run_cli, run_until_idle, wait_until
 from .http_recorder import Script
 from .pg import PgServer
 
@@ -219,3 +221,137 @@ def test_a_hold_whose_stage_a_reload_removed_is_released(tree: Tree, start_daemo
     wait_until(lambda: _states(tree) == {"archived": 1}, timeout=20, what="r1 archived")
     assert tree.query("SELECT count(*) FROM holds") == [(0,)]
     daemon.stop()
+
+
+def _install(program: Path) -> None:
+    program.parent.mkdir(exist_ok=True)
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+
+
+def test_a_probe_set_aside_as_a_duplicate_does_not_stop_the_probes(
+    tree: Tree, start_daemon: Any
+) -> None:
+    """Twins in a held pipeline that skips duplicates: the twin picked as a probe waits
+    for its first instead of starting; the probes go on, the first one that can
+    releases the pipeline, and the twin ends a duplicate."""
+    program = tree.root / "bin" / "convert"
+    tree.write_config(
+        f"""
+- name: orders
+  match: "*.txt"
+  duplicates: skip
+  stages:
+    - name: run
+      command: ["{program}", "{{path}}"]
+      hold_probe: {{initial: 100ms, max: 100ms}}
+"""
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, ["a.txt"])
+    daemon.wait_event("pipeline.held", timeout=20)
+    (tree.incoming / "b.txt").write_text("data of a.txt\n")  # a's twin
+    wait_until(lambda: _states(tree).get("active") == 2, timeout=20, what="b claimed")
+    # Probes go on past b's turns (b waits for a, it does not start).
+    wait_until(lambda: len(daemon.find("pipeline.probe_failed")) >= 6, timeout=20, what="probes")
+    _install(program)
+    daemon.wait_event("pipeline.released", timeout=20)
+    wait_until(lambda: _states(tree) == {"archived": 2}, timeout=30, what="both archived")
+    assert len(daemon.find("file.duplicate")) == 1
+    daemon.stop()
+
+
+def test_a_file_running_its_on_failure_stages_is_never_the_probe(
+    tree: Tree, start_daemon: Any
+) -> None:
+    up = tree.root / "up"
+    check = 'case "$DROPLINE_NAME" in *bad*) exit 65;; esac; exit 0'
+    tree.write_config(
+        f"""
+- name: p
+  match: "*.txt"
+  stages:
+    - name: check
+      command: ["sh", "-c", {json.dumps(check)}]
+    - name: load
+      command: ["test", "-e", "{up}"]
+      retries: 3
+      backoff: {{initial: 3s, max: 3s}}
+      hold_after: 2
+      hold_probe: {{initial: 200ms, max: 200ms}}
+  on_failure:
+    - name: notify
+      command: ["true"]
+"""
+    )
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, ["g1.txt", "g2.txt"])
+    daemon.wait_event("pipeline.held", timeout=20)
+    _drop(tree, ["bad.txt"])  # fails at check, then runs notify while the pipeline holds
+    daemon.wait_event("stage.succeeded", timeout=20, stage="notify")
+    up.touch()
+    daemon.wait_event("pipeline.released", timeout=20)
+    wait_until(lambda: _states(tree) == {"archived": 2, "failed": 1}, timeout=30, what="all ended")
+    daemon.stop()
+
+
+def test_a_stop_is_neither_a_failure_nor_a_probe(tree: Tree, start_daemon: Any) -> None:
+    """Attempts dropline stops hold nothing, and a non-idempotent probe so stopped is
+    indeterminate as any (never run again), not "held"."""
+    fail, runs = tree.root / "fail", tree.root / "runs.log"
+    load = f'echo "$DROPLINE_ITEM_ID" >> {runs}; if [ -e {fail} ]; then exit 1; fi; sleep 30'
+    tree.write_config(
+        f"""
+- name: p
+  match: "*.txt"
+  stages:
+    - name: load
+      command: ["sh", "-c", {json.dumps(load)}]
+      idempotent: false
+      retries: 3
+      hold_after: 1
+      hold_probe: {{initial: 200ms, max: 200ms}}
+- name: slow
+  match: "*.slow"
+  stages:
+    - name: wait
+      command: ["sleep", "30"]
+      hold_after: 2
+""",
+        stop_timeout="500ms",
+    )
+    fail.touch()
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    _drop(tree, ["f.txt", "s1.slow", "s2.slow", "s3.slow"])
+    daemon.wait_event("pipeline.held", timeout=20, pipeline="p")
+    fail.unlink()
+    wait_until(lambda: len(runs.read_text().split()) >= 2, timeout=20, what="the probe running")
+    wait_until(lambda: len(daemon.find("stage.started", stage="wait")) >= 3, 20, what="slow")
+    daemon.stop()
+    last = tree.query("SELECT outcome FROM attempts WHERE stage = 'load' ORDER BY id DESC")
+    assert last[0] == ("indeterminate",)
+    assert tree.query("SELECT pipeline FROM holds") == [("p",)]  # slow: stopped, not held
+
+
+def test_exit_when_idle_ends_with_only_a_held_pipelines_files_left(tree: Tree) -> None:
+    """Once its probes have backed off all the way (down for a while, not a blip)."""
+    tree.write_config(
+        f"""
+- name: convert
+  match: "*.txt"
+  stages:
+    - name: run
+      command: ["{tree.root / "bin" / "missing"}"]
+      hold_probe: {{initial: 100ms, max: 200ms}}
+- name: plain
+  match: "*.dat"
+"""
+    )
+    _drop(tree, ["h.txt", "d.dat"])
+    assert run_until_idle(tree, timeout=30) == 0
+    assert sorted(tree.archived()) == ["d.dat"]
+    assert _states(tree) == {"active": 1, "archived": 1}
+    assert tree.query("SELECT pipeline FROM holds") == [("convert",)]

@@ -334,3 +334,22 @@ def test_a_stage_says_what_try_does_with_it_and_nothing_else(tree: Tree) -> None
 def test_help_has_examples() -> None:
     done = run_cli("try", "--help")
     assert done.returncode == 0 and "Examples:" in done.stdout and "try: run" in done.stdout
+
+
+def test_a_program_that_cannot_start_is_not_the_files_fault(tree: Tree, tmp_path: Path) -> None:
+    tree.write_config(
+        f"""
+- name: p
+  match: "*"
+  stages:
+    - name: convert
+      command: ["{tmp_path / "missing"}", "{{path}}"]
+      try: run
+"""
+    )
+    sample = tmp_path / "x.txt"
+    sample.write_text("x\n")
+    doc = _try(tree, sample, expect=1)
+    (stage,) = doc["stages"]
+    assert stage["outcome"] == "unavailable" and doc["retriable"] is True
+    assert "the program cannot be started" in doc["reason"]

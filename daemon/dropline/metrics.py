@@ -29,6 +29,7 @@ STAGE_OUTCOMES: tuple[str, ...] = (
     "permanent",
     "interrupted",
     "held",
+    "unavailable",
 )
 NO_PIPELINE = "none"  # the pipeline label of a file no pipeline matched
 OTHER = "other"  # an outcome outside the sets above (never expected)

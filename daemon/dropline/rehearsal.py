@@ -182,7 +182,10 @@ def run_pipeline(
             stopped=False,
             failing=False,
         )
-        retriable = run.outcome in ("failed", "timeout") and config.retries > 0
+        # A program that cannot start is not the file's doing: retried, or (with a
+        # breaker) its pipeline holds; either way the file waits rather than fails.
+        unavailable = run.outcome == "unavailable"
+        retriable = unavailable or (run.outcome in ("failed", "timeout") and config.retries > 0)
         failure = {
             "stage": stage.name,
             "reason": verdict.reason,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import console as c
 from ..config import Config
 from ..errors import ConfigError
-from ..loop.gates import apply
+from ..loop.gates import RESUME, apply
 from ..state import ItemLog, PauseRows
 from .handoff import hand_off
 
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 def run(config: Config, kind: str, pipeline: str, reason: str, wait: float) -> dict[str, Any]:
     """Pause (KIND "pause") or resume PIPELINE; what happened, as one document."""
     names = [p.name for p in config.pipelines]
-    if pipeline not in names:
+    if pipeline not in names and not (kind == RESUME and pipeline in _paused(config)):
+        # (A pipeline paused, then taken out of the configuration, can be resumed.)
         listed = ", ".join(names) or "none"
         raise ConfigError(f'no pipeline "{pipeline}" (pipelines: {listed})')
 
@@ -47,6 +48,17 @@ def run(config: Config, kind: str, pipeline: str, reason: str, wait: float) -> d
             answer, None if answer == "pending" else False
         ),
     }
+
+
+def _paused(config: Config) -> dict[str, tuple[float, str]]:
+    from ..errors import StateUnavailableError
+    from ..state import StateReader, paused_pipelines
+
+    try:
+        with StateReader(config.state_db) as reader:
+            return paused_pipelines(reader)
+    except StateUnavailableError:
+        return {}
 
 
 def render(doc: dict[str, Any], out: c.Console) -> None:

@@ -170,8 +170,9 @@ class Daemon:
         ):
             return 0.0
         deadlines = [self.intake.next_deadline(), self.duties.next_deadline()]
-        # A probe waits for a file ready to try it and a worker free to run it.
-        free = self.scheduler.attempts.free() > 0
+        # A probe waits for a file ready to try it and a worker free to run it (and
+        # none starts while stopping).
+        free = self.scheduler.attempts.free() > 0 and not ctx.stopping
         probe = self.gates.next_probe(lambda p: free and self.scheduler.ready.waiting(p) > 0)
         for due in (self.scheduler.next_deadline(), self.transit.next_deadline(), probe):
             if due is not None:
@@ -311,8 +312,10 @@ class Daemon:
         return got.verdict
 
     def idle(self) -> bool:
-        """Nothing to do now but what paused pipelines keep waiting."""
-        closed, scheduler = self.gates.paused, self.scheduler
+        """Nothing to do now but what paused pipelines keep waiting, or held ones whose
+        probes have backed off all the way (a downstream down for a while: a batch
+        run ends, their files wait in working/; a blip it waits through)."""
+        closed, scheduler = self.gates.waiting(), self.scheduler
         waiting = all(
             item.pipeline in closed and item_id not in scheduler.running
             for item_id, item in scheduler.items.items()

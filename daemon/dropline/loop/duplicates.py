@@ -20,7 +20,9 @@ from ..stages import FAILURE
 from ..state import ContentRows, ItemLog
 from .attempts import Job
 
-WAIT = 1.0  # seconds before a file whose earlier twin is on its way is judged again
+# Seconds before a file whose earlier twin is on its way is judged again (each look
+# costs a start commit: not every pass while the twin waits for its retries).
+WAIT = 5.0
 
 
 @dataclass

@@ -47,11 +47,24 @@ class FlowControl:
     def _finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
         raise NotImplementedError
 
+    def _still_held_open(self, item: Item) -> bool:
+        raise NotImplementedError
+
     def _held_back(
-        self, result: StageResult, item: Item, running: Running, config: StageConfig | None
+        self,
+        result: StageResult,
+        item: Item,
+        running: Running,
+        config: StageConfig | None,
+        stopped: bool,
     ) -> bool:
-        """Whether the attempt is not the file's failure (``Gates.judge``)."""
+        """Whether the attempt is not the file's failure (``Gates.judge``).  One that
+        dropline stopped (STOPPED) is decided as a stop: nothing for the breaker,
+        and a probe so ended is no probe."""
         if self.gates is None or item.pipeline is None or config is None:
+            return False
+        if stopped:
+            self.gates.probe_lost(item.pipeline, item.id)
             return False
         return self.gates.judge(
             item.pipeline,
@@ -104,8 +117,14 @@ class FlowControl:
             return found.held
 
         self.attempts.start(jobs, now, judge)
+        for item_id in found.held:
+            item = self.items[item_id]
+            if self.gates is not None and item.pipeline is not None:
+                self.gates.probe_lost(item.pipeline, item_id)  # it did not start
         for item_id, first in found.duplicates.items():
             item = self.items[item_id]
+            if self._still_held_open(item):
+                continue  # a writer still at it: looked at again (and judged) later
             self.ctx.events.duplicate(item, first)
             self._finish(item, "archived", f"duplicate of {first}", None)
         for item_id in found.waiting:
@@ -136,6 +155,8 @@ class FlowControl:
         item = self.items.get(item_id)
         pipeline = self.ctx.routes.get(item.pipeline) if item is not None else None
         found = pipeline.stage_at(item.next_stage) if pipeline and item else None
+        if item is not None and FAILURE in item.metadata:
+            return 3  # running its on_failure stages: never a probe
         if item is None or found is None or found.name != stage:
             return 2
         return 0 if item.attempt > 0 else 1

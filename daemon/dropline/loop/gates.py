@@ -41,6 +41,12 @@ class Hold:
     row: HoldRow
     probe_at: float  # monotonic: when a file may try the stage again
     probing: str | None = None  # the item probing now
+    most: float = 0.0  # the stage's hold_probe.max: the probes have backed off all the way
+
+    @property
+    def backed_off(self) -> bool:
+        """Probed and failed until the longest delay: down for a while, not a blip."""
+        return self.probing is None and self.row.probe_delay >= self.most
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Gates:
         self.held = {p: Hold(row, mono + row.probe_delay) for p, row in holds.held().items()}
         self.closed: set[str] = set(self.paused) | set(self.held)
         self._streaks: dict[tuple[str, str], _Streak] = {}
+        self._untold: list[tuple[str, str, dict[str, Any]]] = []  # told once committed
         for pipeline, (since, reason) in sorted(self.paused.items()):
             log.info("pipeline.paused", pipeline=pipeline, since=since, reason=reason, at="start")
         for pipeline, hold in sorted(self.held.items()):
@@ -123,10 +130,11 @@ class Gates:
         not the file's failure (the hold's probe failed, the pipeline held already, or
         the stage cannot work for any file): the file then waits, not counted.
         FAILING: an on_failure stage of a failed file (never held)."""
+        hold = self.held.get(pipeline)
         if failing:
+            self.probe_lost(pipeline, item_id)  # an on_failure stage is never a probe
             return False
         outcome = result.outcome
-        hold = self.held.get(pipeline)
         probe = hold is not None and hold.probing == item_id
         if probe and (hold is None or hold.row.stage != stage or outcome == "permanent"):
             self.probe_lost(pipeline, item_id)  # not a probe of the held stage after all
@@ -175,11 +183,9 @@ class Gates:
         delay = config.hold_probe.initial
         row = HoldRow(pipeline, stage, time.time(), reason, delay)
         self._write(lambda: self.holds_rows.hold(row))
-        self.held[pipeline] = Hold(row, time.monotonic() + delay)
+        self.held[pipeline] = Hold(row, time.monotonic() + delay, most=config.hold_probe.max)
         self._streaks.pop((pipeline, stage), None)
-        self.log.warning(
-            "pipeline.held", pipeline=pipeline, stage=stage, reason=reason, probe_in=delay
-        )
+        self._say("warning", "pipeline.held", pipeline=pipeline, stage=stage, reason=reason)
         self.metrics.pipeline_held(pipeline, True)
         self._reclose(pipeline)
 
@@ -204,9 +210,8 @@ class Gates:
             self._write(lambda: self.holds_rows.release(pipeline))
             del self.held[pipeline]
             held_for = round(time.time() - hold.row.since, 3)
-            self.log.info(
-                "pipeline.released", pipeline=pipeline, stage=hold.row.stage, held_seconds=held_for
-            )
+            stage = hold.row.stage
+            self._say("info", "pipeline.released", pipeline=pipeline, stage=stage, seconds=held_for)
             self.metrics.pipeline_held(pipeline, False)
             self._reclose(pipeline)
             return
@@ -215,7 +220,7 @@ class Gates:
         self._write(lambda: self.holds_rows.probed(pipeline, error, delay))
         hold.row.reason, hold.row.probe_delay = error, delay
         hold.probe_at = mono + delay
-        self.log.info("pipeline.probe_failed", pipeline=pipeline, error=error, next_in=delay)
+        self._say("info", "pipeline.probe_failed", pipeline=pipeline, error=error, next_in=delay)
 
     def probe_lost(self, pipeline: str, item_id: str) -> None:
         """The probing file ended otherwise (failed for good, vanished): try another."""
@@ -239,8 +244,9 @@ class Gates:
         no longer configured is released, or no probe could ever end it."""
         for pipeline, hold in list(self.held.items()):
             found = routes.get(pipeline)
-            names = {s.name for s in found.stages} if found is not None else set()
-            if hold.row.stage in names:
+            stages = {s.name: s.config for s in found.stages} if found is not None else {}
+            if hold.row.stage in stages:
+                hold.most = stages[hold.row.stage].hold_probe.max
                 continue
             self._write(functools.partial(self.holds_rows.release, pipeline))
             del self.held[pipeline]
@@ -252,6 +258,24 @@ class Gates:
             )
             self.metrics.pipeline_held(pipeline, False)
             self._reclose(pipeline)
+
+    def waiting(self) -> set[str]:
+        """The pipelines whose files a batch run (--exit-when-idle) leaves waiting:
+        paused ones, and held ones whose probes have backed off all the way."""
+        return set(self.paused) | {p for p, h in self.held.items() if h.backed_off}
+
+    def _say(self, level: str, event: str, **fields: Any) -> None:
+        """Log EVENT now, or once the transaction it was written in commits (``tell``)."""
+        if self.holds_rows.db.in_transaction:
+            self._untold.append((level, event, fields))
+        else:
+            getattr(self.log, level)(event, **fields)
+
+    def tell(self) -> None:
+        """The changes written in the transaction just committed, told."""
+        untold, self._untold = self._untold, []
+        for level, event, fields in untold:
+            getattr(self.log, level)(event, **fields)
 
     def _write(self, write: Callable[[], None]) -> None:
         """WRITE in the caller's transaction (a pass recording its results) or its own."""

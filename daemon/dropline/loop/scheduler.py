@@ -132,6 +132,8 @@ class Scheduler(FlowControl):
             item = self.items.pop(f.item_id, None)
             if item is not None:
                 self._count(item.pipeline, -1)
+                if self.gates is not None and item.pipeline is not None:
+                    self.gates.probe_lost(item.pipeline, item.id)  # it probes no more
             self.attempts.forget(f.item_id)
 
     # --- stage results --------------------------------------------------------
@@ -172,6 +174,8 @@ class Scheduler(FlowControl):
         finally:
             self._ends, self._progress = None, None
         crashpoint("stage.result_committed")
+        if self.gates is not None:
+            self.gates.tell()  # a hold or a release, told once committed
         # Told once committed: the journal never reports a step the database lacks.
         for end in ends:
             self.ctx.events.attempt_ended(end)
@@ -204,7 +208,8 @@ class Scheduler(FlowControl):
         """Record how an attempt ended and what it means (``decide``)."""
         rows = self.item_log
         stage_cfg = self._stage_config(item, running)
-        if self._held_back(result, item, running, stage_cfg):
+        stopped = self.ctx.stopping and (running.cancel.is_set() or not result.began)
+        if self._held_back(result, item, running, stage_cfg, stopped):
             return self._wait_for_release(result, item, running, stage_cfg, now)
         d = decide(
             result.outcome,
@@ -212,7 +217,7 @@ class Scheduler(FlowControl):
             stage=running.stage,
             config=stage_cfg,
             failures=item.attempt,
-            stopped=self.ctx.stopping and (running.cancel.is_set() or not result.began),
+            stopped=stopped,
             failing=FAILURE in item.metadata,
         )
         end = AttemptEnd(
