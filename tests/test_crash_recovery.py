@@ -112,12 +112,15 @@ RETRY = {
 }
 # Reached only when a file is rewritten while it is claimed: the test below.
 REWRITTEN = {"claim.put_back", "claim.held"}
+# Reached only with a ready_marker: test_markers.py.
+MARKER = {"claim.marker"}
 
 # Each case: the crash points armed in successive runs before the clean one.
 CASES: list[tuple[str, ...]] = [
     (point,)
     for point in POINTS
-    if not point.startswith("recovery") and point not in ACROSS_FILESYSTEMS | RETRY | REWRITTEN
+    if not point.startswith("recovery")
+    and point not in ACROSS_FILESYSTEMS | RETRY | REWRITTEN | MARKER
 ]
 CASES += [
     ("claim.renamed#3",),
@@ -149,7 +152,7 @@ def test_crash_points_cover_the_protocol() -> None:
     """Every declared crash point is reached by some test case (here, across filesystems
     or in the retry and replay tests)."""
     armed = {p.split("#")[0] for case in CASES for p in case}
-    assert armed | ACROSS_FILESYSTEMS | RETRY | REWRITTEN == set(POINTS)
+    assert armed | ACROSS_FILESYSTEMS | RETRY | REWRITTEN | MARKER == set(POINTS)
     assert {point for point, _ in REWRITE_CASES} == REWRITTEN
 
 

@@ -29,6 +29,7 @@ POINTS: tuple[str, ...] = (
     "claim.put_back",  # a file still being written is back in incoming/, row still "claiming"
     "claim.held",  # one that could not go back (its name taken again) kept in working/
     "claim.committed",  # claim recorded
+    "claim.marker",  # ready_marker: the file claimed, its marker not yet removed
     "stage.start_committed",  # stage recorded as started, not yet run
     "stage.finished",  # stage ran, its outcome not yet recorded
     "stage.result_committed",  # outcome recorded

@@ -56,6 +56,7 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "file.vanished": "{file} vanished: no longer where dropline left it",
     "file.busy": "{file} is still being written; put back",
     "file.requeued": "retrying {file} (pipeline {pipeline})",
+    "marker.orphaned": "marker {file} has no file {waits_for} beside it after {seconds} s",
     "file.duplicate": "{file} is a duplicate of item {first} (pipeline {pipeline}): archived unrun",
     "file.replayed": "replaying {file} from archive/ as a new item (pipeline {pipeline})",
     "stage.started": "stage {stage} started on {file} (attempt {attempt})",

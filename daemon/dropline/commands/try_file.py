@@ -19,6 +19,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..escaping import escape_text, field_text
 from ..globs import compile_globs
+from ..markers import Markers
 from ..pipeline import Pipeline, Routes
 from ..rehearsal import RefusedError, StageRun, run_pipeline, scratch_copy
 
@@ -59,8 +60,10 @@ def collect(config: Config, file: str, chosen: str | None) -> dict[str, Any]:
             raise ConfigError(f'--pipeline: no pipeline "{chosen}" (pipelines: {names})')
     else:
         pipeline = routes.get(routed["pipeline"])
+    marker = Markers(routes).marker_of(os.fsencode(name), pipeline)
     doc: dict[str, Any] = {
         "paused": _paused(config, pipeline.name) if pipeline else None,
+        "marker": escape_text(marker) if marker is not None else None,
         "file": escape_text(os.fsencode(path)),
         "name": escape_text(os.fsencode(name)),
         "size": None,
@@ -171,6 +174,11 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         out.line(
             "  (a retriable error: the daemon would try again as the stage's retries allow, "
             "and fail so only if every attempt does)"
+        )
+    if doc["marker"]:
+        out.line(
+            f"Marker: in incoming/ the file waits for {doc['marker']} beside it (ready_marker), "
+            "then goes as above; the marker goes with it."
         )
     if doc["paused"]:
         out.line(

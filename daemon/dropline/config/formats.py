@@ -135,6 +135,22 @@ class PythonRef:
         return ref
 
 
+class MarkerTemplate:
+    """The name of a file's done-marker: "{name}" once, with text beside it, no "/"."""
+
+    def __call__(self, value: object, at: Loc) -> str:
+        expected = 'a file name with "{name}" in it once, such as "{name}.done" or "{name}.ok"'
+        template = text(value, at, expected)
+        if template.count("{name}") != 1 or template == "{name}" or "/" in template:
+            raise at.error(f"expected {expected}, got {describe(template)}")
+        rest = template.replace("{name}", "")
+        if "{" in rest or "}" in rest:
+            raise at.error(
+                f'only "{{name}}" is replaced; expected {expected}, got {describe(template)}'
+            )
+        return template
+
+
 _LISTEN_RULE = (
     'an address "host:port" such as "127.0.0.1:9464", "localhost:9464" or "[::1]:9464" '
     "(host an IP address or localhost, IPv6 in brackets; port 1 to 65535)"

@@ -15,7 +15,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .formats import Argv, Globs, Listen, PythonRef, Textfile
+from .formats import Argv, Globs, Listen, MarkerTemplate, PythonRef, Textfile
 from .keys import (
     AtLeastOne,
     ExactlyOne,
@@ -166,6 +166,9 @@ class PipelineConfig:
     # window: run like any other (process), or archived unrun (skip: loop/duplicates.py).
     duplicates: str = key(Choice(("process", "skip")), default="process")
     duplicate_window: float = key(Duration(positive=True), default=30 * 86400.0)
+    # A file is claimed only once this marker is beside it (Camel's done file), and
+    # the marker goes with it; "" : no marker (spool/markers.py).
+    ready_marker: str = key(MarkerTemplate(), default="")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
+from ..crashpoints import crashpoint
 from ..lifecycle.claim import Claimed
 from ..lifecycle.finish import Finish
 from ..lifecycle.replay import ReplayResult
@@ -219,6 +220,8 @@ class Daemon:
             self.intake.not_claimed(got.claim)
             for c in got.claim.claimed:
                 self._admit(c)
+            if self.intake.markers:
+                self._consume_markers(got.claim.claimed)
         self._ended(got.finished)
         for refusal in got.given_up:
             self.intake.refuse(refusal)
@@ -279,6 +282,19 @@ class Daemon:
             self.ctx.log.error("file.vanished", item=item_id, detail=replays.lost[item_id])
         for item_id in replays.abandoned:
             self.ctx.log.warning("replay.abandoned", item=item_id, reason=replays.lost[item_id])
+
+    def _consume_markers(self, claimed: list[Claimed]) -> None:
+        """The done-markers of the files just claimed go with them (``markers.py``).
+        After the claim's commit: a crash before this leaves a marker whose file is
+        gone, told after a while, and no newer file of that name counts it."""
+        markers, removed = self.intake.markers, False
+        for c in claimed:
+            marker = markers.marker_of(c.name, self.ctx.routes.get(c.pipeline))
+            if marker is not None:
+                crashpoint("claim.marker")
+                removed |= self.spool.incoming.remove_marker(marker, int(c.created_at * 1e9))
+        if removed:
+            self.spool.sync()
 
     # --- stop, reload, idle -------------------------------------------------------
 

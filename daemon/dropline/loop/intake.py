@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterator
 from ..crashpoints import pausepoint
 from ..folders import DroppedFolders
 from ..lifecycle.claim import ClaimResult
+from ..markers import Markers
 from ..spool import Entry, Refusal, Spool
 from ..toolnames import Hold
 from .context import MAX_REMEMBERED, LoopContext, remember
@@ -48,6 +49,9 @@ class Intake:
         # Folders dropped into incoming/: their files are looked for every second.
         self.folders = DroppedFolders(lambda name: self.ctx.routes.is_ignored(name))
         self.parked = Parked()  # names whose pipeline has no room now
+        self.markers = Markers(ctx.routes)  # done-markers files wait for (ready_marker)
+        # Markers seen without their file: when first seen, and whether told.
+        self.orphans: collections.OrderedDict[bytes, tuple[float, bool]] = collections.OrderedDict()
         self.scan: Iterator[bytes] | None = None
         self.scan_seen = 0
         self.rescan_pending = ""  # why a rescan is due before its interval: "" when none is
@@ -115,6 +119,7 @@ class Intake:
         """A new configuration is in force."""
         # A shorter rescan interval takes effect now, not after the old one runs out.
         cfg = self.ctx.config
+        self.markers = Markers(self.ctx.routes)
         self.next_rescan = min(self.next_rescan, self.ctx.mono + cfg.rescan_interval)
         if not cfg.recursive and self.folders.known:
             # Its folders are refused from now on: the rescan finds them again.
@@ -173,8 +178,11 @@ class Intake:
         seen: set[bytes] = set()
         rooms: dict[str | None, int] = {}
         size = 0
+        markers = self.markers
         for name, notified in self._next_names(room, room_of):
             if name in seen or ctx.routes.is_ignored(name):
+                continue
+            if markers and self._is_marker(name):
                 continue
             route = ctx.routes.route(name)
             pipeline = route.name if route is not None else None
@@ -204,6 +212,11 @@ class Intake:
                     self.folder_found(name, found)
                 # (A folder inside a folder: the next look goes into it.)
                 continue
+            marker = markers.marker_of(name, route) if markers else None
+            if marker is not None:
+                made = self.spool.incoming.marker_ctime(marker)
+                if made is None or made < found.ctime_ns:
+                    continue  # its marker is not there (or is an earlier file's): it waits
             age = now - max(found.mtime_ns, found.ctime_ns) / 1e9
             wait = self.holds.check(name, found.size, age)
             if wait is not None:  # a rule of tool_files keeps it waiting
@@ -227,6 +240,27 @@ class Intake:
             rooms[pipeline] = left - 1
             size += found.size
         return entries
+
+    def _is_marker(self, name: bytes) -> bool:
+        """Whether NAME is a done-marker (never claimed itself): its file is looked at
+        now (it may have waited for it); one without its file is told after a while."""
+        gated = self.markers.file_of(name)
+        if gated is None:
+            return False
+        if self.spool.incoming.inspect(gated) is not None:
+            self.orphans.pop(name, None)
+            self.candidates[gated] = None
+            return True
+        since, told = self.orphans.get(name, (self.ctx.mono, False))
+        waited = self.ctx.mono - since
+        if not told and waited >= self.ctx.config.tool_files.held_warning:
+            self.ctx.log.warning(
+                "marker.orphaned", file=name, waits_for=gated, seconds=round(waited, 1)
+            )
+            told = True
+        self.orphans[name] = (since, told)
+        remember(self.orphans, name, MAX_REMEMBERED)
+        return True
 
     def _park(self, pipeline: str | None, name: bytes, notified: bool) -> None:
         """NAME waits for room in its PIPELINE, out of the way of the others."""

@@ -73,6 +73,37 @@ class Incoming:
             )
         return found
 
+    def marker_ctime(self, name: bytes) -> int | None:
+        """The change time (ns) of the done-marker NAME, a regular file; None if absent
+        (or not a regular file: never followed, never opened)."""
+        found = self.inspect(name)
+        if found is None:
+            return None
+        if isinstance(found, Entry):
+            return found.ctime_ns
+        # A marker may have links (made by ln); anything but a regular file is no marker.
+        return None if found.kind != "hard_link" else self._ctime(name)
+
+    def _ctime(self, name: bytes) -> int | None:
+        fd, base = self._dirs.place(self._dirs.incoming, name)
+        try:
+            return os.stat(base, dir_fd=fd, follow_symlinks=False).st_ctime_ns
+        except FileNotFoundError:
+            return None
+
+    def remove_marker(self, name: bytes, claimed_ns: int) -> bool:
+        """Remove the done-marker NAME of a file just claimed, if it is not newer than
+        the claim (a marker made since is a new file's); durable after the next sync."""
+        ctime = self.marker_ctime(name)
+        if ctime is None or ctime > claimed_ns:
+            return False
+        fd, base = self._dirs.place(self._dirs.incoming, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(base, dir_fd=fd)
+            self._dirs.mark(fd, self._dirs.label(self._dirs.incoming, name))
+            return True
+        return False
+
     def _readable(self, st: os.stat_result) -> bool:
         """Whether this process may read a file of that owner, group and mode."""
         if self._euid == 0:
