@@ -126,3 +126,19 @@ def test_a_crash_between_the_judgement_and_the_end_loads_nothing_twice(
     ids = _ids(tree)
     reason = tree.query("SELECT reason FROM items WHERE id = ?", (ids["c-again.csv"],))
     assert reason == [(f"duplicate of {ids['c.csv']}",)]
+
+
+def test_duplicates_can_end_in_failed_for_someone_to_look_at(tree: Tree) -> None:
+    """duplicates_to: failed: the duplicate waits in failed/ with its reason beside it,
+    unrun (no on_failure either: nothing of it failed)."""
+    tree.write_config(
+        _pipelines(tree).replace("  duplicate_window: 30d\n", "  duplicates_to: failed\n")
+    )
+    _drop(tree, "e.csv", "order_id\n11\n")
+    assert run_until_idle(tree) == 0
+    _drop(tree, "e-again.csv", "order_id\n11\n")
+    assert run_until_idle(tree) == 0
+    assert sorted(tree.archived()) == ["e.csv"] and list(tree.failed_files()) == ["e-again.csv"]
+    error = json.loads((tree.failed / "e-again.csv.error.json").read_text())
+    assert error["error"] == f"duplicate of {_ids(tree)['e.csv']}"
+    assert _loaded(tree) == [(11,)]

@@ -166,6 +166,9 @@ class PipelineConfig:
     # window: run like any other (process), or archived unrun (skip: loop/duplicates.py).
     duplicates: str = key(Choice(("process", "skip")), default="process")
     duplicate_window: float = key(Duration(positive=True), default=30 * 86400.0)
+    # Where a skipped duplicate ends: archive/ (done, nothing to do) or failed/ (for
+    # someone to look at, with its reason beside it).
+    duplicates_to: str = key(Choice(("archive", "failed")), default="archive")
     # A file is claimed only once this marker is beside it (Camel's done file), and
     # the marker goes with it; "" : no marker (spool/markers.py).
     ready_marker: str = key(MarkerTemplate(), default="")

@@ -126,7 +126,10 @@ class FlowControl:
             if self._still_held_open(item):
                 continue  # a writer still at it: looked at again (and judged) later
             self.ctx.events.duplicate(item, first)
-            self._finish(item, "archived", f"duplicate of {first}", None)
+            pipeline = self.ctx.routes.get(item.pipeline)
+            to_failed = pipeline is not None and pipeline.config.duplicates_to == "failed"
+            outcome = "failed" if to_failed else "archived"
+            self._finish(item, outcome, f"duplicate of {first}", None)
         for item_id in found.waiting:
             item = self.items[item_id]
             item.next_at = now + DUPLICATE_WAIT
