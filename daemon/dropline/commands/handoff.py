@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
+from ..console import Console
 from ..datalock import acquire_data_lock
 from ..errors import StateLockedError
 from ..state import Database, ItemLog, RequestQueue, acquire_lock
@@ -103,4 +104,32 @@ def hand_off(
     return "offline", dict(_offline(config, (lock_fd, data_fd), ids, apply))
 
 
-__all__ = ["BATCH", "Offline", "hand_off"]
+def render_answers(
+    doc: dict[str, Any], out: Console, *, done: str, verb: str, nothing: str, offline: str
+) -> None:
+    """For people: the answer per item of a retry or a replay (DONE: the count's key,
+    "requeued" or "replayed"), then what it did (OFFLINE: where the files wait when
+    no daemon runs)."""
+    items = doc["items"]
+    if not items:
+        out.line(nothing)
+        return
+    ok = [i["result"].startswith(verb) for i in items]
+    colours: list[str | None] = [None if good else "red" for good in ok]
+    out.table(["ITEM", "RESULT"], [[i["item"], i["result"]] for i in items], colours=colours)
+    out.line()
+    where = "the daemon runs them now" if doc["applied_by"] == "daemon" else offline
+    pending = any(i["result"] == "pending" for i in items)
+    missed = doc[f"not_{done}"]
+    if doc[done]:
+        out.line(f"{doc[done]} {done} ({where}); {missed} not {done}.")
+    elif not pending:
+        out.line(f"Nothing {done}: {missed} not {done} (see RESULT).")
+    if pending:
+        out.line(
+            "Pending: the daemon has not answered yet; the requests stay queued and are "
+            "applied when it gets to them (see `dropline status`)."
+        )
+
+
+__all__ = ["BATCH", "Offline", "hand_off", "render_answers"]

@@ -16,7 +16,7 @@ from ..config import Config
 from ..errors import ConfigError, NotFoundError
 from ..escaping import unescape_text
 from ..state import ItemLog, ItemQuery, StateReader
-from .handoff import hand_off
+from .handoff import hand_off, render_answers
 
 if TYPE_CHECKING:
     from ..pipeline import Routes
@@ -94,28 +94,14 @@ def run(config: Config, item_ids: list[str], from_stage: str | None, wait: float
 
 
 def render(doc: dict[str, Any], out: c.Console) -> None:
-    if not doc["items"]:
-        out.line("Nothing to replay: no archived file matched.")
-        return
-    rows = [[i["item"], i["result"]] for i in doc["items"]]
-    colours: list[str | None] = [None if i["new_item"] else "red" for i in doc["items"]]
-    out.table(["ITEM", "RESULT"], rows, colours=colours)
-    out.line()
-    where = (
-        "the daemon runs them now"
-        if doc["applied_by"] == "daemon"
-        else "their copies wait in working/ and run when the daemon starts"
+    render_answers(
+        doc,
+        out,
+        done="replayed",
+        verb="replayed as ",
+        nothing="Nothing to replay: no archived file matched.",
+        offline="their copies wait in working/ and run when the daemon starts",
     )
-    pending = any(i["result"] == "pending" for i in doc["items"])
-    if doc["replayed"]:
-        out.line(f"{doc['replayed']} replayed ({where}); {doc['not_replayed']} not replayed.")
-    elif not pending:
-        out.line(f"Nothing replayed: {doc['not_replayed']} not replayed (see RESULT).")
-    if pending:
-        out.line(
-            "Pending: the daemon has not answered yet; the requests stay queued and are "
-            "applied when it gets to them (see `dropline status`)."
-        )
 
 
 __all__ = ["check_stage", "render", "run", "select"]

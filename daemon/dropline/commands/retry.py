@@ -13,7 +13,7 @@ from ..config import Config
 from ..errors import NotFoundError
 from ..escaping import unescape_text
 from ..state import ItemLog, StateReader
-from .handoff import hand_off
+from .handoff import hand_off, render_answers
 
 if TYPE_CHECKING:
     from ..pipeline import Routes
@@ -76,27 +76,14 @@ def run(config: Config, item_ids: list[str], wait: float) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any], out: c.Console) -> None:
-    if not doc["items"]:
-        out.line("Nothing to retry: no failed file matched.")
-        return
-    rows = [[i["item"], i["result"]] for i in doc["items"]]
-    colours: list[str | None] = [None if i["requeued"] else "red" for i in doc["items"]]
-    out.table(["ITEM", "RESULT"], rows, colours=colours)
-    out.line()
-    where = (
-        "the daemon runs them now"
-        if doc["applied_by"] == "daemon"
-        else "they are back in working/ and run when the daemon starts"
+    render_answers(
+        doc,
+        out,
+        done="requeued",
+        verb="requeued",
+        nothing="Nothing to retry: no failed file matched.",
+        offline="they are back in working/ and run when the daemon starts",
     )
-    if doc["requeued"]:
-        out.line(f"{doc['requeued']} requeued ({where}); {doc['not_requeued']} not requeued.")
-    elif not any(i["result"] == "pending" for i in doc["items"]):
-        out.line(f"Nothing requeued: {doc['not_requeued']} not requeued (see RESULT).")
-    if any(i["result"] == "pending" for i in doc["items"]):
-        out.line(
-            "Pending: the daemon has not answered yet; the requests stay queued and are "
-            "applied when it gets to them (see `dropline status`)."
-        )
 
 
 __all__ = ["render", "run", "select"]
