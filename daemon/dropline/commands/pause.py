@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def run(config: Config, kind: str, pipeline: str, reason: str, wait: float) -> dict[str, Any]:
     """Pause (KIND "pause") or resume PIPELINE; what happened, as one document."""
     names = [p.name for p in config.pipelines]
-    if pipeline not in names and not (kind == RESUME and pipeline in _paused(config)):
+    if pipeline not in names and not (kind == RESUME and pipeline in (read_paused(config) or {})):
         # (A pipeline paused, then taken out of the configuration, can be resumed.)
         listed = ", ".join(names) or "none"
         raise ConfigError(f'no pipeline "{pipeline}" (pipelines: {listed})')
@@ -50,7 +50,8 @@ def run(config: Config, kind: str, pipeline: str, reason: str, wait: float) -> d
     }
 
 
-def _paused(config: Config) -> dict[str, tuple[float, str]]:
+def read_paused(config: Config) -> dict[str, tuple[float, str]] | None:
+    """The paused pipelines, (since, reason) each; None when there is no state to read."""
     from ..errors import StateUnavailableError
     from ..state import StateReader, paused_pipelines
 
@@ -58,7 +59,7 @@ def _paused(config: Config) -> dict[str, tuple[float, str]]:
         with StateReader(config.state_db) as reader:
             return paused_pipelines(reader)
     except StateUnavailableError:
-        return {}
+        return None
 
 
 def render(doc: dict[str, Any], out: c.Console) -> None:
@@ -81,4 +82,4 @@ def render(doc: dict[str, Any], out: c.Console) -> None:
         out.line("(no daemon runs: the daemon reads it when it starts)")
 
 
-__all__ = ["render", "run"]
+__all__ = ["read_paused", "render", "run"]

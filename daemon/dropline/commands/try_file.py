@@ -105,14 +105,13 @@ def collect(config: Config, file: str, chosen: str | None) -> dict[str, Any]:
 def _paused(config: Config, pipeline: str) -> bool | None:
     """Whether PIPELINE is paused (``dropline pause``); None when the state cannot
     be read (none yet, or not for this user)."""
-    from ..errors import StateUnavailableError
-    from ..state import StateReader, paused_pipelines
+    from .pause import read_paused
 
     try:
-        with StateReader(config.state_db) as reader:
-            return pipeline in paused_pipelines(reader)
-    except (StateUnavailableError, PermissionError):
+        paused = read_paused(config)
+    except PermissionError:
         return None
+    return None if paused is None else pipeline in paused
 
 
 def _stage_doc(run: StageRun) -> dict[str, Any]:

@@ -100,33 +100,20 @@ def build(opts: Options, at: Loc, env: BuildEnv) -> StageFunc:
 def _would_publish(ctx: StageContext, to: Path, final: bytes, if_exists: str) -> str:
     """What publishing would do (``dropline try``), judged as ``_place`` judges, nothing
     written: the name it would take, or PermanentError where the real stage fails."""
-    try:
-        dir_fd = os.open(to, DIR_FLAGS)
-    except OSError as exc:
-        raise OSError(exc.errno, f"publish folder {to}: {exc.strerror}") from exc
-    try:
-        src = os.open(ctx.data_file(), FILE_FLAGS)
-        try:
-            size = os.fstat(src).st_size
-            for name in _candidates(final, ctx.item_id, if_exists):
-                found = compare(src, size, dir_fd, name)
-                target = quoted(os.path.join(os.fsencode(to), name))
-                if found == "same":
-                    return f"nothing to copy: {target} holds the same content already"
-                if found == "different" and if_exists == "keep-both":
-                    continue
-                if found == "different" and if_exists == "fail":
-                    raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists")
-                if found == "different":
-                    return f"publish a copy as {target}, replacing the file there"
-                return f"publish a copy as {target}"
-            raise FileExistsError(
-                errno.EEXIST, f"publish: no free name for {quoted(final)} in {to}"
-            )
-        finally:
-            os.close(src)
-    finally:
-        os.close(dir_fd)
+    with _opened(ctx, to) as (dir_fd, src, size):
+        for name in _candidates(final, ctx.item_id, if_exists):
+            found = compare(src, size, dir_fd, name)
+            target = quoted(os.path.join(os.fsencode(to), name))
+            if found == "same":
+                return f"nothing to copy: {target} holds the same content already"
+            if found == "different" and if_exists == "keep-both":
+                continue
+            if found == "different" and if_exists == "fail":
+                raise PermanentError(f"publish: {to / os.fsdecode(name)} already exists")
+            if found == "different":
+                return f"publish a copy as {target}, replacing the file there"
+            return f"publish a copy as {target}"
+        raise FileExistsError(errno.EEXIST, f"publish: no free name for {quoted(final)} in {to}")
 
 
 # --- start-up checks -----------------------------------------------------------
@@ -244,7 +231,9 @@ def _check_cancel(ctx: StageContext) -> None:
         raise InterruptedError("publish: cancelled (dropline is stopping)")
 
 
-def _publish(ctx: StageContext, to: Path, final: bytes, tmp: bytes, if_exists: str) -> bytes:
+@contextlib.contextmanager
+def _opened(ctx: StageContext, to: Path) -> Iterator[tuple[int, int, int]]:
+    """(the publish folder, the file to publish, its size), open for the block."""
     try:
         dir_fd = os.open(to, DIR_FLAGS)
     except OSError as exc:
@@ -253,16 +242,20 @@ def _publish(ctx: StageContext, to: Path, final: bytes, tmp: bytes, if_exists: s
     try:
         src = os.open(ctx.data_file(), FILE_FLAGS)
         try:
-            size = os.fstat(src).st_size
-            # A temporary of an interrupted attempt (a crash before its rename).
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            published = _place(ctx, to, src, size, dir_fd, final, tmp, if_exists)
-            os.fsync(dir_fd)
+            yield dir_fd, src, os.fstat(src).st_size
         finally:
             os.close(src)
     finally:
         os.close(dir_fd)
+
+
+def _publish(ctx: StageContext, to: Path, final: bytes, tmp: bytes, if_exists: str) -> bytes:
+    with _opened(ctx, to) as (dir_fd, src, size):
+        # A temporary of an interrupted attempt (a crash before its rename).
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        published = _place(ctx, to, src, size, dir_fd, final, tmp, if_exists)
+        os.fsync(dir_fd)
     return published
 
 
