@@ -95,7 +95,12 @@ def test_good_config_loads_into_frozen_objects(tmp_path: Path) -> None:
 
     csv, passthrough = config.pipelines
     assert passthrough == PipelineConfig(
-        name="passthrough", match=("*",), stages=(), line=32, match_line=33
+        name="passthrough",
+        match=("*",),
+        stages=(),
+        line=32,
+        match_line=33,
+        duplicates_to_line=32,  # not written: the pipeline's own line
     )
     assert (passthrough.concurrency, passthrough.priority) == (None, 1)
     assert (csv.concurrency, csv.priority) == (2, 3)
@@ -155,7 +160,11 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
         path=path,
         data_dir=Path("/opt/automation/data"),
         state_db=Path("/var/lib/dropline/state.db"),
-        pipelines=(PipelineConfig(name="passthrough", match=("*",), line=3, match_line=3),),
+        pipelines=(
+            PipelineConfig(
+                name="passthrough", match=("*",), line=3, match_line=3, duplicates_to_line=3
+            ),
+        ),
     )
     assert config == expected
     assert config.ignore == DEFAULT_IGNORE

@@ -1,6 +1,7 @@
-"""``duplicates: skip``: a file whose content an earlier file of the pipeline had is
-archived unrun, its history pointing to that item; nothing is loaded twice, across a
-crash between the judgement and the end too.  ``process`` (the default) runs it.
+"""``duplicates: skip``: a file whose content an earlier file of the pipeline had ends
+unrun (in archive/, failed/ or a folder of its own), its history pointing to that item;
+nothing is loaded twice, across a crash between the judgement and the end too.
+``process`` (the default) runs it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Tree, cli_json, crash_run, run_until_idle
+from .harness import Tree, cli_json, crash_run, run_cli, run_until_idle
 
 
 def _pipelines(tree: Tree, duplicates: str = "skip", window: str = "30d") -> str:
@@ -142,3 +143,83 @@ def test_duplicates_can_end_in_failed_for_someone_to_look_at(tree: Tree) -> None
     error = json.loads((tree.failed / "e-again.csv.error.json").read_text())
     assert error["error"] == f"duplicate of {_ids(tree)['e.csv']}"
     assert _loaded(tree) == [(11,)]
+
+
+def _to_folder(tree: Tree, folder: str) -> str:
+    return _pipelines(tree).replace("  duplicate_window: 30d\n", f"  duplicates_to: {folder}\n")
+
+
+def test_duplicates_can_end_in_a_folder_of_their_own(tree: Tree) -> None:
+    """duplicates_to: NAME: the folder NAME of the data folder (made at start), laid out
+    as archive/ is; history, the log and the journal's sentence say where; a replay
+    copies from there and prune deletes there, and its empty past date folders."""
+    tree.write_config(_to_folder(tree, "duplicates"), archive_layout="daily")
+    _drop(tree, "f.csv", "order_id\n12\n")
+    assert run_until_idle(tree) == 0
+    dups = tree.data / "duplicates"
+    assert dups.is_dir()  # made at start, before any duplicate
+    _drop(tree, "f-again.csv", "order_id\n12\n")
+    assert run_until_idle(tree) == 0
+    assert sorted(tree.archived()) == ["f.csv"] and list(tree.failed_files()) == []
+    (day,) = [p.name for p in dups.iterdir()]
+    assert [p.name for p in (dups / day).iterdir()] == ["f-again.csv"]
+    assert _loaded(tree) == [(12,)]
+    ids = _ids(tree)
+    (item,) = cli_json(tree, "history", "f-again.csv", schema="history")["items"]
+    assert item["state"] == "archived" and item["where"] == f"duplicates/{day}/f-again.csv"
+    logged = [json.loads(line) for line in (tree.root / "daemon.log").read_text().splitlines()]
+    (end,) = [e for e in logged if e.get("event") == "file.archived" and e["item"] == item["item"]]
+    assert end["to"] == f"../duplicates/{day}/f-again.csv"  # relative to archive/, as ever
+    from dropline.messages import describe
+
+    assert describe("file.archived", end).startswith(
+        f"archived f-again.csv to duplicates/{day}/f-again.csv"
+    )
+    # Not a duplicate after all: replayed from its folder (which keeps it), it runs.
+    doc = cli_json(tree, "replay", ids["f-again.csv"], schema="replay")
+    assert doc["replayed"] == 1
+    assert run_until_idle(tree) == 0
+    assert _loaded(tree) == [(12,), (12,)]
+    assert sorted(tree.archived()) == ["f-again.csv", "f.csv"]  # the replay ran: archive/
+    assert (dups / day / "f-again.csv").exists()
+    # Retention deletes there too, and empty date folders there once past.
+    db = sqlite3.connect(tree.state_db)
+    with db:
+        db.execute("UPDATE items SET finished_at = finished_at - 3 * 86400")
+    db.close()
+    (dups / "2020-01-01").mkdir()
+    done = cli_json(tree, "prune", "--older-than", "1d", schema="prune")
+    assert done["archived"] == 3 and done["date_folders_removed"] >= 1
+    assert [p.name for p in dups.iterdir()] == [day]
+    assert list((dups / day).iterdir()) == [] and tree.archived() == {}
+
+
+def test_a_crash_before_the_move_to_the_duplicates_folder_ends_it_there(tree: Tree) -> None:
+    tree.write_config(_to_folder(tree, "dups"))
+    _drop(tree, "g.csv", "order_id\n13\n")
+    assert run_until_idle(tree) == 0
+    _drop(tree, "g-again.csv", "order_id\n13\n")
+    crash_run(tree, "finish.intent_committed")  # recorded "finishing" to dups/, not moved
+    assert run_until_idle(tree) == 0
+    assert sorted(p.name for p in (tree.data / "dups").rglob("*.csv")) == ["g-again.csv"]
+    assert sorted(tree.archived()) == ["g.csv"] and _loaded(tree) == [(13,)]
+
+
+@pytest.mark.parametrize("folder", ["working", "incoming", ".hidden", "a/b", "../etc", ""])
+def test_duplicates_to_names_a_folder_of_the_data_folder(tree: Tree, folder: str) -> None:
+    tree.write_config(_to_folder(tree, json.dumps(folder)))
+    result = run_cli("check", "--config", str(tree.config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "duplicates_to" in result.stderr and '"archive", "failed", or the name' in result.stderr
+
+
+def test_a_symlink_where_the_duplicates_folder_goes_is_refused(tree: Tree) -> None:
+    target = tree.root / "elsewhere"
+    target.mkdir()
+    (tree.data / "dups").symlink_to(target)
+    tree.write_config(_to_folder(tree, "dups"))
+    result = run_cli("check", "--config", str(tree.config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = tree.config.read_text().splitlines().index("    duplicates_to: dups") + 1
+    assert f"dropline.yaml:{line}:" in result.stderr and "is a symbolic link" in result.stderr
+    assert "pipelines[0].duplicates_to" in result.stderr

@@ -16,6 +16,7 @@ print(uuid.uuid5(uuid.UUID('a3a108f1-3ff2-4b57-af60-ac4ae59338e5'),
 from __future__ import annotations
 
 import functools
+import posixpath
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,14 +51,16 @@ def _file_failed(f: Mapping[str, Any]) -> str:
 _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "file.claimed": "claimed {file} ({size} bytes) for pipeline {pipeline}",
     "file.archived": lambda f: (
-        f"archived {f['file']} to archive/{f['to']} (pipeline {f['pipeline']})"
+        # "to" is relative to archive/; "../duplicates/..." is the folder named for duplicates
+        f"archived {f['file']} to {posixpath.normpath('archive/' + str(f['to']))} "
+        f"(pipeline {f['pipeline']})"
     ),
     "file.failed": _file_failed,
     "file.vanished": "{file} vanished: no longer where dropline left it",
     "file.busy": "{file} is still being written; put back",
     "file.requeued": "retrying {file} (pipeline {pipeline})",
     "marker.orphaned": "marker {file} has no file {waits_for} beside it after {seconds} s",
-    "file.duplicate": "{file} is a duplicate of item {first} (pipeline {pipeline}): archived unrun",
+    "file.duplicate": "{file} is a duplicate of item {first} (pipeline {pipeline}): ended unrun",
     "file.replayed": "replaying {file} from archive/ as a new item (pipeline {pipeline})",
     "stage.started": "stage {stage} started on {file} (attempt {attempt})",
     "stage.succeeded": "stage {stage} succeeded on {file} in {seconds} s",

@@ -22,6 +22,7 @@ from typing import Any
 from .. import console as c
 from ..errors import NotFoundError
 from ..escaping import unescape_text
+from ..spool import end_folder
 from ..state import AttemptView, ItemQuery, ItemView, StateReader
 
 _ITEM_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -91,9 +92,7 @@ def _filters_said(filters: ItemQuery) -> str:
 def _where(item: ItemView) -> str | None:
     if not item.final_name or item.state not in ("archived", "failed", "finishing"):
         return None
-    base = "failed" if item.outcome == "failed" else "archive"
-    parts = [base, item.final_dir or "", c.name(item.final_name)]
-    return "/".join(p for p in parts if p)
+    return f"{end_folder(item.outcome, item.final_dir)}/{c.name(item.final_name)}"
 
 
 def _took(a: AttemptView) -> float | None:

@@ -31,7 +31,8 @@ def run(config: Config, older_than: float, dry_run: bool, include_failed: bool) 
                 config.data_dir, max_file_size=config.max_file_size, layout=config.archive_layout
             )
             try:
-                report = prune(Pruning(db), spool, before, include_failed, now)
+                outside = tuple(config.end_folders)  # the folders named for duplicates
+                report = prune(Pruning(db), spool, before, include_failed, now, outside)
             finally:
                 spool.close()
     finally:

@@ -151,6 +151,27 @@ class MarkerTemplate:
         return template
 
 
+_END_FOLDER = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+# The spool's own folders: a duplicate never ends among the files still to run.
+_NOT_AN_END = ("incoming", "working")
+
+
+class EndFolder:
+    """Where a skipped duplicate ends: "archive", "failed", or a folder of the data
+    folder the operator names (made beside archive/ if missing: spool/ends.py)."""
+
+    def __call__(self, value: object, at: Loc) -> str:
+        expected = (
+            '"archive", "failed", or the name of a folder in the data folder such as '
+            '"duplicates" (1 to 64 letters, digits, ".", "_" and "-", not starting with '
+            '"."; not incoming or working)'
+        )
+        name = text(value, at, expected)
+        if not _END_FOLDER.fullmatch(name) or name in _NOT_AN_END:
+            raise at.error(f"expected {expected}, got {describe(name)}")
+        return name
+
+
 _LISTEN_RULE = (
     'an address "host:port" such as "127.0.0.1:9464", "localhost:9464" or "[::1]:9464" '
     "(host an IP address or localhost, IPv6 in brackets; port 1 to 65535)"

@@ -15,7 +15,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .formats import Argv, Globs, Listen, MarkerTemplate, PythonRef, Textfile
+from .formats import Argv, EndFolder, Globs, Listen, MarkerTemplate, PythonRef, Textfile
 from .keys import (
     AtLeastOne,
     ExactlyOne,
@@ -163,12 +163,14 @@ class PipelineConfig:
     # Its share of the workers while other pipelines have files ready too (loop/ready.py).
     priority: int = key(IntRange(1, 100), default=1)
     # A file whose content (SHA-256) an earlier file of the pipeline had within the
-    # window: run like any other (process), or archived unrun (skip: loop/duplicates.py).
+    # window: run like any other (process), or ended unrun (skip: loop/duplicates.py).
     duplicates: str = key(Choice(("process", "skip")), default="process")
     duplicate_window: float = key(Duration(positive=True), default=30 * 86400.0)
-    # Where a skipped duplicate ends: archive/ (done, nothing to do) or failed/ (for
-    # someone to look at, with its reason beside it).
-    duplicates_to: str = key(Choice(("archive", "failed")), default="archive")
+    # Where a skipped duplicate ends: archive/ (done, nothing to do), failed/ (for
+    # someone to look at, with its reason beside it), or a folder of the data folder
+    # named here (apart from the files that ran, laid out as archive/ is).
+    duplicates_to: str = key(EndFolder(), default="archive")
+    duplicates_to_line: int = derived("line_of", "duplicates_to")
     # A file is claimed only once this marker is beside it (Camel's done file), and
     # the marker goes with it; "" : no marker (spool/markers.py).
     ready_marker: str = key(MarkerTemplate(), default="")
@@ -285,3 +287,13 @@ class Config:
     @property
     def failed(self) -> Path:
         return self.data_dir / "failed"
+
+    @property
+    def end_folders(self) -> dict[str, PipelineConfig]:
+        """The folders of the data folder that pipelines name for their duplicates
+        (``duplicates_to``), each with the first pipeline naming it."""
+        found: dict[str, PipelineConfig] = {}
+        for p in self.pipelines:
+            if p.duplicates_to not in ("archive", "failed"):
+                found.setdefault(p.duplicates_to, p)
+        return found

@@ -30,7 +30,7 @@ from typing import Any
 from ..crashpoints import crashpoint
 from ..errors import DiskFullError
 from ..escaping import escape_text
-from ..spool import Spool
+from ..spool import Spool, outside_of
 from ..spool.mover import FinishMove, Ticket
 from ..stamps import iso
 from ..state import ItemLog
@@ -53,6 +53,9 @@ class Finish:
     created_at: float = 0.0
     final_dir: str = ""
     final_name: bytes = b""
+    # An archived file ends in this folder of the data folder instead of archive/
+    # (a duplicate's ``duplicates_to``); "" : archive/ or failed/ by its outcome.
+    outside: str = ""
     state: str = field(default="", init=False)  # how it ended: archived, failed, vanished
     # ("" when a full disk stopped it: still "finishing", tried again later)
 
@@ -93,7 +96,7 @@ def _move_to_end(
             spool.ends.remove_error(f.final_name)
         taken_names.add((f.final_dir, f.final_name))
         f.final_dir, f.final_name = spool.ends.choose_destination(
-            f.outcome, f.name, f.item_id, day, taken_names
+            f.outcome, f.name, f.item_id, day, taken_names, f.outside or outside_of(f.final_dir)
         )
         with items.db.transaction():
             items.mark_finishing_many(
@@ -142,7 +145,7 @@ def plan_finish(spool: Spool, finishes: list[Finish], now: float) -> FinishBatch
     taken: set[tuple[str, bytes]] = set()
     for f in batch.fresh:
         f.final_dir, f.final_name = spool.ends.choose_destination(
-            f.outcome, f.name, f.item_id, batch.day, taken
+            f.outcome, f.name, f.item_id, batch.day, taken, f.outside
         )
         taken.add((f.final_dir, f.final_name))
     return batch

@@ -29,7 +29,7 @@ from ..errors import DiskFullError
 from ..escaping import escape_text
 from ..ids import new_item_id
 from ..pipeline import Pipeline, Routes
-from ..spool import WORKING_TEMP_PREFIX, Spool, free_working_name
+from ..spool import WORKING_TEMP_PREFIX, Spool, end_folder, free_working_name
 from ..stages import DATA_PATH, FAILURE
 from ..state import ItemLog, ItemRow, ReplayRows
 from .claim import Claimed
@@ -69,9 +69,9 @@ class ReplayResult:
 
 
 def archived_at(row: ItemRow) -> str:
-    """Where the item ended in archive/, for messages: "archive/2026-12-06/a.csv"."""
-    folder = f"{row.final_dir}/" if row.final_dir else ""
-    return f"archive/{folder}{escape_text(row.final_name or b'')}"
+    """Where the item ended in archive/, for messages: "archive/2026-12-06/a.csv"
+    (or in the folder named for duplicates: "duplicates/2026-12-06/a.csv")."""
+    return f"{end_folder('archived', row.final_dir)}/{escape_text(row.final_name or b'')}"
 
 
 def plan(

@@ -64,9 +64,15 @@ def plan(pruning: Pruning, before: float, include_failed: bool) -> PruneReport:
 
 
 def prune(
-    pruning: Pruning, spool: Spool, before: float, include_failed: bool, now: float
+    pruning: Pruning,
+    spool: Spool,
+    before: float,
+    include_failed: bool,
+    now: float,
+    outside: tuple[str, ...] = (),
 ) -> PruneReport:
-    """Delete files finished before BEFORE, with their rows; see the module docstring."""
+    """Delete files finished before BEFORE, with their rows; see the module docstring.
+    OUTSIDE: the folders named for duplicates (their empty date folders go too)."""
     report = PruneReport()
     states = targets(include_failed)
     # Rows left "pruning" by an interrupted run first, then batch after batch.
@@ -81,7 +87,7 @@ def prune(
     with pruning.db.transaction():
         report.requests = pruning.delete_old_requests(before)
     day = time.strftime("%Y-%m-%d", time.localtime(min(before, now - 2 * 86400)))
-    report.days_removed = len(spool.ends.remove_empty_days(day))
+    report.days_removed = len(spool.ends.remove_empty_days(day, outside))
     spool.sync()
     pruning.db.checkpoint()
     return report

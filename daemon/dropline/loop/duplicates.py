@@ -3,7 +3,8 @@
 Judged in the transaction that records the first stage's start
 (``Attempts.start``'s screen), by the SHA-256 taken at the claim: a file
 whose content an earlier file of the pipeline had within
-``duplicate_window`` does not run; it ends in archive/ unprocessed, its
+``duplicate_window`` does not run; it ends unprocessed (``duplicates_to``:
+archive/, failed/ or a folder of the data folder named for them), its
 history pointing to that earlier item (an event "duplicate"), and
 ``file.duplicate`` is logged.  An earlier file still on its way makes it
 wait (if that one fails, this one runs: a file sent again after a failure

@@ -44,7 +44,9 @@ class FlowControl:
     def _job_for(self, item_id: str) -> Job | None:
         raise NotImplementedError
 
-    def _finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
+    def _finish(
+        self, item: Item, outcome: str, reason: str, stage: str | None, outside: str = ""
+    ) -> None:
         raise NotImplementedError
 
     def _still_held_open(self, item: Item) -> bool:
@@ -127,9 +129,10 @@ class FlowControl:
                 continue  # a writer still at it: looked at again (and judged) later
             self.ctx.events.duplicate(item, first)
             pipeline = self.ctx.routes.get(item.pipeline)
-            to_failed = pipeline is not None and pipeline.config.duplicates_to == "failed"
-            outcome = "failed" if to_failed else "archived"
-            self._finish(item, outcome, f"duplicate of {first}", None)
+            to = pipeline.config.duplicates_to if pipeline is not None else "archive"
+            outcome = "failed" if to == "failed" else "archived"
+            outside = "" if to in ("archive", "failed") else to  # a folder of its own
+            self._finish(item, outcome, f"duplicate of {first}", None, outside)
         for item_id in found.waiting:
             item = self.items[item_id]
             item.next_at = now + DUPLICATE_WAIT

@@ -403,7 +403,9 @@ class Scheduler(FlowControl):
         stage = failure.get("stage")
         self._finish(item, "failed", str(failure.get("reason")), stage or None)
 
-    def _finish(self, item: Item, outcome: str, reason: str, stage: str | None) -> None:
+    def _finish(
+        self, item: Item, outcome: str, reason: str, stage: str | None, outside: str = ""
+    ) -> None:
         self.finishes.append(
             Finish(
                 item_id=item.id,
@@ -416,5 +418,6 @@ class Scheduler(FlowControl):
                 attempts=item.attempt,
                 sha256=item.sha256,
                 created_at=item.created_at,
+                outside=outside,
             )
         )

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     )
     from .folders import Spool
     from .incoming import FolderWalk
-    from .names import WORKING_TEMP_PREFIX, fit_name, free_working_name, split_name
+    from .names import (
+        WORKING_TEMP_PREFIX,
+        end_folder,
+        fit_name,
+        free_working_name,
+        outside_of,
+        split_name,
+    )
 
 _MODULE_OF = {
     "MAX_FOLDER_DEPTH": "dirs",
@@ -48,8 +55,10 @@ _MODULE_OF = {
     "Spool": "folders",
     "FolderWalk": "incoming",
     "WORKING_TEMP_PREFIX": "names",
+    "end_folder": "names",
     "fit_name": "names",
     "free_working_name": "names",
+    "outside_of": "names",
     "split_name": "names",
 }
 
@@ -68,10 +77,12 @@ __all__ = [
     "Settings",
     "Spool",
     "classify",
+    "end_folder",
     "fit_name",
     "free_working_name",
     "fsync_dir",
     "open_folder",
+    "outside_of",
     "rename_noreplace",
     "split_name",
 ]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FatalIOError
 from .durable import DIR_FLAGS, exists, fsync_dir, io_error, open_folder
-from .names import split_name
+from .names import OUTSIDE, split_name
 
 if TYPE_CHECKING:
     from ..lease import LeaseProbe
@@ -51,6 +51,7 @@ class Dirs:
         self._roots: dict[str, int] = {}
         self._dirty: dict[int, str] = {}
         self._days: dict[str, int] = {}
+        self._outside: dict[str, int] = {}  # the folders named for duplicates, by name
         # Folders under archive/, failed/ or incoming/ that a move touched (a file
         # dropped in a sub-folder keeps its place): open until sync() fsynced them.
         self._subs: dict[tuple[int, bytes], int] = {}
@@ -74,10 +75,12 @@ class Dirs:
         self.failed = self._roots["failed"]
 
     def close(self) -> None:
-        for fd in [*self._roots.values(), *self._days.values(), *self._subs.values()]:
+        fds = [*self._roots.values(), *self._outside.values(), *self._days.values()]
+        for fd in [*fds, *self._subs.values()]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._roots.clear()
+        self._outside.clear()
         self._days.clear()
         self._subs.clear()
 
@@ -98,7 +101,10 @@ class Dirs:
     def label(self, root_fd: int, name: bytes) -> str:
         """The folder of NAME for messages: "failed", "archive/2026-12-06/batch", ..."""
         root = next((k for k, v in self._roots.items() if v == root_fd), "")
-        root = root or "archive/" + next((k for k, v in self._days.items() if v == root_fd), "")
+        root = root or next((k for k, v in self._outside.items() if v == root_fd), "")
+        if not root:
+            day = next((k for k, v in self._days.items() if v == root_fd), "")
+            root = day.removeprefix(OUTSIDE) if day.startswith(OUTSIDE) else "archive/" + day
         folder = split_name(name)[0]
         return f"{root}/{os.fsdecode(folder)}" if folder else root
 
@@ -124,27 +130,23 @@ class Dirs:
         return dev
 
     def archive_dir(self, subdir: str, *, create: bool) -> int | None:
-        """archive/ or its folder SUBDIR (a day), made if CREATE; None if it is not there."""
+        """archive/ or its folder SUBDIR (a day), made if CREATE; None if it is not
+        there.  SUBDIR "../NAME[/DAY]": the folder NAME of the data folder (OUTSIDE)."""
         if not subdir:
             return self.archive
         fd = self._days.get(subdir)
         if fd is not None:
             return fd
-        try:
-            fd = os.open(subdir, DIR_FLAGS, dir_fd=self.archive)
-        except FileNotFoundError:
-            if not create:
-                return None
-            try:
-                os.mkdir(subdir, 0o750, dir_fd=self.archive)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise io_error(f"cannot create archive/{subdir}", exc) from exc
-            # Durable at once (once a day): a file copied in from another
-            # filesystem has its source removed before the batch's sync.
-            fsync_dir(self.archive, "archive/")
-            fd = os.open(subdir, DIR_FLAGS, dir_fd=self.archive)
+        parent, parent_label, day = self.archive, "archive/", subdir
+        if subdir.startswith(OUTSIDE):
+            name, _, day = subdir.removeprefix(OUTSIDE).partition("/")
+            found = self.outside(name, create=create)
+            if found is None or not day:
+                return found
+            parent, parent_label = found, name + "/"
+        fd = self._open_made(parent, day, parent_label, create)
+        if fd is None:
+            return None
         # Keep a few day folders open; old days are closed as new ones come.
         # A folder still waiting for its fsync stays open.
         for old in sorted(self._days)[:-3]:
@@ -154,6 +156,37 @@ class Dirs:
                 os.close(old_fd)
         self._days[subdir] = fd
         return fd
+
+    def outside(self, name: str, *, create: bool) -> int | None:
+        """The folder NAME of the data folder (named for duplicates), made if CREATE."""
+        fd = self._outside.get(name)
+        if fd is None:
+            fd = self._open_made(self._roots["data"], name, "the data folder", create)
+            if fd is not None:
+                self._outside[name] = fd
+        return fd
+
+    def _open_made(self, parent: int, name: str, parent_label: str, create: bool) -> int | None:
+        """Open the folder PARENT/NAME (never a symbolic link), made durably if
+        CREATE; None if it is not there."""
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                return None
+        try:
+            os.mkdir(name, 0o750, dir_fd=parent)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise io_error(f"cannot create {name} in {parent_label}", exc) from exc
+        # Durable at once (once a day): a file copied in from another
+        # filesystem has its source removed before the batch's sync.
+        fsync_dir(parent, parent_label)
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise io_error(f"cannot open {name} in {parent_label}", exc) from exc
 
     def forget_day(self, day: str) -> None:
         """Close the day folder DAY if it is open (it is about to be removed)."""

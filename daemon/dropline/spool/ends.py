@@ -1,4 +1,4 @@
-"""The spool's ends: archive/[DAY/] and failed/.
+"""The spool's ends: archive/[DAY/], failed/, and the folders named for duplicates.
 
 Choosing a free name there, moving a file from working/ to its end (a rename,
 or a copy when the end is on another filesystem), the reason written beside a
@@ -33,7 +33,7 @@ from .durable import (
     write_atomic,
 )
 from .entries import Entry, Refusal, entry_in
-from .names import ERROR_SUFFIX, name_candidates, split_name
+from .names import ERROR_SUFFIX, OUTSIDE, name_candidates, split_name
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -48,12 +48,22 @@ class Ends:
     # --- the destination -----------------------------------------------------
 
     def choose_destination(
-        self, outcome: str, name: bytes, item_id: str, day: str, taken: set[tuple[str, bytes]]
+        self,
+        outcome: str,
+        name: bytes,
+        item_id: str,
+        day: str,
+        taken: set[tuple[str, bytes]],
+        outside: str = "",
     ) -> tuple[str, bytes]:
-        """A free (subdir, name) under archive/ or failed/ for this file; never a taken one."""
+        """A free (subdir, name) under archive/ or failed/ for this file; never a taken
+        one.  OUTSIDE: an archived file ends in that folder of the data folder instead
+        (a duplicate's ``duplicates_to``), laid out as archive/ is."""
         failed = self._dirs.failed
         if outcome == "archived":
             subdir, reserve = (day if self._settings.layout == "daily" else ""), 0
+            if outside:
+                subdir = f"{OUTSIDE}{outside}/{subdir}" if subdir else OUTSIDE + outside
         else:
             subdir, reserve = "", len(ERROR_SUFFIX)
         for candidate in name_candidates(name, item_id, reserve):
@@ -85,9 +95,10 @@ class Ends:
 
     def rename_folder(self, outcome: str, subdir: str) -> str | None:
         """The destination folder as the mover names it ("failed", "archive",
-        "archive/DAY"), created if need be; None if it is on another filesystem
-        than working/ (a move there is a copy: ``finish`` does it)."""
-        if not self._beside_working(self._end_dir(outcome, subdir)):
+        "archive/DAY"), created if need be; None if the mover cannot rename the file
+        there (``finish`` moves it): a folder on another filesystem than working/
+        (a copy), or outside archive/ (the mover has archive/ and failed/ only)."""
+        if subdir.startswith(OUTSIDE) or not self._beside_working(self._end_dir(outcome, subdir)):
             return None
         if outcome == "failed":
             return "failed"
@@ -310,22 +321,26 @@ class Ends:
             self._dirs.mark(dir_fd, f"{outcome}/{subdir}")
         return freed
 
-    def remove_empty_days(self, before: str) -> list[str]:
-        """rmdir the empty date folders of archive/ older than BEFORE (YYYY-MM-DD)."""
-        archive = self._dirs.archive
+    def remove_empty_days(self, before: str, outside: tuple[str, ...] = ()) -> list[str]:
+        """rmdir the empty date folders older than BEFORE (YYYY-MM-DD) of archive/ and
+        of the folders OUTSIDE it that pipelines name for duplicates."""
         removed = []
-        fd = os.dup(archive)
-        try:
-            with os.scandir(fd) as it:
-                days = [e.name for e in it if _DAY.fullmatch(e.name) and e.name < before]
-        finally:
-            os.close(fd)
-        for day in sorted(days):
-            self._dirs.forget_day(day)
-            # With the empty folders that files dropped in folders kept (days are
-            # past: nothing moves into them any more).
-            if not remove_if_empty(archive, day.encode(), 0.0, time.time(), 0):
-                continue  # not empty (or not a folder): kept
-            removed.append(day)
-            self._dirs.mark(archive, "archive")
+        for name in ("", *outside):
+            parent = self._dirs.outside(name, create=False) if name else self._dirs.archive
+            if parent is None:
+                continue
+            fd = os.dup(parent)
+            try:
+                with os.scandir(fd) as it:
+                    days = [e.name for e in it if _DAY.fullmatch(e.name) and e.name < before]
+            finally:
+                os.close(fd)
+            for day in sorted(days):
+                self._dirs.forget_day(f"{OUTSIDE}{name}/{day}" if name else day)
+                # With the empty folders that files dropped in folders kept (days are
+                # past: nothing moves into them any more).
+                if not remove_if_empty(parent, day.encode(), 0.0, time.time(), 0):
+                    continue  # not empty (or not a folder): kept
+                removed.append(f"{name}/{day}" if name else day)
+                self._dirs.mark(parent, name or "archive")
         return removed

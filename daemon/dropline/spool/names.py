@@ -11,6 +11,12 @@ from collections.abc import Iterator
 from .durable import NAME_MAX
 
 ERROR_SUFFIX = b".error.json"  # failed/NAME's reason beside it
+# A file that ends outside archive/, in a folder of the data folder that the
+# operator named (a skipped duplicate's ``duplicates_to``), has an archive folder
+# that climbs out of archive/: "../NAME" or "../NAME/DAY".  So the log's ``to``,
+# relative to archive/, stays true; the spool opens it from the data folder, one
+# folder at a time, never through "..".
+OUTSIDE = "../"
 # Temporaries a stage writes in working/ before renaming them over its file
 # (transform with archive: transformed); never a dropped file.
 WORKING_TEMP_PREFIX = b".dropline-tmp-"
@@ -58,3 +64,20 @@ def name_candidates(name: bytes, item_id: str, reserve: int) -> Iterator[bytes]:
     yield prefix + fit_name(base, item_id, reserve)
     for n in range(1, 100):
         yield prefix + fit_name(base, f"{item_id}-{n}", reserve)
+
+
+def outside_of(final_dir: str) -> str:
+    """The folder of the data folder that FINAL_DIR is in ("" : archive/ or failed/)."""
+    if not final_dir.startswith(OUTSIDE):
+        return ""
+    return final_dir.removeprefix(OUTSIDE).partition("/")[0]
+
+
+def end_folder(outcome: str | None, final_dir: str | None) -> str:
+    """The folder a file ended in, from the data folder: "failed", "archive",
+    "archive/2026-12-06", "duplicates/2026-12-06"."""
+    if outcome == "failed":
+        return "failed"
+    if final_dir and final_dir.startswith(OUTSIDE):
+        return final_dir.removeprefix(OUTSIDE)
+    return f"archive/{final_dir}" if final_dir else "archive"

@@ -39,7 +39,7 @@ class ItemRow:
     metadata: dict[str, Any]
     outcome: str | None
     reason: str | None
-    final_dir: str | None
+    final_dir: str | None  # under archive/: "", a day, or "../NAME[/DAY]" (spool/names.py)
     final_name: bytes | None
     created_at: float
     ctime_ns: int | None
