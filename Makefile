@@ -79,18 +79,32 @@ lock:
 
 # The unit tests (not the booted-systemd tier) in an environment of the NEWEST
 # versions that pyproject.toml allows, made anew each time: an upstream release
-# that breaks dropline fails here before a lock that takes it is written.
+# that breaks dropline fails here before a lock that takes it is written.  When the
+# newest versions are, every one, those of the lock that make test's environment
+# holds, make test has run these very tests against them: they are not run twice
+# (the versions are printed either way, and those that differ when they do).
 NEWEST_VENV := .venv-newest
 test-newest: postgresql-server writer-tools
 	rm -rf $(NEWEST_VENV)
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	@$(NEWEST_VENV)/bin/python -m pip list --format=freeze --exclude-editable \
+	  > $(NEWEST_VENV)/versions.txt 2>/dev/null
 	@echo "test-newest: the versions under test:"
-	@$(NEWEST_VENV)/bin/python -m pip list --format=freeze --exclude-editable | sed 's/^/  /'
-	$(NEWEST_VENV)/bin/mypy
-	$(NEWEST_VENV)/bin/$(COMPILE)
-	$(NEWEST_VENV)/bin/python -m pytest --ignore=tests/e2e --durations=15
+	@sed 's/^/  /' $(NEWEST_VENV)/versions.txt
+	@if [ -x $(BIN)/python ] && [ -f $(VENV)/.test ] && $(BIN)/python -m pip list --format=freeze \
+	    --exclude-editable 2>/dev/null | cmp -s - $(NEWEST_VENV)/versions.txt; then \
+	  echo "test-newest: every newest version is the locked one ($$(cat $(VENV)/.lock)) that"; \
+	  echo "  make test's environment holds: make test ran these tests against them already"; \
+	else \
+	  echo "test-newest: newer than the lock ($(LOCK_TEST)):"; \
+	  { [ -x $(BIN)/python ] && $(BIN)/python -m pip list --format=freeze --exclude-editable \
+	      2>/dev/null || true; } | diff - $(NEWEST_VENV)/versions.txt | sed -n 's/^> /  /p'; \
+	  $(NEWEST_VENV)/bin/mypy && \
+	  $(NEWEST_VENV)/bin/$(COMPILE) && \
+	  $(NEWEST_VENV)/bin/python -m pytest --ignore=tests/e2e --durations=15; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check daemon tests config/pipelines
