@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 import pytest
+
+from dropline.loop.duplicates import WAIT
 
 from .harness import Tree, cli_json, crash_run, run_cli, run_until_idle
 
@@ -83,6 +87,18 @@ def test_twins_dropped_together_run_once(tree: Tree) -> None:
     assert _loaded(tree) == [(7,)]
     reasons = [r for (r,) in tree.query("SELECT reason FROM items ORDER BY created_at")]
     assert sum(1 for r in reasons if r and r.startswith("duplicate of ")) == 2
+    # Judged as the first ended, not at the next look WAIT later.
+    logged = [json.loads(line) for line in (tree.root / "daemon.log").read_text().splitlines()]
+    at = {
+        (e["event"], e["file"]): datetime.fromisoformat(e["timestamp"])
+        for e in logged
+        if e.get("event") in ("file.archived", "file.duplicate")
+    }
+    ran = next(e["file"] for e in logged if e.get("event") == "stage.succeeded")
+    judged = [t for (event, _), t in at.items() if event == "file.duplicate"]
+    assert len(judged) == 2
+    waited = max(judged) - at[("file.archived", ran)]
+    assert waited.total_seconds() < WAIT - 1, waited
 
 
 def test_a_file_sent_again_after_a_failure_runs(tree: Tree) -> None:
@@ -150,14 +166,14 @@ def _to_folder(tree: Tree, folder: str) -> str:
 
 
 def test_duplicates_can_end_in_a_folder_of_their_own(tree: Tree) -> None:
-    """duplicates_to: NAME: the folder NAME of the data folder (made at start), laid out
+    """duplicates_to: NAME: the folder NAME of the data folder (made when needed), laid out
     as archive/ is; history, the log and the journal's sentence say where; a replay
     copies from there and prune deletes there, and its empty past date folders."""
     tree.write_config(_to_folder(tree, "duplicates"), archive_layout="daily")
     _drop(tree, "f.csv", "order_id\n12\n")
     assert run_until_idle(tree) == 0
     dups = tree.data / "duplicates"
-    assert dups.is_dir()  # made at start, before any duplicate
+    assert not dups.exists()  # made by the daemon at the first duplicate, as its user
     _drop(tree, "f-again.csv", "order_id\n12\n")
     assert run_until_idle(tree) == 0
     assert sorted(tree.archived()) == ["f.csv"] and list(tree.failed_files()) == []
@@ -203,6 +219,71 @@ def test_a_crash_before_the_move_to_the_duplicates_folder_ends_it_there(tree: Tr
     assert run_until_idle(tree) == 0
     assert sorted(p.name for p in (tree.data / "dups").rglob("*.csv")) == ["g-again.csv"]
     assert sorted(tree.archived()) == ["g.csv"] and _loaded(tree) == [(13,)]
+
+
+def test_the_duplicates_folder_emptied_or_renamed_while_running(
+    tree: Tree, start_daemon: Any
+) -> None:
+    """An operator clears out the duplicates looked at (rm -r, mv) while the daemon
+    runs: the next one ends in the folder named, made again; so does a file archived
+    after today's archive/ folder was removed.  None is taken for vanished."""
+    tree.write_config(_to_folder(tree, "dups"), archive_layout="daily")
+    daemon = start_daemon()
+    dups = tree.data / "dups"
+
+    def dropped(name: str, text: str) -> str:
+        _drop(tree, name, text)
+        return str(daemon.wait_event("file.archived", file=name)["to"])
+
+    first = dropped("h.csv", "order_id\n14\n")
+    day = first.split("/")[0]
+    assert dropped("h1.csv", "order_id\n14\n") == f"../dups/{day}/h1.csv"
+    shutil.rmtree(dups / day)  # its day emptied away
+    assert dropped("h2.csv", "order_id\n14\n") == f"../dups/{day}/h2.csv"
+    shutil.rmtree(dups)  # the whole folder
+    assert dropped("h3.csv", "order_id\n14\n") == f"../dups/{day}/h3.csv"
+    os.rename(dups, tree.data / "dups.reviewed")
+    assert dropped("h4.csv", "order_id\n14\n") == f"../dups/{day}/h4.csv"
+    shutil.rmtree(tree.archive / day)  # archive/ emptied of today by hand
+    assert dropped("i.csv", "order_id\n15\n") == f"{day}/i.csv"
+    assert [p.name for p in (dups / day).iterdir()] == ["h4.csv"]
+    assert [p.name for p in (tree.archive / day).iterdir()] == ["i.csv"]
+    assert list(tree.working.iterdir()) == [] and not daemon.find("file.vanished")
+    assert _loaded(tree) == [(14,), (15,)]
+
+
+def test_a_reload_naming_a_folder_others_may_write_is_refused(
+    tree: Tree, start_daemon: Any
+) -> None:
+    tree.write_config(_pipelines(tree))
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    shared = tree.data / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    tree.write_config(_to_folder(tree, "shared"))
+    result = run_cli("reload", "--config", str(tree.config))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{shared} is writable by its group and writable by everyone" in result.stderr
+    daemon.wait_event("config.rejected")
+
+
+def test_prune_meets_a_symlink_put_where_the_folder_was(tree: Tree) -> None:
+    tree.write_config(_to_folder(tree, "dups"))
+    _drop(tree, "j.csv", "order_id\n16\n")
+    _drop(tree, "j1.csv", "order_id\n16\n")
+    assert run_until_idle(tree) == 0
+    elsewhere = tree.root / "elsewhere"
+    os.rename(tree.data / "dups", elsewhere)
+    (tree.data / "dups").symlink_to(elsewhere)
+    db = sqlite3.connect(tree.state_db)
+    with db:
+        db.execute("UPDATE items SET finished_at = finished_at - 3 * 86400")
+    db.close()
+    result = run_cli("prune", "--older-than", "1d", "--config", str(tree.config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot open dups in the data folder" in result.stderr
+    assert [p.name for p in elsewhere.iterdir()] == ["j1.csv"]  # never followed
 
 
 @pytest.mark.parametrize("folder", ["working", "incoming", ".hidden", "a/b", "../etc", ""])

@@ -61,7 +61,7 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "file.requeued": "retrying {file} (pipeline {pipeline})",
     "marker.orphaned": "marker {file} has no file {waits_for} beside it after {seconds} s",
     "file.duplicate": "{file} is a duplicate of item {first} (pipeline {pipeline}): ended unrun",
-    "file.replayed": "replaying {file} from archive/ as a new item (pipeline {pipeline})",
+    "file.replayed": "replaying {file} as a new item of pipeline {pipeline}",
     "stage.started": "stage {stage} started on {file} (attempt {attempt})",
     "stage.succeeded": "stage {stage} succeeded on {file} in {seconds} s",
     "stage.retrying": "stage {stage} failed on {file} (attempt {attempt} of {of}), "

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from ..errors import ConfigError, HostError
-from .model import Config, MetricsConfig, PipelineConfig
+from .model import Config, MetricsConfig
 
 SPOOL_DIRS: tuple[str, ...] = ("incoming", "working", "archive", "failed")
 
@@ -62,7 +62,7 @@ def check_paths(config: Config) -> None:
             raise fail(
                 "data_dir", f"{folder} is not writable; expected a directory dropline can write to"
             )
-    _make_end_folders(config)
+    _check_end_folders(config)
 
     state_db = config.state_db
     parent = state_db.parent
@@ -89,32 +89,27 @@ def check_paths(config: Config) -> None:
         _check_textfile(config, config.metrics)
 
 
-def _make_end_folders(config: Config) -> None:
-    """The folders pipelines name for their duplicates (``duplicates_to``): made
-    beside archive/ if missing, as archive/ is; never a symbolic link."""
+def _check_end_folders(config: Config) -> None:
+    """The folders pipelines name for their duplicates (``duplicates_to``): a real
+    folder if there; made by the daemon at the first duplicate otherwise (as its
+    user, durably: spool/dirs.py), never here, where a command run as root would
+    make it root's."""
     for name, pipeline in config.end_folders.items():
         folder = config.data_dir / name
-
-        def fail(message: str, pipeline: PipelineConfig = pipeline) -> ConfigError:
-            return ConfigError(
-                message,
+        problem = ""
+        if folder.is_symlink():
+            problem = "is a symbolic link; expected a real folder (never followed)"
+        elif folder.exists() and not folder.is_dir():
+            problem = "is not a directory; expected a folder for the duplicates"
+        elif folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            problem = "is not writable; expected a directory dropline can write to"
+        if problem:
+            raise ConfigError(
+                f"{folder} {problem}",
                 file=str(config.path),
                 line=pipeline.duplicates_to_line,
                 key=f"pipelines[{config.pipelines.index(pipeline)}].duplicates_to",
             )
-
-        try:
-            folder.mkdir(mode=0o755)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise fail(f"cannot create {folder}: {exc.strerror}") from None
-        if folder.is_symlink():
-            raise fail(f"{folder} is a symbolic link; expected a real folder (never followed)")
-        if not folder.is_dir():
-            raise fail(f"{folder} is not a directory; expected a folder for the duplicates")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise fail(f"{folder} is not writable; expected a directory dropline can write to")
 
 
 def _check_textfile(config: Config, metrics: MetricsConfig) -> None:
@@ -158,7 +153,7 @@ def _writable_by_others(path: Path) -> str:
 def check_host(config: Config) -> list[str]:
     """Raise HostError for an insecure tree; return notes worth printing."""
     protected = [config.working, config.archive, config.failed, config.state_db.parent]
-    protected += [config.data_dir / name for name in config.end_folders]
+    protected += [p for name in config.end_folders if (p := config.data_dir / name).exists()]
     for path in protected:
         problem = _writable_by_others(path)
         if problem:

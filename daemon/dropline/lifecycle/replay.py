@@ -88,7 +88,7 @@ def plan(
         hint = " (dropline retry sends a failed file again)" if row.state == "failed" else ""
         return f"it is {row.state}, not archived{hint}"
     if not row.final_name:
-        return "no place in archive/ is recorded for it"
+        return "no place where it ended is recorded for it"
     size = spool.ends.archived_size(row.final_dir or "", row.final_name)
     if size is None:
         return f"{archived_at(row)} is no longer there"

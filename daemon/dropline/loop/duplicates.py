@@ -21,21 +21,23 @@ from ..stages import FAILURE
 from ..state import ContentRows, ItemLog
 from .attempts import Job
 
-# Seconds before a file whose earlier twin is on its way is judged again (each look
-# costs a start commit: not every pass while the twin waits for its retries).
+# Seconds before a file whose earlier twin is on its way is judged again, unless the
+# twin ends first (then at once: ``FlowControl.twins_ended``); each look costs a start
+# commit, so not every pass while the twin waits for its retries.
 WAIT = 5.0
 
 
 @dataclass
 class Screened:
-    """What the last screen found: item id -> the earlier item it repeats; waiting."""
+    """What the last screen found: item id -> the earlier item it repeats, or the
+    earlier item on its way that it waits for."""
 
     duplicates: dict[str, str] = field(default_factory=dict)
-    waiting: set[str] = field(default_factory=set)
+    waiting: dict[str, str] = field(default_factory=dict)
 
     @property
     def held(self) -> set[str]:
-        return set(self.duplicates) | self.waiting
+        return set(self.duplicates) | set(self.waiting)
 
 
 def screen(items: ItemLog, jobs: list[Job], now: float) -> Screened:
@@ -55,7 +57,7 @@ def screen(items: ItemLog, jobs: list[Job], now: float) -> Screened:
             continue
         state = items.item(first)
         if state is not None and state.state != "archived":
-            found.waiting.add(item.id)  # its twin is on its way: judged again after it
+            found.waiting[item.id] = first  # its twin is on its way: judged again after it
             continue
         items.add_event(item.id, "duplicate", now, f"of {first} (the same SHA-256)")
         found.duplicates[item.id] = first

@@ -38,6 +38,7 @@ class FlowControl:
     attempts: Attempts
     item_log: ItemLog
     retry_heap: list[tuple[float, str]]
+    twins: dict[str, set[str]]  # an item on its way -> the later files of its content
     gates: Gates | None
     _ends: list[tuple[str, str, float | None, int]] | None
 
@@ -133,10 +134,24 @@ class FlowControl:
             outcome = "failed" if to == "failed" else "archived"
             outside = "" if to in ("archive", "failed") else to  # a folder of its own
             self._finish(item, outcome, f"duplicate of {first}", None, outside)
-        for item_id in found.waiting:
+        for item_id, first in found.waiting.items():
             item = self.items[item_id]
             item.next_at = now + DUPLICATE_WAIT
             heapq.heappush(self.retry_heap, (self.ctx.mono + DUPLICATE_WAIT, item_id))
+            self.twins.setdefault(first, set()).add(item_id)
+
+    def twins_ended(self, ended: list[str]) -> None:
+        """The files that waited for one of ENDED, their twin, are judged at once."""
+        woken: set[str] = set()
+        for item_id in ended:
+            woken |= self.twins.pop(item_id, set())
+        if not woken:
+            return
+        mono = self.ctx.mono
+        # Their one entry each is moved forward (never a second one: a file is made
+        # ready once).
+        self.retry_heap = [(mono if i in woken else due, i) for due, i in self.retry_heap]
+        heapq.heapify(self.retry_heap)
 
     def _probes(self, free: int) -> list[Job]:
         """The probes due of held pipelines: one file each tries the held stage,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config, check_paths, load_config
+from ..config.host import check_host
 from ..errors import ConfigError, DroplineError
 from ..pipeline import Routes
 from ..reloading import Verdict, restart_needed
@@ -35,6 +36,7 @@ def read_again(ctx: LoopContext, started: Config) -> Reloaded:
                     key=key,
                 )
         check_paths(new)
+        check_host(new)  # a folder named for duplicates that others may write: refused
         routes = Routes(new)
     except DroplineError as exc:
         ctx.log.error("config.rejected", error=str(exc), kept="the previous configuration")

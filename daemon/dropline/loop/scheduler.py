@@ -53,6 +53,7 @@ class Scheduler(FlowControl):
         self.gates: Gates | None = None  # paused and held pipelines (set by the daemon)
         self.in_flight: dict[str | None, int] = {}  # items by pipeline, for intake's bound
         self.retry_heap: list[tuple[float, str]] = []  # (monotonic due time, item id)
+        self.twins: dict[str, set[str]] = {}  # files waiting for their twin's end
         self.results: list[tuple[StageResult, Item, Running]] = []  # not recorded yet
         self.finishes: list[Finish] = []  # ends decided, for the transit
         self.held_items: set[str] = set()  # found held open in working/, logged once
@@ -135,6 +136,8 @@ class Scheduler(FlowControl):
                 if self.gates is not None and item.pipeline is not None:
                     self.gates.probe_lost(item.pipeline, item.id)  # it probes no more
             self.attempts.forget(f.item_id)
+        if self.twins:
+            self.twins_ended([f.item_id for f in finishes])
 
     # --- stage results --------------------------------------------------------
 

@@ -51,7 +51,11 @@ class Dirs:
         self._roots: dict[str, int] = {}
         self._dirty: dict[int, str] = {}
         self._days: dict[str, int] = {}
-        self._outside: dict[str, int] = {}  # the folders named for duplicates, by name
+        # The folders named for duplicates and their day folders, by final folder
+        # ("../NAME", "../NAME/DAY"): opened as needed and closed at each sync(), so
+        # that one an operator emptied away or renamed is looked up again.
+        self._outside: dict[str, int] = {}
+        self._retired: list[int] = []  # no longer looked up, closed after the next fsyncs
         # Folders under archive/, failed/ or incoming/ that a move touched (a file
         # dropped in a sub-folder keeps its place): open until sync() fsynced them.
         self._subs: dict[tuple[int, bytes], int] = {}
@@ -76,12 +80,13 @@ class Dirs:
 
     def close(self) -> None:
         fds = [*self._roots.values(), *self._outside.values(), *self._days.values()]
-        for fd in [*fds, *self._subs.values()]:
+        for fd in [*fds, *self._subs.values(), *self._retired]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._roots.clear()
         self._outside.clear()
         self._days.clear()
+        self._retired.clear()
         self._subs.clear()
 
     def place(self, root_fd: int, name: bytes, *, create: bool = False) -> tuple[int, bytes]:
@@ -101,10 +106,11 @@ class Dirs:
     def label(self, root_fd: int, name: bytes) -> str:
         """The folder of NAME for messages: "failed", "archive/2026-12-06/batch", ..."""
         root = next((k for k, v in self._roots.items() if v == root_fd), "")
-        root = root or next((k for k, v in self._outside.items() if v == root_fd), "")
-        if not root:
-            day = next((k for k, v in self._days.items() if v == root_fd), "")
-            root = day.removeprefix(OUTSIDE) if day.startswith(OUTSIDE) else "archive/" + day
+        outside = next((k for k, v in self._outside.items() if v == root_fd), "")
+        if outside:
+            root = outside.removeprefix(OUTSIDE)
+        elif not root:
+            root = "archive/" + next((k for k, v in self._days.items() if v == root_fd), "")
         folder = split_name(name)[0]
         return f"{root}/{os.fsdecode(folder)}" if folder else root
 
@@ -134,23 +140,24 @@ class Dirs:
         there.  SUBDIR "../NAME[/DAY]": the folder NAME of the data folder (OUTSIDE)."""
         if not subdir:
             return self.archive
+        if subdir.startswith(OUTSIDE):
+            return self._outside_dir(subdir, create)
         fd = self._days.get(subdir)
         if fd is not None:
-            return fd
-        parent, parent_label, day = self.archive, "archive/", subdir
-        if subdir.startswith(OUTSIDE):
-            name, _, day = subdir.removeprefix(OUTSIDE).partition("/")
-            found = self.outside(name, create=create)
-            if found is None or not day:
-                return found
-            parent, parent_label = found, name + "/"
-        fd = self._open_made(parent, day, parent_label, create)
+            if os.fstat(fd).st_nlink:
+                return fd
+            # Removed by hand (an emptied day): a rename into it would fail as if
+            # the file had gone; made again below.
+            self.forget_day(subdir)
+        fd = self._open_made(self.archive, subdir, "archive/", create)
         if fd is None:
             return None
-        # Keep a few day folders open; old days are closed as new ones come.
-        # A folder still waiting for its fsync stays open.
+        # Keep a few day folders open; old days are closed as new ones come.  A
+        # folder still waiting for its fsync stays open, and so does one whose
+        # sub-folders are (they are known by its descriptor until the sync).
+        held = {parent for parent, _ in self._subs}
         for old in sorted(self._days)[:-3]:
-            if self._days[old] not in self._dirty:
+            if self._days[old] not in self._dirty and self._days[old] not in held:
                 old_fd = self._days.pop(old)
                 self._devs.pop(old_fd, None)
                 os.close(old_fd)
@@ -159,21 +166,33 @@ class Dirs:
 
     def outside(self, name: str, *, create: bool) -> int | None:
         """The folder NAME of the data folder (named for duplicates), made if CREATE."""
-        fd = self._outside.get(name)
-        if fd is None:
+        return self._outside_dir(OUTSIDE + name, create)
+
+    def _outside_dir(self, subdir: str, create: bool) -> int | None:
+        """The folder "../NAME[/DAY]" (``archive_dir``), open until the next sync()."""
+        fd = self._outside.get(subdir)
+        if fd is not None:
+            return fd
+        name, _, day = subdir.removeprefix(OUTSIDE).partition("/")
+        if day:
+            parent = self._outside_dir(OUTSIDE + name, create)
+            fd = None if parent is None else self._open_made(parent, day, name + "/", create)
+        else:
             fd = self._open_made(self._roots["data"], name, "the data folder", create)
-            if fd is not None:
-                self._outside[name] = fd
+        if fd is not None:
+            self._outside[subdir] = fd
         return fd
 
     def _open_made(self, parent: int, name: str, parent_label: str, create: bool) -> int | None:
-        """Open the folder PARENT/NAME (never a symbolic link), made durably if
-        CREATE; None if it is not there."""
+        """Open the folder PARENT/NAME (never through a symbolic link), made durably
+        if CREATE; None if it is not there."""
         try:
             return os.open(name, DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
                 return None
+        except OSError as exc:  # a symbolic link (or a file) in its place
+            raise io_error(f"cannot open {name} in {parent_label}", exc) from exc
         try:
             os.mkdir(name, 0o750, dir_fd=parent)
         except FileExistsError:
@@ -189,9 +208,15 @@ class Dirs:
             raise io_error(f"cannot open {name} in {parent_label}", exc) from exc
 
     def forget_day(self, day: str) -> None:
-        """Close the day folder DAY if it is open (it is about to be removed)."""
-        old = self._days.pop(day, None)
-        if old is not None:
+        """Stop using the day folder DAY (it is about to be removed, or it was): closed
+        now, or at the next sync() if it waits for its fsync."""
+        old = (self._outside if day.startswith(OUTSIDE) else self._days).pop(day, None)
+        if old is None:
+            return
+        if old in self._dirty or any(parent == old for parent, _ in self._subs):
+            self._retired.append(old)
+        else:
+            self._devs.pop(old, None)
             os.close(old)
 
     def mark(self, fd: int, label: str) -> None:
@@ -203,10 +228,12 @@ class Dirs:
         # The day folder before archive/: the folder must be durable before its entry.
         for fd, label in sorted(dirty.items(), key=lambda kv: kv[1].count("/"), reverse=True):
             fsync_dir(fd, label)
-        for fd in self._subs.values():
+        for fd in [*self._subs.values(), *self._outside.values(), *self._retired]:
             self._devs.pop(fd, None)
             os.close(fd)
         self._subs.clear()
+        self._outside.clear()
+        self._retired.clear()
 
 
 def list_folder(fd: int) -> list[tuple[bytes, bool]]:

@@ -33,7 +33,7 @@ from .durable import (
     write_atomic,
 )
 from .entries import Entry, Refusal, entry_in
-from .names import ERROR_SUFFIX, OUTSIDE, name_candidates, split_name
+from .names import ERROR_SUFFIX, OUTSIDE, end_folder, name_candidates, split_name
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -281,7 +281,8 @@ class Ends:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(temp, dir_fd=dirs.working)
-                raise io_error(f"copy of {quoted(final_name)} from archive/", exc) from exc
+                where = end_folder("archived", subdir)
+                raise io_error(f"copy of {quoted(final_name)} from {where}/", exc) from exc
         finally:
             os.close(src)
         dirs.mark(dirs.working, "working")

@@ -72,6 +72,7 @@ class Folders:
         self.archive = archive
         self.failed = failed
         self._days: dict[str, int] = {}
+        self._stale: list[int] = []  # day folders removed by hand: closed after the sync
 
     def destination(self, folder: str) -> int:
         if folder == "failed":
@@ -80,6 +81,11 @@ class Folders:
             return self.archive
         day = folder.removeprefix("archive/")
         fd = self._days.get(day)
+        if fd is not None and not os.fstat(fd).st_nlink:
+            # Removed by hand since (the loop made it again before asking): a rename
+            # into the old one would fail as if the file had gone.
+            self._stale.append(self._days.pop(day))
+            fd = None
         if fd is None:
             fd = self._days[day] = os.open(day, DIR_FLAGS, dir_fd=self.archive)
         return fd
@@ -89,6 +95,9 @@ class Folders:
         folder is never closed before its fsync)."""
         for old in sorted(self._days)[:-3]:
             os.close(self._days.pop(old))
+        for fd in self._stale:
+            os.close(fd)
+        self._stale.clear()
 
 
 def _rename(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> int:
