@@ -60,3 +60,49 @@ def _no_thread_leaks() -> Iterator[None]:
 def _no_warnings(recwarn: pytest.WarningsRecorder) -> Iterator[None]:
     yield
     assert not [f"{w.category.__name__}: {w.message}" for w in recwarn.list]
+
+
+# --- pytest-xdist (make test runs the tests on two workers) ---------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The booted-systemd tier on one worker: one boot of its container, its tests
+    in their order."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a worker: what the tier timed and measured, for the summary (below)."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        from .e2e.container import MEASURED, TIMINGS
+
+        output["e2e_timings"] = dict(TIMINGS)
+        output["e2e_measured"] = list(MEASURED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the controller: a worker's timings and measures, printed by the tier's
+    summary as if it had run here."""
+    from .e2e.container import MEASURED, TIMINGS
+
+    output = getattr(node, "workeroutput", {})
+    TIMINGS.update(output.get("e2e_timings", {}))
+    MEASURED.extend(output.get("e2e_measured", []))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The booted-systemd tier: how long booting, installing and starting took, the
+    tier as a whole, and what its tests measured."""
+    from .e2e.container import MEASURED, TIMINGS
+
+    if not TIMINGS and not MEASURED:
+        return
+    terminalreporter.write_sep("-", "systemd end-to-end tier")
+    for what, seconds in TIMINGS.items():
+        terminalreporter.write_line(f"{what:48} {seconds:7.2f} s")
+    for line in MEASURED:
+        terminalreporter.write_line(line)

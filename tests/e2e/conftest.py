@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ..harness import REPO
-from .container import CONFIG, DROPIN_DIR, DROPPER, MEASURED, TIMINGS, UNIT, Container
+from .container import CONFIG, DROPIN_DIR, DROPPER, TIMINGS, UNIT, Container
 
 INSTALL_PYTHON = "/usr/bin/python3"  # what `make install` uses
 # Debian ships ensurepip (which `python3 -m venv` needs) only in python3-venv.
@@ -181,15 +181,3 @@ def dropline(container: Container) -> Container:
     container.sh(RESET, SERVICE_CONFIG, timeout=90)
     container.wait_active()
     return container
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print how long booting, installing and starting took, the tier as a whole, and
-    what tests measured."""
-    if not TIMINGS and not MEASURED:
-        return
-    terminalreporter.write_sep("-", "systemd end-to-end tier")
-    for what, seconds in TIMINGS.items():
-        terminalreporter.write_line(f"{what:48} {seconds:7.2f} s")
-    for line in MEASURED:
-        terminalreporter.write_line(line)
