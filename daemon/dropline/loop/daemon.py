@@ -25,7 +25,6 @@ from ..config import Config
 from ..crashpoints import crashpoint
 from ..lifecycle.claim import Claimed
 from ..lifecycle.finish import Finish
-from ..lifecycle.replay import ReplayResult
 from ..log import release_lines
 from ..notify import Notifier
 from ..reloading import Verdict
@@ -39,7 +38,7 @@ from .duties import Duties
 from .gates import Gates
 from .intake import Intake
 from .reload import read_again
-from .requests import serve_moves, serve_reloads
+from .requests import admit_moved, serve_moves, serve_reloads
 from .scheduler import Scheduler
 from .signals import Flags
 from .transit import MoverLink, Received, Transit
@@ -255,33 +254,8 @@ class Daemon:
             self._names_in_working(),
             now,
         )
-        if moved is None:
-            return
-        result, replays = moved
-        for r in result.requeued:
-            self.scheduler.admit(r)
-            self.ctx.events.requeued(r)
-        for item_id, why in result.refused.items():
-            self.ctx.log.warning("retry.refused", item=item_id, reason=why)
-        for item_id in result.vanished:
-            self.ctx.log.error("file.vanished", item=item_id, detail="missing from failed/")
-        self._admit_replays(replays)
-
-    def _admit_replays(self, replays: ReplayResult) -> None:
-        """Copies of archived files now in working/ (``dropline replay``): told, and run."""
-        replay_of = {new: old for old, new in replays.made.items()}
-        for r in replays.replayed:
-            c = r.claimed
-            self.scheduler.admit(c, r.next_stage, r.metadata)
-            pipeline = self.ctx.routes.get(c.pipeline)
-            stage = pipeline.stages[r.next_stage].name if pipeline and r.next_stage else ""
-            self.ctx.events.replayed(c, replay_of.get(c.item_id, ""), stage)
-        for item_id, why in replays.refused.items():
-            self.ctx.log.warning("replay.refused", item=item_id, reason=why)
-        for item_id in replays.vanished:
-            self.ctx.log.error("file.vanished", item=item_id, detail=replays.lost[item_id])
-        for item_id in replays.abandoned:
-            self.ctx.log.warning("replay.abandoned", item=item_id, reason=replays.lost[item_id])
+        if moved is not None:
+            admit_moved(self.ctx, self.scheduler, *moved)
 
     def _consume_markers(self, claimed: list[Claimed]) -> None:
         """The done-markers of the files just claimed go with them (``markers.py``).

@@ -18,7 +18,9 @@ from ..reloading import KIND as RELOAD
 from ..reloading import Verdict
 from ..spool import Spool
 from ..state import ItemLog, RequestQueue
+from .context import LoopContext
 from .gates import PAUSE, RESUME
+from .scheduler import Scheduler
 
 _RELOADS_AT_ONCE = 64  # reload requests answered by one reading of the file
 
@@ -75,3 +77,30 @@ def serve_moves(
     with requests.db.transaction():
         requests.finish_requests(answers, now)
     return requeued, replayed
+
+
+def admit_moved(
+    ctx: LoopContext, scheduler: Scheduler, requeued: RequeueResult, replays: ReplayResult
+) -> None:
+    """The files ``serve_moves`` put in working/: run, and told; what it refused, told."""
+    for r in requeued.requeued:
+        scheduler.admit(r)
+        ctx.events.requeued(r)
+    for item_id, why in requeued.refused.items():
+        ctx.log.warning("retry.refused", item=item_id, reason=why)
+    for item_id in requeued.vanished:
+        ctx.log.error("file.vanished", item=item_id, detail="missing from failed/")
+    # Copies of archived files (``dropline replay``), each a new item.
+    replay_of = {new: old for old, new in replays.made.items()}
+    for rep in replays.replayed:
+        c = rep.claimed
+        scheduler.admit(c, rep.next_stage, rep.metadata)
+        pipeline = ctx.routes.get(c.pipeline)
+        stage = pipeline.stages[rep.next_stage].name if pipeline and rep.next_stage else ""
+        ctx.events.replayed(c, replay_of.get(c.item_id, ""), stage)
+    for item_id, why in replays.refused.items():
+        ctx.log.warning("replay.refused", item=item_id, reason=why)
+    for item_id in replays.vanished:
+        ctx.log.error("file.vanished", item=item_id, detail=replays.lost[item_id])
+    for item_id in replays.abandoned:
+        ctx.log.warning("replay.abandoned", item=item_id, reason=replays.lost[item_id])
