@@ -11,11 +11,13 @@ import os
 import shutil
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dropline.loop.duplicates import WAIT
+from dropline.spool.dirs import SUBDIRS, Dirs
 
 from .harness import Tree, cli_json, crash_run, run_cli, run_until_idle
 
@@ -246,10 +248,41 @@ def test_the_duplicates_folder_emptied_or_renamed_while_running(
     assert dropped("h4.csv", "order_id\n14\n") == f"../dups/{day}/h4.csv"
     shutil.rmtree(tree.archive / day)  # archive/ emptied of today by hand
     assert dropped("i.csv", "order_id\n15\n") == f"{day}/i.csv"
+    os.rename(tree.archive / day, tree.root / "kept")  # today's archive/ moved away
+    assert dropped("k.csv", "order_id\n17\n") == f"{day}/k.csv"
     assert [p.name for p in (dups / day).iterdir()] == ["h4.csv"]
-    assert [p.name for p in (tree.archive / day).iterdir()] == ["i.csv"]
+    assert [p.name for p in (tree.archive / day).iterdir()] == ["k.csv"]
+    assert [p.name for p in (tree.root / "kept").iterdir()] == ["i.csv"]
     assert list(tree.working.iterdir()) == [] and not daemon.find("file.vanished")
-    assert _loaded(tree) == [(14,), (15,)]
+    assert _loaded(tree) == [(14,), (15,), (17,)]
+
+
+def test_end_folders_held_open_are_looked_up_again(tmp_path: Path) -> None:
+    """The spool's open folders of ends, removed or moved away between two uses with
+    no sync between (as a refused replay leaves them): the next use opens anew."""
+    data = tmp_path / "data"
+    for sub in SUBDIRS:
+        (data / sub).mkdir(parents=True)
+    dirs = Dirs(data)
+    try:
+        for subdir, path, away in [
+            ("../dups/2026-12-07", data / "dups" / "2026-12-07", data / "dups"),
+            ("2026-12-07", data / "archive" / "2026-12-07", data / "archive" / "2026-12-07"),
+        ]:
+            dirs.archive_dir(subdir, create=True)
+            shutil.rmtree(away)
+            assert _same(dirs.archive_dir(subdir, create=True), path)
+            os.rename(away, tmp_path / "reviewed")
+            assert _same(dirs.archive_dir(subdir, create=True), path)
+            shutil.rmtree(tmp_path / "reviewed")
+    finally:
+        dirs.sync()
+        dirs.close()
+
+
+def _same(fd: int | None, path: Path) -> bool:
+    assert fd is not None
+    return os.fstat(fd).st_ino == path.stat().st_ino
 
 
 def test_a_reload_naming_a_folder_others_may_write_is_refused(

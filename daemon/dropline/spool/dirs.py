@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FatalIOError
-from .durable import DIR_FLAGS, exists, fsync_dir, io_error, open_folder
+from .durable import DIR_FLAGS, exists, fsync_dir, io_error, open_folder, still_named
 from .names import OUTSIDE, split_name
 
 if TYPE_CHECKING:
@@ -144,11 +144,9 @@ class Dirs:
             return self._outside_dir(subdir, create)
         fd = self._days.get(subdir)
         if fd is not None:
-            if os.fstat(fd).st_nlink:
+            if still_named(self.archive, subdir, fd):
                 return fd
-            # Removed by hand (an emptied day): a rename into it would fail as if
-            # the file had gone; made again below.
-            self.forget_day(subdir)
+            self.forget_day(subdir)  # removed or moved away by hand: made again below
         fd = self._open_made(self.archive, subdir, "archive/", create)
         if fd is None:
             return None
@@ -170,15 +168,20 @@ class Dirs:
 
     def _outside_dir(self, subdir: str, create: bool) -> int | None:
         """The folder "../NAME[/DAY]" (``archive_dir``), open until the next sync()."""
-        fd = self._outside.get(subdir)
-        if fd is not None:
-            return fd
         name, _, day = subdir.removeprefix(OUTSIDE).partition("/")
         if day:
-            parent = self._outside_dir(OUTSIDE + name, create)
-            fd = None if parent is None else self._open_made(parent, day, name + "/", create)
+            parent = self._outside_dir(OUTSIDE + name, create)  # itself looked at first
+            if parent is None:
+                return None
+            where, label = (parent, day), name + "/"
         else:
-            fd = self._open_made(self._roots["data"], name, "the data folder", create)
+            where, label = (self._roots["data"], name), "the data folder"
+        fd = self._outside.get(subdir)
+        if fd is not None:
+            if still_named(*where, fd):
+                return fd
+            self.forget_day(subdir)  # emptied away or renamed by hand since
+        fd = self._open_made(*where, label, create)
         if fd is not None:
             self._outside[subdir] = fd
         return fd

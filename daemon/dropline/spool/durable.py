@@ -111,6 +111,19 @@ def exists(dir_fd: int, name: bytes) -> bool:
     return True
 
 
+def still_named(parent: int, name: str, fd: int) -> bool:
+    """Whether PARENT/NAME is still the folder FD is open on.  An operator may remove
+    or move a folder that holds ends (a day of archive/, the duplicates looked at):
+    a rename into the old one would fail as if the file had gone, or put it where
+    its record does not say."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (held.st_ino, held.st_dev)
+
+
 def open_folder(root_fd: int, folder: bytes, create_mode: int | None = None) -> int:
     """A new descriptor of ROOT/FOLDER, opened one component at a time with
     O_NOFOLLOW: a symlink anywhere on the way fails (ELOOP or ENOTDIR), never

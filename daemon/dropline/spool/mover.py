@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 from ..crashpoints import crash_together_with, crashpoint
 from ..errors import FatalIOError
 from ..escaping import quoted
-from .durable import DIR_FLAGS, FULL_ERRNOS, fsync_dir, open_folder, rename_noreplace
+from .durable import (
+    DIR_FLAGS,
+    FULL_ERRNOS,
+    fsync_dir,
+    open_folder,
+    rename_noreplace,
+    still_named,
+)
 from .ipc import Pipe, start_helper
 from .names import split_name
 
@@ -81,14 +88,16 @@ class Folders:
             return self.archive
         day = folder.removeprefix("archive/")
         fd = self._days.get(day)
-        if fd is not None and not os.fstat(fd).st_nlink:
-            # Removed by hand since (the loop made it again before asking): a rename
-            # into the old one would fail as if the file had gone.
-            self._stale.append(self._days.pop(day))
-            fd = None
         if fd is None:
             fd = self._days[day] = os.open(day, DIR_FLAGS, dir_fd=self.archive)
         return fd
+
+    def look_again(self) -> None:
+        """Before a batch: day folders removed or moved away by hand since are opened
+        again (the loop made them anew before asking) when a move needs them."""
+        for day, fd in list(self._days.items()):
+            if not still_named(self.archive, day, fd):
+                self._stale.append(self._days.pop(day))
 
     def close_old_days(self) -> None:
         """Keep the last few day folders open (called once a batch is synced: a
@@ -171,6 +180,7 @@ def finish(folders: Folders, moves: Sequence[FinishMove]) -> list[int]:
     touched: dict[int, str] = {}
     subs: dict[tuple[str, bytes], int] = {}  # folders a file keeps from incoming/
     full = False
+    folders.look_again()
     try:
         for working_name, folder, final_name in moves:
             if full:
