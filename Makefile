@@ -103,7 +103,8 @@ test-newest: postgresql-server writer-tools
 	      2>/dev/null || true; } | diff - $(NEWEST_VENV)/versions.txt | sed -n 's/^> /  /p'; \
 	  $(NEWEST_VENV)/bin/mypy && \
 	  $(NEWEST_VENV)/bin/$(COMPILE) && \
-	  $(NEWEST_VENV)/bin/$(PYTEST) --ignore=tests/e2e; \
+	  $(NEWEST_VENV)/bin/$(PYTEST) -n $(TEST_JOBS) -m "not serial" --ignore=tests/e2e && \
+	  $(NEWEST_VENV)/bin/$(PYTEST) -m serial --ignore=tests/e2e; \
 	fi
 
 lint: venv
@@ -154,14 +155,16 @@ COMPILE = python -m compileall -q daemon/dropline tests
 
 # The tests run on TEST_JOBS workers (pytest-xdist): most of their time is spent
 # waiting on daemons, stages and deadlines, so two workers on two cores take about
-# 0.6 of the time one does.  The booted-systemd tier stays on one worker (one boot,
-# its tests in order).  TEST_JOBS=0 runs them all in this process.
+# 0.6 of the time one does.  Then, alone, the tests marked serial: the booted-systemd
+# tier (one boot, its tests in order) and those that change a setting of the whole
+# machine.  TEST_JOBS=0 runs the first part in this process too.
 TEST_JOBS ?= 2
-PYTEST = python -m pytest -n $(TEST_JOBS) --dist loadgroup --durations=15
+PYTEST = python -m pytest --durations=15
 
 unit: venv postgresql-server writer-tools
 	$(BIN)/$(COMPILE)
-	$(BIN)/$(PYTEST)
+	$(BIN)/$(PYTEST) -n $(TEST_JOBS) -m "not serial"
+	$(BIN)/$(PYTEST) -m serial
 
 test: lint typecheck unit
 

@@ -62,36 +62,16 @@ def _no_warnings(recwarn: pytest.WarningsRecorder) -> Iterator[None]:
     assert not [f"{w.category.__name__}: {w.message}" for w in recwarn.list]
 
 
-# --- pytest-xdist (make test runs the tests on two workers) ---------------------------
+# --- make test runs the tests on two workers (pytest-xdist), then the serial ones ------
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The booted-systemd tier on one worker: one boot of its container, its tests
-    in their order."""
+@pytest.hookimpl(tryfirst=True)  # before -m selects by it
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The booted-systemd tier runs alone, after the others (``serial``): one boot of
+    its container, its tests in order, on a host nothing else changes meanwhile."""
     for item in items:
-        if "e2e" in item.path.parts:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """On a worker: what the tier timed and measured, for the summary (below)."""
-    output = getattr(session.config, "workeroutput", None)
-    if output is not None:
-        from .e2e.container import MEASURED, TIMINGS
-
-        output["e2e_timings"] = dict(TIMINGS)
-        output["e2e_measured"] = list(MEASURED)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: object) -> None:
-    """On the controller: a worker's timings and measures, printed by the tier's
-    summary as if it had run here."""
-    from .e2e.container import MEASURED, TIMINGS
-
-    output = getattr(node, "workeroutput", {})
-    TIMINGS.update(output.get("e2e_timings", {}))
-    MEASURED.extend(output.get("e2e_measured", []))
+        if item.path.relative_to(config.rootpath).parts[:2] == ("tests", "e2e"):
+            item.add_marker(pytest.mark.serial)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

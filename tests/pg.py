@@ -226,11 +226,16 @@ __all__ = ["SUPERUSER", "PgServer", "Unavailable", "find_bindir", "start_server"
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
-    """A PostgreSQL server of the tests' own for the session (skips where none can run)."""
-    try:
-        server = start_server()
-    except Unavailable as exc:
-        pytest.skip(f"no PostgreSQL server for the postgres-load tests: {exc}")
+    """A PostgreSQL server of the tests' own for the session (skips where none can run).
+    Tried three times: the free port it is given may be taken before it listens (by
+    a test on the other worker)."""
+    for tries_left in (2, 1, 0):
+        try:
+            server = start_server()
+            break
+        except Unavailable as exc:
+            if not tries_left:
+                pytest.skip(f"no PostgreSQL server for the postgres-load tests: {exc}")
     try:
         yield server
     finally:

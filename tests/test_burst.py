@@ -85,6 +85,7 @@ def test_burst_of_files(tree: Tree, start_daemon: Any) -> None:
     print(f"{BURST:,} files in {elapsed:.1f} s ({len(files) / elapsed:.0f} files/s)")
 
 
+@pytest.mark.serial  # lowers a limit of the whole machine for a moment
 def test_overflowed_inotify_queue_loses_nothing(tree: Tree, start_daemon: Any) -> None:
     """With max_queued_events lowered to 64 the queue overflows; a rescan finds every file."""
     if not os.access(MAX_QUEUED, os.W_OK):

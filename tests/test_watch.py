@@ -129,6 +129,7 @@ def test_unmounting_the_folder_ends_the_watch(tmp_path: Path, watch_child: Any) 
     assert "unmounted" in lost["reason"] or "removed" in lost["reason"]
 
 
+@pytest.mark.serial  # lowers a limit of the whole machine for a moment
 @pytest.mark.skipif(not os.access(MAX_QUEUED, os.W_OK), reason="needs to lower max_queued_events")
 def test_an_overflow_is_reported_and_the_watch_goes_on(tmp_path: Path, watch_child: Any) -> None:
     """IN_Q_OVERFLOW reaches dropline as Overflow (watchdog then calls on_events_lost,
