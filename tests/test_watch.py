@@ -54,12 +54,17 @@ class WatchChild:
         )
         assert self.proc.stdout is not None
         self.messages: list[dict[str, Any]] = []
+        self._partial = ""  # a line read in part (the pipe is read without blocking)
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.wait_for("started")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for chunk in self.proc.stdout:
+            line, self._partial = self._partial + chunk, ""
+            if not line.endswith("\n"):
+                self._partial = line  # the rest comes with a later read
+                continue
             self.messages.append(json.loads(line))
 
     def kinds(self) -> list[str]:
