@@ -113,6 +113,34 @@ def test_a_file_in_mid_pipeline_waits_without_spending_an_attempt(
     daemon.stop()
 
 
+def test_files_handed_to_workers_ahead_wait_too(tree: Tree, start_daemon: Any) -> None:
+    """Stages handed to the workers ahead of time and not begun when the pause comes
+    do not begin: their attempts end "held" (not counted) and run after the resume."""
+    tree.write_config(_pipelines(tree), workers=2)
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    for n in range(8):
+        _drop(tree, f"h{n}.slow")
+    # Two begin (one a worker), the rest are handed ahead: started, not begun.
+    wait_until(lambda: len(daemon.find("stage.started", stage="first")) >= 4, 20, what="starts")
+    handed = len(daemon.find("stage.started", stage="first"))
+    assert cli_json(tree, "pause", "slow", schema="pause")["result"] == "paused"
+    (tree.root / "go").touch()
+    wait_until(lambda: len(daemon.find("stage.held")) >= handed - 2, 20, what="held back")
+    _drop(tree, "p.txt")
+    _archived(tree, "p.txt")  # passes went by
+    assert _runs(tree).count("first") == 2 and "second" not in _runs(tree)
+    held = tree.query("SELECT count(*) FROM attempts WHERE outcome = 'held'")
+    assert held == [(handed - 2,)]
+    cli_json(tree, "resume", "slow", schema="pause")
+    for n in range(8):
+        _archived(tree, f"h{n}.slow")
+    assert _runs(tree).count("first") == 8 and _runs(tree).count("second") == 8
+    counted = tree.query("SELECT max(attempt) FROM attempts WHERE outcome != 'held'")
+    assert counted == [(1,)]  # none spent an attempt waiting
+    daemon.stop()
+
+
 def test_pause_without_a_daemon_holds_when_it_starts(tree: Tree) -> None:
     """Written to the state by the command itself; the daemon reads it at start, and
     --exit-when-idle ends with the paused pipeline's files still waiting."""

@@ -96,6 +96,8 @@ class FileEvents:
             log.info("stage.succeeded", **its, seconds=round(end.seconds, 3))
         elif d.verdict == "interrupted":
             log.info("stage.interrupted", **its, error=result.error)
+        elif d.verdict == "held" and not result.began:  # its pipeline paused: never ran
+            log.info("stage.held", **its, error=result.error)
         elif d.verdict == "held":
             log.warning("stage.held", **its, error=result.error)
         elif d.verdict == "indeterminate":

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import subprocess
 
 STOPPED = "cancelled: dropline is stopping"
+# Handed to a worker, not begun, then its pipeline was paused (``WorkerPool.withhold``).
+WITHHELD = "not begun: its pipeline is paused"
 AHEAD = 2  # attempts a child holds at least: the one it runs and the next, in its pipe
 MOST_AHEAD = 64  # and at most, for a stage measured quick enough (loop/pacing.py)
 _CANCEL_CHECK = 0.25  # seconds between looks at the stop request while a stage runs

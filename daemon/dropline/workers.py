@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crashpoints import crashpoint
-from .isolation import AHEAD, STOPPED, StageProcess
+from .isolation import AHEAD, STOPPED, WITHHELD, StageProcess
 from .jobqueues import JobQueues
 from .pipeline import Stage
 from .stages import StageContext, call_stage
@@ -165,6 +165,9 @@ class WorkerPool:
         self._warming = size  # threads whose child has not started yet
         self._warmed = threading.Event()  # set once every thread's has (or failed to)
         self._stopping = threading.Event()  # set at a stop: jobs not begun are not begun
+        # Pipelines paused: their jobs not begun are handed back (replaced whole, never
+        # changed in place: the threads read it without a lock).
+        self._withheld: frozenset[str] = frozenset()
         self._queues: JobQueues[StageJob | None] = JobQueues(size)
         self._slots = iter(range(size))  # a worker's own queue; none for a replacement
         self._lock = threading.Lock()
@@ -210,6 +213,8 @@ class WorkerPool:
                             self._out.put(
                                 StageResult(job.item_id, job.token, "failed", STOPPED, began=False)
                             )
+                        elif job.ctx.pipeline in self._withheld:
+                            self._out.put(self._withheld_result(job))
                         elif job.stage.runs_in != "process":
                             held = job
                         elif job.ctx.cancel is not None and job.ctx.cancel.is_set():
@@ -236,6 +241,9 @@ class WorkerPool:
                         counted = self._count_idle()  # before the loop hands out more
                     for job, outcome, error, metadata, took in ended:
                         self._deliver(job, outcome, error, metadata, took, slot)
+                elif held is not None and held.ctx.pipeline in self._withheld:
+                    self._out.put(self._withheld_result(held))
+                    held = None
                 elif held is not None:
                     held.begun.set()
                     result = run_stage(held)
@@ -312,6 +320,15 @@ class WorkerPool:
         (or failed to), so that the first files find them ready; whether they have.
         Those still starting go on starting: a file handed to one waits for it."""
         return not self._warm or self._warmed.wait(timeout)
+
+    @staticmethod
+    def _withheld_result(job: StageJob) -> StageResult:
+        return StageResult(job.item_id, job.token, "failed", WITHHELD, began=False)
+
+    def withhold(self, pipelines: frozenset[str]) -> None:
+        """The jobs of PIPELINES (paused) that a worker has not begun are handed back
+        as never begun; those running, or in a child's pipe already, go on."""
+        self._withheld = pipelines
 
     def stop_starting(self) -> None:
         """dropline is stopping: the jobs still waiting in the queue are handed

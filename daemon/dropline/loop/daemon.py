@@ -83,6 +83,8 @@ class Daemon:
         self.duties = Duties(ctx, notifier, ctx.events.metrics, self.status_line)
         self.scheduler = Scheduler(ctx, items, spool, pool, scratch_root(started.state_db))
         self.gates = Gates(PauseRows(items.db), HoldRows(items.db), ctx.log, ctx.events.metrics)
+        self.gates.on_paused = pool.withhold  # what a worker has not begun waits too
+        pool.withhold(frozenset(self.gates.paused))
         self.gates.reconfigured(ctx.routes)  # a hold of a stage no longer there goes
         # A paused or held pipeline starts no stage; the scheduler tells the breaker.
         self.scheduler.ready.closed = self.gates.closed

@@ -70,6 +70,8 @@ class Gates:
         mono = time.monotonic()
         self.held = {p: Hold(row, mono + row.probe_delay) for p, row in holds.held().items()}
         self.closed: set[str] = set(self.paused) | set(self.held)
+        # Told the paused pipelines whenever they change (the worker pool's withhold).
+        self.on_paused: Callable[[frozenset[str]], None] = lambda paused: None
         self._streaks: dict[tuple[str, str], _Streak] = {}
         self._untold: list[tuple[str, str, dict[str, Any]]] = []  # told once committed
         for pipeline, (since, reason) in sorted(self.paused.items()):
@@ -112,6 +114,8 @@ class Gates:
                 self.paused.pop(pipeline, None)
                 self.log.info("pipeline.resumed", pipeline=pipeline)
             self._reclose(pipeline)
+        if changed:
+            self.on_paused(frozenset(self.paused))
 
     # --- the breaker ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..config import StageConfig
 from ..crashpoints import crashpoint
 from ..events import AttemptEnd
+from ..isolation import WITHHELD
 from ..lifecycle.decide import decide
 from ..lifecycle.finish import Finish
 from ..spool import Spool
@@ -83,6 +84,11 @@ class Recording(FlowControl):
         rows = self.item_log
         stage_cfg = self._stage_config(item, running)
         stopped = self.ctx.stopping and (running.cancel.is_set() or not result.began)
+        if not result.began and result.error == WITHHELD and not stopped:
+            # Paused after it was handed out: not begun, it waits with the others.
+            if self.gates is not None and item.pipeline is not None:
+                self.gates.probe_lost(item.pipeline, item.id)  # (a probe is no probe then)
+            return self._wait_for_release(result, item, running, stage_cfg, now)
         if self._held_back(result, item, running, stage_cfg, stopped):
             return self._wait_for_release(result, item, running, stage_cfg, now)
         d = decide(
