@@ -161,6 +161,11 @@ def test_duplicates_can_end_in_failed_for_someone_to_look_at(tree: Tree) -> None
     error = json.loads((tree.failed / "e-again.csv.error.json").read_text())
     assert error["error"] == f"duplicate of {_ids(tree)['e.csv']}"
     assert _loaded(tree) == [(11,)]
+    # Looked at and meant: `dropline retry` sends it through, not to failed/ again.
+    assert cli_json(tree, "retry", "e-again.csv", schema="retry")["requeued"] == 1
+    assert run_until_idle(tree) == 0
+    assert sorted(tree.archived()) == ["e-again.csv", "e.csv"] and not tree.failed_files()
+    assert _loaded(tree) == [(11,), (11,)]
 
 
 def _to_folder(tree: Tree, folder: str) -> str:

@@ -10,7 +10,9 @@ history pointing to that earlier item (an event "duplicate"), and
 wait (if that one fails, this one runs: a file sent again after a failure
 is meant to run); one that failed or vanished does not count.  A crash
 between the judgement and the end judges it again: nothing runs twice.
-A replay (``dropline replay``) is never a duplicate: it is asked for.
+A replay (``dropline replay``) is never a duplicate: it is asked for, and
+neither is a duplicate sent again by ``dropline retry`` (from failed/, with
+``duplicates_to: failed``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def screen(items: ItemLog, jobs: list[Job], now: float) -> Screened:
     for item, pipeline, index, _ in jobs:
         config = pipeline.config
         skip = config.duplicates == "skip" and index == 0 and item.sha256
-        if not skip or FAILURE in item.metadata or rows.is_replay(item.id):
+        if not skip or FAILURE in item.metadata or rows.asked_for(item.id):
             continue
         assert item.sha256 is not None
         first = rows.first_of(pipeline.name, item.sha256, now - config.duplicate_window, item.id)

@@ -38,8 +38,18 @@ class ContentRows:
             (pipeline, sha256, item_id, now),
         )
 
-    def is_replay(self, item_id: str) -> bool:
-        row = self.db.execute("SELECT replay_of FROM items WHERE id = ?", (item_id,)).fetchone()
+    def asked_for(self, item_id: str) -> bool:
+        """Whether ITEM_ID runs because the operator asked: a replay (``dropline
+        replay``), or a file judged a duplicate and sent again since (``dropline
+        retry`` of it): never a duplicate then.  (A duplicate whose end a crash
+        cut short has no retry after its judgement: it is judged again.)"""
+        row = self.db.execute(
+            "SELECT replay_of IS NOT NULL OR EXISTS (SELECT 1 FROM events r "
+            "WHERE r.item_id = items.id AND r.event = 'retry' AND r.id > "
+            "(SELECT max(d.id) FROM events d WHERE d.item_id = items.id "
+            "AND d.event = 'duplicate')) FROM items WHERE id = ?",
+            (item_id,),
+        ).fetchone()
         return bool(row and row[0])
 
 
