@@ -342,3 +342,14 @@ def test_a_symlink_where_the_duplicates_folder_goes_is_refused(tree: Tree) -> No
     line = tree.config.read_text().splitlines().index("    duplicates_to: dups") + 1
     assert f"dropline.yaml:{line}:" in result.stderr and "is a symbolic link" in result.stderr
     assert "pipelines[0].duplicates_to" in result.stderr
+
+
+def test_skip_on_a_pipeline_without_stages_is_refused(tree: Tree) -> None:
+    """The judgement is made before the first stage: with none it would never be made,
+    and every file would be archived.  The configuration says so instead."""
+    tree.write_config('- name: all\n  match: "*"\n  duplicates: skip\n')
+    result = run_cli("check", "--config", str(tree.config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = tree.config.read_text().splitlines().index("    duplicates: skip") + 1
+    assert f"dropline.yaml:{line}: pipelines[0].duplicates: " in result.stderr
+    assert "this pipeline has none; add one" in result.stderr

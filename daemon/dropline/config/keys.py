@@ -193,6 +193,21 @@ class NoMoreThan(BuiltRule):
                 raise where.error(self.message.format(value=value, limit=limit))
 
 
+class NeedsStages(BuiltRule):
+    """KEY set to VALUE only in a section with stages (MESSAGE says why)."""
+
+    __slots__ = ("key", "message", "value")
+
+    def __init__(self, key: str, value: object, message: str) -> None:
+        self.key = key
+        self.value = value
+        self.message = message
+
+    def check_built(self, built: Any, present: Mapping[str, object], at: Loc) -> None:
+        if getattr(built, self.key) == self.value and not built.stages:
+            raise at.child(self.key).error(self.message)
+
+
 class UniqueNames(BuiltRule):
     """No two items of the lists LISTS (taken together) share a name."""
 

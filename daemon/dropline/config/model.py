@@ -19,6 +19,7 @@ from .formats import Argv, EndFolder, Globs, Listen, MarkerTemplate, PythonRef, 
 from .keys import (
     AtLeastOne,
     ExactlyOne,
+    NeedsStages,
     NoMoreThan,
     NotLonger,
     OnlyWith,
@@ -147,6 +148,14 @@ class PipelineConfig:
             ("stages", "on_failure"),
             'duplicate stage name "{name}" in pipeline "{of.name}": declared at line {first} '
             "and again at line {again}; each stage of a pipeline needs its own name",
+        ),
+        # Judged in the commit of the first stage's start (loop/duplicates.py).
+        NeedsStages(
+            "duplicates",
+            "skip",
+            "duplicates: skip judges each file just before its first stage, and this "
+            "pipeline has none; add one (such as {name: check, builtin: noop}) or "
+            "remove duplicates: skip",
         ),
     )
 
