@@ -306,6 +306,26 @@ def test_a_reload_naming_a_folder_others_may_write_is_refused(
     daemon.wait_event("config.rejected")
 
 
+def test_a_symlink_put_where_the_folder_was_sends_the_duplicate_to_failed(
+    tree: Tree, start_daemon: Any
+) -> None:
+    """Never followed, and the daemon goes on: the duplicate waits in failed/ with why."""
+    tree.write_config(_to_folder(tree, "dups"))
+    daemon = start_daemon()
+    _drop(tree, "s.csv", "order_id\n18\n")
+    daemon.wait_event("file.archived", file="s.csv")
+    elsewhere = tree.root / "elsewhere"
+    elsewhere.mkdir()
+    (tree.data / "dups").symlink_to(elsewhere)
+    _drop(tree, "s1.csv", "order_id\n18\n")
+    failed = daemon.wait_event("file.failed", file="s1.csv")
+    assert failed["reason"].startswith(f"duplicate of {_ids(tree)['s.csv']}; not put in dups/: ")
+    assert list(tree.failed_files()) == ["s1.csv"] and list(elsewhere.iterdir()) == []
+    _drop(tree, "t.csv", "order_id\n19\n")  # and the daemon goes on
+    daemon.wait_event("file.archived", file="t.csv")
+    assert _loaded(tree) == [(18,), (19,)]
+
+
 def test_prune_meets_a_symlink_put_where_the_folder_was(tree: Tree) -> None:
     tree.write_config(_to_folder(tree, "dups"))
     _drop(tree, "j.csv", "order_id\n16\n")

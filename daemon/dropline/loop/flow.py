@@ -16,6 +16,7 @@ import heapq
 from ..config import StageConfig
 from ..events import AttemptEnd
 from ..lifecycle.decide import Decision
+from ..spool import Spool
 from ..stages import FAILURE
 from ..state import ItemLog
 from ..workers import StageResult
@@ -38,6 +39,7 @@ class FlowControl:
     attempts: Attempts
     item_log: ItemLog
     retry_heap: list[tuple[float, str]]
+    spool: Spool
     twins: dict[str, set[str]]  # an item on its way -> the later files of its content
     gates: Gates | None
     _ends: list[tuple[str, str, float | None, int]] | None
@@ -133,7 +135,12 @@ class FlowControl:
             to = pipeline.config.duplicates_to if pipeline is not None else "archive"
             outcome = "failed" if to == "failed" else "archived"
             outside = "" if to in ("archive", "failed") else to  # a folder of its own
-            self._finish(item, outcome, f"duplicate of {first}", None, outside)
+            reason = f"duplicate of {first}"
+            problem = self.spool.ends.outside_problem(outside) if outside else ""
+            if problem:  # a symbolic link put in its place, say: failed/, with why
+                outcome, outside = "failed", ""
+                reason += f"; not put in {to}/: {problem}"
+            self._finish(item, outcome, reason, None, outside)
         for item_id, first in found.waiting.items():
             item = self.items[item_id]
             item.next_at = now + DUPLICATE_WAIT

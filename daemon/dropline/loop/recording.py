@@ -21,7 +21,6 @@ from ..events import AttemptEnd
 from ..isolation import WITHHELD
 from ..lifecycle.decide import decide
 from ..lifecycle.finish import Finish
-from ..spool import Spool
 from ..stages import FAILURE
 from ..workers import StageResult
 from .flow import FlowControl
@@ -31,7 +30,6 @@ from .items import Item, Running
 class Recording(FlowControl):
     """How attempts ended, recorded and decided; the files' ends, decided."""
 
-    spool: Spool
     results: list[tuple[StageResult, Item, Running]]
     finishes: list[Finish]
     _progress: list[tuple[int, dict[str, Any], str]] | None

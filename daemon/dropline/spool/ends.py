@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ..crashpoints import crashpoint
-from ..errors import FatalIOError
+from ..errors import DiskFullError, FatalIOError
 from ..escaping import quoted
 from .dirs import Dirs, Settings, remove_if_empty
 from .durable import (
@@ -87,6 +87,18 @@ class Ends:
                     raise io_error(f"cannot create the folder of {quoted(candidate)}", exc) from exc
             return subdir, candidate
         raise FatalIOError(f"no free name for {quoted(name)} in {outcome}")
+
+    def outside_problem(self, name: str) -> str:
+        """Why the folder NAME of the data folder (named for duplicates) cannot take a
+        file now, made if missing; "" if it can.  A symbolic link or a file put in its
+        place is never followed: the caller ends the file elsewhere."""
+        try:
+            self._dirs.outside(name, create=True)
+        except FatalIOError as exc:
+            return str(exc)
+        except DiskFullError:
+            return ""  # the move meets it too, and waits for space as any move does
+        return ""
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
         dirs = self._dirs
