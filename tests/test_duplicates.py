@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
+from dropline import crashpoints
+from dropline.errors import FatalIOError
 from dropline.loop.duplicates import WAIT
-from dropline.spool.dirs import SUBDIRS, Dirs
+from dropline.spool.dirs import SUBDIRS, Dirs, Settings
+from dropline.spool.ends import Ends
 
 from .harness import Tree, cli_json, crash_run, run_cli, run_until_idle
 
@@ -373,3 +376,27 @@ def test_skip_on_a_pipeline_without_stages_is_refused(tree: Tree) -> None:
     line = tree.config.read_text().splitlines().index("    duplicates: skip") + 1
     assert f"dropline.yaml:{line}: pipelines[0].duplicates: " in result.stderr
     assert "this pipeline has none; add one" in result.stderr
+
+
+def test_only_something_in_its_place_sends_a_duplicate_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symbolic link where the folder (or its day folder) goes is told, for the file
+    to end in failed/; a failing disk is not: it is fatal, as for any move."""
+    data = tmp_path / "data"
+    for sub in SUBDIRS:
+        (data / sub).mkdir(parents=True)
+    dirs = Dirs(data)
+    ends = Ends(dirs, Settings(max_file_size=1 << 20, layout="daily"))
+    try:
+        (data / "dups").mkdir()
+        (data / "dups" / "2026-12-07").symlink_to(tmp_path)
+        assert "Not a directory" in ends.outside_problem("dups", "2026-12-07")
+        assert ends.outside_problem("dups", "2026-12-08") == ""  # made, as the move would
+        assert (data / "dups" / "2026-12-08").is_dir()
+        monkeypatch.setattr(crashpoints, "_FAULT", crashpoints._Trigger("", "spool.fsync"))
+        with pytest.raises(FatalIOError, match="injected fault"):
+            ends.outside_problem("dups", "2026-12-09")
+    finally:
+        dirs.sync()
+        dirs.close()

@@ -79,7 +79,7 @@ _TEMPLATES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
     "pipeline.held": "pipeline {pipeline} held at stage {stage}: {reason}",
     "pipeline.probe_failed": "pipeline {pipeline} still held: {error}",
     "pipeline.released": "pipeline {pipeline} released: stage {stage} works again",
-    "stage.held": "stage {stage} on {file} not counted (its pipeline is held): {error}",
+    "stage.held": "stage {stage} on {file} not counted (its pipeline is held or paused): {error}",
     "daemon.ready": "ready: watching {data_dir}/incoming ({resumed} files resumed)",
     "daemon.reloading": "reloading the configuration {config}",
     "daemon.reloaded": "configuration reloaded",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import time
 
 from ..config import StageConfig
 from ..events import AttemptEnd
@@ -90,12 +91,13 @@ class FlowControl:
         now: float,
     ) -> AttemptEnd:
         """The attempt ends "held": recorded, not counted; the file is ready again
-        (its pipeline's gate keeps it waiting until a probe releases it)."""
-        took = result.duration or self.ctx.mono - running.started
+        (its pipeline's gate keeps it waiting until a probe releases it, or a resume)."""
+        took = result.duration or self.ctx.mono - running.started if result.began else 0.0
+        ran = took if result.began else None  # one never begun did not run at all
         if self._ends is not None:
-            self._ends.append(("held", result.error, took, running.attempt_id))
+            self._ends.append(("held", result.error, ran, running.attempt_id))
         else:
-            self.item_log.record_stage_end(running.attempt_id, "held", result.error, now, took)
+            self.item_log.record_stage_end(running.attempt_id, "held", result.error, now, ran)
         self.ready.add(item, self.ctx.routes)
         return AttemptEnd(
             item.id,
@@ -136,7 +138,8 @@ class FlowControl:
             outcome = "failed" if to == "failed" else "archived"
             outside = "" if to in ("archive", "failed") else to  # a folder of its own
             reason = f"duplicate of {first}"
-            problem = self.spool.ends.outside_problem(outside) if outside else ""
+            day = time.strftime("%Y-%m-%d", time.localtime(now))  # as plan_finish names it
+            problem = self.spool.ends.outside_problem(outside, day) if outside else ""
             if problem:  # a symbolic link put in its place, say: failed/, with why
                 outcome, outside = "failed", ""
                 reason += f"; not put in {to}/: {problem}"

@@ -82,8 +82,9 @@ class Recording(FlowControl):
         rows = self.item_log
         stage_cfg = self._stage_config(item, running)
         stopped = self.ctx.stopping and (running.cancel.is_set() or not result.began)
-        if not result.began and result.error == WITHHELD and not stopped:
-            # Paused after it was handed out: not begun, it waits with the others.
+        if not result.began and result.error == WITHHELD:
+            # Paused after it was handed out: not begun, it waits with the others (a
+            # stop meanwhile too: it never ran, so it runs after the restart).
             if self.gates is not None and item.pipeline is not None:
                 self.gates.probe_lost(item.pipeline, item.id)  # (a probe is no probe then)
             return self._wait_for_release(result, item, running, stage_cfg, now)

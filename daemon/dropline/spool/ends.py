@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -36,6 +37,8 @@ from .entries import Entry, Refusal, entry_in
 from .names import ERROR_SUFFIX, OUTSIDE, end_folder, name_candidates, split_name
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Opening a folder where something else was put (a symbolic link, a file): never followed.
+_IN_ITS_PLACE = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
 
 
 class Ends:
@@ -88,16 +91,20 @@ class Ends:
             return subdir, candidate
         raise FatalIOError(f"no free name for {quoted(name)} in {outcome}")
 
-    def outside_problem(self, name: str) -> str:
-        """Why the folder NAME of the data folder (named for duplicates) cannot take a
-        file now, made if missing; "" if it can.  A symbolic link or a file put in its
-        place is never followed: the caller ends the file elsewhere."""
+    def outside_problem(self, name: str, day: str) -> str:
+        """Why the folder NAME of the data folder (named for duplicates), or its folder
+        of the day DAY, cannot take a file now, made if missing; "" if it can.  A
+        symbolic link or a file put in its place is never followed: the caller ends
+        the file elsewhere.  Any other error is what it would be for the move."""
+        subdir = f"{OUTSIDE}{name}/{day}" if self._settings.layout == "daily" else OUTSIDE + name
         try:
-            self._dirs.outside(name, create=True)
+            self._dirs.archive_dir(subdir, create=True)
         except FatalIOError as exc:
-            return str(exc)
+            if isinstance(exc.__cause__, OSError) and exc.__cause__.errno in _IN_ITS_PLACE:
+                return str(exc)
+            raise
         except DiskFullError:
-            return ""  # the move meets it too, and waits for space as any move does
+            pass  # the move meets it too, and waits for space as any move does
         return ""
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
