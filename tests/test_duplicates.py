@@ -322,7 +322,9 @@ def test_a_symlink_put_where_the_folder_was_sends_the_duplicate_to_failed(
     (tree.data / "dups").symlink_to(elsewhere)
     _drop(tree, "s1.csv", "order_id\n18\n")
     failed = daemon.wait_event("file.failed", file="s1.csv")
-    assert failed["reason"].startswith(f"duplicate of {_ids(tree)['s.csv']}; not put in dups/: ")
+    first = _ids(tree)["s.csv"]
+    told = "dups is a symbolic link (never followed)"
+    assert failed["reason"] == f"duplicate of {first}; not put in dups/: {told}"
     assert list(tree.failed_files()) == ["s1.csv"] and list(elsewhere.iterdir()) == []
     _drop(tree, "t.csv", "order_id\n19\n")  # and the daemon goes on
     daemon.wait_event("file.archived", file="t.csv")
@@ -391,7 +393,8 @@ def test_only_something_in_its_place_sends_a_duplicate_elsewhere(
     try:
         (data / "dups").mkdir()
         (data / "dups" / "2026-12-07").symlink_to(tmp_path)
-        assert "Not a directory" in ends.outside_problem("dups", "2026-12-07")
+        told = ends.outside_problem("dups", "2026-12-07")
+        assert told == "dups/2026-12-07 is a symbolic link (never followed)"
         assert ends.outside_problem("dups", "2026-12-08") == ""  # made, as the move would
         assert (data / "dups" / "2026-12-08").is_dir()
         monkeypatch.setattr(crashpoints, "_FAULT", crashpoints._Trigger("", "spool.fsync"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from typing import Any
 
 from .harness import StatusListener, Tree, cli_json, run_cli, run_until_idle, wait_until
@@ -138,6 +139,36 @@ def test_files_handed_to_workers_ahead_wait_too(tree: Tree, start_daemon: Any) -
     assert _runs(tree).count("first") == 8 and _runs(tree).count("second") == 8
     counted = tree.query("SELECT max(attempt) FROM attempts WHERE outcome != 'held'")
     assert counted == [(1,)]  # none spent an attempt waiting
+    daemon.stop()
+
+
+def test_a_pause_asked_of_a_daemon_that_stopped_applies_before_any_stage(
+    tree: Tree, start_daemon: Any
+) -> None:
+    """`dropline pause` left its request for the running daemon, which stopped before
+    serving it: the next start applies it before it starts any stage."""
+    tree.write_config(_pipelines(tree))
+    daemon = start_daemon()
+    daemon.wait_event("daemon.ready")
+    for n in range(3):
+        _drop(tree, f"q{n}.slow")
+    daemon.wait_event("stage.started", stage="first")
+    daemon.kill()  # its files stay in working/, to be resumed by the next start
+    (tree.root / "go").touch()  # (its stage commands, left running, end too)
+    with sqlite3.connect(tree.state_db) as db:  # as the command leaves it
+        db.execute(
+            "INSERT INTO requests (kind, item_id, requested_at, detail) "
+            "VALUES ('pause', 'slow', strftime('%s', 'now'), 'left for the daemon')"
+        )
+    db.close()
+    daemon = start_daemon()
+    daemon.wait_event("pipeline.paused", pipeline="slow")
+    _drop(tree, "r.txt")
+    _archived(tree, "r.txt")  # passes went by
+    assert not daemon.find("stage.started", pipeline="slow")
+    assert len(list(tree.working.iterdir())) == 3
+    answers = tree.query("SELECT result FROM requests WHERE kind = 'pause'")
+    assert answers == [("paused",)]
     daemon.stop()
 
 

@@ -84,6 +84,9 @@ class Daemon:
         self.scheduler = Scheduler(ctx, items, spool, pool, scratch_root(started.state_db))
         self.gates = Gates(PauseRows(items.db), HoldRows(items.db), ctx.log, ctx.events.metrics)
         self.gates.on_paused = pool.withhold  # what a worker has not begun waits too
+        # A pause asked of the daemon before this one (stopping then) applies before any
+        # stage starts, not a pass later.
+        self.gates.serve(requests)
         pool.withhold(frozenset(self.gates.paused))
         self.gates.reconfigured(ctx.routes)  # a hold of a stage no longer there goes
         # A paused or held pipeline starts no stage; the scheduler tells the breaker.

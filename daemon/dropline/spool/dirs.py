@@ -73,6 +73,7 @@ class Dirs:
                     f"cannot open {data_dir / sub}: {exc.strerror} (it must be a real directory)"
                 ) from exc
         self._devs = {fd: os.fstat(fd).st_dev for fd in self._roots.values()}
+        self.data = data_fd
         self.incoming = self._roots["incoming"]
         self.working = self._roots["working"]
         self.archive = self._roots["archive"]

@@ -101,10 +101,30 @@ class Ends:
             self._dirs.archive_dir(subdir, create=True)
         except FatalIOError as exc:
             if isinstance(exc.__cause__, OSError) and exc.__cause__.errno in _IN_ITS_PLACE:
-                return str(exc)
+                return self._in_its_place(subdir.removeprefix(OUTSIDE)) or str(exc)
             raise
         except DiskFullError:
             pass  # the move meets it too, and waits for space as any move does
+        return ""
+
+    def _in_its_place(self, folder: str) -> str:
+        """What is in the place of FOLDER ("dups/2026-12-07") or of its parent: "dups
+        is a symbolic link (never followed)"; "" if neither is found odd."""
+        parent: int | None = self._dirs.data
+        path = ""
+        for part in folder.split("/"):
+            if parent is None:
+                return ""
+            path = f"{path}/{part}" if path else part
+            try:
+                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+            except OSError:
+                return ""
+            if stat.S_ISLNK(st.st_mode):
+                return f"{path} is a symbolic link (never followed)"
+            if not stat.S_ISDIR(st.st_mode):
+                return f"{path} is not a folder"
+            parent = self._dirs.outside(path, create=False) if "/" not in path else parent
         return ""
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:
