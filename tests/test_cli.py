@@ -132,6 +132,8 @@ def test_insecure_folder_is_refused(tree: Tree, sub: str) -> None:
         assert result.returncode == 2
         assert str(tree.data / sub) in result.stderr
         assert "writable by its group" in result.stderr
+        line = tree.config.read_text().splitlines().index(f"data_dir: {tree.data}") + 1
+        assert f"{tree.config}:{line}: data_dir: " in result.stderr  # the key that brings it
 
 
 def test_usage_error_exits_2(tree: Tree) -> None:

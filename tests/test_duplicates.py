@@ -306,6 +306,7 @@ def test_a_reload_naming_a_folder_others_may_write_is_refused(
     result = run_cli("reload", "--config", str(tree.config))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"{shared} is writable by its group and writable by everyone" in result.stderr
+    assert ": pipelines[0].duplicates_to: " in result.stderr
     daemon.wait_event("config.rejected")
 
 

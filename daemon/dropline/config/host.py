@@ -151,14 +151,21 @@ def _writable_by_others(path: Path) -> str:
 
 
 def check_host(config: Config) -> list[str]:
-    """Raise HostError for an insecure tree; return notes worth printing."""
-    protected = [config.working, config.archive, config.failed, config.state_db.parent]
-    protected += [p for name in config.end_folders if (p := config.data_dir / name).exists()]
-    for path in protected:
+    """Raise HostError for an insecure tree (naming the key, and its line, that
+    brings the folder in); return notes worth printing."""
+    data = (config.lines.get("data_dir", 0), "data_dir")
+    protected = [(p, data) for p in (config.working, config.archive, config.failed)]
+    protected.append((config.state_db.parent, (config.lines.get("state_db", 0), "state_db")))
+    for name, pipeline in config.end_folders.items():
+        if (path := config.data_dir / name).exists():
+            at = f"pipelines[{config.pipelines.index(pipeline)}].duplicates_to"
+            protected.append((path, (pipeline.duplicates_to_line, at)))
+    for path, (line, key) in protected:
         problem = _writable_by_others(path)
         if problem:
+            where = f"{config.path}:{line}: {key}: " if line else ""
             raise HostError(
-                f"{path} is {problem}: only the dropline user may write there "
+                f"{where}{path} is {problem}: only the dropline user may write there "
                 f"(chmod g-w,o-w {path})"
             )
     notes = []
