@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -81,3 +82,29 @@ class JobQueues(Generic[T]):
             with self._lock:  # the job was put before its byte was written
                 return True, self._queues[self._index_of[fd]].popleft()
         return False, None
+
+    def withdraw(self, matches: Callable[[T], bool]) -> list[T]:
+        """Take out the queued jobs that MATCH (no worker will take them).
+
+        A job and its byte are taken apart: a thread that has won a byte may be
+        waiting for the lock to take its job.  So the bytes are read under the
+        lock, as many as are left, and a job is put back at the front for each
+        byte already won: every winner still finds a job (one of these, which its
+        worker hands back as it would any job of a paused pipeline).
+        """
+        withdrawn: list[T] = []
+        with self._lock:
+            for index, queue in enumerate(self._queues):
+                gone = [job for job in queue if matches(job)]
+                if not gone:
+                    continue
+                kept = [job for job in queue if not matches(job)]
+                try:
+                    read = len(os.read(self._pipes[index][0], len(gone)))
+                except BlockingIOError:
+                    read = 0
+                back, gone = gone[: len(gone) - read], gone[len(gone) - read :]
+                queue.clear()
+                queue.extend(back + kept)
+                withdrawn += gone
+        return withdrawn

@@ -327,8 +327,15 @@ class WorkerPool:
 
     def withhold(self, pipelines: frozenset[str]) -> None:
         """The jobs of PIPELINES (paused) that a worker has not begun are handed back
-        as never begun; those running, or in a child's pipe already, go on."""
+        as never begun: those still queued at once, those a worker took as it reaches
+        them; those running, or in a child's pipe already, go on."""
         self._withheld = pipelines
+        if not pipelines:
+            return
+        queued = self._queues.withdraw(lambda j: j is not None and j.ctx.pipeline in pipelines)
+        for job in queued:
+            assert job is not None
+            self._out.put(self._withheld_result(job))
 
     def stop_starting(self) -> None:
         """dropline is stopping: the jobs still waiting in the queue are handed

@@ -86,3 +86,20 @@ def test_a_job_is_taken_once_by_one_of_two_threads(queues: JobQueues[str]) -> No
     first, second = queues.take(fds), queues.take(queues.fds(1, shared=True, others=True))
     assert [first, second] == [(True, "only"), (False, None)]
     assert all(os.get_blocking(fd) is False for fd in fds)
+
+
+def test_withdrawn_jobs_leave_one_for_each_byte_already_won(queues: JobQueues[str]) -> None:
+    """A paused pipeline's queued jobs are taken out (``withdraw``); a thread that had
+    won a byte and waits for the lock still finds a job (one of those if nothing
+    else is left: its worker hands it back), and the bytes left match the jobs left."""
+    (shared,) = queues.fds(None, shared=True)
+    for others, withdrawn, winner_takes in [
+        (["other"], ["paused-1", "paused-2"], "other"),
+        ([], ["paused-2"], "paused-1"),  # nothing else left: one is put back for it
+    ]:
+        queues.put_all([(job, None) for job in ["paused-1", *others, "paused-2"]])
+        assert os.read(shared, 1) == b"j"  # a thread won a byte, and waits for the lock
+        assert queues.withdraw(lambda job: job.startswith("paused")) == withdrawn
+        with queues._lock:  # the winner takes its job
+            assert queues._queues[0].popleft() == winner_takes
+        assert queues.take([shared]) == (False, None)  # no byte without its job, nor back
