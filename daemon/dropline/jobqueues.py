@@ -94,11 +94,12 @@ class JobQueues(Generic[T]):
         """
         withdrawn: list[T] = []
         with self._lock:
-            for index, queue in enumerate(self._queues):
-                gone = [job for job in queue if matches(job)]
+            judged = [[(job, matches(job)) for job in queue] for queue in self._queues]
+            for index, queue in enumerate(self._queues):  # (nothing taken out before here)
+                gone = [job for job, match in judged[index] if match]
                 if not gone:
                     continue
-                kept = [job for job in queue if not matches(job)]
+                kept = [job for job, match in judged[index] if not match]
                 try:
                     read = len(os.read(self._pipes[index][0], len(gone)))
                 except BlockingIOError:
