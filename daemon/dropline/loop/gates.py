@@ -21,7 +21,6 @@ at start: a restart keeps them.  Each change is logged once.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,7 +185,8 @@ class Gates:
     def _hold(self, pipeline: str, stage: str, config: StageConfig, reason: str) -> None:
         delay = config.hold_probe.initial
         row = HoldRow(pipeline, stage, time.time(), reason, delay)
-        self._write(lambda: self.holds_rows.hold(row))
+        with self.holds_rows.db.joined():
+            self.holds_rows.hold(row)
         self.held[pipeline] = Hold(row, time.monotonic() + delay, most=config.hold_probe.max)
         self._streaks.pop((pipeline, stage), None)
         self._say("warning", "pipeline.held", pipeline=pipeline, stage=stage, reason=reason)
@@ -211,7 +211,8 @@ class Gates:
         hold = self.held[pipeline]
         hold.probing = None
         if ok:
-            self._write(lambda: self.holds_rows.release(pipeline))
+            with self.holds_rows.db.joined():
+                self.holds_rows.release(pipeline)
             del self.held[pipeline]
             held_for = round(time.time() - hold.row.since, 3)
             stage = hold.row.stage
@@ -221,7 +222,8 @@ class Gates:
             return
         most = config.hold_probe.max if config is not None else hold.row.probe_delay
         delay = min(most, hold.row.probe_delay * 2)
-        self._write(lambda: self.holds_rows.probed(pipeline, error, delay))
+        with self.holds_rows.db.joined():
+            self.holds_rows.probed(pipeline, error, delay)
         hold.row.reason, hold.row.probe_delay = error, delay
         hold.probe_at = mono + delay
         self._say("info", "pipeline.probe_failed", pipeline=pipeline, error=error, next_in=delay)
@@ -252,7 +254,8 @@ class Gates:
             if hold.row.stage in stages:
                 hold.most = stages[hold.row.stage].hold_probe.max
                 continue
-            self._write(functools.partial(self.holds_rows.release, pipeline))
+            with self.holds_rows.db.joined():
+                self.holds_rows.release(pipeline)
             del self.held[pipeline]
             self.log.info(
                 "pipeline.released",
@@ -280,15 +283,6 @@ class Gates:
         untold, self._untold = self._untold, []
         for level, event, fields in untold:
             getattr(self.log, level)(event, **fields)
-
-    def _write(self, write: Callable[[], None]) -> None:
-        """WRITE in the caller's transaction (a pass recording its results) or its own."""
-        db = self.holds_rows.db
-        if db.in_transaction:
-            write()
-        else:
-            with db.transaction():
-                write()
 
     def _reclose(self, pipeline: str) -> None:
         if pipeline in self.paused or pipeline in self.held:

@@ -172,11 +172,8 @@ class Recording(FlowControl):
             self._finish(item, "failed", reason, stage)
             return
         item.metadata[FAILURE] = {"stage": stage, "reason": reason, "attempts": item.attempt}
-        if self.item_log.db.in_transaction:
+        with self.item_log.db.joined():  # (a pass recording its results, or its own)
             self._next_stage(item, len(pipeline.stages), now)
-        else:
-            with self.item_log.db.transaction():
-                self._next_stage(item, len(pipeline.stages), now)
 
     def _finish_failure(self, item: Item, failure: dict[str, Any]) -> None:
         """To failed/ for the reason recorded when it failed (after its on_failure stages)."""

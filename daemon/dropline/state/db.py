@@ -121,6 +121,15 @@ class Database:
     def in_transaction(self) -> bool:
         return self._in_tx
 
+    @contextlib.contextmanager
+    def joined(self) -> Iterator[Database]:
+        """The transaction open now, whose owner commits it; else one of its own."""
+        if self._in_tx:
+            yield self
+        else:
+            with self.transaction():
+                yield self
+
     # The helpers below turn any SQLite error into FatalIOError (the daemon stops
     # rather than go on with a database it cannot trust); an IntegrityError stays
     # itself for execute(), whose callers may expect one.
