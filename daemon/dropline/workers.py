@@ -147,6 +147,12 @@ WARM_TIMEOUT = 10.0  # seconds a warm start waits for a child at most
 COMMANDS_AHEAD = 4
 
 
+def _not_begun(job: StageJob, why: str) -> StageResult:
+    """JOB handed back as never begun: dropline stops (STOPPED), or its pipeline was
+    paused (WITHHELD)."""
+    return StageResult(job.item_id, job.token, "failed", why, began=False)
+
+
 class WorkerPool:
     """A fixed number of daemon threads taking jobs from one queue."""
 
@@ -210,11 +216,9 @@ class WorkerPool:
                             # (the queue may hold many files of a quick stage).  One
                             # not idempotent runs now: held back, it would fail as
                             # indeterminate.
-                            self._out.put(
-                                StageResult(job.item_id, job.token, "failed", STOPPED, began=False)
-                            )
+                            self._out.put(_not_begun(job, STOPPED))
                         elif job.ctx.pipeline in self._withheld:
-                            self._out.put(self._withheld_result(job))
+                            self._out.put(_not_begun(job, WITHHELD))
                         elif job.stage.runs_in != "process":
                             held = job
                         elif job.ctx.cancel is not None and job.ctx.cancel.is_set():
@@ -242,7 +246,7 @@ class WorkerPool:
                     for job, outcome, error, metadata, took in ended:
                         self._deliver(job, outcome, error, metadata, took, slot)
                 elif held is not None and held.ctx.pipeline in self._withheld:
-                    self._out.put(self._withheld_result(held))
+                    self._out.put(_not_begun(held, WITHHELD))
                     held = None
                 elif held is not None:
                     held.begun.set()
@@ -321,10 +325,6 @@ class WorkerPool:
         Those still starting go on starting: a file handed to one waits for it."""
         return not self._warm or self._warmed.wait(timeout)
 
-    @staticmethod
-    def _withheld_result(job: StageJob) -> StageResult:
-        return StageResult(job.item_id, job.token, "failed", WITHHELD, began=False)
-
     def withhold(self, pipelines: frozenset[str]) -> None:
         """The jobs of PIPELINES (paused) that a worker has not begun are handed back
         as never begun: those still queued at once, those a worker took as it reaches
@@ -335,7 +335,7 @@ class WorkerPool:
         queued = self._queues.withdraw(lambda j: j is not None and j.ctx.pipeline in pipelines)
         for job in queued:
             assert job is not None
-            self._out.put(self._withheld_result(job))
+            self._out.put(_not_begun(job, WITHHELD))
 
     def stop_starting(self) -> None:
         """dropline is stopping: the jobs still waiting in the queue are handed
