@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from ..errors import ConfigError, HostError
-from .model import Config, MetricsConfig
+from .model import Config, MetricsConfig, PipelineConfig
 
 SPOOL_DIRS: tuple[str, ...] = ("incoming", "working", "archive", "failed")
 
@@ -104,12 +104,16 @@ def _check_end_folders(config: Config) -> None:
         elif folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
             problem = "is not writable; expected a directory dropline can write to"
         if problem:
-            raise ConfigError(
-                f"{folder} {problem}",
-                file=str(config.path),
-                line=pipeline.duplicates_to_line,
-                key=f"pipelines[{config.pipelines.index(pipeline)}].duplicates_to",
-            )
+            line, key = _duplicates_to(config, pipeline)
+            raise ConfigError(f"{folder} {problem}", file=str(config.path), line=line, key=key)
+
+
+def _duplicates_to(config: Config, pipeline: PipelineConfig) -> tuple[int, str]:
+    """The line and the key of PIPELINE's duplicates_to, for a message about its folder."""
+    return (
+        pipeline.duplicates_to_line,
+        f"pipelines[{config.pipelines.index(pipeline)}].duplicates_to",
+    )
 
 
 def _check_textfile(config: Config, metrics: MetricsConfig) -> None:
@@ -158,8 +162,7 @@ def check_host(config: Config) -> list[str]:
     protected.append((config.state_db.parent, (config.lines.get("state_db", 0), "state_db")))
     for name, pipeline in config.end_folders.items():
         if (path := config.data_dir / name).exists():
-            at = f"pipelines[{config.pipelines.index(pipeline)}].duplicates_to"
-            protected.append((path, (pipeline.duplicates_to_line, at)))
+            protected.append((path, _duplicates_to(config, pipeline)))
     for path, (line, key) in protected:
         problem = _writable_by_others(path)
         if problem:

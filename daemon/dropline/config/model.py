@@ -184,6 +184,11 @@ class PipelineConfig:
     # the marker goes with it; "" : no marker (spool/markers.py).
     ready_marker: str = key(MarkerTemplate(), default="")
 
+    @property
+    def duplicates_folder(self) -> str:
+        """The folder of the data folder its duplicates end in; "" : archive/ or failed/."""
+        return "" if self.duplicates_to in ("archive", "failed") else self.duplicates_to
+
 
 @dataclass(frozen=True)
 class ToolFilesConfig:
@@ -303,6 +308,6 @@ class Config:
         (``duplicates_to``), each with the first pipeline naming it."""
         found: dict[str, PipelineConfig] = {}
         for p in self.pipelines:
-            if p.duplicates_to not in ("archive", "failed"):
-                found.setdefault(p.duplicates_to, p)
+            if p.duplicates_folder:
+                found.setdefault(p.duplicates_folder, p)
         return found

@@ -23,14 +23,13 @@ runs them across two passes with the mover (``loop/transit.py``), and
 from __future__ import annotations
 
 import errno
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crashpoints import crashpoint
 from ..errors import DiskFullError
 from ..escaping import escape_text
-from ..spool import Spool, outside_of
+from ..spool import Spool, archive_day, outside_of
 from ..spool.mover import FinishMove, Ticket
 from ..stamps import iso
 from ..state import ItemLog
@@ -138,7 +137,7 @@ def plan_finish(spool: Spool, finishes: list[Finish], now: float) -> FinishBatch
     """Choose a free destination for each file that has none yet."""
     batch = FinishBatch(
         finishes,
-        time.strftime("%Y-%m-%d", time.localtime(now)),
+        archive_day(now),
         now,
         [f for f in finishes if not f.final_name],
     )

@@ -18,10 +18,9 @@ retention is reached; a checkpoint at the end folds the WAL back in.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from ..spool import Spool
+from ..spool import Spool, archive_day
 from ..state import Pruning
 
 BATCH = 500  # rows per transaction: a few milliseconds of the daemon's time
@@ -86,7 +85,7 @@ def prune(
         _delete_marked(pruning, spool, report)
     with pruning.db.transaction():
         report.requests = pruning.delete_old_requests(before)
-    day = time.strftime("%Y-%m-%d", time.localtime(min(before, now - 2 * 86400)))
+    day = archive_day(min(before, now - 2 * 86400))
     report.days_removed = len(spool.ends.remove_empty_days(day, outside))
     spool.sync()
     pruning.db.checkpoint()

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import functools
 import heapq
-import time
 
 from ..config import StageConfig
 from ..events import AttemptEnd
 from ..lifecycle.decide import Decision
-from ..spool import Spool
+from ..spool import Spool, archive_day
 from ..stages import FAILURE
 from ..state import ItemLog
 from ..workers import StageResult
@@ -136,10 +135,9 @@ class FlowControl:
             pipeline = self.ctx.routes.get(item.pipeline)
             to = pipeline.config.duplicates_to if pipeline is not None else "archive"
             outcome = "failed" if to == "failed" else "archived"
-            outside = "" if to in ("archive", "failed") else to  # a folder of its own
+            outside = pipeline.config.duplicates_folder if pipeline is not None else ""
             reason = f"duplicate of {first}"
-            day = time.strftime("%Y-%m-%d", time.localtime(now))  # as plan_finish names it
-            problem = self.spool.ends.outside_problem(outside, day) if outside else ""
+            problem = self.spool.ends.outside_problem(outside, archive_day(now)) if outside else ""
             if problem:  # a symbolic link put in its place, say: failed/, with why
                 outcome, outside = "failed", ""
                 reason += f"; not put in {to}/: {problem}"

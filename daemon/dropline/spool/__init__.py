@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .incoming import FolderWalk
     from .names import (
         WORKING_TEMP_PREFIX,
+        archive_day,
         end_folder,
         fit_name,
         free_working_name,
@@ -55,6 +56,7 @@ _MODULE_OF = {
     "Spool": "folders",
     "FolderWalk": "incoming",
     "WORKING_TEMP_PREFIX": "names",
+    "archive_day": "names",
     "end_folder": "names",
     "fit_name": "names",
     "free_working_name": "names",
@@ -76,6 +78,7 @@ __all__ = [
     "Refusal",
     "Settings",
     "Spool",
+    "archive_day",
     "classify",
     "end_folder",
     "fit_name",

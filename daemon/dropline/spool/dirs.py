@@ -154,9 +154,8 @@ class Dirs:
         # Keep a few day folders open; old days are closed as new ones come.  A
         # folder still waiting for its fsync stays open, and so does one whose
         # sub-folders are (they are known by its descriptor until the sync).
-        held = {parent for parent, _ in self._subs}
         for old in sorted(self._days)[:-3]:
-            if self._days[old] not in self._dirty and self._days[old] not in held:
+            if not self._busy(self._days[old]):
                 old_fd = self._days.pop(old)
                 self._devs.pop(old_fd, None)
                 os.close(old_fd)
@@ -176,7 +175,7 @@ class Dirs:
                 return None
             where, label = (parent, day), name + "/"
         else:
-            where, label = (self._roots["data"], name), "the data folder"
+            where, label = (self.data, name), "the data folder"
         fd = self._outside.get(subdir)
         if fd is not None:
             if still_named(*where, fd):
@@ -217,11 +216,15 @@ class Dirs:
         old = (self._outside if day.startswith(OUTSIDE) else self._days).pop(day, None)
         if old is None:
             return
-        if old in self._dirty or any(parent == old for parent, _ in self._subs):
+        if self._busy(old):
             self._retired.append(old)
         else:
             self._devs.pop(old, None)
             os.close(old)
+
+    def _busy(self, fd: int) -> bool:
+        """Whether FD waits for its fsync, or sub-folders are known by it till then."""
+        return fd in self._dirty or any(parent == fd for parent, _ in self._subs)
 
     def mark(self, fd: int, label: str) -> None:
         self._dirty[fd] = label

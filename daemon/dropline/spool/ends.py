@@ -64,9 +64,7 @@ class Ends:
         (a duplicate's ``duplicates_to``), laid out as archive/ is."""
         failed = self._dirs.failed
         if outcome == "archived":
-            subdir, reserve = (day if self._settings.layout == "daily" else ""), 0
-            if outside:
-                subdir = f"{OUTSIDE}{outside}/{subdir}" if subdir else OUTSIDE + outside
+            subdir, reserve = self._archive_folder(day, outside), 0
         else:
             subdir, reserve = "", len(ERROR_SUFFIX)
         for candidate in name_candidates(name, item_id, reserve):
@@ -91,12 +89,20 @@ class Ends:
             return subdir, candidate
         raise FatalIOError(f"no free name for {quoted(name)} in {outcome}")
 
+    def _archive_folder(self, day: str, outside: str) -> str:
+        """The folder under archive/ an archived file of DAY ends in: "", "DAY", or
+        in the folder OUTSIDE named for duplicates "../OUTSIDE[/DAY]"."""
+        subdir = day if self._settings.layout == "daily" else ""
+        if not outside:
+            return subdir
+        return f"{OUTSIDE}{outside}/{subdir}" if subdir else OUTSIDE + outside
+
     def outside_problem(self, name: str, day: str) -> str:
         """Why the folder NAME of the data folder (named for duplicates), or its folder
         of the day DAY, cannot take a file now, made if missing; "" if it can.  A
         symbolic link or a file put in its place is never followed: the caller ends
         the file elsewhere.  Any other error is what it would be for the move."""
-        subdir = f"{OUTSIDE}{name}/{day}" if self._settings.layout == "daily" else OUTSIDE + name
+        subdir = self._archive_folder(day, name)
         try:
             self._dirs.archive_dir(subdir, create=True)
         except FatalIOError as exc:
@@ -109,22 +115,19 @@ class Ends:
 
     def _in_its_place(self, folder: str) -> str:
         """What is in the place of FOLDER ("dups/2026-12-07") or of its parent: "dups
-        is a symbolic link (never followed)"; "" if neither is found odd."""
-        parent: int | None = self._dirs.data
-        path = ""
-        for part in folder.split("/"):
-            if parent is None:
-                return ""
-            path = f"{path}/{part}" if path else part
+        is a symbolic link (never followed)"; "" if neither is found odd.  Each is
+        looked at (lstat) from the data folder after its parent was found a folder."""
+        parts = folder.split("/")
+        for n in range(1, len(parts) + 1):
+            path = "/".join(parts[:n])
             try:
-                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+                st = os.stat(path, dir_fd=self._dirs.data, follow_symlinks=False)
             except OSError:
                 return ""
             if stat.S_ISLNK(st.st_mode):
                 return f"{path} is a symbolic link (never followed)"
             if not stat.S_ISDIR(st.st_mode):
                 return f"{path} is not a folder"
-            parent = self._dirs.outside(path, create=False) if "/" not in path else parent
         return ""
 
     def destination_exists(self, outcome: str, subdir: str, name: bytes) -> bool:

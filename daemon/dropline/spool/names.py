@@ -6,6 +6,7 @@ Pure: nothing here looks at the filesystem.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from .durable import NAME_MAX
@@ -64,6 +65,11 @@ def name_candidates(name: bytes, item_id: str, reserve: int) -> Iterator[bytes]:
     yield prefix + fit_name(base, item_id, reserve)
     for n in range(1, 100):
         yield prefix + fit_name(base, f"{item_id}-{n}", reserve)
+
+
+def archive_day(seconds: float) -> str:
+    """The day folder (archive_layout: daily) of a file ended at SECONDS: "2026-12-07"."""
+    return time.strftime("%Y-%m-%d", time.localtime(seconds))
 
 
 def outside_of(final_dir: str) -> str:
