@@ -22,20 +22,24 @@ class Markers:
     def __init__(self, routes: Routes) -> None:
         self.routes = routes
         self._shapes: list[tuple[Pipeline, bytes, bytes]] = []
+        self._shape_of: dict[str, tuple[bytes, bytes]] = {}  # by pipeline: (prefix, suffix)
         for p in routes.pipelines:
             if p.config.ready_marker:
                 prefix, _, suffix = p.config.ready_marker.partition("{name}")
-                self._shapes.append((p, os.fsencode(prefix), os.fsencode(suffix)))
+                shape = (os.fsencode(prefix), os.fsencode(suffix))
+                self._shapes.append((p, *shape))
+                self._shape_of[p.name] = shape
 
     def __bool__(self) -> bool:
         return bool(self._shapes)
 
     def marker_of(self, name: bytes, pipeline: Pipeline | None) -> bytes | None:
         """The marker NAME waits for in PIPELINE (None: it waits for none)."""
-        if pipeline is None or not pipeline.config.ready_marker:
+        shape = self._shape_of.get(pipeline.name) if pipeline is not None else None
+        if shape is None:
             return None
         folder, _, base = name.rpartition(b"/")
-        prefix, _, suffix = os.fsencode(pipeline.config.ready_marker).partition(b"{name}")
+        prefix, suffix = shape
         marker = prefix + base + suffix
         return folder + b"/" + marker if folder else marker
 
